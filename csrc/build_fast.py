@@ -1,0 +1,20 @@
+"""cffi build script for the C fast path (API mode, out of line): netstack._fastc."""
+
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+
+ffibuilder = FFI()
+ffibuilder.cdef((HERE / "fast.h").read_text())
+ffibuilder.set_source(
+    "netstack._fastc",
+    '#include <stdint.h>\n#include <stddef.h>\n#include "fast.h"\n',
+    sources=["csrc/fast.c"],  # relative: setuptools refuses absolute paths
+    include_dirs=["csrc"],
+    extra_compile_args=["-O2", "-Wall", "-Wextra"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

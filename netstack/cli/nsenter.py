@@ -1,0 +1,130 @@
+"""Open the TAP inside the target's namespaces, as slirp4netns does: a short-lived
+child joins the user namespace (when there is one to join) and the network namespace,
+opens /dev/net/tun, optionally configures the interface, and passes the fd back over
+a socketpair. The parent never changes namespace, so its sockets are the host's.
+
+The fork happens before any thread exists (setns(CLONE_NEWUSER) refuses threaded
+callers). Python 3.11 has no os.setns, hence ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import socket
+import sys
+import traceback
+from dataclasses import dataclass
+
+from netstack.link.tap import open_tap
+
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def setns(path: str, nstype: int) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, nstype) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class InterfaceSetup:
+    """What -c does inside the namespace."""
+
+    mtu: int
+    address: str
+    prefixlen: int
+    gateway: str
+
+
+@dataclass
+class Target:
+    netns_path: str
+    userns_path: str | None
+
+
+def target_for(pid: int, netns_path: str | None, userns_path: str | None) -> Target:
+    if pid:
+        return Target(f"/proc/{pid}/ns/net", userns_path or f"/proc/{pid}/ns/user")
+    assert netns_path is not None
+    return Target(netns_path, userns_path)
+
+
+def open_tap_in_namespace(
+    target: Target, tapname: str, setup: InterfaceSetup | None, want_vnet: bool = True
+) -> tuple[int, bool]:
+    """Returns (TAP fd, vnet header in use). Raises RuntimeError when the child fails."""
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            parent_sock.close()
+            _child(target, tapname, setup, want_vnet, child_sock)
+            code = 0
+        except BaseException as e:
+            if os.environ.get("NETSTACK_DEBUG"):
+                traceback.print_exc()
+            print(f"netstack: {e}", file=sys.stderr)
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    child_sock.close()
+    try:
+        msg, fds, _flags, _addr = socket.recv_fds(parent_sock, 16, 1)
+    finally:
+        parent_sock.close()
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0 or not fds:
+        for fd in fds:
+            os.close(fd)
+        raise RuntimeError(f"child failed({code})")
+    print(f"received tapfd={fds[0]}", file=sys.stderr)
+    return fds[0], msg == b"v"
+
+
+def _child(
+    target: Target, tapname: str, setup: InterfaceSetup | None, want_vnet: bool, sock: socket.socket
+) -> None:
+    if target.userns_path is not None:
+        try:
+            setns(target.userns_path, CLONE_NEWUSER)
+        except OSError:
+            pass  # already in it (EINVAL), or none to join: slirp4netns ignores this too
+    setns(target.netns_path, CLONE_NEWNET)
+    fd, vnet_on = open_tap(tapname, want_vnet)
+    if setup is not None:
+        configure_interface(tapname, setup)
+    socket.send_fds(sock, [b"v" if vnet_on else b"p"], [fd])
+    print(f"sent tapfd={fd} for {tapname}", file=sys.stderr)
+
+
+def configure_interface(tapname: str, setup: InterfaceSetup) -> None:
+    """-c: lo up; the TAP up with the MTU, the guest address and a default route."""
+    from pyroute2 import IPRoute  # imported here: only -c pays for it
+
+    with IPRoute() as ipr:
+        lo = ipr.link_lookup(ifname="lo")
+        if lo:
+            ipr.link("set", index=lo[0], state="up")
+        found = ipr.link_lookup(ifname=tapname)
+        if not found:
+            raise RuntimeError(f"no interface {tapname}")
+        idx = found[0]
+        ipr.link("set", index=idx, mtu=setup.mtu)
+        ipr.link("set", index=idx, state="up")
+        existing = [
+            a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=socket.AF_INET)
+        ]
+        if setup.address not in existing:
+            ipr.addr("add", index=idx, address=setup.address, prefixlen=setup.prefixlen)
+        ipr.route("replace", dst="0.0.0.0/0", gateway=setup.gateway, oif=idx)

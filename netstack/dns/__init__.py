@@ -1,0 +1,1 @@
+"""DNS on the virtual DNS address: forwarded to the host resolver's nameservers."""

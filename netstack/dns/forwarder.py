@@ -1,0 +1,138 @@
+"""DNS forwarder for UDP queries to the virtual DNS address, port 53.
+
+Each query gets its own host socket and goes to the nameserver that answered last;
+without an answer within PER_SERVER_TIMEOUT it is sent to the next one, until every
+nameserver has been tried once. The answer comes back to the guest from the DNS
+address. The nameserver list is the host's resolv.conf, re-read when it changes
+(HostIO.nameservers). TCP queries are proxied by the TCP table to the same list.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from netstack.stack.guest_output import GuestOutput
+from netstack.stack.hostio import DatagramSocket, HostAddr, HostIO
+from netstack.stack.stats import Stats
+from netstack.stack.timers import TimerQueue
+from netstack.wire import dns
+
+log = logging.getLogger(__name__)
+
+PER_SERVER_TIMEOUT = 1.5
+MAX_QUERIES = 256
+
+
+class DnsQuery:
+    def __init__(
+        self,
+        fwd: DnsForwarder,
+        guest_mac: bytes,
+        guest_ip: bytes,
+        guest_port: int,
+        query: bytes,
+        servers: list[str],
+        now: float,
+    ) -> None:
+        self.fwd = fwd
+        self.guest_mac = guest_mac
+        self.guest_ip = guest_ip
+        self.guest_port = guest_port
+        self.query = query
+        self.servers = servers
+        self.tried = 0
+        self.sock: DatagramSocket | None = None
+        self._deadline: float | None = None
+        self.done = False
+
+    @property
+    def deadline(self) -> float | None:
+        return self._deadline
+
+    def send_next(self, now: float) -> bool:
+        """Send to the next untried nameserver; False when none is left."""
+        while self.tried < len(self.servers):
+            server = self.servers[(self.fwd.preferred + self.tried) % len(self.servers)]
+            self.tried += 1
+            if self.sock is not None:
+                self.sock.close()
+                self.sock = None
+            try:
+                self.sock = self.fwd.host.open_udp(self, server)
+                self.sock.sendto(self.query, (server, dns.PORT))
+            except OSError as e:
+                log.info("dns: nameserver %s: %s", server, e)
+                continue
+            self._deadline = now + PER_SERVER_TIMEOUT
+            return True
+        return False
+
+    def on_timer(self, now: float) -> None:
+        if self._deadline is None or now < self._deadline:
+            return
+        self.fwd.stats.count("dns_server_timeouts")
+        if not self.send_next(now):
+            self.fwd.finish(self)
+
+    def on_datagram(self, data: bytes, addr: HostAddr, now: float) -> None:
+        if addr[0] not in self.servers or addr[1] != dns.PORT:
+            self.fwd.stats.drop("dns_reply_foreign")
+            return
+        self.fwd.preferred = self.servers.index(addr[0])
+        cfg = self.fwd.output.config
+        self.fwd.output.send_udp(
+            self.guest_mac, cfg.dns, dns.PORT, self.guest_ip, self.guest_port, data
+        )
+        self.fwd.stats.count("dns_answers")
+        self.fwd.finish(self)
+
+
+class DnsForwarder:
+    def __init__(self, host: HostIO, output: GuestOutput, stats: Stats, timers: TimerQueue) -> None:
+        self.host = host
+        self.output = output
+        self.stats = stats
+        self.timers = timers
+        self.preferred = 0
+        self.queries: set[DnsQuery] = set()
+
+    def from_guest(
+        self, guest_mac: bytes, src: bytes, sport: int, payload: memoryview, now: float
+    ) -> None:
+        try:
+            hdr = dns.parse(payload)
+        except ValueError:
+            self.stats.drop("dns_malformed")
+            return
+        if hdr.is_response:
+            self.stats.drop("dns_not_a_query")
+            return
+        servers = self.host.nameservers()
+        if not servers:
+            self.stats.drop("dns_no_nameserver")
+            return
+        if len(self.queries) >= MAX_QUERIES:
+            self.stats.drop("dns_query_limit")
+            return
+        if self.preferred >= len(servers):
+            self.preferred = 0
+        q = DnsQuery(self, guest_mac, src, sport, bytes(payload), servers, now)
+        if not q.send_next(now):
+            self.stats.drop("dns_send_failed")
+            return
+        self.queries.add(q)
+        self.stats.count("dns_queries")
+        self.timers.touch(q)
+
+    def finish(self, q: DnsQuery) -> None:
+        q.done = True
+        q._deadline = None
+        if q.sock is not None:
+            q.sock.close()
+            q.sock = None
+        self.queries.discard(q)
+        self.timers.forget(q)
+
+    def close_all(self) -> None:
+        for q in list(self.queries):
+            self.finish(q)

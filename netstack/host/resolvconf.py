@@ -1,0 +1,57 @@
+"""The host resolver's nameservers, from resolv.conf, re-read when the file changes
+(checked at most once a second)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import time
+
+log = logging.getLogger(__name__)
+
+RECHECK_INTERVAL = 1.0
+
+
+def parse_nameservers(text: str) -> list[str]:
+    servers: list[str] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            addr = fields[1].split("%", 1)[0]
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError:
+                continue
+            if addr not in servers:
+                servers.append(addr)
+    return servers
+
+
+class ResolvConf:
+    def __init__(self, path: str = "/etc/resolv.conf") -> None:
+        self.path = path
+        self._servers: list[str] = []
+        self._stamp: tuple[int, int, int, int] | None = None
+        self._checked = -RECHECK_INTERVAL
+        self.servers()
+
+    def servers(self) -> list[str]:
+        now = time.monotonic()
+        if now - self._checked < RECHECK_INTERVAL:
+            return self._servers
+        self._checked = now
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size)
+            if stamp != self._stamp:
+                with open(self.path) as f:
+                    self._servers = parse_nameservers(f.read())
+                self._stamp = stamp
+                log.info("resolv.conf: nameservers %s", ", ".join(self._servers) or "none")
+        except OSError as e:
+            if self._stamp is not None or self._servers:
+                log.warning("resolv.conf: %s", e)
+            self._servers = []
+            self._stamp = None
+        return self._servers

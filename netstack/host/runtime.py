@@ -1,0 +1,217 @@
+"""The runtime: one uvloop event loop that drives the stack.
+
+Readers: the TAP fd (frames read in batches), one edge/level-mixed epoll holding every
+host socket (so a flow's socket costs no loop registration), the exit fd. One loop
+timer follows the stack's earliest deadline. Time handed to the stack is
+time.monotonic().
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import uvloop
+
+from netstack.host.datagrams import HostDatagram
+from netstack.host.resolvconf import ResolvConf
+from netstack.host.streams import HostTcpStream
+from netstack.link.base import FRAME_BUFFER_SIZE, LinkClosed, LinkEndpoint
+from netstack.stack.config import NetworkConfig
+from netstack.stack.dispatch import Stack
+from netstack.stack.hostio import DatagramReceiver, HostAddr
+from netstack.tcp.connection import HostStream, TcpConnection
+
+log = logging.getLogger(__name__)
+
+FRAMES_PER_WAKEUP = 256
+EVENTS_PER_WAKEUP = 256
+
+
+class EventHandler(Protocol):
+    def on_events(self, events: int, now: float) -> None: ...
+
+
+class Runtime:
+    def __init__(
+        self, config: NetworkConfig, link: LinkEndpoint, resolv_conf: str = "/etc/resolv.conf"
+    ) -> None:
+        self.config = config
+        self.link = link
+        self.resolv = ResolvConf(resolv_conf)
+        self.epoll = select.epoll()
+        self.handlers: dict[int, EventHandler] = {}
+        self.stack = Stack(config, link, self)
+        self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        self.rx_buf = bytearray(FRAME_BUFFER_SIZE)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.exit_code = 0
+        self._stopping = False
+        self.now = time.monotonic
+        self.on_exit: list[Callable[[], None]] = []
+
+    # --------------------------------------------------------------- HostIO
+    def connect_tcp(self, conn: TcpConnection, targets: list[HostAddr], now: float) -> HostStream:
+        return HostTcpStream(self, conn, targets)
+
+    def open_udp(self, owner: DatagramReceiver, family_of: str) -> HostDatagram:
+        family = socket.AF_INET6 if ":" in family_of else socket.AF_INET
+        return HostDatagram(self, owner, family, socket.IPPROTO_UDP)
+
+    def open_ping(self, owner: DatagramReceiver, dst: str) -> HostDatagram:
+        return HostDatagram(self, owner, socket.AF_INET, socket.IPPROTO_ICMP)
+
+    def nameservers(self) -> list[str]:
+        return self.resolv.servers()
+
+    def bind_outbound(self, sock: socket.socket, family: int) -> None:
+        """Bind an outgoing socket to --outbound-addr (a later issue); nothing yet."""
+
+    # ----------------------------------------------------------- registration
+    def register(self, fd: int, events: int, handler: EventHandler) -> None:
+        self.epoll.register(fd, events)
+        self.handlers[fd] = handler
+
+    def unregister(self, fd: int) -> None:
+        if self.handlers.pop(fd, None) is not None:
+            try:
+                self.epoll.unregister(fd)
+            except OSError:
+                pass
+
+    def soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        def run() -> None:
+            fn(*args)
+            self._reschedule()
+
+        self.loop.call_soon(run)
+
+    # ------------------------------------------------------------------- loop
+    def _on_link_readable(self) -> None:
+        stack = self.stack
+        buf = self.rx_buf
+        now = time.monotonic()
+        try:
+            for _ in range(FRAMES_PER_WAKEUP):
+                n = self.link.read_into(buf)
+                if n == 0:
+                    break
+                stack.receive(buf, n, now)
+            stack.end_of_batch(now)
+        except LinkClosed as e:
+            log.info("the TAP went away (%s): exiting", e)
+            self.stop(0)
+            return
+        self._reschedule()
+
+    def _on_host_events(self) -> None:
+        now = time.monotonic()
+        handlers = self.handlers
+        for fd, events in self.epoll.poll(0, EVENTS_PER_WAKEUP):
+            handler = handlers.get(fd)
+            if handler is not None:
+                try:
+                    handler.on_events(events, now)
+                except LinkClosed as e:
+                    log.info("the TAP went away (%s): exiting", e)
+                    self.stop(0)
+                    return
+                except Exception:
+                    log.exception("host event handler failed")
+                    self.stack.stats.drop("internal_error")
+        self._reschedule()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            self.stack.run_timers(time.monotonic())
+        except LinkClosed:
+            self.stop(0)
+            return
+        self._reschedule()
+
+    def _reschedule(self) -> None:
+        d = self.stack.timers.next_deadline()
+        if d is None:
+            return
+        if self._timer_at is not None and self._timer_at <= d:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = d
+        self._timer = self.loop.call_later(max(0.0, d - time.monotonic()), self._on_timer)
+
+    # ---------------------------------------------------------------- process
+    def watch_exit_fd(self, fd: int) -> None:
+        """Exit 0 when fd reports hang-up or error, or is not open (slirp4netns -e)."""
+        try:
+            self.epoll.register(fd, 0)  # epoll always reports EPOLLHUP and EPOLLERR
+        except OSError as e:
+            if e.errno == errno.EBADF:
+                log.info("exit-fd %d is not open: exiting", fd)
+                self.loop.call_soon(self.stop, 0)
+            return  # EPERM: a regular file or /dev/null never fires
+        self.handlers[fd] = _ExitFd(self)
+
+    def stop(self, code: int) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self.exit_code = code
+        self.loop.stop()
+
+    def run(self, on_ready: Callable[[], None] | None = None) -> int:
+        loop = self.loop
+        asyncio.set_event_loop(loop)
+        loop.add_reader(self.link.fileno(), self._on_link_readable)
+        loop.add_reader(self.epoll.fileno(), self._on_host_events)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self.stop, 0)
+        if on_ready is not None:
+            loop.call_soon(on_ready)
+        try:
+            loop.run_forever()
+        finally:
+            self.shutdown()
+        return self.exit_code
+
+    def shutdown(self) -> None:
+        for fn in self.on_exit:
+            try:
+                fn()
+            except Exception:
+                log.exception("exit handler failed")
+        self.stack.close()
+        try:
+            self.loop.remove_reader(self.link.fileno())
+        except Exception:
+            pass
+        self.link.close()
+        self.epoll.close()
+        self.loop.close()
+
+
+class _ExitFd:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def on_events(self, events: int, now: float) -> None:
+        log.info("exitfd event")
+        self.runtime.stop(0)
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass

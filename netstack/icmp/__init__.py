@@ -1,0 +1,1 @@
+"""ICMP echo from the guest: answered for virtual hosts, proxied for others."""

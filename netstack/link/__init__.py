@@ -1,0 +1,1 @@
+"""Links move Ethernet frames and know nothing above L2."""

@@ -1,0 +1,1 @@
+"""The stack: configuration, counters, and the dispatcher that sorts guest frames."""

@@ -1,0 +1,54 @@
+"""The virtual network's addresses, all derived from one CIDR as slirp4netns does:
+network N, gateway N+2 (the host), DNS N+3, DHCP pool N+15..N+30, guest N+100."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+DHCP_POOL_START = 15
+DHCP_POOL_SIZE = 16
+RECOMMENDED_GUEST = 100
+
+
+def virtual_mac(ip: bytes) -> bytes:
+    """slirp's MAC for a virtual IPv4 host: 52:55 then the four address bytes."""
+    return b"\x52\x55" + ip
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.0.2.0/24")
+    mtu: int = 1500
+    host_loopback: bool = True
+    dns_enabled: bool = True
+    network: bytes = field(init=False)
+    netmask: bytes = field(init=False)
+    gateway: bytes = field(init=False)
+    dns: bytes = field(init=False)
+    guest: bytes = field(init=False)
+    gateway_mac: bytes = field(init=False)
+    dns_mac: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        base = int(self.cidr.network_address)
+        set_ = object.__setattr__
+        set_(self, "network", self.cidr.network_address.packed)
+        set_(self, "netmask", self.cidr.netmask.packed)
+        set_(self, "gateway", ipaddress.IPv4Address(base + 2).packed)
+        set_(self, "dns", ipaddress.IPv4Address(base + 3).packed)
+        set_(self, "guest", ipaddress.IPv4Address(base + RECOMMENDED_GUEST).packed)
+        set_(self, "gateway_mac", virtual_mac(self.gateway))
+        set_(self, "dns_mac", virtual_mac(self.dns))
+
+    def dhcp_address(self, index: int) -> bytes:
+        return ipaddress.IPv4Address(
+            int(self.cidr.network_address) + DHCP_POOL_START + index
+        ).packed
+
+    def in_network(self, ip: bytes) -> bool:
+        return ipaddress.IPv4Address(ip) in self.cidr
+
+    @property
+    def broadcast(self) -> bytes:
+        return self.cidr.broadcast_address.packed

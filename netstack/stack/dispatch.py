@@ -1,0 +1,239 @@
+"""The dispatcher: every frame from the guest enters here, is parsed layer by layer,
+and goes to ARP, ICMP, DHCP, DNS, UDP or TCP. A malformed frame is dropped and counted
+under its reason; no exception leaves `receive`.
+
+Guest MACs are learned from the source of IPv4 and ARP frames whose sender address is
+in the virtual network.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from netstack.dhcp.server import DhcpServer
+from netstack.dns.forwarder import DnsForwarder
+from netstack.icmp.echo import PingProxy
+from netstack.link.base import VNET_HEADROOM, LinkEndpoint
+from netstack.stack.config import NetworkConfig
+from netstack.stack.guest_output import GuestOutput
+from netstack.stack.hostio import HostIO
+from netstack.stack.policy import Policy
+from netstack.stack.stats import Stats
+from netstack.stack.timers import TimerQueue
+from netstack.tcp.output import SegmentWriter
+from netstack.tcp.table import TcpTable
+from netstack.udp.proxy import UdpProxy
+from netstack.wire import WireError, arp, dhcpv4, dns, ethernet, icmpv4, ipv4, tcp, udp, vnet
+
+log = logging.getLogger(__name__)
+
+_ETH = ethernet.HEADER
+_ZERO_IP = b"\0\0\0\0"
+_LIMITED_BROADCAST = b"\xff\xff\xff\xff"
+
+
+class Stack:
+    def __init__(
+        self, config: NetworkConfig, link: LinkEndpoint, host: HostIO, stats: Stats | None = None
+    ) -> None:
+        self.config = config
+        self.link = link
+        self.host = host
+        self.stats = stats or Stats()
+        self.timers = TimerQueue()
+        self.output = GuestOutput(link, config)
+        self.policy = Policy(config, host.nameservers)
+        self.segments = SegmentWriter(link, config.gateway_mac)
+        self.tcp = TcpTable(
+            self.segments, config.mtu, host, self.policy.tcp_target, self, self.stats, self.timers
+        )
+        self.udp = UdpProxy(
+            host,
+            self.output,
+            self.stats,
+            self.timers,
+            self.policy.udp_target,
+            self.policy.virtual_source,
+        )
+        self.dns = DnsForwarder(host, self.output, self.stats, self.timers)
+        self.ping = PingProxy(host, self.output, self.stats, self.timers)
+        self.dhcp = DhcpServer(config)
+        self.guest_macs: dict[bytes, bytes] = {}
+        self._our_macs = (config.gateway_mac, config.dns_mac, ethernet.BROADCAST)
+        self._icmp_quote = b""
+
+    # ----------------------------------------------------------------- input
+    def receive(self, buf: bytearray, length: int, now: float) -> None:
+        """One frame from the link: buf[:length], virtio-net header first."""
+        try:
+            self._receive(memoryview(buf)[:length], now)
+        except WireError as e:
+            self.stats.drop(e.reason)
+        except Exception:  # a bug must not take the stack down with it
+            self.stats.drop("internal_error")
+            log.exception("dispatcher: internal error (frame dropped)")
+
+    def end_of_batch(self, now: float) -> None:
+        self.tcp.flush(now)
+
+    def _receive(self, frame: memoryview, now: float) -> None:
+        if len(frame) < VNET_HEADROOM + ethernet.HEADER_LEN:
+            raise WireError("frame_short", f"{len(frame)} bytes")
+        eth_dst, eth_src, ethertype = _ETH.unpack_from(frame, VNET_HEADROOM)
+        if eth_dst not in self._our_macs:
+            self.stats.drop("eth_not_for_us")
+            return
+        if eth_src[0] & 1:
+            raise WireError("eth_multicast_source")
+        l3 = frame[VNET_HEADROOM + ethernet.HEADER_LEN :]
+        if ethertype == ethernet.ETHERTYPE_IPV4:
+            # a frame the guest kernel left checksum-partial (vnet) still has a valid
+            # IP header checksum; L4 checksums are never verified (a local link)
+            self._ipv4(eth_src, l3, frame[0] & vnet.F_NEEDS_CSUM, now)
+        elif ethertype == ethernet.ETHERTYPE_ARP:
+            self._arp(eth_src, l3)
+        elif ethertype == ethernet.ETHERTYPE_IPV6:
+            self.stats.drop("ipv6_not_served")
+        else:
+            self.stats.drop("ethertype_unknown")
+
+    def _arp(self, eth_src: bytes, l3: memoryview) -> None:
+        pkt = arp.parse(l3)
+        cfg = self.config
+        if pkt.sender_mac != eth_src:
+            self.stats.drop("arp_spoofed_sender")
+            return
+        if (
+            pkt.sender_ip != _ZERO_IP
+            and cfg.in_network(pkt.sender_ip)
+            and pkt.sender_ip not in (cfg.gateway, cfg.dns)
+        ):
+            self.guest_macs[pkt.sender_ip] = pkt.sender_mac
+        if pkt.op != arp.OP_REQUEST:
+            return
+        if pkt.target_ip == cfg.gateway:
+            mac = cfg.gateway_mac
+        elif pkt.target_ip == cfg.dns:
+            mac = cfg.dns_mac
+        else:
+            return
+        self.output.send_arp(arp.OP_REPLY, mac, pkt.target_ip, pkt.sender_mac, pkt.sender_ip)
+        self.stats.count("arp_replies")
+
+    def _ipv4(self, eth_src: bytes, l3: memoryview, _partial: int, now: float) -> None:
+        ip = ipv4.parse(l3)
+        cfg = self.config
+        src = ip.src
+        if ip.is_fragment:
+            self.stats.drop("ipv4_fragment")
+            return
+        if src == _ZERO_IP:
+            if ip.proto == ipv4.PROTO_UDP:  # only a DHCP client speaks before it has an address
+                self._udp(eth_src, ip, l3, now)
+            else:
+                self.stats.drop("ipv4_source_unspecified")
+            return
+        if not cfg.in_network(src) or src in (cfg.gateway, cfg.dns):
+            self.stats.drop("ipv4_source_outside")
+            return
+        if self.guest_macs.get(src) != eth_src:
+            self.guest_macs[src] = eth_src
+        proto = ip.proto
+        if proto == ipv4.PROTO_TCP:
+            payload = l3[ip.ihl : ip.total_length]
+            seg = tcp.parse(payload)
+            quote = bytes(l3[: ip.ihl + 8])
+            self.tcp.on_segment(eth_src, src, ip.dst, seg, payload[seg.header_len :], quote, now)
+        elif proto == ipv4.PROTO_UDP:
+            self._udp(eth_src, ip, l3, now)
+        elif proto == ipv4.PROTO_ICMP:
+            self._icmp(eth_src, ip, l3, now)
+        else:
+            self.stats.drop("ipv4_proto_unknown")
+            quote = bytes(l3[: ip.ihl + 8])
+            self.output.send_icmp_error(
+                eth_src, icmpv4.TYPE_DEST_UNREACHABLE, icmpv4.CODE_PROTO_UNREACHABLE, quote
+            )
+
+    def _udp(self, eth_src: bytes, ip: ipv4.Ipv4Header, l3: memoryview, now: float) -> None:
+        datagram = l3[ip.ihl : ip.total_length]
+        hdr = udp.parse(datagram)
+        payload = datagram[udp.HEADER_LEN : hdr.length]
+        cfg = self.config
+        if hdr.dst_port == dhcpv4.SERVER_PORT and ip.dst in (_LIMITED_BROADCAST, cfg.gateway):
+            self._dhcp(eth_src, payload)
+            return
+        if ip.src == _ZERO_IP:
+            self.stats.drop("ipv4_source_unspecified")
+            return
+        if ip.dst == cfg.dns and hdr.dst_port == dns.PORT and cfg.dns_enabled:
+            self.dns.from_guest(eth_src, ip.src, hdr.src_port, payload, now)
+            return
+        quote = bytes(l3[: ip.ihl + 8])
+        self.udp.from_guest(
+            eth_src, ip.src, hdr.src_port, ip.dst, hdr.dst_port, payload, quote, now
+        )
+
+    def _dhcp(self, eth_src: bytes, payload: memoryview) -> None:
+        msg = dhcpv4.parse(payload)
+        if msg.chaddr != eth_src:
+            self.stats.drop("dhcp_chaddr_mismatch")
+            return
+        reply = self.dhcp.handle(msg)
+        if reply is None:
+            return
+        self.output.send_udp(
+            eth_src,
+            self.config.gateway,
+            dhcpv4.SERVER_PORT,
+            _LIMITED_BROADCAST,
+            dhcpv4.CLIENT_PORT,
+            dhcpv4.emit(reply, self.config.gateway),
+        )
+        self.stats.count("dhcp_replies")
+
+    def _icmp(self, eth_src: bytes, ip: ipv4.Ipv4Header, l3: memoryview, now: float) -> None:
+        msg = l3[ip.ihl : ip.total_length]
+        hdr = icmpv4.parse(msg)
+        if hdr.type != icmpv4.TYPE_ECHO_REQUEST:
+            self.stats.drop("icmp_type_ignored")
+            return
+        cfg = self.config
+        payload = msg[icmpv4.HEADER_LEN :]
+        if ip.dst in (cfg.gateway, cfg.dns):
+            self.output.send_icmp(
+                eth_src,
+                ip.dst,
+                ip.src,
+                icmpv4.IcmpHeader(icmpv4.TYPE_ECHO_REPLY, 0, hdr.ident, hdr.seq),
+                payload,
+            )
+            self.stats.count("icmp_echo_answered")
+            return
+        if self.policy.tcp_target(ip.dst, 0) is None or ip.dst == cfg.dns:
+            self.stats.drop("icmp_destination_dropped")
+            return
+        quote = bytes(l3[: ip.ihl + 8])
+        self.ping.from_guest(eth_src, ip.src, ip.dst, hdr, payload, quote, now)
+
+    # ------------------------------------------------- what connections ask of us
+    def send_icmp_unreachable(self, code: int, quoted_ip_packet: bytes) -> None:
+        guest_ip = quoted_ip_packet[12:16]
+        mac = self.guest_macs.get(guest_ip)
+        if mac is None:
+            return
+        self.output.send_icmp_error(mac, icmpv4.TYPE_DEST_UNREACHABLE, code, quoted_ip_packet)
+
+    # ----------------------------------------------------------------- timers
+    def run_timers(self, now: float) -> None:
+        from netstack.tcp.connection import TcpConnection
+
+        for obj in self.timers.run(now):
+            if isinstance(obj, TcpConnection):
+                self.tcp.timer_fired(obj)
+
+    def close(self) -> None:
+        self.tcp.close_all()
+        self.udp.close_all()
+        self.dns.close_all()
+        self.ping.close_all()

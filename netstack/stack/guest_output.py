@@ -1,0 +1,116 @@
+"""Frames to the guest other than TCP segments: ARP, ICMP, UDP (fragmented when a
+datagram exceeds the MTU), each built in a fresh buffer. Control traffic and
+datagrams; the TCP fast path has its own writer (netstack.tcp.output)."""
+
+from __future__ import annotations
+
+import itertools
+
+from netstack.link.base import VNET_HEADROOM, LinkEndpoint
+from netstack.stack.config import NetworkConfig
+from netstack.wire import arp, ethernet, icmpv4, ipv4, udp
+from netstack.wire.ethernet import EthernetHeader
+from netstack.wire.ipv4 import Ipv4Header
+
+L2_OFFSET = VNET_HEADROOM
+L3_OFFSET = VNET_HEADROOM + ethernet.HEADER_LEN
+
+
+class GuestOutput:
+    def __init__(self, link: LinkEndpoint, config: NetworkConfig) -> None:
+        self.link = link
+        self.config = config
+        self._ident = itertools.count(0x4000)
+        self.frames_sent = 0
+
+    def _write(self, buf: bytearray) -> None:
+        self.link.write(memoryview(buf))
+        self.frames_sent += 1
+
+    def send_arp(
+        self, op: int, src_mac: bytes, src_ip: bytes, dst_mac: bytes, dst_ip: bytes
+    ) -> None:
+        buf = bytearray(L3_OFFSET + arp.HEADER_LEN)
+        eth_dst = dst_mac if op == arp.OP_REPLY else ethernet.BROADCAST
+        ethernet.emit(EthernetHeader(eth_dst, src_mac, ethernet.ETHERTYPE_ARP), buf, L2_OFFSET)
+        arp.emit(arp.ArpPacket(op, src_mac, src_ip, dst_mac, dst_ip), buf, L3_OFFSET)
+        self._write(buf)
+
+    def send_ipv4(
+        self, dst_mac: bytes, src: bytes, dst: bytes, proto: int, l4: bytes | bytearray | memoryview
+    ) -> None:
+        """An IPv4 packet from src (a virtual or remote address) to the guest; the
+        Ethernet source is always the gateway's MAC, as in slirp."""
+        mtu = self.link.mtu
+        ident = next(self._ident) & 0xFFFF
+        if ipv4.HEADER_LEN + len(l4) <= mtu:
+            self._send_fragment(dst_mac, src, dst, proto, ident, ipv4.FLAG_DF, l4)
+            return
+        step = (mtu - ipv4.HEADER_LEN) // 8 * 8
+        for off in range(0, len(l4), step):
+            chunk = l4[off : off + step]
+            more = ipv4.FLAG_MF if off + step < len(l4) else 0
+            self._send_fragment(dst_mac, src, dst, proto, ident, more | (off // 8), chunk)
+
+    def _send_fragment(
+        self,
+        dst_mac: bytes,
+        src: bytes,
+        dst: bytes,
+        proto: int,
+        ident: int,
+        flags_frag: int,
+        data: bytes | bytearray | memoryview,
+    ) -> None:
+        buf = bytearray(L3_OFFSET + ipv4.HEADER_LEN + len(data))
+        ethernet.emit(
+            EthernetHeader(dst_mac, self.config.gateway_mac, ethernet.ETHERTYPE_IPV4),
+            buf,
+            L2_OFFSET,
+        )
+        total = ipv4.HEADER_LEN + len(data)
+        ipv4.emit(
+            Ipv4Header(20, 0, total, ident, flags_frag, ipv4.DEFAULT_TTL, proto, src, dst),
+            buf,
+            L3_OFFSET,
+        )
+        buf[L3_OFFSET + ipv4.HEADER_LEN :] = data
+        self._write(buf)
+
+    def send_udp(
+        self,
+        dst_mac: bytes,
+        src: bytes,
+        src_port: int,
+        dst: bytes,
+        dst_port: int,
+        payload: bytes | bytearray | memoryview,
+    ) -> None:
+        length = udp.HEADER_LEN + len(payload)
+        if length > 0xFFFF:
+            return
+        seg = bytearray(length)
+        udp.emit_v4(udp.UdpHeader(src_port, dst_port, length), src, dst, payload, seg)
+        self.send_ipv4(dst_mac, src, dst, ipv4.PROTO_UDP, seg)
+
+    def send_icmp(
+        self,
+        dst_mac: bytes,
+        src: bytes,
+        dst: bytes,
+        hdr: icmpv4.IcmpHeader,
+        payload: bytes | bytearray | memoryview,
+    ) -> None:
+        msg = bytearray(icmpv4.HEADER_LEN + len(payload))
+        icmpv4.emit(hdr, payload, msg)
+        self.send_ipv4(dst_mac, src, dst, ipv4.PROTO_ICMP, msg)
+
+    def send_icmp_error(self, dst_mac: bytes, type_: int, code: int, quote: bytes) -> None:
+        """An ICMP error about a guest packet; quote = its IP header + 8 bytes.
+        The gateway speaks for the network, as a router would."""
+        if len(quote) < ipv4.HEADER_LEN:
+            return
+        guest_ip = bytes(quote[12:16])
+        self.send_icmp(
+            dst_mac, self.config.gateway, guest_ip, icmpv4.IcmpHeader(type_, code, 0, 0), quote
+        )

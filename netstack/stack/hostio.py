@@ -1,0 +1,39 @@
+"""What the guest-facing services ask of the host side. host/ implements it with real
+sockets on the event loop; tests implement it with fakes. Nothing else in the stack
+touches a host socket."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from netstack.tcp.connection import HostStream, TcpConnection
+
+HostAddr = tuple[str, int]
+
+
+class DatagramReceiver(Protocol):
+    def on_datagram(self, data: bytes, addr: HostAddr, now: float) -> None: ...
+
+
+class DatagramSocket(Protocol):
+    def sendto(self, data: bytes | bytearray | memoryview, addr: HostAddr) -> None: ...
+    def close(self) -> None: ...
+
+
+class HostIO(Protocol):
+    def connect_tcp(self, conn: TcpConnection, targets: list[HostAddr], now: float) -> HostStream:
+        """Start a non-blocking connect to the first target (the next on failure)."""
+        ...
+
+    def open_udp(self, owner: DatagramReceiver, family_of: str) -> DatagramSocket:
+        """A UDP socket whose datagrams go to owner.on_datagram. Raises OSError."""
+        ...
+
+    def open_ping(self, owner: DatagramReceiver, dst: str) -> DatagramSocket:
+        """An ICMP echo datagram socket connected to dst. Raises OSError (EACCES when
+        net.ipv4.ping_group_range forbids it)."""
+        ...
+
+    def nameservers(self) -> list[str]:
+        """The host resolver's nameservers, current as of at most a second ago."""
+        ...

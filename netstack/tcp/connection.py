@@ -1,0 +1,598 @@
+"""One proxied TCP connection: the guest-facing state machine (sans-I/O, takes `now`).
+
+States: CONNECTING (guest SYN seen, host connect() in progress) -> SYN_RECEIVED
+(SYN-ACK sent) -> ESTABLISHED -> TIME_WAIT -> CLOSED. Half-closes are tracked as two
+directions (`fin_from_guest`, `eof_from_host`/`fin_to_guest`) rather than as the RFC's
+FIN_WAIT/CLOSE_WAIT names. Every state change goes through `_set_state`.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import logging
+import random
+from typing import Protocol
+
+from netstack.tcp.output import FlowAddrs, SegmentWriter
+from netstack.wire import icmpv4, tcp
+from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, seq_diff, seq_lt
+
+log = logging.getLogger(__name__)
+
+# Timers, in seconds. The guest is on the same machine: its RTT is microseconds, so
+# the floor is what a lost frame costs, not a path estimate.
+RTO_INITIAL = 0.2
+RTO_MAX = 30.0
+MAX_RETRIES = 12  # 0.2 s doubling, capped at 30 s: about 3.5 minutes of silence
+DUPACKS_FOR_RETRANSMIT = 3
+CONNECT_TIMEOUT = 75.0
+TIME_WAIT = 2.0
+IDLE_TIMEOUT = 7200.0  # no byte either way for two hours: the host socket is closed
+FIN_TIMEOUT = 60.0  # both sides closed, waiting on the last ACK
+
+OUR_WSCALE = 7  # a 16-bit window << 7 reaches 8 MiB, above WINDOW_MAX
+WINDOW_MAX = 1 << 20  # bounds what the guest may have in flight to us (and the TAP
+#                      ring's load: 1 MiB at MTU 1500 is ~720 frames < txqueuelen 1000)
+PENDING_MAX = WINDOW_MAX + 65536  # guest bytes accepted but not yet taken by the host
+DEFAULT_MSS = 536  # RFC 9293 3.7.1, when the guest's SYN carries none
+
+
+class HostStream(Protocol):
+    """The host socket as the core sees it. Errors raise OSError."""
+
+    def send(self, data: memoryview) -> int: ...  # bytes taken (0 if full)
+    def send_space(self) -> int: ...
+    def peek_into(self, buf: memoryview, offset: int) -> int | None: ...  # 0 = EOF, None = empty
+    def discard(self, n: int) -> None: ...
+    def shutdown_write(self) -> None: ...
+    def close(self, reset: bool = False) -> None: ...
+
+
+class TcpState(enum.Enum):
+    CONNECTING = "connecting"
+    SYN_RECEIVED = "syn_received"
+    ESTABLISHED = "established"
+    TIME_WAIT = "time_wait"
+    CLOSED = "closed"
+
+
+class Refusal(enum.Enum):
+    """How a failed host connect is reported to the guest."""
+
+    RESET = "reset"
+    NET_UNREACHABLE = "net_unreachable"
+    HOST_UNREACHABLE = "host_unreachable"
+
+
+def refusal_for_errno(err: int) -> Refusal:
+    if err == errno.ECONNREFUSED:
+        return Refusal.RESET
+    if err == errno.EHOSTUNREACH:
+        return Refusal.HOST_UNREACHABLE
+    if err in (errno.ETIMEDOUT, errno.EHOSTDOWN):
+        return Refusal.HOST_UNREACHABLE
+    return Refusal.NET_UNREACHABLE
+
+
+class Guest(Protocol):
+    """What a connection needs from the stack beyond its segment writer."""
+
+    def send_icmp_unreachable(self, code: int, quoted_ip_packet: bytes) -> None: ...
+
+
+class TcpConnection:
+    def __init__(
+        self,
+        flow: FlowAddrs,
+        writer: SegmentWriter,
+        syn: tcp.TcpHeader,
+        syn_quote: bytes,
+        mtu: int,
+        now: float,
+        guest: Guest,
+    ) -> None:
+        self.flow = flow
+        self.writer = writer
+        self.guest = guest
+        self.state = TcpState.CONNECTING
+        self.host: HostStream | None = None
+        self.awaiting_host = False  # the table counts this flow as half-open
+        self.syn_quote = syn_quote  # IP header + 8 bytes of the SYN, for ICMP errors
+
+        opts = syn.options
+        self.rcv_nxt = (syn.seq + 1) & 0xFFFFFFFF
+        self.guest_wscale = opts.wscale if opts.wscale is not None else 0
+        self.our_wscale = OUR_WSCALE if opts.wscale is not None else 0
+        self.ts_enabled = opts.ts_val is not None
+        self.ts_recent = opts.ts_val or 0
+        mss_to_guest = min(opts.mss or DEFAULT_MSS, mtu - 40)
+        self.seg_size = max(64, mss_to_guest - (12 if self.ts_enabled else 0))
+        self.our_mss = max(64, mtu - 40)
+        self.guest_window = syn.window  # SYN windows are never scaled
+
+        self.iss = random.getrandbits(32)
+        self.snd_una = self.iss
+        self.snd_nxt = self.iss
+
+        self.pending_to_host = bytearray()
+        self.fin_from_guest = False
+        self.host_write_shut = False
+        self.eof_from_host = False
+        self.fin_to_guest = False
+        self.fin_acked = False
+        self.host_readable = False
+        self.ack_needed = False
+        self.window_advertised = 0
+
+        self.rto = RTO_INITIAL
+        self.rto_deadline: float | None = None
+        self.retries = 0
+        self.dupacks = 0
+        self.created = now
+        self.last_activity = now
+        self.state_deadline: float | None = now + CONNECT_TIMEOUT
+        self.bytes_from_guest = 0
+        self.bytes_to_guest = 0
+
+    # ---------------------------------------------------------------- state
+    def _set_state(self, state: TcpState, why: str) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "tcp %s:%d->%s:%d %s -> %s (%s)",
+                _ip(self.flow.guest_ip),
+                self.flow.guest_port,
+                _ip(self.flow.remote_ip),
+                self.flow.remote_port,
+                self.state.value,
+                state.value,
+                why,
+            )
+        self.state = state
+
+    @property
+    def closed(self) -> bool:
+        return self.state is TcpState.CLOSED
+
+    @property
+    def deadline(self) -> float | None:
+        """The next time on_timer wants to run, or None."""
+        d = self.rto_deadline
+        s = self.state_deadline
+        if d is None:
+            return s
+        return d if s is None or d < s else s
+
+    # ---------------------------------------------------------- host events
+    def attach_host(self, host: HostStream) -> None:
+        self.host = host
+
+    def on_host_connected(self, now: float) -> None:
+        if self.state is not TcpState.CONNECTING:
+            return
+        self._set_state(TcpState.SYN_RECEIVED, "host connected")
+        self.snd_nxt = (self.iss + 1) & 0xFFFFFFFF
+        self.state_deadline = None
+        self._send_synack(now)
+        self._arm_rto(now)
+
+    def on_host_connect_failed(self, err: int, now: float) -> None:
+        if self.state is not TcpState.CONNECTING:
+            return
+        self.refuse(refusal_for_errno(err))
+
+    def refuse(self, how: Refusal) -> None:
+        """Answer the guest's SYN with RST or ICMP unreachable and close."""
+        if how is Refusal.RESET:
+            self.writer.send(self.flow, 0, self.rcv_nxt, RST | ACK, 0, None, 0, 0)
+        else:
+            code = (
+                icmpv4.CODE_NET_UNREACHABLE
+                if how is Refusal.NET_UNREACHABLE
+                else icmpv4.CODE_HOST_UNREACHABLE
+            )
+            self.guest.send_icmp_unreachable(code, self.syn_quote)
+        self._close(reset_host=True, why=f"refused: {how.value}")
+
+    def on_host_readable(self, now: float) -> None:
+        self.host_readable = True
+        if self.state is TcpState.ESTABLISHED:
+            self._pump_to_guest(now)
+            self._maybe_finish(now)
+
+    def on_host_writable(self, now: float) -> None:
+        if self.state is not TcpState.ESTABLISHED or self.host is None:
+            return
+        if self.pending_to_host:
+            if not self._flush_pending():
+                return
+        if self._receive_window() >= 2 * self.window_advertised + self.our_mss:
+            self._send_ack(now)  # a window update the guest may be waiting for
+        self._maybe_finish(now)
+
+    def on_host_error(self, err: int, now: float) -> None:
+        """The host socket failed (reset, broken pipe): reset the guest side."""
+        if self.state in (TcpState.CLOSED, TcpState.TIME_WAIT):
+            return
+        if self.state is TcpState.CONNECTING:
+            self.on_host_connect_failed(err, now)
+            return
+        self._reset_guest(f"host error {errno.errorcode.get(err, err)}")
+
+    # --------------------------------------------------------- guest segments
+    def on_segment(self, seg: tcp.TcpHeader, payload: memoryview, now: float) -> None:
+        """A segment from the guest for this flow."""
+        flags = seg.flags
+        state = self.state
+        if state is TcpState.CLOSED:
+            return
+        if flags & RST:
+            if self._seq_acceptable(seg.seq):
+                self._close(reset_host=True, why="reset by guest")
+            return
+        if flags & SYN:
+            if state is TcpState.SYN_RECEIVED and seg.seq == (self.rcv_nxt - 1) & 0xFFFFFFFF:
+                self._send_synack(now)  # our SYN-ACK was lost
+            elif state is not TcpState.CONNECTING:
+                self._send_ack(now)  # challenge ACK (RFC 5961 4.2)
+            return
+        if state is TcpState.CONNECTING:
+            return  # nothing legitimate arrives before our SYN-ACK
+        if not flags & ACK:
+            return
+        self.last_activity = now
+        if self.ts_enabled and seg.options.ts_val is not None and seg.seq == self.rcv_nxt:
+            self.ts_recent = seg.options.ts_val
+
+        if state is TcpState.SYN_RECEIVED:
+            if seg.ack != (self.iss + 1) & 0xFFFFFFFF:
+                self.writer.send(self.flow, seg.ack, 0, RST, 0, None, 0, 0)
+                return
+            self.snd_una = seg.ack
+            self._disarm_rto()
+            self._set_state(TcpState.ESTABLISHED, "handshake done")
+            self.guest_window = seg.window << self.guest_wscale
+
+        if self.state is TcpState.TIME_WAIT:
+            if flags & FIN:
+                self._send_ack(now)
+            return
+
+        self._on_ack(seg, len(payload), now)
+        if self.state is not TcpState.ESTABLISHED:
+            return
+        if payload or flags & FIN:
+            self._on_data(seg.seq, payload, bool(flags & FIN), now)
+        if self.host_readable:
+            self._pump_to_guest(now)
+        self._maybe_finish(now)
+
+    def _seq_acceptable(self, seq: int) -> bool:
+        d = seq_diff(seq, self.rcv_nxt)
+        return 0 <= d <= max(self.window_advertised, 1)
+
+    def _on_ack(self, seg: tcp.TcpHeader, payload_len: int, now: float) -> None:
+        ack = seg.ack
+        window = seg.window << self.guest_wscale
+        if seq_lt(self.snd_nxt, ack):
+            self.ack_needed = True  # acknowledges what we never sent
+            return
+        if seq_lt(self.snd_una, ack):
+            acked = seq_diff(ack, self.snd_una)
+            if self.fin_to_guest and ack == self.snd_nxt:
+                self.fin_acked = True
+                acked -= 1
+            if acked > 0 and self.host is not None:
+                try:
+                    self.host.discard(acked)
+                except OSError as e:
+                    self.on_host_error(e.errno or errno.EIO, now)
+                    return
+            self.snd_una = ack
+            self.retries = 0
+            self.rto = RTO_INITIAL
+            self.dupacks = 0
+            if self.snd_una == self.snd_nxt:
+                self._disarm_rto()
+            else:
+                self._arm_rto(now, restart=True)
+        elif self.snd_una == self.snd_nxt:
+            self.retries = 0  # the guest is alive (answering a zero-window probe)
+        elif (
+            ack == self.snd_una
+            and payload_len == 0
+            and not seg.flags & FIN
+            and self.snd_nxt != self.snd_una
+            and window == self.guest_window
+        ):
+            self.dupacks += 1
+            if self.dupacks == DUPACKS_FOR_RETRANSMIT:
+                self._rewind("3 duplicate ACKs")
+        self.guest_window = window
+
+    def _on_data(self, seq: int, payload: memoryview, fin: bool, now: float) -> None:
+        offset = seq_diff(self.rcv_nxt, seq)
+        if offset < 0:
+            self._send_ack(now)  # a gap: the duplicate ACK asks for a retransmission
+            return
+        if offset > 0:
+            if offset > len(payload) or (offset == len(payload) and not fin):
+                self.ack_needed = True  # an old duplicate
+                return
+            if offset == len(payload):  # only the FIN is new... or it was seen
+                if self.fin_from_guest:
+                    self.ack_needed = True
+                    return
+            payload = payload[offset:]
+        if payload and not self.fin_from_guest:
+            taken = self._data_to_host(payload, now)
+            if taken < len(payload):
+                fin = False  # the FIN lies beyond what we took
+            self.rcv_nxt = (self.rcv_nxt + taken) & 0xFFFFFFFF
+            self.bytes_from_guest += taken
+            self.ack_needed = True
+        if fin and not self.fin_from_guest:
+            self.fin_from_guest = True
+            self.rcv_nxt = (self.rcv_nxt + 1) & 0xFFFFFFFF
+            if not self.pending_to_host:
+                self._shutdown_host_write()
+            self._send_ack(now)
+
+    def _data_to_host(self, payload: memoryview, now: float) -> int:
+        """Hand guest bytes to the host socket; returns how many we took."""
+        if self.pending_to_host:
+            room = PENDING_MAX - len(self.pending_to_host)
+            chunk = payload[: max(0, room)]
+            self.pending_to_host += chunk
+            return len(chunk)
+        assert self.host is not None
+        try:
+            n = self.host.send(payload)
+        except OSError as e:
+            self.on_host_error(e.errno or errno.EIO, now)
+            return 0
+        if n < len(payload):
+            rest = payload[n : n + PENDING_MAX]
+            self.pending_to_host += rest
+            n += len(rest)
+        return n
+
+    def _flush_pending(self) -> bool:
+        """Write pending guest bytes to the host; True when all are written."""
+        assert self.host is not None
+        try:
+            n = self.host.send(memoryview(self.pending_to_host))
+        except OSError as e:
+            self.on_host_error(e.errno or errno.EIO, self.last_activity)
+            return False
+        del self.pending_to_host[:n]
+        if self.pending_to_host:
+            return False
+        if self.fin_from_guest:
+            self._shutdown_host_write()
+        return True
+
+    def _shutdown_host_write(self) -> None:
+        if self.host_write_shut or self.host is None:
+            return
+        self.host_write_shut = True
+        try:
+            self.host.shutdown_write()
+        except OSError:
+            pass
+
+    # ------------------------------------------------------ data to the guest
+    def _pump_to_guest(self, now: float) -> None:
+        """Send host data the guest's window allows; FIN once the host's EOF is reached."""
+        host = self.host
+        if host is None or self.fin_to_guest:
+            return
+        writer = self.writer
+        hlen = 20 + (12 if self.ts_enabled else 0)
+        while True:
+            in_flight = seq_diff(self.snd_nxt, self.snd_una)
+            room = self.guest_window - in_flight
+            if room <= 0:
+                if in_flight == 0 and self.rto_deadline is None:
+                    self._arm_rto(now)  # persist: probe a zero window
+                return
+            view = writer.payload_view(hlen, room)
+            try:
+                n = host.peek_into(view, in_flight)
+            except OSError as e:
+                self.on_host_error(e.errno or errno.EIO, now)
+                return
+            if n is None:
+                self.host_readable = False
+                return
+            if n == 0:
+                self.host_readable = False
+                self.eof_from_host = True
+                self._send_fin(now)
+                return
+            window = self._window_field()
+            writer.send(
+                self.flow,
+                self.snd_nxt,
+                self.rcv_nxt,
+                ACK | PSH,
+                window,
+                self._ts(now),
+                n,
+                self.seg_size,
+            )
+            self.ack_needed = False
+            self.snd_nxt = (self.snd_nxt + n) & 0xFFFFFFFF
+            self.bytes_to_guest += n
+            self.last_activity = now
+            if self.rto_deadline is None:
+                self._arm_rto(now)
+
+    def _send_fin(self, now: float) -> None:
+        if self.fin_to_guest:
+            return
+        self.fin_to_guest = True
+        self.writer.send(
+            self.flow,
+            self.snd_nxt,
+            self.rcv_nxt,
+            FIN | ACK,
+            self._window_field(),
+            self._ts(now),
+            0,
+            self.seg_size,
+        )
+        self.ack_needed = False
+        self.snd_nxt = (self.snd_nxt + 1) & 0xFFFFFFFF
+        self._arm_rto(now)
+
+    def _rewind(self, why: str) -> None:
+        """Go back to the oldest unacknowledged byte (a retransmission)."""
+        log.debug("tcp retransmit from %d: %s", self.snd_una, why)
+        self.snd_nxt = self.snd_una
+        if self.fin_to_guest and not self.fin_acked:
+            self.fin_to_guest = False
+        self.host_readable = True
+        self.dupacks = 0
+
+    # ----------------------------------------------------------------- timers
+    def _arm_rto(self, now: float, restart: bool = False) -> None:
+        if self.rto_deadline is None or restart:
+            self.rto_deadline = now + self.rto
+
+    def _disarm_rto(self) -> None:
+        self.rto_deadline = None
+
+    def on_timer(self, now: float) -> None:
+        if self.state_deadline is not None and now >= self.state_deadline:
+            self.state_deadline = None
+            if self.state is TcpState.CONNECTING:
+                self.refuse(Refusal.HOST_UNREACHABLE)
+                return
+            if self.state is TcpState.TIME_WAIT:
+                self._set_state(TcpState.CLOSED, "time-wait over")
+                return
+            if self.state is TcpState.ESTABLISHED:
+                if now >= self.last_activity + self._idle_limit():
+                    self._reset_guest("idle timeout")
+                    return
+        if self.rto_deadline is not None and now >= self.rto_deadline:
+            self.rto_deadline = None
+            self.retries += 1
+            if self.retries > MAX_RETRIES:
+                self._reset_guest("guest silent: retransmissions exhausted")
+                return
+            self.rto = min(self.rto * 2, RTO_MAX)
+            if self.state is TcpState.SYN_RECEIVED:
+                self._send_synack(now)
+                self._arm_rto(now)
+            elif self.state is TcpState.ESTABLISHED:
+                if self.snd_nxt == self.snd_una and self.guest_window == 0:
+                    self._send_window_probe(now)
+                    self._arm_rto(now)
+                else:
+                    self._rewind("timeout")
+                    self._pump_to_guest(now)
+                    if self.rto_deadline is None and self.snd_nxt != self.snd_una:
+                        self._arm_rto(now)
+        self._update_state_deadline(now)
+
+    def _update_state_deadline(self, now: float) -> None:
+        if self.state is not TcpState.ESTABLISHED:
+            return
+        self.state_deadline = self.last_activity + self._idle_limit()
+
+    def _idle_limit(self) -> float:
+        both_closed = self.fin_from_guest and self.fin_to_guest
+        return FIN_TIMEOUT if both_closed else IDLE_TIMEOUT
+
+    def _send_window_probe(self, now: float) -> None:
+        # a segment just below the window: the guest answers with its current window
+        self.writer.send(
+            self.flow,
+            (self.snd_una - 1) & 0xFFFFFFFF,
+            self.rcv_nxt,
+            ACK,
+            self._window_field(),
+            self._ts(now),
+            0,
+            self.seg_size,
+        )
+
+    # ----------------------------------------------------------------- output
+    def flush(self, now: float) -> None:
+        """End of a batch: send the ACK owed to the guest, if data did not carry it."""
+        if self.ack_needed and self.state is TcpState.ESTABLISHED:
+            self._send_ack(now)
+        if self.state is TcpState.ESTABLISHED:
+            self._update_state_deadline(now)
+
+    def _send_ack(self, now: float) -> None:
+        self.writer.send(
+            self.flow,
+            self.snd_nxt,
+            self.rcv_nxt,
+            ACK,
+            self._window_field(),
+            self._ts(now),
+            0,
+            self.seg_size,
+        )
+        self.ack_needed = False
+
+    def _send_synack(self, now: float) -> None:
+        opts = tcp.TcpOptions(
+            mss=self.our_mss,
+            wscale=self.our_wscale if self.guest_wscale or self.our_wscale else None,
+            ts_val=self._ts_val(now) if self.ts_enabled else None,
+            ts_ecr=self.ts_recent,
+        )
+        window = min(self._receive_window(), 0xFFFF)  # a SYN's window is never scaled
+        self.window_advertised = window
+        self.writer.send_syn(self.flow, self.iss, self.rcv_nxt, SYN | ACK, window, opts)
+
+    def _receive_window(self) -> int:
+        if self.host is None:
+            return 0
+        try:
+            space = self.host.send_space()
+        except OSError:
+            space = 0
+        return max(0, min(space - len(self.pending_to_host), WINDOW_MAX))
+
+    def _window_field(self) -> int:
+        window = self._receive_window()
+        self.window_advertised = window
+        return min(window >> self.our_wscale, 0xFFFF)
+
+    def _ts_val(self, now: float) -> int:
+        return int(now * 1000) & 0xFFFFFFFF
+
+    def _ts(self, now: float) -> tuple[int, int] | None:
+        return (self._ts_val(now), self.ts_recent) if self.ts_enabled else None
+
+    # ---------------------------------------------------------------- closing
+    def _maybe_finish(self, now: float) -> None:
+        if self.fin_from_guest and self.host_write_shut and self.fin_to_guest and self.fin_acked:
+            self._close(reset_host=False, why="both sides closed", linger=now)
+
+    def _reset_guest(self, why: str) -> None:
+        self.writer.send(self.flow, self.snd_nxt, self.rcv_nxt, RST | ACK, 0, None, 0, 0)
+        self._close(reset_host=True, why=why)
+
+    def _close(self, reset_host: bool, why: str, linger: float | None = None) -> None:
+        if self.host is not None:
+            self.host.close(reset=reset_host)
+            self.host = None
+        self.pending_to_host = bytearray()
+        self.rto_deadline = None
+        if linger is not None:
+            self._set_state(TcpState.TIME_WAIT, why)
+            self.state_deadline = linger + TIME_WAIT
+        else:
+            self._set_state(TcpState.CLOSED, why)
+            self.state_deadline = None
+
+
+def _ip(b: bytes) -> str:
+    return ".".join(str(x) for x in b)

@@ -1,0 +1,184 @@
+"""The TCP flow table: finds the connection for a guest segment, opens new ones on a
+SYN (within limits), answers strays with RST, and reaps closed connections."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from netstack.stack.stats import Stats
+from netstack.stack.timers import TimerQueue
+from netstack.tcp.connection import Guest, HostStream, Refusal, TcpConnection, TcpState
+from netstack.tcp.output import FlowAddrs, SegmentWriter
+from netstack.wire import tcp
+
+log = logging.getLogger(__name__)
+
+FlowKey = tuple[bytes, int, bytes, int]  # guest ip, guest port, remote ip, remote port
+
+# A host address to connect to (tried in order), a refusal, or None: drop silently.
+Target = list[tuple[str, int]] | Refusal | None
+
+
+class HostConnector(Protocol):
+    def connect_tcp(
+        self, conn: TcpConnection, targets: list[tuple[str, int]], now: float
+    ) -> HostStream: ...
+
+
+MAX_FLOWS = 4096
+MAX_CONNECTING = 512
+
+
+class TcpTable:
+    def __init__(
+        self,
+        writer: SegmentWriter,
+        mtu: int,
+        connector: HostConnector,
+        resolve: Callable[[bytes, int], Target],
+        guest: Guest,
+        stats: Stats,
+        timers: TimerQueue,
+        max_flows: int = MAX_FLOWS,
+        max_connecting: int = MAX_CONNECTING,
+    ) -> None:
+        self.writer = writer
+        self.mtu = mtu
+        self.connector = connector
+        self.resolve = resolve
+        self.guest = guest
+        self.stats = stats
+        self.timers = timers
+        self.max_flows = max_flows
+        self.max_connecting = max_connecting
+        self.conns: dict[FlowKey, TcpConnection] = {}
+        self.dirty: dict[FlowKey, TcpConnection] = {}
+        self.connecting = 0
+
+    def on_segment(
+        self,
+        guest_mac: bytes,
+        src: bytes,
+        dst: bytes,
+        seg: tcp.TcpHeader,
+        payload: memoryview,
+        quote: bytes,
+        now: float,
+    ) -> None:
+        key = (src, seg.src_port, dst, seg.dst_port)
+        conn = self.conns.get(key)
+        if (
+            conn is not None
+            and conn.state in (TcpState.TIME_WAIT, TcpState.CLOSED)
+            and seg.flags & tcp.SYN
+            and not seg.flags & tcp.ACK
+        ):
+            self._remove(key, conn)  # the guest reuses the 4-tuple
+            conn = None
+        if conn is None:
+            self._new_flow(key, guest_mac, seg, payload, quote, now)
+            return
+        conn.on_segment(seg, payload, now)
+        self.dirty[key] = conn
+
+    def _new_flow(
+        self,
+        key: FlowKey,
+        guest_mac: bytes,
+        seg: tcp.TcpHeader,
+        payload: memoryview,
+        quote: bytes,
+        now: float,
+    ) -> None:
+        flags = seg.flags
+        src, sport, dst, dport = key
+        flow = FlowAddrs(guest_mac, src, sport, dst, dport)
+        if flags & tcp.RST:
+            return
+        if not flags & tcp.SYN or flags & tcp.ACK:
+            self.stats.drop("tcp_no_flow")
+            self._reset_stray(flow, seg, len(payload))
+            return
+        target = self.resolve(dst, dport)
+        if target is None:
+            self.stats.drop("tcp_destination_dropped")
+            return
+        conn = TcpConnection(flow, self.writer, seg, quote, self.mtu, now, self.guest)
+        if isinstance(target, Refusal):
+            self.stats.count("tcp_refused_" + target.value)
+            conn.refuse(target)
+            return
+        if len(self.conns) >= self.max_flows or self.connecting >= self.max_connecting:
+            self.stats.drop("tcp_flow_limit")
+            conn.refuse(Refusal.RESET)
+            return
+        self.conns[key] = conn
+        conn.awaiting_host = True
+        self.connecting += 1
+        self.stats.count("tcp_flows_opened")
+        conn.attach_host(self.connector.connect_tcp(conn, target, now))
+        self.timers.touch(conn)
+
+    def _reset_stray(self, flow: FlowAddrs, seg: tcp.TcpHeader, payload_len: int) -> None:
+        """RFC 9293 3.10.7.1: a segment for no connection gets a RST."""
+        if seg.flags & tcp.ACK:
+            self.writer.send(flow, seg.ack, 0, tcp.RST, 0, None, 0, 0)
+        else:
+            seg_len = (
+                payload_len + (1 if seg.flags & tcp.SYN else 0) + (1 if seg.flags & tcp.FIN else 0)
+            )
+            self.writer.send(flow, 0, seg.seq + seg_len, tcp.RST | tcp.ACK, 0, None, 0, 0)
+
+    # -------------------------------------------------- events from the host side
+    def host_connected(self, conn: TcpConnection, ok: bool, err: int, now: float) -> None:
+        if conn.awaiting_host:
+            conn.awaiting_host = False
+            self.connecting -= 1
+        if ok:
+            conn.on_host_connected(now)
+        else:
+            conn.on_host_connect_failed(err, now)
+        self.after(conn)
+
+    def after(self, conn: TcpConnection) -> None:
+        """Bookkeeping after any event on conn: timers and reaping."""
+        if conn.state is TcpState.CLOSED:
+            key = (
+                conn.flow.guest_ip,
+                conn.flow.guest_port,
+                conn.flow.remote_ip,
+                conn.flow.remote_port,
+            )
+            if self.conns.get(key) is conn:
+                self._remove(key, conn)
+        else:
+            self.timers.touch(conn)
+
+    def flush(self, now: float) -> None:
+        """End of a batch of guest frames: owed ACKs go out."""
+        dirty = self.dirty
+        self.dirty = {}
+        for conn in dirty.values():
+            conn.flush(now)
+            self.after(conn)
+
+    def timer_fired(self, conn: TcpConnection) -> None:
+        self.after(conn)
+
+    def _remove(self, key: FlowKey, conn: TcpConnection) -> None:
+        del self.conns[key]
+        self.dirty.pop(key, None)
+        self.timers.forget(conn)
+        if conn.awaiting_host:
+            conn.awaiting_host = False
+            self.connecting -= 1
+        if conn.host is not None:
+            conn.host.close(reset=True)
+            conn.host = None
+        self.stats.count("tcp_flows_closed")
+
+    def close_all(self) -> None:
+        for key, conn in list(self.conns.items()):
+            self._remove(key, conn)

@@ -1,0 +1,1 @@
+"""UDP from the guest, proxied through host UDP sockets."""

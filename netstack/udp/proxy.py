@@ -1,0 +1,150 @@
+"""UDP proxy: one host socket per guest source (address, port), unconnected, so replies
+from any peer come back, as in slirp. Idle flows expire (240 s, slirp's value).
+
+Destinations are translated by the stack's policy (gateway -> host loopback);
+replies are translated back (host loopback -> gateway) before they reach the guest.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+
+from netstack.stack.guest_output import GuestOutput
+from netstack.stack.hostio import DatagramSocket, HostAddr, HostIO
+from netstack.stack.stats import Stats
+from netstack.stack.timers import TimerQueue
+from netstack.tcp.connection import Refusal
+from netstack.wire import icmpv4
+
+log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT = 240.0
+MAX_FLOWS = 1024
+
+UdpTarget = HostAddr | Refusal | None
+
+
+class UdpFlow:
+    def __init__(
+        self, proxy: UdpProxy, guest_mac: bytes, guest_ip: bytes, guest_port: int, now: float
+    ) -> None:
+        self.proxy = proxy
+        self.guest_mac = guest_mac
+        self.guest_ip = guest_ip
+        self.guest_port = guest_port
+        self.last_activity = now
+        self.sock: DatagramSocket | None = None
+        self.closed = False
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.closed else self.last_activity + IDLE_TIMEOUT
+
+    def on_timer(self, now: float) -> None:
+        if now >= self.last_activity + IDLE_TIMEOUT:
+            self.proxy.expire(self)
+
+    def on_datagram(self, data: bytes, addr: HostAddr, now: float) -> None:
+        src = self.proxy.virtual_source(addr)
+        if src is None:
+            self.proxy.stats.drop("udp_reply_unmapped")
+            return
+        self.last_activity = now
+        self.proxy.output.send_udp(
+            self.guest_mac, src, addr[1], self.guest_ip, self.guest_port, data
+        )
+        self.proxy.stats.count("udp_datagrams_to_guest")
+
+
+class UdpProxy:
+    def __init__(
+        self,
+        host: HostIO,
+        output: GuestOutput,
+        stats: Stats,
+        timers: TimerQueue,
+        resolve: Callable[[bytes, int], UdpTarget],
+        virtual_source: Callable[[HostAddr], bytes | None],
+        max_flows: int = MAX_FLOWS,
+    ) -> None:
+        self.host = host
+        self.output = output
+        self.stats = stats
+        self.timers = timers
+        self.resolve = resolve
+        self.virtual_source = virtual_source
+        self.max_flows = max_flows
+        self.flows: dict[tuple[bytes, int], UdpFlow] = {}
+
+    def from_guest(
+        self,
+        guest_mac: bytes,
+        src: bytes,
+        sport: int,
+        dst: bytes,
+        dport: int,
+        payload: memoryview,
+        quote: bytes,
+        now: float,
+    ) -> None:
+        target = self.resolve(dst, dport)
+        if target is None:
+            self.stats.drop("udp_destination_dropped")
+            return
+        if isinstance(target, Refusal):
+            code = (
+                icmpv4.CODE_PORT_UNREACHABLE
+                if target is Refusal.RESET
+                else icmpv4.CODE_NET_UNREACHABLE
+            )
+            self.output.send_icmp_error(guest_mac, icmpv4.TYPE_DEST_UNREACHABLE, code, quote)
+            return
+        flow = self.flows.get((src, sport))
+        if flow is None:
+            if len(self.flows) >= self.max_flows:
+                self.stats.drop("udp_flow_limit")
+                self.output.send_icmp_error(
+                    guest_mac, icmpv4.TYPE_DEST_UNREACHABLE, icmpv4.CODE_ADMIN_PROHIBITED, quote
+                )
+                return
+            flow = UdpFlow(self, guest_mac, src, sport, now)
+            try:
+                flow.sock = self.host.open_udp(flow, target[0])
+            except OSError as e:
+                log.warning("udp: cannot open a host socket: %s", e)
+                self.stats.drop("udp_socket_error")
+                return
+            self.flows[(src, sport)] = flow
+            self.stats.count("udp_flows_opened")
+        flow.last_activity = now
+        assert flow.sock is not None
+        try:
+            flow.sock.sendto(payload, target)
+        except OSError as e:
+            self.stats.drop("udp_send_error")
+            log.debug("udp sendto %s: %s", target, e)
+            return
+        self.stats.count("udp_datagrams_from_guest")
+        self.timers.touch(flow)
+
+    def expire(self, flow: UdpFlow) -> None:
+        flow.closed = True
+        if flow.sock is not None:
+            flow.sock.close()
+            flow.sock = None
+        self.flows.pop((flow.guest_ip, flow.guest_port), None)
+        self.timers.forget(flow)
+        self.stats.count("udp_flows_closed")
+
+    def close_all(self) -> None:
+        for flow in list(self.flows.values()):
+            self.expire(flow)
+
+
+def ip_bytes(addr: str) -> bytes | None:
+    try:
+        return socket.inet_aton(addr)
+    except OSError:
+        return None

@@ -1,0 +1,58 @@
+"""DNS message header and question (RFC 1035). The stack forwards DNS, so it only
+needs the header (id, flags, counts) and, for logging, the first question's name."""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+from netstack.wire import WireError
+
+HEADER = struct.Struct("!HHHHHH")
+HEADER_LEN = 12
+PORT = 53
+
+FLAG_QR = 0x8000
+RCODE_SERVFAIL = 2
+
+
+class DnsHeader(NamedTuple):
+    ident: int
+    flags: int
+    qdcount: int
+    ancount: int
+    nscount: int
+    arcount: int
+
+    @property
+    def is_response(self) -> bool:
+        return bool(self.flags & FLAG_QR)
+
+
+def parse(buf: bytes | bytearray | memoryview) -> DnsHeader:
+    if len(buf) < HEADER_LEN:
+        raise WireError("dns_short", f"{len(buf)} bytes")
+    return DnsHeader(*HEADER.unpack_from(buf))
+
+
+def emit(hdr: DnsHeader, buf: bytearray | memoryview, offset: int = 0) -> int:
+    HEADER.pack_into(buf, offset, *hdr)
+    return HEADER_LEN
+
+
+def question_name(buf: bytes | bytearray | memoryview) -> str:
+    """The first question's name, dotted. Compression pointers are not allowed there."""
+    labels: list[str] = []
+    i = HEADER_LEN
+    while True:
+        if i >= len(buf):
+            raise WireError("dns_name", "runs past the end")
+        n = buf[i]
+        if n == 0:
+            return ".".join(labels)
+        if n & 0xC0:
+            raise WireError("dns_name", "pointer in question")
+        if i + 1 + n > len(buf) or len(labels) >= 127:
+            raise WireError("dns_name", "label runs past the end")
+        labels.append(bytes(buf[i + 1 : i + 1 + n]).decode("ascii", "replace"))
+        i += 1 + n

@@ -1,0 +1,45 @@
+"""UDP header (RFC 768) with the IPv4 pseudo-header checksum."""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+from netstack import _fast
+from netstack.wire import WireError, ipv4
+
+HEADER = struct.Struct("!HHHH")
+HEADER_LEN = 8
+
+
+class UdpHeader(NamedTuple):
+    src_port: int
+    dst_port: int
+    length: int  # header + payload
+
+
+def parse(buf: bytes | bytearray | memoryview) -> UdpHeader:
+    if len(buf) < HEADER_LEN:
+        raise WireError("udp_short", f"{len(buf)} bytes")
+    sport, dport, length, _csum = HEADER.unpack_from(buf)
+    if length < HEADER_LEN or length > len(buf):
+        raise WireError("udp_length", f"length {length}, buffer {len(buf)}")
+    return UdpHeader(sport, dport, length)
+
+
+def emit_v4(
+    hdr: UdpHeader,
+    src: bytes,
+    dst: bytes,
+    payload: bytes | bytearray | memoryview,
+    buf: bytearray | memoryview,
+    offset: int = 0,
+) -> int:
+    """Write header and payload with the full checksum; returns bytes written."""
+    end = offset + HEADER_LEN + len(payload)
+    HEADER.pack_into(buf, offset, hdr.src_port, hdr.dst_port, hdr.length, 0)
+    buf[offset + HEADER_LEN : end] = payload
+    seed = ipv4.pseudo_header_sum(src, dst, ipv4.PROTO_UDP, hdr.length)
+    csum = _fast.checksum(memoryview(buf)[offset:end], seed) or 0xFFFF
+    struct.pack_into("!H", buf, offset + 6, csum)
+    return end - offset
