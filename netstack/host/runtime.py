@@ -191,6 +191,7 @@ class Runtime:
                 fn()
             except Exception:
                 log.exception("exit handler failed")
+        log.info("exiting; counters: %s", self.stack.stats.snapshot())
         self.stack.close()
         try:
             self.loop.remove_reader(self.link.fileno())

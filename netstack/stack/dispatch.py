@@ -18,6 +18,7 @@ from netstack.stack.config import NetworkConfig
 from netstack.stack.guest_output import GuestOutput
 from netstack.stack.hostio import HostIO
 from netstack.stack.policy import Policy
+from netstack.stack.reassembly import Reassembler
 from netstack.stack.stats import Stats
 from netstack.stack.timers import TimerQueue
 from netstack.tcp.output import SegmentWriter
@@ -58,6 +59,7 @@ class Stack:
         self.dns = DnsForwarder(host, self.output, self.stats, self.timers)
         self.ping = PingProxy(host, self.output, self.stats, self.timers)
         self.dhcp = DhcpServer(config)
+        self.reassembler = Reassembler()
         self.guest_macs: dict[bytes, bytes] = {}
         self._our_macs = (config.gateway_mac, config.dns_mac, ethernet.BROADCAST)
         self._icmp_quote = b""
@@ -125,8 +127,12 @@ class Stack:
         cfg = self.config
         src = ip.src
         if ip.is_fragment:
-            self.stats.drop("ipv4_fragment")
-            return
+            whole = self.reassembler.add(ip, l3, now)
+            if whole is None:
+                return
+            self.stats.count("ipv4_reassembled")
+            l3 = memoryview(whole)
+            ip = ip._replace(ihl=ipv4.HEADER_LEN, total_length=len(whole), flags_frag=0)
         if src == _ZERO_IP:
             if ip.proto == ipv4.PROTO_UDP:  # only a DHCP client speaks before it has an address
                 self._udp(eth_src, ip, l3, now)

@@ -34,7 +34,15 @@ FIN_TIMEOUT = 60.0  # both sides closed, waiting on the last ACK
 OUR_WSCALE = 7  # a 16-bit window << 7 reaches 8 MiB, above WINDOW_MAX
 WINDOW_MAX = 1 << 20  # bounds what the guest may have in flight to us (and the TAP
 #                      ring's load: 1 MiB at MTU 1500 is ~720 frames < txqueuelen 1000)
-PENDING_MAX = WINDOW_MAX + 65536  # guest bytes accepted but not yet taken by the host
+# The window we advertise is the host socket's free space plus PENDING_SLACK; once the
+# socket has refused bytes (they wait in pending_to_host), only what is left of the
+# slack. The slack makes a busy host socket refuse a send() (which arms its write-space
+# wakeup, so we hear when it drains) instead of our window quietly reaching zero with
+# nothing to wake us.
+PENDING_SLACK = 64 * 1024
+# What the guest had in flight when the socket filled (up to WINDOW_MAX) still lands in
+# pending_to_host; beyond this, a guest that ignores our window gets nothing accepted.
+PENDING_MAX = 2 * WINDOW_MAX
 DEFAULT_MSS = 536  # RFC 9293 3.7.1, when the guest's SYN carries none
 
 
@@ -263,6 +271,8 @@ class TcpConnection:
             return
         if payload or flags & FIN:
             self._on_data(seg.seq, payload, bool(flags & FIN), now)
+        elif seg.seq != self.rcv_nxt:
+            self.ack_needed = True  # a window probe or keepalive: answer with our window
         if self.host_readable:
             self._pump_to_guest(now)
         self._maybe_finish(now)
@@ -558,7 +568,11 @@ class TcpConnection:
             space = self.host.send_space()
         except OSError:
             space = 0
-        return max(0, min(space - len(self.pending_to_host), WINDOW_MAX))
+        if self.pending_to_host:
+            # the socket refused bytes: its free-space figure (bytes) overstates what it
+            # takes (buffers are charged by their true size); only the slack is left
+            return max(0, PENDING_SLACK - len(self.pending_to_host))
+        return min(space + PENDING_SLACK, WINDOW_MAX)
 
     def _window_field(self) -> int:
         window = self._receive_window()

@@ -1,0 +1,88 @@
+"""IPv4 fragment reassembly, bounded: at most MAX_DATAGRAMS in progress, MAX_BYTES held
+in all, REASSEMBLY_TIMEOUT seconds each. Overlapping fragments (the teardrop family)
+discard the whole datagram. What does not fit is dropped and counted by the caller."""
+
+from __future__ import annotations
+
+from netstack.wire import WireError, ipv4
+
+MAX_DATAGRAMS = 64
+MAX_BYTES = 1 << 20
+REASSEMBLY_TIMEOUT = 30.0
+MAX_PACKET = 65535
+
+Key = tuple[bytes, bytes, int, int]  # src, dst, proto, ident
+
+
+class _Partial:
+    __slots__ = ("pieces", "size", "total", "header", "expires")
+
+    def __init__(self, expires: float) -> None:
+        self.pieces: dict[int, bytes] = {}  # offset -> payload
+        self.size = 0
+        self.total: int | None = None  # payload length, known once the last fragment came
+        self.header = b""  # the first fragment's IP header
+        self.expires = expires
+
+
+class Reassembler:
+    def __init__(self) -> None:
+        self.partials: dict[Key, _Partial] = {}
+        self.held = 0
+
+    def add(self, hdr: ipv4.Ipv4Header, packet: memoryview, now: float) -> bytes | None:
+        """Take one fragment; returns the whole IP packet (header with no options, then
+        the payload) once complete. Raises WireError on a fragment to drop."""
+        self._expire(now)
+        key = (hdr.src, hdr.dst, hdr.proto, hdr.ident)
+        offset = (hdr.flags_frag & ipv4.FRAG_OFFSET_MASK) * 8
+        more = bool(hdr.flags_frag & ipv4.FLAG_MF)
+        data = bytes(packet[hdr.ihl : hdr.total_length])
+        if offset + len(data) > MAX_PACKET - ipv4.HEADER_LEN:
+            raise WireError("ipv4_fragment_too_big")
+        if more and len(data) % 8:
+            raise WireError("ipv4_fragment_unaligned")
+        part = self.partials.get(key)
+        if part is None:
+            if len(self.partials) >= MAX_DATAGRAMS:
+                raise WireError("ipv4_reassembly_full")
+            part = self.partials[key] = _Partial(now + REASSEMBLY_TIMEOUT)
+        if self.held + len(data) > MAX_BYTES:
+            self._discard(key)
+            raise WireError("ipv4_reassembly_full")
+        end = offset + len(data)
+        for off, piece in part.pieces.items():
+            if offset < off + len(piece) and off < end:
+                self._discard(key)
+                raise WireError("ipv4_fragment_overlap")
+        if not more:
+            if part.total is not None or any(o + len(p) > end for o, p in part.pieces.items()):
+                self._discard(key)
+                raise WireError("ipv4_fragment_overlap")
+            part.total = end
+        elif part.total is not None and end > part.total:
+            self._discard(key)
+            raise WireError("ipv4_fragment_overlap")
+        if offset == 0:
+            part.header = bytes(packet[: ipv4.HEADER_LEN])
+        part.pieces[offset] = data
+        part.size += len(data)
+        self.held += len(data)
+        if part.total is None or part.size != part.total or not part.header:
+            return None
+        self._discard(key)
+        payload = b"".join(part.pieces[o] for o in sorted(part.pieces))
+        head = bytearray(part.header)
+        head[0] = 0x45
+        return bytes(head) + payload
+
+    def _discard(self, key: Key) -> None:
+        part = self.partials.pop(key, None)
+        if part is not None:
+            self.held -= part.size
+
+    def _expire(self, now: float) -> None:
+        if not self.partials:
+            return
+        for key in [k for k, p in self.partials.items() if p.expires <= now]:
+            self._discard(key)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what netstack needs on a fresh Debian machine (run as root); safe to re-run.
+# Leaves .venv/bin/netstack built (cffi fast path included).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(iproute2 iperf3 curl iputils-ping procps python3 python3-venv python3-dev gcc libffi-dev)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=.venv/.netstack-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ csrc/fast.c -nt "$stamp" ] \
+   || [ csrc/fast.h -nt "$stamp" ] || [ ! -x .venv/bin/netstack ]; then
+  .venv/bin/pip install -q --upgrade pip 2>/dev/null || true
+  .venv/bin/pip install -q -e '.[test]'
+  touch "$stamp"
+fi
+.venv/bin/python -c "import netstack._fast as f; assert f.FAST, 'C fast path not built'"

@@ -1,0 +1,295 @@
+"""End to end: a guest namespace uses the network through netstack, with the kernel's
+own TCP/IP and ordinary tools, against servers in the test's own namespaces."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.netns import WORLD_HOST_IP, World
+
+MiB = 1 << 20
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@pytest.fixture(params=["vnet", "plain"])
+def frames(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Both frame kinds: TAP offloads on (virtio-net header) and plain frames."""
+    return {"NETSTACK_VNET": "1" if request.param == "vnet" else "0"}
+
+
+def test_http_download_32mib_via_gateway(world: World, frames: dict[str, str]) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        blob = Path(d) / "blob"
+        blob.write_bytes(os.urandom(32 * MiB))
+        world.server("host", "http", d, "8080", "127.0.0.1")
+        world.start_netstack(env=frames)
+        r = world.in_guest("sh", "-c", "curl -sS -m 60 http://10.0.2.2:8080/blob | sha256sum")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split()[0] == _sha256_file(blob)
+
+
+UPLOAD = r"""
+import hashlib, os, socket, sys
+size = int(sys.argv[1])
+h = hashlib.sha256()
+s = socket.create_connection(("10.0.2.2", 9000), timeout=60)
+chunk = os.urandom(1 << 20)
+left = size
+while left:
+    piece = chunk[: min(left, len(chunk))]
+    s.sendall(piece)
+    h.update(piece)
+    left -= len(piece)
+s.shutdown(socket.SHUT_WR)  # half-close: the server answers after our EOF
+reply = b""
+while data := s.recv(4096):
+    reply += data
+print(h.hexdigest(), reply.decode().strip())
+"""
+
+
+def test_upload_64mib_with_half_close(world: World, frames: dict[str, str]) -> None:
+    world.server("host", "sink", "9000", "127.0.0.1")
+    world.start_netstack(env=frames)
+    r = world.guest_python(UPLOAD, str(64 * MiB))
+    assert r.returncode == 0, r.stderr
+    sent_hash, server_hash, server_count = r.stdout.split()
+    assert server_hash == sent_hash
+    assert int(server_count) == 64 * MiB
+
+
+ECHO_MANY = r"""
+import asyncio, hashlib, os, sys
+N, SIZE = int(sys.argv[1]), int(sys.argv[2])
+async def one(i):
+    r, w = await asyncio.open_connection("10.0.2.2", 7000)
+    data = os.urandom(SIZE)
+    async def send():
+        for off in range(0, SIZE, 16384):
+            w.write(data[off:off + 16384])
+            await w.drain()
+        w.write_eof()
+    t = asyncio.create_task(send())
+    got = await r.readexactly(SIZE)
+    await t
+    w.close()
+    return got == data
+async def main():
+    results = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(N))), 120)
+    print(sum(results), N)
+asyncio.run(main())
+"""
+
+
+def test_200_concurrent_echo_connections(world: World) -> None:
+    world.server("host", "echo", "7000", "127.0.0.1")
+    world.start_netstack()
+    r = world.guest_python(ECHO_MANY, "200", str(200_000))
+    assert r.returncode == 0, r.stderr + world.log()
+    ok, total = r.stdout.split()
+    assert ok == total == "200"
+
+
+UDP_ECHO = r"""
+import os, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+host, port = sys.argv[1], int(sys.argv[2])
+good = 0
+for size in (1, 100, 1400, 1472, 4000, 30000):
+    msg = os.urandom(size)
+    for attempt in range(3):
+        s.sendto(msg, (host, port))
+        try:
+            data, addr = s.recvfrom(65535)
+        except socket.timeout:
+            continue
+        if data == msg and addr == (host, port):
+            good += 1
+            break
+print(good)
+"""
+
+
+def test_udp_echo_via_gateway_including_fragmented_replies(world: World) -> None:
+    world.server("host", "udpecho", "5353", "127.0.0.1")
+    world.start_netstack()
+    r = world.guest_python(UDP_ECHO, "10.0.2.2", "5353")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "6"
+
+
+def test_dns_udp_and_tcp_from_a_resolver_on_host_loopback(world: World) -> None:
+    world.server("host", "dns", "53", "127.0.0.1", "192.0.2.123")
+    world.start_netstack()
+    # glibc's resolver in the guest, over UDP to 10.0.2.3
+    r = world.in_guest("getent", "ahostsv4", "service.test")
+    assert r.returncode == 0, r.stderr + world.log()
+    assert "192.0.2.123" in r.stdout
+    # and over TCP
+    r = world.guest_python(DNS_TCP_QUERY, "service.test")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "192.0.2.123"
+
+
+DNS_TCP_QUERY = r"""
+import socket, struct, sys
+name = sys.argv[1]
+q = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+q += struct.pack("!HH", 1, 1)
+s = socket.create_connection(("10.0.2.3", 53), timeout=10)
+s.sendall(struct.pack("!H", len(q)) + q)
+n = struct.unpack("!H", s.recv(2))[0]
+data = b""
+while len(data) < n:
+    data += s.recv(n - len(data))
+print(socket.inet_ntoa(data[-4:]))
+"""
+
+
+def test_dns_failover_and_resolv_conf_reload(world: World) -> None:
+    world.server("host", "dns", "53", "127.0.0.1", "192.0.2.11")
+    world.server("host", "dns", "53", "127.0.0.2", "192.0.2.22")
+    # the first nameserver is dead: every query must still be answered by the second
+    world.set_host_resolv_conf("nameserver 127.0.0.9\nnameserver 127.0.0.1\n")
+    world.start_netstack()
+    r = world.in_guest("getent", "ahostsv4", "a.test")
+    assert r.returncode == 0, r.stderr + world.log()
+    assert "192.0.2.11" in r.stdout
+    world.set_host_resolv_conf("nameserver 127.0.0.2\n")
+    time.sleep(1.2)  # the stack re-checks resolv.conf at most once a second
+    r = world.in_guest("getent", "ahostsv4", "b.test")
+    assert "192.0.2.22" in r.stdout, r.stdout + r.stderr
+
+
+def test_ping_gateway_dns_and_world_host(world: World) -> None:
+    world.start_netstack()
+    for addr in ("10.0.2.2", "10.0.2.3", WORLD_HOST_IP):
+        r = world.in_guest("ping", "-c", "2", "-W", "2", addr)
+        assert r.returncode == 0, f"{addr}: {r.stdout}{r.stderr}"
+        assert " 0% packet loss" in r.stdout
+
+
+def test_ping_where_icmp_sockets_are_forbidden_gets_an_error(world: World) -> None:
+    world.in_host("sysctl", "-qw", "net.ipv4.ping_group_range=1 0")
+    world.start_netstack()
+    r = world.in_guest("ping", "-c", "1", "-W", "2", WORLD_HOST_IP)
+    assert r.returncode != 0
+    assert "Packet filtered" in r.stdout or "Prohibited" in r.stdout, r.stdout
+    assert "ping_group_range" in world.log()
+
+
+TCP_FETCH = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.sendall(b"hello world")
+s.shutdown(socket.SHUT_WR)
+data = b""
+while chunk := s.recv(4096):
+    data += chunk
+print(data.decode().strip())
+"""
+
+
+def test_tcp_to_world_host(world: World) -> None:
+    world.server("world", "sink", "8081", WORLD_HOST_IP)
+    world.start_netstack()
+    r = world.guest_python(TCP_FETCH, WORLD_HOST_IP, "8081")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == hashlib.sha256(b"hello world").hexdigest()
+
+
+CONNECT = r"""
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    print("connected")
+except OSError as e:
+    print(type(e).__name__, e.strerror)
+"""
+
+
+def test_closed_port_is_refused(world: World) -> None:
+    world.start_netstack()
+    r = world.guest_python(CONNECT, "10.0.2.2", "1")
+    assert r.stdout.strip() == "ConnectionRefusedError Connection refused"
+    r = world.guest_python(CONNECT, WORLD_HOST_IP, "1")
+    assert r.stdout.strip() == "ConnectionRefusedError Connection refused"
+
+
+def test_disable_host_loopback_makes_gateway_unreachable(world: World) -> None:
+    world.server("host", "sink", "9000", "127.0.0.1")
+    world.start_netstack("--disable-host-loopback")
+    r = world.guest_python(CONNECT, "10.0.2.2", "9000")
+    assert r.stdout.strip() == "OSError Network is unreachable"
+    # the gateway itself still answers ping
+    assert world.in_guest("ping", "-c", "1", "-W", "2", "10.0.2.2").returncode == 0
+
+
+def test_no_host_sockets_linger_after_flows_close(world: World) -> None:
+    world.server("host", "echo", "7000", "127.0.0.1")
+    world.start_netstack()
+    time.sleep(0.3)  # the ready pipe is closed just after the byte is written
+    baseline = world.netstack_fds()
+    r = world.guest_python(ECHO_MANY, "50", "20000")
+    assert r.stdout.split()[0] == "50", r.stderr
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if world.netstack_fds() == baseline:
+            break
+        time.sleep(0.2)
+    assert world.netstack_fds() == baseline
+
+
+def test_dhcp_lease(world: World) -> None:
+    world.start_netstack(configure=False)
+    world.in_guest("ip", "link", "set", "tap0", "up")
+    r = world.guest_python(DHCP_CLIENT)
+    assert r.returncode == 0, r.stderr + world.log()
+    assert r.stdout.split() == ["10.0.2.15", "10.0.2.2", "10.0.2.3", "255.255.255.0"]
+
+
+DHCP_CLIENT = r"""
+from scapy.all import BOOTP, DHCP, IP, UDP, Ether, conf, get_if_hwaddr, srp1
+conf.checkIPaddr = False
+mac = get_if_hwaddr("tap0")
+raw = bytes.fromhex(mac.replace(":", ""))
+base = Ether(dst="ff:ff:ff:ff:ff:ff", src=mac) / IP(src="0.0.0.0", dst="255.255.255.255") \
+    / UDP(sport=68, dport=67)
+offer = srp1(base / BOOTP(chaddr=raw, xid=7) / DHCP(options=[("message-type", "discover"), "end"]),
+             iface="tap0", timeout=5, verbose=0)
+ip = offer[BOOTP].yiaddr
+ack = srp1(base / BOOTP(chaddr=raw, xid=8) / DHCP(options=[("message-type", "request"),
+           ("requested_addr", ip), ("server_id", "10.0.2.2"), "end"]),
+           iface="tap0", timeout=5, verbose=0)
+opts = dict(o for o in ack[DHCP].options if isinstance(o, tuple))
+assert opts["message-type"] == 5
+print(ack[BOOTP].yiaddr, opts["router"], opts["name_server"], opts["subnet_mask"])
+"""
+
+
+def test_sigterm_exits_cleanly_and_ready_is_fast(world: World) -> None:
+    elapsed = world.start_netstack()
+    assert elapsed < 5
+    assert world.stop_netstack() == 0
+
+
+def test_exits_when_the_tap_goes_away(world: World) -> None:
+    world.start_netstack()
+    world.in_guest("ip", "link", "del", "tap0")
+    assert world.netstack is not None
+    assert world.netstack.wait(10) == 0

@@ -1,0 +1,122 @@
+"""Test servers, run inside a test namespace: `python servers.py KIND [ARGS]`.
+
+  http DIR PORT ADDR        static files (http.server)
+  sink PORT ADDR            per connection: read to EOF, answer the sha256 hex, close
+  echo PORT ADDR            TCP echo, many clients at once
+  udpecho PORT ADDR         UDP echo
+  dns PORT ADDR IPV4        UDP and TCP DNS: every A question answered with IPV4
+
+Each prints "ready" on stdout once listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import http.server
+import socket
+import struct
+import sys
+
+
+def dns_answer(query: bytes, answer_ip: str) -> bytes:
+    ident, _flags, qd = struct.unpack_from("!HHH", query)
+    i = 12
+    while query[i] != 0:
+        i += 1 + query[i]
+    question = query[12 : i + 5]
+    qtype = struct.unpack_from("!H", query, i + 1)[0]
+    answers = b""
+    count = 0
+    if qtype == 1:
+        answers = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(answer_ip)
+        count = 1
+    return struct.pack("!HHHHHH", ident, 0x8180, 1, count, 0, 0) + question + answers
+
+
+async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    h = hashlib.sha256()
+    n = 0
+    while chunk := await reader.read(1 << 20):
+        h.update(chunk)
+        n += len(chunk)
+    writer.write(f"{h.hexdigest()} {n}\n".encode())
+    await writer.drain()
+    writer.close()
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while chunk := await reader.read(1 << 16):
+        writer.write(chunk)
+        await writer.drain()
+    writer.close()
+
+
+class UdpEcho(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.transport.sendto(data, addr)  # type: ignore[attr-defined]
+
+
+class UdpDns(asyncio.DatagramProtocol):
+    def __init__(self, answer_ip: str) -> None:
+        self.answer_ip = answer_ip
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.transport.sendto(dns_answer(data, self.answer_ip), addr)  # type: ignore[attr-defined]
+
+
+async def tcp_dns(
+    answer_ip: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    try:
+        while True:
+            (n,) = struct.unpack("!H", await reader.readexactly(2))
+            reply = dns_answer(await reader.readexactly(n), answer_ip)
+            writer.write(struct.pack("!H", len(reply)) + reply)
+            await writer.drain()
+    except asyncio.IncompleteReadError:
+        pass
+    writer.close()
+
+
+async def main(argv: list[str]) -> None:
+    kind, port, addr = argv[0], int(argv[2] if kind_has_dir(argv[0]) else argv[1]), ""
+    loop = asyncio.get_running_loop()
+    if kind == "http":
+        directory, addr = argv[1], argv[3]
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=directory)
+        handler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
+        server = http.server.ThreadingHTTPServer((addr, port), handler)
+        print("ready", flush=True)
+        await loop.run_in_executor(None, server.serve_forever)
+        return
+    addr = argv[2]
+    if kind == "sink":
+        await asyncio.start_server(sink, addr, port)
+    elif kind == "echo":
+        await asyncio.start_server(echo, addr, port, backlog=512)
+    elif kind == "udpecho":
+        await loop.create_datagram_endpoint(UdpEcho, local_addr=(addr, port))
+    elif kind == "dns":
+        answer = argv[3]
+        await loop.create_datagram_endpoint(lambda: UdpDns(answer), local_addr=(addr, port))
+        await asyncio.start_server(functools.partial(tcp_dns, answer), addr, port)
+    else:
+        raise SystemExit(f"unknown server kind {kind}")
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+def kind_has_dir(kind: str) -> bool:
+    return kind == "http"
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))
