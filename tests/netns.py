@@ -134,6 +134,7 @@ class World:
         env: dict[str, str] | None = None,
         configure: bool = True,
         timeout: float = 15,
+        extra_fds: tuple[int, ...] = (),
     ) -> float:
         """Start netstack against the guest; returns seconds from launch to ready."""
         r, w = os.pipe()
@@ -151,7 +152,7 @@ class World:
         with open(self.netstack_log, "ab") as log:
             self.netstack = subprocess.Popen(
                 self._exec(self.host, *args),
-                pass_fds=(w,),
+                pass_fds=(w, *extra_fds),
                 stdout=log,
                 stderr=log,
                 env={**os.environ, **(env or {})},

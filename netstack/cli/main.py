@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             opts.mtu,
             socket.inet_ntoa(config.guest),
             opts.cidr.prefixlen,
+            str(opts.cidr.broadcast_address),
             socket.inet_ntoa(config.gateway),
         )
     target = target_for(

@@ -42,6 +42,7 @@ class InterfaceSetup:
     mtu: int
     address: str
     prefixlen: int
+    broadcast: str
     gateway: str
 
 
@@ -126,5 +127,11 @@ def configure_interface(tapname: str, setup: InterfaceSetup) -> None:
             a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=socket.AF_INET)
         ]
         if setup.address not in existing:
-            ipr.addr("add", index=idx, address=setup.address, prefixlen=setup.prefixlen)
+            ipr.addr(
+                "add",
+                index=idx,
+                address=setup.address,
+                prefixlen=setup.prefixlen,
+                broadcast=setup.broadcast,
+            )
         ipr.route("replace", dst="0.0.0.0/0", gateway=setup.gateway, oif=idx)

@@ -1,0 +1,127 @@
+"""The command line: help, version, validation messages, argument permutations, and
+ready-fd / exit-fd behaviour."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from netstack.cli import args
+from tests.netns import NETSTACK, World
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([NETSTACK, *argv], capture_output=True, text=True, timeout=30)
+
+
+def test_help_goes_to_stdout_with_every_option_name() -> None:
+    r = run("--help")
+    assert r.returncode == 0 and r.stderr == ""
+    for name in (
+        "--configure",
+        "--exit-fd",
+        "--ready-fd",
+        "--mtu",
+        "--cidr",
+        "--disable-host-loopback",
+        "--disable-dns",
+        "--netns-type",
+        "--userns-path",
+    ):
+        assert name in r.stdout
+    # not implemented yet, so not advertised
+    for name in ("--api-socket", "--enable-sandbox", "--enable-seccomp", "--enable-ipv6"):
+        assert name not in r.stdout
+
+
+def test_version_keeps_the_config_version_line() -> None:
+    r = run("-v")
+    assert r.returncode == 0
+    assert "SLIRP_CONFIG_VERSION_MAX: 4" in r.stdout.splitlines()
+
+
+@pytest.mark.parametrize(
+    "argv,message,usage",
+    [
+        (["--bogus", "1", "tap0"], "netstack: unrecognized option '--bogus'", True),
+        (["-m", "70000", "1", "tap0"], "MTU must be a positive integer (< 65522)", True),
+        (["--mtu=0", "1", "tap0"], "MTU must be a positive integer (< 65522)", True),
+        (["-m", "60", "1", "tap0"], "MTU must be at least 68", True),
+        (["-r", "x", "1", "tap0"], "ready-fd must be a non-negative integer", True),
+        (["-e", "-3", "1", "tap0"], "exit-fd must be a non-negative integer", True),
+        (["--cidr", "foo", "1", "tap0"], "invalid CIDR: foo", False),
+        (["--cidr", "10.0.2.0/26", "1", "tap0"], "prefix length needs to be 1-25", False),
+        (
+            ["--cidr=10.0.2.100/24", "1", "tap0"],
+            "CIDR needs to be a network address like 10.0.2.0/24, not like 10.0.2.100/24",
+            False,
+        ),
+        (["0", "tap0"], "PID must be a positive integer", True),
+        (
+            ["--netns-type=path", "/nonexistent", "tap0"],
+            "existing path expected when --netns-type=path",
+            True,
+        ),
+        (["--userns-path=/nonexistent", "1", "tap0"], "userns path doesn't exist", True),
+        (["1"], "PID|PATH and TAPNAME are required", True),
+    ],
+)
+def test_bad_arguments_are_refused_with_slirp4netns_messages(
+    argv: list[str], message: str, usage: bool
+) -> None:
+    r = run(*argv)
+    assert r.returncode == 1
+    assert message in r.stderr
+    assert ("Usage:" in r.stdout) == usage
+
+
+def test_gnu_parsing_permutes_bundles_and_takes_prefixes() -> None:
+    o = args.parse(
+        ["-c", "123", "--mtu", "9000", "tap9", "--disable-host", "-r3", "--cid=10.0.5.0/24"]
+    )
+    assert (o.target, o.tapname, o.mtu, o.ready_fd) == ("123", "tap9", 9000, 3)
+    assert o.configure and o.disable_host_loopback and str(o.cidr) == "10.0.5.0/24"
+    o = args.parse(["-ce", "7", "5", "tap0"])
+    assert o.configure and o.exit_fd == 7
+
+
+def test_target_process_that_does_not_exist_fails_before_ready() -> None:
+    r, w = os.pipe()
+    p = subprocess.run(
+        [NETSTACK, "-r", str(w), "999999", "tap0"],
+        pass_fds=(w,),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    os.close(w)
+    assert p.returncode == 1
+    assert os.read(r, 16) == b""  # the ready pipe closes without the byte
+    os.close(r)
+
+
+def test_exit_fd_hangup_stops_netstack(world: World) -> None:
+    r, w = os.pipe()
+    world.start_netstack("-e", str(r), extra_fds=(r,))
+    os.close(r)
+    assert world.netstack is not None and world.netstack.poll() is None
+    os.write(w, b"data does not stop it")
+    with pytest.raises(subprocess.TimeoutExpired):
+        world.netstack.wait(0.5)
+    os.close(w)
+    assert world.netstack.wait(10) == 0
+    assert "exitfd event" in world.log()
+
+
+def test_exit_fd_that_is_not_open_exits_at_once(world: World) -> None:
+    world.start_netstack("-e", "77")
+    assert world.netstack is not None and world.netstack.wait(10) == 0
+
+
+def test_cidr_moves_every_address(world: World) -> None:
+    world.start_netstack("--cidr=10.0.135.128/25")
+    r = world.in_guest("ip", "-4", "addr", "show", "tap0")
+    assert "10.0.135.228/25 brd 10.0.135.255" in r.stdout
+    assert world.in_guest("ping", "-c", "1", "-W", "2", "10.0.135.130").returncode == 0

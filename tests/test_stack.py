@@ -1,0 +1,248 @@
+"""The dispatcher and the small services, driven with scapy frames and fakes."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+from scapy.layers.dhcp import BOOTP, DHCP
+from scapy.layers.dns import DNS, DNSQR
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, fragment
+from scapy.layers.l2 import ARP, Ether
+
+from netstack.dns import forwarder
+from netstack.host.resolvconf import ResolvConf, parse_nameservers
+from netstack.stack.config import NetworkConfig
+from netstack.stack.reassembly import Reassembler
+from tests.fakes import GUEST_MAC, GW_MAC, Rig
+
+GUEST = "10.0.2.100"
+
+
+def test_arp_for_gateway_and_dns_is_answered_with_slirp_macs() -> None:
+    rig = Rig()
+    for target, mac in (("10.0.2.2", GW_MAC), ("10.0.2.3", "52:55:0a:00:02:03")):
+        rig.send(
+            Ether(src=GUEST_MAC, dst="ff:ff:ff:ff:ff:ff")
+            / ARP(op=1, hwsrc=GUEST_MAC, psrc=GUEST, pdst=target)
+        )
+        (reply,) = rig.frames()
+        a = reply[ARP]
+        assert (a.op, a.hwsrc, a.psrc, a.hwdst, a.pdst) == (2, mac, target, GUEST_MAC, GUEST)
+        assert reply[Ether].dst == GUEST_MAC
+    rig.send(
+        Ether(src=GUEST_MAC, dst="ff:ff:ff:ff:ff:ff")
+        / ARP(op=1, hwsrc=GUEST_MAC, psrc=GUEST, pdst="10.0.2.50")
+    )
+    assert rig.frames() == []
+
+
+def test_ping_to_virtual_hosts_is_answered_locally() -> None:
+    rig = Rig(NetworkConfig(host_loopback=False))
+    for dst in ("10.0.2.2", "10.0.2.3"):
+        rig.send(IP(src=GUEST, dst=dst) / ICMP(type=8, id=7, seq=3) / b"abc")
+        (reply,) = rig.frames()
+        assert (reply[IP].src, reply[ICMP].type, reply[ICMP].id, reply[ICMP].seq) == (dst, 0, 7, 3)
+        assert bytes(reply[ICMP].payload) == b"abc"
+
+
+def test_ping_to_other_hosts_goes_through_an_icmp_socket_and_comes_back() -> None:
+    rig = Rig()
+    rig.send(IP(src=GUEST, dst="192.0.2.9") / ICMP(type=8, id=7, seq=3) / b"abc")
+    owner, sock = rig.host.udp[0]
+    data, addr = sock.sent[0]
+    assert addr == ("192.0.2.9", 0) and ICMP(data).type == 8 and ICMP(data).seq == 3
+    owner.on_datagram(bytes(ICMP(type=0, id=999, seq=3) / b"abc"), ("192.0.2.9", 0), rig.now)
+    (reply,) = rig.frames()
+    assert (reply[IP].src, reply[ICMP].id, reply[ICMP].seq) == ("192.0.2.9", 7, 3)
+
+
+def test_ping_where_icmp_sockets_are_forbidden_is_answered_with_an_error() -> None:
+    rig = Rig()
+    rig.host.ping_errno = errno.EACCES
+    rig.send(IP(src=GUEST, dst="192.0.2.9") / ICMP(type=8, id=7, seq=3))
+    (err,) = rig.frames()
+    assert (err[ICMP].type, err[ICMP].code) == (3, 13)
+    assert rig.stack.stats.drops["icmp_forbidden"] == 1
+
+
+def test_dhcp_discover_offer_request_ack() -> None:
+    rig = Rig()
+    mac = bytes.fromhex(GUEST_MAC.replace(":", ""))
+    base = (
+        Ether(src=GUEST_MAC, dst="ff:ff:ff:ff:ff:ff")
+        / IP(src="0.0.0.0", dst="255.255.255.255")
+        / UDP(sport=68, dport=67)
+    )
+    rig.send(base / BOOTP(chaddr=mac, xid=1) / DHCP(options=[("message-type", "discover"), "end"]))
+    (offer,) = rig.frames()
+    assert offer[BOOTP].yiaddr == "10.0.2.15"
+    opts = dict(o for o in offer[DHCP].options if isinstance(o, tuple))
+    assert opts["message-type"] == 2 and opts["router"] == "10.0.2.2"
+    assert opts["name_server"] == "10.0.2.3" and opts["lease_time"] == 86400
+    rig.send(
+        base
+        / BOOTP(chaddr=mac, xid=2)
+        / DHCP(
+            options=[
+                ("message-type", "request"),
+                ("requested_addr", "10.0.2.15"),
+                ("server_id", "10.0.2.2"),
+                "end",
+            ]
+        )
+    )
+    (ack,) = rig.frames()
+    assert dict(o for o in ack[DHCP].options if isinstance(o, tuple))["message-type"] == 5
+    rig.send(
+        base
+        / BOOTP(chaddr=mac, xid=3)
+        / DHCP(options=[("message-type", "request"), ("requested_addr", "10.0.2.29"), "end"])
+    )
+    (nak,) = rig.frames()
+    assert dict(o for o in nak[DHCP].options if isinstance(o, tuple))["message-type"] == 6
+
+
+def test_udp_to_gateway_goes_to_host_loopback_and_replies_come_from_gateway() -> None:
+    rig = Rig()
+    rig.send(IP(src=GUEST, dst="10.0.2.2") / UDP(sport=4000, dport=5000) / b"ping")
+    owner, sock = rig.host.udp[0]
+    assert sock.sent == [(b"ping", ("127.0.0.1", 5000))]
+    owner.on_datagram(b"pong", ("127.0.0.1", 5000), rig.now)
+    (reply,) = rig.frames()
+    assert (reply[IP].src, reply[UDP].sport, reply[UDP].dport) == ("10.0.2.2", 5000, 4000)
+    assert bytes(reply[UDP].payload) == b"pong"
+
+
+def test_large_udp_reply_is_fragmented_to_the_mtu() -> None:
+    rig = Rig()
+    rig.send(IP(src=GUEST, dst="192.0.2.9") / UDP(sport=4000, dport=5000) / b"x")
+    owner, _ = rig.host.udp[0]
+    owner.on_datagram(b"y" * 4000, ("192.0.2.9", 5000), rig.now)
+    frags = rig.frames()
+    assert len(frags) == 3 and all(len(f[IP]) <= 1500 for f in frags)
+    assert [f[IP].frag * 8 for f in frags] == [0, 1480, 2960]
+
+
+def test_fragmented_udp_from_guest_is_reassembled() -> None:
+    rig = Rig()
+    big = IP(src=GUEST, dst="192.0.2.9", id=99) / UDP(sport=4000, dport=5000) / (b"z" * 3000)
+    for frag in fragment(big, fragsize=1000):
+        rig.send(frag)
+    _, sock = rig.host.udp[0]
+    assert sock.sent == [(b"z" * 3000, ("192.0.2.9", 5000))]
+
+
+def test_overlapping_fragments_are_dropped() -> None:
+    r = Reassembler()
+    pkt = IP(src=GUEST, dst="192.0.2.9", id=5, flags="MF") / (b"a" * 16)
+    from netstack.wire import ipv4
+
+    raw = bytes(pkt)
+    r.add(ipv4.parse(raw), memoryview(raw), 0.0)
+    overlap = bytes(IP(src=GUEST, dst="192.0.2.9", id=5, frag=1) / (b"b" * 16))
+    with pytest.raises(ValueError):
+        r.add(ipv4.parse(overlap), memoryview(overlap), 0.0)
+    assert r.partials == {} and r.held == 0
+
+
+def test_udp_to_disabled_gateway_gets_net_unreachable() -> None:
+    rig = Rig(NetworkConfig(host_loopback=False))
+    rig.send(IP(src=GUEST, dst="10.0.2.2") / UDP(sport=4000, dport=5000) / b"x")
+    (err,) = rig.frames()
+    assert (err[ICMP].type, err[ICMP].code) == (3, 0)
+    assert err[IPerror].dst == "10.0.2.2"
+    assert rig.host.udp == []
+
+
+def test_dns_is_forwarded_with_failover_to_the_next_nameserver() -> None:
+    rig = Rig()
+    rig.host.servers = ["127.0.0.9", "127.0.0.1"]
+    query = bytes(DNS(id=5, qd=DNSQR(qname="a.test")))
+    rig.send(IP(src=GUEST, dst="10.0.2.3") / UDP(sport=3333, dport=53) / query)
+    owner, first = rig.host.udp[0]
+    assert first.sent == [(query, ("127.0.0.9", 53))]
+    rig.advance(forwarder.PER_SERVER_TIMEOUT + 0.01)
+    owner2, second = rig.host.udp[1]
+    assert first.closed and second.sent == [(query, ("127.0.0.1", 53))]
+    answer = bytes(DNS(id=5, qr=1, qd=DNSQR(qname="a.test")))
+    owner2.on_datagram(answer, ("127.0.0.1", 53), rig.now)
+    (reply,) = rig.frames()
+    assert (reply[IP].src, reply[UDP].sport, reply[UDP].dport) == ("10.0.2.3", 53, 3333)
+    assert second.closed
+    assert rig.stack.dns.preferred == 1  # the next query starts with the one that answered
+
+
+def test_disabled_dns_drops_everything_to_the_dns_address() -> None:
+    rig = Rig(NetworkConfig(dns_enabled=False))
+    rig.send(IP(src=GUEST, dst="10.0.2.3") / UDP(sport=3333, dport=53) / b"q")
+    rig.send(IP(src=GUEST, dst="10.0.2.3") / TCP(sport=3333, dport=53, flags="S"))
+    assert rig.host.udp == [] and rig.host.connects == [] and rig.frames() == []
+
+
+def test_dns_address_refuses_other_ports() -> None:
+    rig = Rig()
+    rig.send(IP(src=GUEST, dst="10.0.2.3") / TCP(sport=3333, dport=80, flags="S"))
+    (rst,) = rig.frames()
+    assert rst[TCP].flags == "RA"
+
+
+@pytest.mark.parametrize(
+    "frame,reason",
+    [
+        (b"\x00" * 5, "frame_short"),
+        (bytes(Ether(src=GUEST_MAC, dst=GW_MAC, type=0x0800) / b"\x45\x00"), "ipv4_short"),
+        (
+            bytes(
+                Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst="10.0.2.2", proto=6) / b"\x00"
+            ),
+            "tcp_short",
+        ),
+        (bytes(Ether(src=GUEST_MAC, dst=GW_MAC, type=0x1234) / b"x"), "ethertype_unknown"),
+        (bytes(Ether(src=GUEST_MAC, dst="02:99:99:99:99:99") / IP()), "eth_not_for_us"),
+        (
+            bytes(Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src="192.168.1.1", dst="10.0.2.2") / UDP()),
+            "ipv4_source_outside",
+        ),
+    ],
+)
+def test_malformed_frames_are_dropped_and_counted(frame: bytes, reason: str) -> None:
+    rig = Rig()
+    buf = bytearray(bytes(10) + frame)
+    rig.stack.receive(buf, len(buf), rig.now)
+    assert rig.stack.stats.drops[reason] == 1
+    assert rig.frames() == []
+
+
+def test_random_garbage_never_raises() -> None:
+    rig = Rig()
+    for i in range(2000):
+        body = os.urandom(i % 200)
+        frame = (
+            bytes(10)
+            + bytes.fromhex("52550a000202")
+            + bytes.fromhex("020000000001")
+            + (b"\x08\x00" if i % 2 else b"\x08\x06")
+            + body
+        )
+        rig.stack.receive(bytearray(frame), len(frame), rig.now)
+    assert rig.stack.stats.drops["internal_error"] == 0
+
+
+def test_resolv_conf_parse_and_reload(tmp_path: Path) -> None:
+    assert parse_nameservers(
+        "# c\nnameserver 1.2.3.4\nnameserver fe80::1%eth0\n"
+        "nameserver bogus\nsearch x\nnameserver 1.2.3.4\n"
+    ) == ["1.2.3.4", "fe80::1"]
+    p = tmp_path / "resolv.conf"
+    p.write_text("nameserver 127.0.0.1\n")
+    rc = ResolvConf(str(p))
+    assert rc.servers() == ["127.0.0.1"]
+    p.write_text("nameserver 127.0.0.2\nnameserver 127.0.0.3\n")
+    rc._checked -= 5  # as if a second had passed
+    assert rc.servers() == ["127.0.0.2", "127.0.0.3"]
+    p.unlink()
+    rc._checked -= 5
+    assert rc.servers() == []
