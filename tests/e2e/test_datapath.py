@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.netns import NETSTACK as NETSTACK_BIN
+from tests.netns import PYTHON as PYTHON_BIN
 from tests.netns import WORLD_HOST_IP, World
 
 MiB = 1 << 20
@@ -293,3 +295,51 @@ def test_exits_when_the_tap_goes_away(world: World) -> None:
     world.in_guest("ip", "link", "del", "tap0")
     assert world.netstack is not None
     assert world.netstack.wait(10) == 0
+
+
+def test_pid_target_in_its_own_user_namespace(world: World) -> None:
+    """The runtimes' usual form: `netstack -c PID tap0`, the target owning a user
+    namespace (as `unshare -r -n` makes one), which netstack joins to open the TAP."""
+    import subprocess
+
+    target = subprocess.Popen(["unshare", "--user", "--map-root-user", "--net", "sleep", "120"])
+    world.procs.append(target)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 5
+    own = os.readlink("/proc/self/ns/user")
+    while os.readlink(f"/proc/{target.pid}/ns/user") == own and time.monotonic() < deadline:
+        time.sleep(0.05)
+    world.server("host", "sink", "9000", "127.0.0.1")
+    r_fd, w_fd = os.pipe()
+    ns = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            world.host,
+            NETSTACK_BIN,
+            "-c",
+            "-r",
+            str(w_fd),
+            str(target.pid),
+            "tap0",
+        ],
+        pass_fds=(w_fd,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    world.procs.append(ns)  # type: ignore[arg-type]
+    os.close(w_fd)
+    assert os.read(r_fd, 1) == b"1"
+    os.close(r_fd)
+    enter = ["nsenter", "-t", str(target.pid), "-U", "-n", "--preserve-credentials"]
+    out = subprocess.run(
+        [*enter, "ip", "-4", "addr", "show", "tap0"], capture_output=True, text=True, timeout=10
+    )
+    assert "10.0.2.100/24" in out.stdout
+    got = subprocess.run(
+        [*enter, PYTHON_BIN, "-c", TCP_FETCH, "10.0.2.2", "9000"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert got.stdout.split()[0] == hashlib.sha256(b"hello world").hexdigest(), got.stderr
