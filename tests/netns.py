@@ -109,6 +109,11 @@ class World:
             input=input,
         )
 
+    def in_world(self, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self._exec(self.world, *cmd), capture_output=True, text=True, timeout=timeout
+        )
+
     def guest_python(
         self, code: str, *args: str, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:

@@ -16,24 +16,40 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([NETSTACK, *argv], capture_output=True, text=True, timeout=30)
 
 
-def test_help_goes_to_stdout_with_every_option_name() -> None:
+HELP_NAMES = (
+    "--configure",
+    "--exit-fd",
+    "--ready-fd",
+    "--mtu",
+    "--enable-ipv6",
+    "--api-socket",
+    "--cidr",
+    "--disable-host-loopback",
+    "--netns-type",
+    "--userns-path",
+    "--enable-sandbox",
+    "--enable-seccomp",
+    "--outbound-addr",
+    "--outbound-addr6",
+    "--disable-dns",
+    "--macaddress",
+)
+
+
+def test_help_goes_to_stdout_with_every_option_name_one_line_each() -> None:
     r = run("--help")
     assert r.returncode == 0 and r.stderr == ""
-    for name in (
-        "--configure",
-        "--exit-fd",
-        "--ready-fd",
-        "--mtu",
-        "--cidr",
-        "--disable-host-loopback",
-        "--disable-dns",
-        "--netns-type",
-        "--userns-path",
-    ):
-        assert name in r.stdout
-    # not implemented yet, so not advertised
-    for name in ("--api-socket", "--enable-sandbox", "--enable-seccomp", "--enable-ipv6"):
-        assert name not in r.stdout
+    lines = r.stdout.splitlines()
+    for name in HELP_NAMES:
+        assert sum(1 for line in lines if f"{name}=" in line or f"{name} " in line) == 1, name
+    # what rootlesskit, podman and containerd-rootless.sh grep for
+    assert any(word == "--netns-type" for word in r.stdout.replace("=", " ").split())
+
+
+def test_every_advertised_option_is_accepted() -> None:
+    for name in HELP_NAMES:
+        o = args.LONG
+        assert name[2:] in o or name[2:] + "=" in o, name
 
 
 def test_version_keeps_the_config_version_line() -> None:
@@ -66,6 +82,23 @@ def test_version_keeps_the_config_version_line() -> None:
         ),
         (["--userns-path=/nonexistent", "1", "tap0"], "userns path doesn't exist", True),
         (["1"], "PID|PATH and TAPNAME are required", True),
+        (
+            ["--outbound-addr=1.2.3.4.5", "1", "tap0"],
+            "outbound-addr has to be valid ipv4 address or interface name.",
+            True,
+        ),
+        (
+            ["--outbound-addr6=fe80:::1", "1", "tap0"],
+            "outbound-addr6 has to be valid ipv6 address or interface name.",
+            True,
+        ),
+        (
+            ["--macaddress=0e:d4:18:d9:38:fb", "1", "tap0"],
+            "--macaddr cannot be specified when --configure or -c is not specified",
+            True,
+        ),
+        (["-c", "--macaddress=zz:d4:18:d9:38:fb", "1", "tap0"], "invalid MAC address", True),
+        (["--netns-type=tapfd"], "FD is required", True),
     ],
 )
 def test_bad_arguments_are_refused_with_slirp4netns_messages(
@@ -85,6 +118,11 @@ def test_gnu_parsing_permutes_bundles_and_takes_prefixes() -> None:
     assert o.configure and o.disable_host_loopback and str(o.cidr) == "10.0.5.0/24"
     o = args.parse(["-ce", "7", "5", "tap0"])
     assert o.configure and o.exit_fd == 7
+
+
+def test_deprecated_aliases_warn_and_work() -> None:
+    o = args.parse(["--no-host-loopback", "--create-sandbox", "1", "tap0"])
+    assert o.disable_host_loopback and o.enable_sandbox
 
 
 def test_target_process_that_does_not_exist_fails_before_ready() -> None:
@@ -125,3 +163,22 @@ def test_cidr_moves_every_address(world: World) -> None:
     r = world.in_guest("ip", "-4", "addr", "show", "tap0")
     assert "10.0.135.228/25 brd 10.0.135.255" in r.stdout
     assert world.in_guest("ping", "-c", "1", "-W", "2", "10.0.135.130").returncode == 0
+
+
+def test_macaddress_and_mtu_are_applied(world: World) -> None:
+    world.start_netstack("--macaddress=0e:d4:18:d9:38:fb", "--mtu=65520")
+    r = world.in_guest("ip", "link", "show", "tap0")
+    assert "ether 0e:d4:18:d9:38:fb" in r.stdout and "mtu 65520" in r.stdout
+
+
+def test_enable_ipv6_is_accepted_with_a_warning(world: World) -> None:
+    world.start_netstack("-6")
+    assert "IPv6 is not served yet" in world.log()
+    assert world.in_guest("ping", "-c", "1", "-W", "2", "10.0.2.2").returncode == 0
+
+
+def test_api_socket_path_too_long_fails_before_ready(world: World) -> None:
+    with pytest.raises(AssertionError, match="ready-fd gave b''|exited 1"):
+        world.start_netstack("--api-socket", "/tmp/" + "x" * 120)
+    assert world.netstack is not None and world.netstack.wait(5) == 1
+    assert "API socket path too long" in world.log()

@@ -11,6 +11,7 @@ import getopt
 import ipaddress
 import os
 import re
+import socket
 import sys
 from dataclasses import dataclass
 from typing import NoReturn
@@ -23,33 +24,49 @@ MTU_MAX = 65521
 MTU_MIN = 68
 SLIRP_CONFIG_VERSION_MAX = 4
 
-SHORT = "ce:r:m:hv"
+SHORT = "ce:r:m:a:6hv"
 LONG = [
     "configure",
     "exit-fd=",
     "ready-fd=",
     "mtu=",
+    "enable-ipv6",
+    "api-socket=",
     "cidr=",
     "disable-host-loopback",
-    "disable-dns",
+    "no-host-loopback",
     "netns-type=",
     "userns-path=",
+    "enable-sandbox",
+    "create-sandbox",
+    "enable-seccomp",
+    "outbound-addr=",
+    "outbound-addr6=",
+    "disable-dns",
+    "macaddress=",
     "help",
     "version",
 ]
 
-USAGE = f"""Usage: {PROG} [OPTION]... PID|PATH TAPNAME
+USAGE = f"""Usage: {PROG} [OPTION]... PID|PATH|FD [TAPNAME]
 User-mode networking for unprivileged network namespaces (a slirp4netns drop-in).
 
 -c, --configure          bring up the interface
 -e, --exit-fd=FD         specify the FD for terminating {PROG}
 -r, --ready-fd=FD        specify the FD to write to when the network is configured
 -m, --mtu=MTU            specify MTU (default={MTU_DEFAULT}, max={MTU_MAX})
+-6, --enable-ipv6        enable IPv6 (not served yet: accepted, IPv4 is carried)
+-a, --api-socket=PATH    specify API socket path
 --cidr=CIDR              specify network address CIDR (default=10.0.2.0/24)
 --disable-host-loopback  prohibit connecting to 127.0.0.1:* on the host namespace
---disable-dns            disable built-in DNS (10.0.2.3 by default)
---netns-type=TYPE        specify network namespace type ([path|pid], default=pid)
+--netns-type=TYPE        specify network namespace type ([path|pid|tapfd], default=pid)
 --userns-path=PATH       specify user namespace path
+--enable-sandbox         enable {PROG} sandbox (mount namespace, pivot_root, capabilities)
+--enable-seccomp         enable {PROG} seccomp (kill on dangerous syscalls)
+--outbound-addr=IPv4     sets outbound ipv4 address to bound to (an address or interface name)
+--outbound-addr6=IPv6    sets outbound ipv6 address to bound to (an address or interface name)
+--disable-dns            disable built-in DNS (10.0.2.3 by default)
+--macaddress=MAC         specify the MAC address of the TAP (only valid with -c)
 -h, --help               show this help and exit
 -v, --version            show version and exit
 """
@@ -61,7 +78,7 @@ SLIRP_CONFIG_VERSION_MAX: {SLIRP_CONFIG_VERSION_MAX}
 
 @dataclass
 class Options:
-    target: str = ""  # PID or namespace path
+    target: str = ""  # PID, namespace path, or TAP fd
     tapname: str = ""
     netns_type: str = "pid"
     userns_path: str | None = None
@@ -69,9 +86,16 @@ class Options:
     exit_fd: int | None = None
     ready_fd: int | None = None
     mtu: int = MTU_DEFAULT
+    enable_ipv6: bool = False
+    api_socket: str | None = None
     cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.0.2.0/24")
     disable_host_loopback: bool = False
+    enable_sandbox: bool = False
+    enable_seccomp: bool = False
+    outbound_addr: str | None = None
+    outbound_addr6: str | None = None
     disable_dns: bool = False
+    macaddress: str | None = None
 
     @property
     def pid(self) -> int:
@@ -157,7 +181,14 @@ def _parse(argv: list[str]) -> Options:
             opts.mtu = int(value)
         elif name == "--cidr":
             opts.cidr = parse_cidr(value)
+        elif name in ("-6", "--enable-ipv6"):
+            opts.enable_ipv6 = True
+        elif name in ("-a", "--api-socket"):
+            opts.api_socket = value
         elif name == "--disable-host-loopback":
+            opts.disable_host_loopback = True
+        elif name == "--no-host-loopback":
+            print("WARNING: --no-host-loopback is deprecated, use --disable-host-loopback")
             opts.disable_host_loopback = True
         elif name == "--disable-dns":
             opts.disable_dns = True
@@ -167,6 +198,31 @@ def _parse(argv: list[str]) -> Options:
             if not os.path.exists(value):
                 raise UsageError(f"userns path doesn't exist: {value}")
             opts.userns_path = value
+        elif name == "--enable-sandbox":
+            opts.enable_sandbox = True
+        elif name == "--create-sandbox":
+            print("WARNING: --create-sandbox is deprecated, use --enable-sandbox")
+            opts.enable_sandbox = True
+        elif name == "--enable-seccomp":
+            opts.enable_seccomp = True
+        elif name == "--outbound-addr":
+            if not _is_ipv4(value) and not _is_ifname(value):
+                raise UsageError("outbound-addr has to be valid ipv4 address or interface name.")
+            opts.outbound_addr = value
+        elif name == "--outbound-addr6":
+            if not _is_ipv6(value) and not _is_ifname(value):
+                raise UsageError("outbound-addr6 has to be valid ipv6 address or interface name.")
+            opts.outbound_addr6 = value
+        elif name == "--macaddress":
+            if not re.fullmatch(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}", value) or (
+                int(value[:2], 16) & 1
+            ):
+                raise UsageError(f"invalid MAC address: {value}")
+            opts.macaddress = value.lower()
+    if opts.macaddress is not None and not opts.configure:
+        raise UsageError("--macaddr cannot be specified when --configure or -c is not specified")
+    if opts.netns_type == "tapfd":
+        return _tapfd_positionals(opts, rest)
     if len(rest) < 2:
         raise UsageError(f"{PROG}: PID|PATH and TAPNAME are required")
     if len(rest) > 2:
@@ -185,3 +241,43 @@ def _parse(argv: list[str]) -> Options:
     if len(opts.tapname.encode()) >= 16 or not opts.tapname:
         raise UsageError(f"invalid TAPNAME: {opts.tapname!r} (1 to 15 bytes)")
     return opts
+
+
+def _tapfd_positionals(opts: Options, rest: list[str]) -> Options:
+    """--netns-type=tapfd: the first positional is an inherited TAP fd; TAPNAME is
+    optional and -c does not apply (the fd's owner configured the interface)."""
+    if not rest:
+        raise UsageError(f"{PROG}: FD is required with --netns-type=tapfd")
+    if len(rest) > 2:
+        print("WARNING: too many arguments")
+    if not re.fullmatch(r"\d+", rest[0]):
+        raise UsageError("FD must be a non-negative integer")
+    opts.target = rest[0]
+    opts.tapname = rest[1] if len(rest) > 1 else ""
+    opts.configure = False
+    return opts
+
+
+def _is_ipv4(value: str) -> bool:
+    try:
+        ipaddress.IPv4Address(value)
+        return True
+    except ValueError:
+        return False
+
+
+def _is_ipv6(value: str) -> bool:
+    try:
+        ipaddress.IPv6Address(value)
+        return True
+    except ValueError:
+        return False
+
+
+def _is_ifname(value: str) -> bool:
+    """An existing interface of the namespace netstack runs in."""
+    try:
+        socket.if_nametoindex(value)
+        return True
+    except OSError:
+        return False

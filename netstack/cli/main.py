@@ -52,19 +52,12 @@ def _write_ready(fd: int) -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
-    opts = cli_args.parse(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.DEBUG if os.environ.get("NETSTACK_DEBUG") else logging.INFO,
-        format="%(name)s: %(message)s",
-    )
-    config = NetworkConfig(
-        cidr=opts.cidr,
-        mtu=opts.mtu,
-        host_loopback=not opts.disable_host_loopback,
-        dns_enabled=not opts.disable_dns,
-    )
+def _open_tap(opts: cli_args.Options, config: NetworkConfig) -> tuple[int, bool]:
+    """The TAP fd and whether it carries virtio-net headers."""
+    if opts.netns_type == "tapfd":
+        from netstack.link.tap import inherited_tap
+
+        return inherited_tap(int(opts.target))
     setup = None
     if opts.configure:
         setup = InterfaceSetup(
@@ -73,25 +66,94 @@ def main(argv: list[str] | None = None) -> int:
             opts.cidr.prefixlen,
             str(opts.cidr.broadcast_address),
             socket.inet_ntoa(config.gateway),
+            opts.macaddress,
         )
     target = target_for(
         opts.pid, opts.target if opts.netns_type == "path" else None, opts.userns_path
     )
     want_vnet = os.environ.get("NETSTACK_VNET", "1") != "0"
+    return open_tap_in_namespace(target, opts.tapname, setup, want_vnet)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = cli_args.parse(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if os.environ.get("NETSTACK_DEBUG") else logging.INFO,
+        format="%(name)s: %(message)s",
+    )
+    if opts.enable_ipv6:
+        print(
+            "WARNING: IPv6 is not served yet: --enable-ipv6 is accepted, only IPv4 is carried",
+            file=sys.stderr,
+        )
+    if opts.enable_seccomp:
+        print("WARNING: Support for seccomp is experimental")
+    config = NetworkConfig(
+        cidr=opts.cidr,
+        mtu=opts.mtu,
+        host_loopback=not opts.disable_host_loopback,
+        dns_enabled=not opts.disable_dns,
+    )
+    from netstack.host import outbound
+
     try:
-        fd, vnet_on = open_tap_in_namespace(target, opts.tapname, setup, want_vnet)
+        outbound_addr = outbound.resolve(opts.outbound_addr, socket.AF_INET)
+        outbound_addr6 = outbound.resolve(opts.outbound_addr6, socket.AF_INET6)
+    except ValueError as e:
+        print(f"netstack: {e}", file=sys.stderr)
+        return 1
+    try:
+        fd, vnet_on = _open_tap(opts, config)
     except (RuntimeError, OSError) as e:
         print(f"netstack: {e}", file=sys.stderr)
         return 1
 
     # imported after the fork: uvloop and the stack are not needed in the child
+    from netstack.api.server import bind_api_socket
     from netstack.host.runtime import Runtime
     from netstack.link.tap import TapLink
 
-    sys.stdout.write(_banner(opts, config))
+    banner = _banner(opts, config)
+    if opts.api_socket:
+        banner += f"* API Socket:      {opts.api_socket}\n"
+    if outbound_addr or outbound_addr6:
+        banner += f"* Outbound:        {outbound_addr or '-'} {outbound_addr6 or '-'}\n"
+    sys.stdout.write(banner)
     sys.stdout.flush()
+
+    if opts.enable_sandbox and os.geteuid() != 0 and opts.pid:
+        from netstack.sandbox import sandbox
+
+        try:
+            sandbox.join_target_userns(opts.pid)
+        except OSError as e:
+            print(f"netstack: sandbox: {e}", file=sys.stderr)
+            return 1
+
     link = TapLink(fd, opts.mtu, vnet_on)
-    runtime = Runtime(config, link)
+    runtime = Runtime(config, link, outbound_addr=outbound_addr, outbound_addr6=outbound_addr6)
+    if opts.api_socket:
+        try:
+            api_sock = bind_api_socket(opts.api_socket)
+        except (OSError, ValueError) as e:
+            print(f"netstack: api socket {opts.api_socket}: {e}", file=sys.stderr)
+            return 1
+        runtime.serve_api(api_sock, opts.api_socket)
+    if opts.enable_sandbox or opts.enable_seccomp:
+        from netstack.sandbox import sandbox, seccomp
+
+        try:
+            if opts.enable_sandbox:
+                sandbox.enter()
+            if opts.enable_seccomp:
+                sandbox.preload()
+                seccomp.install()
+        except (OSError, KeyError) as e:
+            print(f"netstack: sandbox: {e}", file=sys.stderr)
+            if opts.api_socket:
+                runtime.shutdown()
+            return 1
     if opts.exit_fd is not None:
         runtime.watch_exit_fd(opts.exit_fd)
     ready_fd = opts.ready_fd
@@ -99,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     def on_ready() -> None:
         log.info(
             "ready: TAP %s, %s frames",
-            opts.tapname,
+            opts.tapname or f"fd {fd}",
             "virtio-net (offloads)" if vnet_on else "plain",
         )
         if ready_fd is not None:

@@ -44,6 +44,7 @@ class InterfaceSetup:
     prefixlen: int
     broadcast: str
     gateway: str
+    macaddress: str | None = None
 
 
 @dataclass
@@ -121,6 +122,8 @@ def configure_interface(tapname: str, setup: InterfaceSetup) -> None:
         if not found:
             raise RuntimeError(f"no interface {tapname}")
         idx = found[0]
+        if setup.macaddress:
+            ipr.link("set", index=idx, address=setup.macaddress)
         ipr.link("set", index=idx, mtu=setup.mtu)
         ipr.link("set", index=idx, state="up")
         existing = [

@@ -21,7 +21,11 @@ from typing import Any, Protocol
 
 import uvloop
 
+from netstack.api import commands as api_commands
+from netstack.api.server import ApiServer
+from netstack.forward.rules import ForwardRule, Forwards
 from netstack.host.datagrams import HostDatagram
+from netstack.host.listeners import TcpForwardListener, UdpForwardListener
 from netstack.host.resolvconf import ResolvConf
 from netstack.host.streams import HostTcpStream
 from netstack.link.base import FRAME_BUFFER_SIZE, LinkClosed, LinkEndpoint
@@ -42,7 +46,12 @@ class EventHandler(Protocol):
 
 class Runtime:
     def __init__(
-        self, config: NetworkConfig, link: LinkEndpoint, resolv_conf: str = "/etc/resolv.conf"
+        self,
+        config: NetworkConfig,
+        link: LinkEndpoint,
+        resolv_conf: str = "/etc/resolv.conf",
+        outbound_addr: str | None = None,
+        outbound_addr6: str | None = None,
     ) -> None:
         self.config = config
         self.link = link
@@ -58,6 +67,13 @@ class Runtime:
         self._stopping = False
         self.now = time.monotonic
         self.on_exit: list[Callable[[], None]] = []
+        self.outbound: dict[int, str | None] = {
+            socket.AF_INET: outbound_addr,
+            socket.AF_INET6: outbound_addr6,
+        }
+        self.forwards = Forwards(config, self)
+        self.api: ApiServer | None = None
+        self.started = time.monotonic()
 
     # --------------------------------------------------------------- HostIO
     def connect_tcp(self, conn: TcpConnection, targets: list[HostAddr], now: float) -> HostStream:
@@ -74,7 +90,67 @@ class Runtime:
         return self.resolv.servers()
 
     def bind_outbound(self, sock: socket.socket, family: int) -> None:
-        """Bind an outgoing socket to --outbound-addr (a later issue); nothing yet."""
+        """Bind an outgoing socket to --outbound-addr / --outbound-addr6."""
+        addr = self.outbound.get(family)
+        if addr is not None:
+            sock.bind((addr, 0))
+
+    # ------------------------------------------------------- forwards and API
+    def listen(self, rule: ForwardRule) -> TcpForwardListener | UdpForwardListener:
+        if rule.proto == "tcp":
+            return TcpForwardListener(self, rule)
+        return UdpForwardListener(self, rule)
+
+    def serve_api(self, sock: socket.socket, path: str) -> None:
+        """Serve the API on a socket already bound and listening."""
+        self.api = ApiServer(sock, path, lambda buf: api_commands.handle(buf, self.forwards, self))
+        self.loop.run_until_complete(self.api.start())
+
+    def api_connections(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        out: list[dict[str, Any]] = []
+        for conn in self.stack.tcp.conns.values():
+            f = conn.flow
+            out.append(
+                {
+                    "proto": "tcp",
+                    "state": conn.state.value,
+                    "direction": "inbound" if conn.opened_by_host else "outbound",
+                    "guest": api_commands.addr(f.guest_ip, f.guest_port),
+                    "remote": api_commands.addr(f.remote_ip, f.remote_port),
+                    "bytes_from_guest": conn.bytes_from_guest,
+                    "bytes_to_guest": conn.bytes_to_guest,
+                    "age_seconds": round(now - conn.created, 3),
+                }
+            )
+        for flow in self.stack.udp.flows.values():
+            out.append(
+                {
+                    "proto": "udp",
+                    "state": "open",
+                    "direction": "outbound",
+                    "guest": api_commands.addr(flow.guest_ip, flow.guest_port),
+                    "remote": "*",
+                    "idle_seconds": round(now - flow.last_activity, 3),
+                }
+            )
+        return out
+
+    def api_stats(self) -> dict[str, Any]:
+        stats = self.stack.stats.snapshot()
+        return {
+            **stats,
+            "flows": {
+                "tcp": len(self.stack.tcp.conns),
+                "tcp_half_open": self.stack.tcp.connecting,
+                "udp": len(self.stack.udp.flows),
+                "icmp": len(self.stack.ping.flows),
+                "dns_queries": len(self.stack.dns.queries),
+            },
+            "forwards": len(self.forwards.rules),
+            "frames_to_guest": self.stack.segments.frames_sent + self.stack.output.frames_sent,
+            "uptime_seconds": api_commands.uptime(self.started),
+        }
 
     # ----------------------------------------------------------- registration
     def register(self, fd: int, events: int, handler: EventHandler) -> None:
@@ -192,6 +268,9 @@ class Runtime:
             except Exception:
                 log.exception("exit handler failed")
         log.info("exiting; counters: %s", self.stack.stats.snapshot())
+        if self.api is not None:
+            self.api.close()
+        self.forwards.close_all()
         self.stack.close()
         try:
             self.loop.remove_reader(self.link.fileno())

@@ -31,16 +31,36 @@ STREAM_EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EP
 
 
 class HostTcpStream:
-    def __init__(self, runtime: Runtime, conn: TcpConnection, targets: list[HostAddr]) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        conn: TcpConnection,
+        targets: list[HostAddr],
+        accepted: socket.socket | None = None,
+    ) -> None:
+        """Connect to the first of targets, or wrap an accepted (connected) socket."""
         self.runtime = runtime
         self.conn = conn
         self.targets = targets
         self.next_target = 0
         self.sock: socket.socket | None = None
-        self.connecting = True
+        self.connecting = accepted is None
         self.peek_off = 0
         self.peek_off_supported = True
-        self._start_connect()
+        if accepted is None:
+            self._start_connect()
+            return
+        self.sock = accepted
+        accepted.setblocking(False)
+        self._tune(accepted)
+        runtime.register(accepted.fileno(), STREAM_EVENTS, self)
+
+    def _tune(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+        except OSError:
+            self.peek_off_supported = False
 
     def _start_connect(self) -> None:
         last_err = errno.EHOSTUNREACH
@@ -49,11 +69,7 @@ class HostTcpStream:
             self.next_target += 1
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-            except OSError:
-                self.peek_off_supported = False
+            self._tune(sock)
             self.runtime.bind_outbound(sock, family)
             err = sock.connect_ex((host, port))
             if err in (0, errno.EINPROGRESS):

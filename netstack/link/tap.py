@@ -66,6 +66,29 @@ def open_tap(name: str, want_vnet: bool = True) -> tuple[int, bool]:
         raise
 
 
+TUNGETIFF = 0x800454D2
+
+
+def inherited_tap(fd: int) -> tuple[int, bool]:
+    """--netns-type=tapfd: a TAP fd opened by someone else; whether it carries
+    virtio-net headers is read back from its flags (and offloads enabled if so)."""
+    try:
+        res = fcntl.ioctl(fd, TUNGETIFF, bytes(40))
+    except OSError as e:
+        raise OSError(e.errno, f"fd {fd} is not a TAP: {e.strerror}") from None
+    flags = struct.unpack_from("H", res, 16)[0]
+    if not flags & IFF_TAP:
+        raise OSError(0, f"fd {fd} is a TUN, not a TAP")
+    vnet_on = bool(flags & IFF_VNET_HDR)
+    if vnet_on:
+        fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HEADROOM))
+        try:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+        except OSError:
+            pass
+    return fd, vnet_on
+
+
 class TapLink:
     """A TAP fd in non-blocking mode."""
 

@@ -9,6 +9,8 @@ in the virtual network.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Protocol
 
 from netstack.dhcp.server import DhcpServer
 from netstack.dns.forwarder import DnsForwarder
@@ -28,7 +30,17 @@ from netstack.wire import WireError, arp, dhcpv4, dns, ethernet, icmpv4, ipv4, t
 
 log = logging.getLogger(__name__)
 
+MAX_MAC_WAITERS = 64
+
 _ETH = ethernet.HEADER
+
+
+class UdpRouteToHost(Protocol):
+    """A forwarded UDP client's way back: the guest's replies go out through it."""
+
+    def to_client(self, payload: memoryview, now: float) -> None: ...
+
+
 _ZERO_IP = b"\0\0\0\0"
 _LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 
@@ -61,6 +73,9 @@ class Stack:
         self.dhcp = DhcpServer(config)
         self.reassembler = Reassembler()
         self.guest_macs: dict[bytes, bytes] = {}
+        self.mac_waiters: dict[bytes, list[Callable[[], None]]] = {}
+        # forwarded UDP: (guest ip, guest port, client's virtual ip, port) -> its route back
+        self.udp_routes_to_host: dict[tuple[bytes, int, bytes, int], UdpRouteToHost] = {}
         self._our_macs = (config.gateway_mac, config.dns_mac, ethernet.BROADCAST)
         self._icmp_quote = b""
 
@@ -110,7 +125,7 @@ class Stack:
             and cfg.in_network(pkt.sender_ip)
             and pkt.sender_ip not in (cfg.gateway, cfg.dns)
         ):
-            self.guest_macs[pkt.sender_ip] = pkt.sender_mac
+            self._learn_mac(pkt.sender_ip, pkt.sender_mac)
         if pkt.op != arp.OP_REQUEST:
             return
         if pkt.target_ip == cfg.gateway:
@@ -143,7 +158,7 @@ class Stack:
             self.stats.drop("ipv4_source_outside")
             return
         if self.guest_macs.get(src) != eth_src:
-            self.guest_macs[src] = eth_src
+            self._learn_mac(src, eth_src)
         proto = ip.proto
         if proto == ipv4.PROTO_TCP:
             payload = l3[ip.ihl : ip.total_length]
@@ -171,6 +186,10 @@ class Stack:
             return
         if ip.src == _ZERO_IP:
             self.stats.drop("ipv4_source_unspecified")
+            return
+        route = self.udp_routes_to_host.get((ip.src, hdr.src_port, ip.dst, hdr.dst_port))
+        if route is not None:
+            route.to_client(payload, now)
             return
         if ip.dst == cfg.dns and hdr.dst_port == dns.PORT and cfg.dns_enabled:
             self.dns.from_guest(eth_src, ip.src, hdr.src_port, payload, now)
@@ -223,6 +242,27 @@ class Stack:
         self.ping.from_guest(eth_src, ip.src, ip.dst, hdr, payload, quote, now)
 
     # ------------------------------------------------- what connections ask of us
+    def guest_mac_for(
+        self, ip: bytes, when_known: Callable[[], None] | None = None
+    ) -> bytes | None:
+        """The guest's MAC for ip, or None after asking with ARP; when_known then runs
+        once the reply comes (at most MAX_MAC_WAITERS wait per address)."""
+        mac = self.guest_macs.get(ip)
+        if mac is None:
+            waiters = self.mac_waiters.setdefault(ip, [])
+            if when_known is not None and len(waiters) < MAX_MAC_WAITERS:
+                waiters.append(when_known)
+            cfg = self.config
+            self.output.send_arp(arp.OP_REQUEST, cfg.gateway_mac, cfg.gateway, bytes(6), ip)
+            self.stats.count("arp_requests")
+        return mac
+
+    def _learn_mac(self, ip: bytes, mac: bytes) -> None:
+        self.guest_macs[ip] = mac
+        waiters = self.mac_waiters.pop(ip, None)
+        for fn in waiters or ():
+            fn()
+
     def send_icmp_unreachable(self, code: int, quoted_ip_packet: bytes) -> None:
         guest_ip = quoted_ip_packet[12:16]
         mac = self.guest_macs.get(guest_ip)

@@ -12,6 +12,7 @@ import enum
 import errno
 import logging
 import random
+from collections.abc import Callable
 from typing import Protocol
 
 from netstack.tcp.output import FlowAddrs, SegmentWriter
@@ -59,6 +60,7 @@ class HostStream(Protocol):
 
 class TcpState(enum.Enum):
     CONNECTING = "connecting"
+    SYN_SENT = "syn_sent"
     SYN_RECEIVED = "syn_received"
     ESTABLISHED = "established"
     TIME_WAIT = "time_wait"
@@ -88,13 +90,20 @@ class Guest(Protocol):
 
     def send_icmp_unreachable(self, code: int, quoted_ip_packet: bytes) -> None: ...
 
+    def guest_mac_for(
+        self, ip: bytes, when_known: Callable[[], None] | None = None
+    ) -> bytes | None:
+        """The guest's MAC for ip; None after asking for it with ARP (when_known runs
+        once the answer comes)."""
+        ...
+
 
 class TcpConnection:
     def __init__(
         self,
         flow: FlowAddrs,
         writer: SegmentWriter,
-        syn: tcp.TcpHeader,
+        syn: tcp.TcpHeader | None,
         syn_quote: bytes,
         mtu: int,
         now: float,
@@ -108,16 +117,20 @@ class TcpConnection:
         self.awaiting_host = False  # the table counts this flow as half-open
         self.syn_quote = syn_quote  # IP header + 8 bytes of the SYN, for ICMP errors
 
-        opts = syn.options
-        self.rcv_nxt = (syn.seq + 1) & 0xFFFFFFFF
-        self.guest_wscale = opts.wscale if opts.wscale is not None else 0
-        self.our_wscale = OUR_WSCALE if opts.wscale is not None else 0
-        self.ts_enabled = opts.ts_val is not None
-        self.ts_recent = opts.ts_val or 0
-        mss_to_guest = min(opts.mss or DEFAULT_MSS, mtu - 40)
-        self.seg_size = max(64, mss_to_guest - (12 if self.ts_enabled else 0))
+        self.mtu = mtu
         self.our_mss = max(64, mtu - 40)
-        self.guest_window = syn.window  # SYN windows are never scaled
+        self.opened_by_host = syn is None
+        if syn is not None:  # the guest opens: we answer its SYN
+            self._take_syn_options(syn)
+            self.rcv_nxt = (syn.seq + 1) & 0xFFFFFFFF
+        else:  # we open toward the guest (a port forward): see open_to_guest
+            self.rcv_nxt = 0
+            self.guest_wscale = 0
+            self.our_wscale = OUR_WSCALE
+            self.ts_enabled = True  # offered in our SYN; the SYN-ACK decides
+            self.ts_recent = 0
+            self.seg_size = DEFAULT_MSS
+            self.guest_window = 0
 
         self.iss = random.getrandbits(32)
         self.snd_una = self.iss
@@ -142,6 +155,17 @@ class TcpConnection:
         self.state_deadline: float | None = now + CONNECT_TIMEOUT
         self.bytes_from_guest = 0
         self.bytes_to_guest = 0
+
+    def _take_syn_options(self, syn: tcp.TcpHeader) -> None:
+        """Negotiate from the guest's SYN or SYN-ACK."""
+        opts = syn.options
+        self.guest_wscale = opts.wscale if opts.wscale is not None else 0
+        self.our_wscale = OUR_WSCALE if opts.wscale is not None else 0
+        self.ts_enabled = opts.ts_val is not None
+        self.ts_recent = opts.ts_val or 0
+        mss_to_guest = min(opts.mss or DEFAULT_MSS, self.mtu - 40)
+        self.seg_size = max(64, mss_to_guest - (12 if self.ts_enabled else 0))
+        self.guest_window = syn.window  # SYN windows are never scaled
 
     # ---------------------------------------------------------------- state
     def _set_state(self, state: TcpState, why: str) -> None:
@@ -174,6 +198,54 @@ class TcpConnection:
     # ---------------------------------------------------------- host events
     def attach_host(self, host: HostStream) -> None:
         self.host = host
+
+    def open_to_guest(self, now: float) -> None:
+        """Start a connection toward the guest (the host side is already connected)."""
+        self._set_state(TcpState.SYN_SENT, "forwarded connection")
+        self.snd_nxt = (self.iss + 1) & 0xFFFFFFFF
+        self.state_deadline = now + CONNECT_TIMEOUT
+        self._send_syn(now)
+        self._arm_rto(now)
+
+    def _send_syn(self, now: float) -> None:
+        mac = self.guest.guest_mac_for(self.flow.guest_ip, self._resend_syn_now)
+        if mac is None:
+            return  # an ARP request went out; the SYN follows its answer
+        if mac != self.flow.guest_mac:
+            self.flow = self.flow._replace(guest_mac=mac)
+        opts = tcp.TcpOptions(mss=self.our_mss, wscale=OUR_WSCALE, ts_val=self._ts_val(now))
+        window = min(self._receive_window(), 0xFFFF)
+        self.window_advertised = window
+        self.writer.send_syn(self.flow, self.iss, 0, SYN, window, opts)
+
+    def _resend_syn_now(self) -> None:
+        if self.state is TcpState.SYN_SENT:
+            self._send_syn(self.last_activity)
+
+    def _on_synack(self, seg: tcp.TcpHeader, now: float) -> None:
+        flags = seg.flags
+        if flags & ACK and seg.ack != (self.iss + 1) & 0xFFFFFFFF:
+            if not flags & RST:
+                self.writer.send(self.flow, seg.ack, 0, RST, 0, None, 0, 0)
+            return
+        if flags & RST:
+            if flags & ACK:
+                self._close(reset_host=False, why="guest refused the forwarded connection")
+            return
+        if not (flags & SYN and flags & ACK):
+            return
+        self._take_syn_options(seg)
+        self.rcv_nxt = (seg.seq + 1) & 0xFFFFFFFF
+        self.snd_una = seg.ack
+        self.retries = 0
+        self.rto = RTO_INITIAL
+        self._disarm_rto()
+        self.state_deadline = None
+        self.last_activity = now
+        self._set_state(TcpState.ESTABLISHED, "guest accepted")
+        self._send_ack(now)
+        self.host_readable = True  # the client may have written before the guest answered
+        self._pump_to_guest(now)
 
     def on_host_connected(self, now: float) -> None:
         if self.state is not TcpState.CONNECTING:
@@ -233,6 +305,9 @@ class TcpConnection:
         flags = seg.flags
         state = self.state
         if state is TcpState.CLOSED:
+            return
+        if state is TcpState.SYN_SENT:
+            self._on_synack(seg, now)
             return
         if flags & RST:
             if self._seq_acceptable(seg.seq):
@@ -479,6 +554,9 @@ class TcpConnection:
             if self.state is TcpState.CONNECTING:
                 self.refuse(Refusal.HOST_UNREACHABLE)
                 return
+            if self.state is TcpState.SYN_SENT:
+                self._close(reset_host=False, why="guest did not answer the forwarded SYN")
+                return
             if self.state is TcpState.TIME_WAIT:
                 self._set_state(TcpState.CLOSED, "time-wait over")
                 return
@@ -495,6 +573,9 @@ class TcpConnection:
             self.rto = min(self.rto * 2, RTO_MAX)
             if self.state is TcpState.SYN_RECEIVED:
                 self._send_synack(now)
+                self._arm_rto(now)
+            elif self.state is TcpState.SYN_SENT:
+                self._send_syn(now)
                 self._arm_rto(now)
             elif self.state is TcpState.ESTABLISHED:
                 if self.snd_nxt == self.snd_una and self.guest_window == 0:

@@ -121,6 +121,29 @@ class TcpTable:
         conn.attach_host(self.connector.connect_tcp(conn, target, now))
         self.timers.touch(conn)
 
+    def open_to_guest(
+        self, flow: FlowAddrs, make_host: Callable[[TcpConnection], HostStream], now: float
+    ) -> TcpConnection | None:
+        """A forwarded connection: the host side is accepted, SYN the guest. None when
+        the table is full or the 4-tuple is taken (the caller closes the host side)."""
+        key = (flow.guest_ip, flow.guest_port, flow.remote_ip, flow.remote_port)
+        old = self.conns.get(key)
+        if old is not None:
+            if old.state not in (TcpState.TIME_WAIT, TcpState.CLOSED):
+                self.stats.drop("tcp_forward_tuple_busy")
+                return None
+            self._remove(key, old)
+        if len(self.conns) >= self.max_flows:
+            self.stats.drop("tcp_flow_limit")
+            return None
+        conn = TcpConnection(flow, self.writer, None, b"", self.mtu, now, self.guest)
+        conn.attach_host(make_host(conn))
+        self.conns[key] = conn
+        self.stats.count("tcp_forwards_opened")
+        conn.open_to_guest(now)
+        self.timers.touch(conn)
+        return conn
+
     def _reset_stray(self, flow: FlowAddrs, seg: tcp.TcpHeader, payload_len: int) -> None:
         """RFC 9293 3.10.7.1: a segment for no connection gets a RST."""
         if seg.flags & tcp.ACK:

@@ -5,6 +5,7 @@
   echo PORT ADDR            TCP echo, many clients at once
   udpecho PORT ADDR         UDP echo
   dns PORT ADDR IPV4        UDP and TCP DNS: every A question answered with IPV4
+  peer PORT ADDR            per connection: send the client's "ip:port", close
 
 Each prints "ready" on stdout once listening.
 """
@@ -42,6 +43,13 @@ async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
         h.update(chunk)
         n += len(chunk)
     writer.write(f"{h.hexdigest()} {n}\n".encode())
+    await writer.drain()
+    writer.close()
+
+
+async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    host, port = writer.get_extra_info("peername")[:2]
+    writer.write(f"{host}:{port}".encode())
     await writer.drain()
     writer.close()
 
@@ -100,6 +108,8 @@ async def main(argv: list[str]) -> None:
     addr = argv[2]
     if kind == "sink":
         await asyncio.start_server(sink, addr, port)
+    elif kind == "peer":
+        await asyncio.start_server(peer, addr, port)
     elif kind == "echo":
         await asyncio.start_server(echo, addr, port, backlog=512)
     elif kind == "udpecho":

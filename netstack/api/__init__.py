@@ -1,0 +1,1 @@
+"""The control socket: slirp4netns's JSON API plus read-only queries of our own."""

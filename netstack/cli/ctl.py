@@ -1,0 +1,147 @@
+"""netstackctl: talk to a running netstack's API socket.
+
+netstackctl -a SOCKET stats                  counters, flows, drops by reason
+netstackctl -a SOCKET connections            live flows with bytes and state
+netstackctl -a SOCKET forwards               port forwards
+netstackctl -a SOCKET add tcp|udp [HOST_ADDR:]HOST_PORT [GUEST_ADDR:]GUEST_PORT
+netstackctl -a SOCKET remove ID
+add --json to print the raw reply
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from typing import Any
+
+
+def request(path: str, execute: str, arguments: dict[str, Any] | None = None) -> Any:
+    req: dict[str, Any] = {"execute": execute}
+    if arguments is not None:
+        req["arguments"] = arguments
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(json.dumps(req).encode())
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return json.loads(data)
+
+
+def _split_addr(text: str) -> tuple[str, int]:
+    addr, _, port = text.rpartition(":")
+    return addr, int(port)
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    for r in rows:
+        lines.append(
+            "  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(columns, widths, strict=True))
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="netstackctl", description="Query a running netstack.")
+    p.add_argument("-a", "--api-socket", required=True)
+    p.add_argument("--json", action="store_true", help="print the raw JSON reply")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("stats")
+    sub.add_parser("connections")
+    sub.add_parser("forwards")
+    add = sub.add_parser("add")
+    add.add_argument("proto", choices=["tcp", "udp"])
+    add.add_argument("host")
+    add.add_argument("guest")
+    rm = sub.add_parser("remove")
+    rm.add_argument("id", type=int)
+    a = p.parse_args(argv)
+
+    if a.command == "stats":
+        reply = request(a.api_socket, "get_stats")
+    elif a.command == "connections":
+        reply = request(a.api_socket, "list_connections")
+    elif a.command == "forwards":
+        reply = request(a.api_socket, "list_hostfwd")
+    elif a.command == "add":
+        host_addr, host_port = _split_addr(a.host)
+        guest_addr, guest_port = _split_addr(a.guest)
+        reply = request(
+            a.api_socket,
+            "add_hostfwd",
+            {
+                "proto": a.proto,
+                "host_addr": host_addr,
+                "host_port": host_port,
+                "guest_addr": guest_addr,
+                "guest_port": guest_port,
+            },
+        )
+    else:
+        reply = request(a.api_socket, "remove_hostfwd", {"id": a.id})
+
+    if a.json:
+        print(json.dumps(reply, indent=2))
+        return 1 if "error" in reply else 0
+    if "error" in reply:
+        print(f"netstackctl: {reply['error'].get('desc')}", file=sys.stderr)
+        return 1
+    ret = reply.get("return", {})
+    if a.command == "stats":
+        print(
+            _table(
+                [{"what": k, "count": v} for k, v in sorted(ret.get("flows", {}).items())],
+                ["what", "count"],
+            )
+        )
+        print()
+        print(
+            _table(
+                [{"drop reason": k, "count": v} for k, v in sorted(ret.get("drops", {}).items())],
+                ["drop reason", "count"],
+            )
+        )
+        print()
+        print(
+            _table(
+                [{"event": k, "count": v} for k, v in sorted(ret.get("events", {}).items())],
+                ["event", "count"],
+            )
+        )
+    elif a.command == "connections":
+        print(
+            _table(
+                ret.get("connections", []),
+                [
+                    "proto",
+                    "direction",
+                    "state",
+                    "guest",
+                    "remote",
+                    "bytes_from_guest",
+                    "bytes_to_guest",
+                ],
+            )
+        )
+    elif a.command == "forwards":
+        print(
+            _table(
+                ret.get("entries", []),
+                ["id", "proto", "host_addr", "host_port", "guest_addr", "guest_port"],
+            )
+        )
+    elif a.command == "add":
+        print(ret.get("id"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

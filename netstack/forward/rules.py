@@ -1,0 +1,141 @@
+"""Forwarding rules: validation of add_hostfwd arguments (strict where slirp4netns is
+sloppy: ports 1-65535, guest_addr inside the network, proto required) and the set of
+active rules with their ids (from 1, never reused)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from netstack.stack.config import NetworkConfig
+
+PROTOS = ("tcp", "udp")
+
+
+class BadRequest(Exception):
+    """An API error; str(e) is the desc after "bad request: "."""
+
+
+@dataclass(frozen=True)
+class ForwardRule:
+    id: int
+    proto: str
+    host_addr: str
+    host_port: int
+    guest_addr: str
+    guest_port: int
+
+    def entry(self) -> dict[str, Any]:
+        """The list_hostfwd entry, keys in slirp4netns's order."""
+        return {
+            "id": self.id,
+            "proto": self.proto,
+            "host_addr": self.host_addr,
+            "host_port": self.host_port,
+            "guest_addr": self.guest_addr,
+            "guest_port": self.guest_port,
+        }
+
+
+class Listener(Protocol):
+    def close(self) -> None: ...
+
+
+class ListenerFactory(Protocol):
+    def listen(self, rule: ForwardRule) -> Listener:
+        """Bind and listen for rule; raises OSError on failure."""
+        ...
+
+
+def _port(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    port = int(value)
+    return port if 1 <= port <= 65535 else None
+
+
+def _ipv4(value: str) -> str | None:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        return None
+
+
+def parse_add(args: object, config: NetworkConfig) -> tuple[str, str, int, str, int]:
+    """(proto, host_addr, host_port, guest_addr, guest_port) or BadRequest."""
+    if not isinstance(args, dict):
+        args = {}
+    where = "add_hostfwd: bad arguments."
+    proto = args.get("proto")
+    if proto not in PROTOS:
+        raise BadRequest(where + "proto")
+    host_addr = args.get("host_addr")
+    if host_addr is None or host_addr == "":
+        host_addr = "0.0.0.0"
+    if not isinstance(host_addr, str) or _ipv4(host_addr) is None:
+        raise BadRequest(where + "host_addr")
+    host_port = _port(args.get("host_port"))
+    if host_port is None:
+        raise BadRequest(where + "host_port")
+    guest_addr = args.get("guest_addr")
+    if guest_addr is None or guest_addr == "":
+        guest_addr = socket.inet_ntoa(config.guest)
+    if not isinstance(guest_addr, str) or _ipv4(guest_addr) is None:
+        raise BadRequest(where + "guest_addr")
+    packed = socket.inet_aton(guest_addr)
+    if not config.in_network(packed) or packed in (
+        config.network,
+        config.gateway,
+        config.dns,
+        config.broadcast,
+    ):
+        raise BadRequest(where + "guest_addr")
+    guest_port = _port(args.get("guest_port"))
+    if guest_port is None:
+        raise BadRequest(where + "guest_port")
+    return proto, _ipv4(host_addr) or host_addr, host_port, guest_addr, guest_port
+
+
+class Forwards:
+    def __init__(self, config: NetworkConfig, listeners: ListenerFactory) -> None:
+        self.config = config
+        self.listeners = listeners
+        self.rules: dict[int, tuple[ForwardRule, Listener]] = {}
+        self.next_id = 1
+
+    def add(self, args: object) -> ForwardRule:
+        proto, host_addr, host_port, guest_addr, guest_port = parse_add(args, self.config)
+        for rule, _ in self.rules.values():
+            if (
+                rule.proto == proto
+                and rule.host_port == host_port
+                and (rule.host_addr == host_addr or "0.0.0.0" in (rule.host_addr, host_addr))
+            ):
+                raise BadRequest("add_hostfwd: slirp_add_hostfwd failed")
+        rule = ForwardRule(self.next_id, proto, host_addr, host_port, guest_addr, guest_port)
+        try:
+            listener = self.listeners.listen(rule)
+        except OSError as e:
+            raise BadRequest("add_hostfwd: slirp_add_hostfwd failed") from e
+        self.rules[rule.id] = (rule, listener)
+        self.next_id += 1
+        return rule
+
+    def remove(self, args: object) -> None:
+        rule_id = args.get("id") if isinstance(args, dict) else None
+        if isinstance(rule_id, bool) or not isinstance(rule_id, int) or rule_id not in self.rules:
+            raise BadRequest("remove_hostfwd: bad arguments.id")
+        _, listener = self.rules.pop(rule_id)
+        listener.close()
+
+    def entries(self) -> list[dict[str, Any]]:
+        return [rule.entry() for rule, _ in self.rules.values()]
+
+    def close_all(self) -> None:
+        for _, listener in self.rules.values():
+            listener.close()
+        self.rules.clear()

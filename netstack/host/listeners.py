@@ -1,0 +1,191 @@
+"""Host listeners for port forwards. A TCP connection accepted on the host becomes a
+connection the stack opens toward the guest; a UDP client gets a route (its source as
+the guest sees it) that lives while it is used.
+
+The guest sees the real client address; clients on the host's loopback (or an
+unspecified or clashing address) appear as the gateway, as with slirp4netns.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+from typing import TYPE_CHECKING
+
+from netstack.forward.rules import ForwardRule
+from netstack.host.streams import HostTcpStream
+from netstack.stack.config import NetworkConfig
+from netstack.tcp.connection import TcpConnection
+from netstack.tcp.output import FlowAddrs
+
+if TYPE_CHECKING:
+    from netstack.host.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+ACCEPTS_PER_WAKEUP = 64
+LISTEN_BACKLOG = 128
+UDP_ROUTE_IDLE = 240.0
+UDP_ROUTES_PER_FORWARD = 1024
+UNKNOWN_MAC = bytes(6)
+
+
+def client_as_seen_by_guest(config: NetworkConfig, addr: str) -> bytes:
+    """The source address the guest sees for a host client."""
+    try:
+        packed = socket.inet_aton(addr)
+    except OSError:
+        return config.gateway
+    if packed[0] in (0, 127) or config.in_network(packed):
+        return config.gateway
+    return packed
+
+
+class TcpForwardListener:
+    def __init__(self, runtime: Runtime, rule: ForwardRule) -> None:
+        self.runtime = runtime
+        self.rule = rule
+        self.guest_ip = socket.inet_aton(rule.guest_addr)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((rule.host_addr, rule.host_port))
+            sock.listen(LISTEN_BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        self.sock: socket.socket | None = sock
+        runtime.register(sock.fileno(), select.EPOLLIN, self)
+
+    def on_events(self, events: int, now: float) -> None:
+        stack = self.runtime.stack
+        for _ in range(ACCEPTS_PER_WAKEUP):
+            if self.sock is None:
+                return
+            try:
+                client, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.info("forward %d: accept: %s", self.rule.id, e)
+                return
+            remote = client_as_seen_by_guest(stack.config, addr[0])
+            flow = FlowAddrs(UNKNOWN_MAC, self.guest_ip, self.rule.guest_port, remote, addr[1])
+
+            def make_host(conn: TcpConnection, client: socket.socket = client) -> HostTcpStream:
+                return HostTcpStream(self.runtime, conn, [], accepted=client)
+
+            conn = stack.tcp.open_to_guest(flow, make_host, now)
+            if conn is None:
+                client.close()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.runtime.unregister(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+
+
+class UdpRoute:
+    """One UDP client of a forward: guest replies go back to it from the listener."""
+
+    def __init__(
+        self, listener: UdpForwardListener, client: tuple[str, int], remote: bytes, now: float
+    ) -> None:
+        self.listener = listener
+        self.client = client
+        self.remote = remote  # the client's address as the guest sees it
+        self.last_activity = now
+        self.closed = False
+
+    @property
+    def key(self) -> tuple[bytes, int, bytes, int]:
+        return (self.listener.guest_ip, self.listener.rule.guest_port, self.remote, self.client[1])
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.closed else self.last_activity + UDP_ROUTE_IDLE
+
+    def on_timer(self, now: float) -> None:
+        if now >= self.last_activity + UDP_ROUTE_IDLE:
+            self.listener.drop_route(self)
+
+    def to_client(self, payload: memoryview, now: float) -> None:
+        sock = self.listener.sock
+        if sock is None:
+            return
+        self.last_activity = now
+        try:
+            sock.sendto(payload, self.client)
+        except OSError as e:
+            log.debug("forward %d: sendto %s: %s", self.listener.rule.id, self.client, e)
+
+
+class UdpForwardListener:
+    def __init__(self, runtime: Runtime, rule: ForwardRule) -> None:
+        self.runtime = runtime
+        self.rule = rule
+        self.guest_ip = socket.inet_aton(rule.guest_addr)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        try:
+            sock.bind((rule.host_addr, rule.host_port))
+        except OSError:
+            sock.close()
+            raise
+        self.sock: socket.socket | None = sock
+        self.routes: dict[tuple[str, int], UdpRoute] = {}
+        runtime.register(sock.fileno(), select.EPOLLIN, self)
+
+    def on_events(self, events: int, now: float) -> None:
+        stack = self.runtime.stack
+        for _ in range(64):
+            if self.sock is None:
+                return
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            client = (addr[0], addr[1])
+            route = self.routes.get(client)
+            if route is None:
+                if len(self.routes) >= UDP_ROUTES_PER_FORWARD:
+                    stack.stats.drop("udp_forward_route_limit")
+                    continue
+                route = UdpRoute(self, client, client_as_seen_by_guest(stack.config, addr[0]), now)
+                if route.key in stack.udp_routes_to_host:
+                    stack.stats.drop("udp_forward_tuple_busy")
+                    continue
+                self.routes[client] = route
+                stack.udp_routes_to_host[route.key] = route
+            route.last_activity = now
+            stack.timers.touch(route)
+            self._to_guest(route, data)
+
+    def _to_guest(self, route: UdpRoute, data: bytes) -> None:
+        stack = self.runtime.stack
+        mac = stack.guest_mac_for(self.guest_ip, lambda: self._to_guest(route, data))
+        if mac is None:
+            return  # sent once the guest answers ARP
+        stack.output.send_udp(
+            mac, route.remote, route.client[1], self.guest_ip, self.rule.guest_port, data
+        )
+        stack.stats.count("udp_forward_datagrams_to_guest")
+
+    def drop_route(self, route: UdpRoute) -> None:
+        route.closed = True
+        self.routes.pop(route.client, None)
+        stack = self.runtime.stack
+        if stack.udp_routes_to_host.get(route.key) is route:
+            del stack.udp_routes_to_host[route.key]
+        stack.timers.forget(route)
+
+    def close(self) -> None:
+        for route in list(self.routes.values()):
+            self.drop_route(route)
+        if self.sock is not None:
+            self.runtime.unregister(self.sock.fileno())
+            self.sock.close()
+            self.sock = None

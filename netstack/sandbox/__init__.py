@@ -1,0 +1,1 @@
+"""Isolation of the stack process itself: --enable-sandbox and --enable-seccomp."""
