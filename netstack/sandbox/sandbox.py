@@ -11,6 +11,7 @@ that is a link to a file outside /etc and /run (systemd-resolved's) is bound in 
 from __future__ import annotations
 
 import ctypes
+import errno
 import importlib
 import logging
 import os
@@ -68,7 +69,11 @@ def join_target_userns(pid: int) -> None:
 
 
 def _bind_readonly(source: str, target: str, recursive: bool = True) -> None:
-    c.mount(None, source, None, c.MS_REC | c.MS_SLAVE if recursive else c.MS_SLAVE)
+    try:
+        c.mount(None, source, None, c.MS_REC | c.MS_SLAVE if recursive else c.MS_SLAVE)
+    except OSError as e:
+        if e.errno != errno.EINVAL:  # EINVAL: source is not a mount point of its own
+            raise
     flags = c.MS_BIND | (c.MS_REC if recursive else 0) | c.MS_NOSUID | c.MS_NODEV | c.MS_NOEXEC
     c.mount(source, target, None, flags)
     c.mount(None, target, None, c.MS_REC | c.MS_SLAVE if recursive else c.MS_SLAVE)
@@ -83,6 +88,7 @@ def _bind_readonly(source: str, target: str, recursive: bool = True) -> None:
 def enter() -> None:
     """Build the sandbox and drop privileges. Raises OSError on any failure."""
     preload()
+    last_cap = last_capability()  # /proc is gone once we pivot
     resolv = os.path.realpath("/etc/resolv.conf")
     c.unshare(c.CLONE_NEWNS)
     c.mount(None, "/", None, c.MS_PRIVATE)
@@ -107,7 +113,7 @@ def enter() -> None:
         c.mount(None, "/", None, c.MS_REMOUNT | c.MS_BIND | c.MS_RDONLY)
     except OSError:
         pass  # as slirp4netns: a read-only root is a bonus
-    drop_capabilities()
+    drop_capabilities(last_cap)
 
 
 class _CapHeader(ctypes.Structure):
@@ -122,14 +128,17 @@ class _CapData(ctypes.Structure):
     ]
 
 
-def drop_capabilities(keep: int = CAP_NET_BIND_SERVICE) -> None:
+def last_capability() -> int:
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
+
+
+def drop_capabilities(last: int, keep: int = CAP_NET_BIND_SERVICE) -> None:
     c.prctl(c.PR_SET_NO_NEW_PRIVS, 1)
     try:
         c.prctl(c.PR_CAP_AMBIENT, c.PR_CAP_AMBIENT_CLEAR_ALL)
     except OSError:
         pass
-    with open("/proc/sys/kernel/cap_last_cap") as f:
-        last = int(f.read())
     for cap in range(last + 1):
         if cap != keep:
             c.prctl(c.PR_CAPBSET_DROP, cap)

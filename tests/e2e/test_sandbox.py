@@ -1,0 +1,71 @@
+"""--enable-sandbox and --enable-seccomp: after ready the process's root holds only etc
+and run, only CAP_NET_BIND_SERVICE is left, a seccomp filter is on, and networking,
+DNS and the API still work."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.netns import World
+
+
+def test_sandbox_and_seccomp(world: World, tmp_path: Path) -> None:
+    world.server("host", "sink", "9000", "127.0.0.1")
+    world.server("host", "dns", "53", "127.0.0.1", "192.0.2.123")
+    api = str(tmp_path / "api.sock")
+    world.start_netstack("--enable-sandbox", "--enable-seccomp", "--api-socket", api)
+    assert world.netstack is not None
+    pid = world.netstack.pid
+    assert sorted(os.listdir(f"/proc/{pid}/root")) == ["etc", "run"]
+    status = dict(
+        line.split(":\t", 1)
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if ":\t" in line
+    )
+    assert int(status["CapEff"], 16) == int(status["CapPrm"], 16) == 1 << 10
+    assert int(status["CapBnd"], 16) == 1 << 10
+    assert status["NoNewPrivs"].strip() == "1"
+    assert status["Seccomp"].strip() == "2"
+    r = world.guest_python(
+        "import socket\ns = socket.create_connection(('10.0.2.2', 9000), timeout=5)\n"
+        "s.sendall(b'hi'); s.shutdown(1); print(s.recv(100).decode())"
+    )
+    assert r.stdout.split()[1] == "2", r.stderr
+    assert "192.0.2.123" in world.in_guest("getent", "ahostsv4", "x.test").stdout
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(api)
+        s.sendall(b'{"execute":"list_hostfwd"}')
+        assert s.recv(100).startswith(b'{"return":{"entries":[]}')
+    assert world.netstack.poll() is None
+    assert "seccomp: The following syscalls are blocked: execve" in world.log()
+
+
+SECCOMP_CHILD = r"""
+import os
+from netstack.sandbox import seccomp
+seccomp.install()
+os.execv("/bin/true", ["true"])
+"""
+
+
+def test_seccomp_filter_kills_on_a_blocked_syscall() -> None:
+    p = subprocess.run([sys.executable, "-c", SECCOMP_CHILD], capture_output=True, timeout=30)
+    assert p.returncode == -signal.SIGSYS
+
+
+def test_seccomp_filter_allows_ordinary_work() -> None:
+    code = (
+        "from netstack.sandbox import seccomp\nseccomp.install()\n"
+        "import socket\ns = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+        "print('fine')"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and p.stdout.strip().endswith("fine"), p.stderr
+    time.sleep(0)
