@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(iproute2 iperf3 curl iputils-ping procps python3 python3-venv python3-dev gcc libffi-dev)
+APT_PACKAGES=(iproute2 iperf3 curl iputils-ping procps util-linux python3 python3-venv python3-dev gcc
+              libffi-dev rootlesskit uidmap)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -14,8 +15,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Debian's own python3, not whatever is first on PATH: an interpreter under /root (pyenv)
+# cannot be run by the unprivileged users that runtimes like rootlesskit run us as.
+PY=/usr/bin/python3
+if [ -x .venv/bin/python ] && [ "$(readlink -f .venv/bin/python)" != "$(readlink -f "$PY")" ]; then
+  rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
+  "$PY" -m venv .venv
 fi
 stamp=.venv/.netstack-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ csrc/fast.c -nt "$stamp" ] \
