@@ -73,3 +73,79 @@ long ns_sock_send_space(int fd)
         return -errno;
     return sndbuf > outq ? (long)(sndbuf - outq) : 0;
 }
+
+static void put16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = v & 0xff; }
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = v >> 24; p[1] = (v >> 16) & 0xff; p[2] = (v >> 8) & 0xff; p[3] = v & 0xff;
+}
+static void put16le(uint8_t *p, uint16_t v) { p[0] = v & 0xff; p[1] = v >> 8; }
+
+/* Headers for one TCP/IPv4 segment to the guest, written in front of a payload that is
+ * already in place: at `start` a 10-byte virtio-net header, then Ethernet, IPv4 (20
+ * bytes, DF, TTL 64), TCP (20 bytes, or 32 with the timestamp option), then
+ * payload_len bytes of payload. With vnet the TCP checksum is left partial (the
+ * pseudo-header sum) and the header asks for GSO when payload_len > gso_size > 0;
+ * without it the checksum is complete. Returns the frame's end offset, or -1 when it
+ * would not fit in buflen. Twin: netstack.tcp.output.SegmentWriter._headers_py. */
+long ns_tcp4_frame(uint8_t *buf, size_t buflen, size_t start, const uint8_t *eth_dst,
+                   const uint8_t *eth_src, const uint8_t *ip_src, const uint8_t *ip_dst,
+                   uint16_t sport, uint16_t dport, uint32_t seq, uint32_t ack, uint8_t flags,
+                   uint16_t window, int has_ts, uint32_t ts_val, uint32_t ts_ecr,
+                   uint32_t payload_len, uint16_t ip_id, int vnet, uint16_t gso_size)
+{
+    size_t hlen = has_ts ? 32 : 20;
+    size_t l2 = start + 10, l3 = l2 + 14, l4 = l3 + 20;
+    size_t l4_len = hlen + payload_len;
+    if (payload_len > 65535 - 20 - hlen || start > buflen || l4 + l4_len > buflen)
+        return -1;
+    uint8_t *v = buf + start, *e = buf + l2, *ip = buf + l3, *t = buf + l4;
+
+    memcpy(e, eth_dst, 6);
+    memcpy(e + 6, eth_src, 6);
+    put16(e + 12, 0x0800);
+
+    ip[0] = 0x45; ip[1] = 0;
+    put16(ip + 2, (uint16_t)(20 + l4_len));
+    put16(ip + 4, ip_id);
+    put16(ip + 6, 0x4000);
+    ip[8] = 64; ip[9] = 6;
+    put16(ip + 10, 0);
+    memcpy(ip + 12, ip_src, 4);
+    memcpy(ip + 16, ip_dst, 4);
+    put16(ip + 10, ns_checksum(ip, 20, 0));
+
+    put16(t, sport);
+    put16(t + 2, dport);
+    put32(t + 4, seq);
+    put32(t + 8, ack);
+    t[12] = (uint8_t)((hlen / 4) << 4);
+    t[13] = flags;
+    put16(t + 14, window);
+    put16(t + 16, 0);
+    put16(t + 18, 0);
+    if (has_ts) {
+        t[20] = 1; t[21] = 1; t[22] = 8; t[23] = 10;
+        put32(t + 24, ts_val);
+        put32(t + 28, ts_ecr);
+    }
+
+    uint32_t pseudo = ((uint32_t)ip_src[0] << 8 | ip_src[1]) + ((uint32_t)ip_src[2] << 8 | ip_src[3])
+                    + ((uint32_t)ip_dst[0] << 8 | ip_dst[1]) + ((uint32_t)ip_dst[2] << 8 | ip_dst[3])
+                    + 6 + (uint32_t)l4_len;
+    while (pseudo >> 16)
+        pseudo = (pseudo & 0xffff) + (pseudo >> 16);
+    if (vnet) {
+        put16(t + 16, (uint16_t)pseudo);
+        int gso = payload_len > gso_size && gso_size > 0;
+        v[0] = 1;                       /* VIRTIO_NET_HDR_F_NEEDS_CSUM */
+        v[1] = gso ? 1 : 0;             /* GSO_TCPV4 or NONE */
+        put16le(v + 2, gso ? (uint16_t)(34 + hlen) : 0);
+        put16le(v + 4, gso ? gso_size : 0);
+        put16le(v + 6, 34);             /* csum_start: Ethernet + IPv4 */
+        put16le(v + 8, 16);             /* csum_offset: TCP checksum field */
+    } else {
+        put16(t + 16, ns_checksum(t, l4_len, pseudo));
+    }
+    return (long)(l4 + l4_len);
+}

@@ -93,6 +93,11 @@ if FAST:
 
     discard: Any = _lib.ns_discard
     sock_send_space: Any = _lib.ns_sock_send_space
+    tcp4_frame: Any = _lib.ns_tcp4_frame
+
+    def writable(buf: bytearray) -> Any:
+        """A C pointer to buf, for C functions that write into it (keep buf alive)."""
+        return _from_buffer(buf)
 else:
     sum16 = py_sum16
     checksum = py_checksum

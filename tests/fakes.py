@@ -53,6 +53,10 @@ class FakeStream:
     def shutdown_write(self) -> None:
         self.shut_write = True
 
+    @property
+    def peer_closed(self) -> bool:
+        return self.eof
+
     def close(self, reset: bool = False) -> None:
         self.closed = "reset" if reset else "close"
 

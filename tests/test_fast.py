@@ -49,3 +49,28 @@ def test_discard_and_send_space_match_twin() -> None:
     finally:
         for x in (c, s, srv):
             x.close()
+
+
+@pytest.mark.parametrize("vnet_on", [True, False])
+@pytest.mark.parametrize("ts", [None, (123456, 654321)])
+@pytest.mark.parametrize("payload_len,seg_size", [(0, 1448), (100, 1448), (5000, 1448)])
+def test_tcp_frame_builder_matches_twin(
+    vnet_on: bool, ts: tuple[int, int] | None, payload_len: int, seg_size: int
+) -> None:
+    from netstack.link.memory import MemoryLink
+    from netstack.tcp.output import FlowAddrs, SegmentWriter
+
+    flow = FlowAddrs(os.urandom(6), b"\x0a\x00\x02\x64", 40000, b"\xc0\x00\x02\x02", 443)
+    outputs = []
+    for use_c in (True, False):
+        w = SegmentWriter(MemoryLink(vnet_enabled=vnet_on), b"\x52\x55\x0a\x00\x02\x02")
+        if not use_c:
+            w._c_buf = None
+        hlen = 20 + (12 if ts else 0)
+        w.payload_view(hlen, payload_len)[:payload_len] = bytes(range(256)) * (
+            payload_len // 256
+        ) + bytes(payload_len % 256)
+        start = w.payload_offset(hlen) - (10 + 34 + hlen)
+        end = w._headers(start, flow, 0xFFFFFFF0, 77, 0x18, 4321, ts, hlen, payload_len, seg_size)
+        outputs.append(bytes(w.buf[start:end]))
+    assert outputs[0] == outputs[1]

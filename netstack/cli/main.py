@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import socket
 import sys
 
@@ -75,8 +76,16 @@ def _open_tap(opts: cli_args.Options, config: NetworkConfig) -> tuple[int, bool]
     return open_tap_in_namespace(target, opts.tapname, setup, want_vnet)
 
 
+def _raise_fd_limit() -> None:
+    """Every flow holds a host socket: take the whole hard limit on open files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = cli_args.parse(sys.argv[1:] if argv is None else argv)
+    _raise_fd_limit()
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.DEBUG if os.environ.get("NETSTACK_DEBUG") else logging.INFO,

@@ -255,9 +255,19 @@ class Runtime:
             loop.add_signal_handler(sig, self.stop, 0)
         if on_ready is not None:
             loop.call_soon(on_ready)
+        profile_path = os.environ.get("NETSTACK_PROFILE")  # a developer's cProfile dump
+        profiler = None
+        if profile_path:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         try:
             loop.run_forever()
         finally:
+            if profiler is not None and profile_path:
+                profiler.disable()
+                profiler.dump_stats(profile_path)
             self.shutdown()
         return self.exit_code
 

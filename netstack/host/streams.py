@@ -47,6 +47,7 @@ class HostTcpStream:
         self.connecting = accepted is None
         self.peek_off = 0
         self.peek_off_supported = True
+        self.peer_closed = False
         if accepted is None:
             self._start_connect()
             return
@@ -102,6 +103,8 @@ class HostTcpStream:
                 return
             self.connecting = False
             table.host_connected(conn, True, 0, now)
+            if events & (select.EPOLLRDHUP | select.EPOLLHUP):
+                self.peer_closed = True
             if events & (select.EPOLLIN | select.EPOLLRDHUP):
                 conn.on_host_readable(now)
             table.after(conn)
@@ -112,6 +115,8 @@ class HostTcpStream:
                 conn.on_host_error(err, now)
                 table.after(conn)
                 return
+        if events & (select.EPOLLRDHUP | select.EPOLLHUP):
+            self.peer_closed = True
         if events & (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP):
             conn.on_host_readable(now)
         if events & select.EPOLLOUT and self.sock is not None:

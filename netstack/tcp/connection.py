@@ -57,6 +57,9 @@ class HostStream(Protocol):
     def shutdown_write(self) -> None: ...
     def close(self, reset: bool = False) -> None: ...
 
+    @property
+    def peer_closed(self) -> bool: ...  # the host peer's FIN (or a hang-up) has been seen
+
 
 class TcpState(enum.Enum):
     CONNECTING = "connecting"
@@ -145,6 +148,8 @@ class TcpConnection:
         self.host_readable = False
         self.ack_needed = False
         self.window_advertised = 0
+        self._space_known = 0
+        self._written_since = 0
 
         self.rto = RTO_INITIAL
         self.rto_deadline: float | None = None
@@ -286,7 +291,7 @@ class TcpConnection:
         if self.pending_to_host:
             if not self._flush_pending():
                 return
-        if self._receive_window() >= 2 * self.window_advertised + self.our_mss:
+        if self._receive_window(fresh=True) >= 2 * self.window_advertised + self.our_mss:
             self._send_ack(now)  # a window update the guest may be waiting for
         self._maybe_finish(now)
 
@@ -436,6 +441,7 @@ class TcpConnection:
         except OSError as e:
             self.on_host_error(e.errno or errno.EIO, now)
             return 0
+        self._written_since += n
         if n < len(payload):
             rest = payload[n : n + PENDING_MAX]
             self.pending_to_host += rest
@@ -451,6 +457,7 @@ class TcpConnection:
             self.on_host_error(e.errno or errno.EIO, self.last_activity)
             return False
         del self.pending_to_host[:n]
+        self._written_since += n
         if self.pending_to_host:
             return False
         if self.fin_from_guest:
@@ -495,6 +502,7 @@ class TcpConnection:
                 self.eof_from_host = True
                 self._send_fin(now)
                 return
+            drained = n < len(view) and not host.peer_closed
             window = self._window_field()
             writer.send(
                 self.flow,
@@ -512,6 +520,11 @@ class TcpConnection:
             self.last_activity = now
             if self.rto_deadline is None:
                 self._arm_rto(now)
+            if drained:
+                # a short read emptied the queue: the next byte (or FIN) from the host
+                # brings a fresh edge, so asking again now would only say EAGAIN
+                self.host_readable = False
+                return
 
     def _send_fin(self, now: float) -> None:
         if self.fin_to_guest:
@@ -642,18 +655,29 @@ class TcpConnection:
         self.window_advertised = window
         self.writer.send_syn(self.flow, self.iss, self.rcv_nxt, SYN | ACK, window, opts)
 
-    def _receive_window(self) -> int:
+    def _receive_window(self, fresh: bool = False) -> int:
         if self.host is None:
             return 0
-        try:
-            space = self.host.send_space()
-        except OSError:
-            space = 0
         if self.pending_to_host:
             # the socket refused bytes: its free-space figure (bytes) overstates what it
             # takes (buffers are charged by their true size); only the slack is left
             return max(0, PENDING_SLACK - len(self.pending_to_host))
-        return min(space + PENDING_SLACK, WINDOW_MAX)
+        return min(self._host_space(fresh) + PENDING_SLACK, WINDOW_MAX)
+
+    def _host_space(self, fresh: bool) -> int:
+        """The host socket's free send space. Two syscalls to ask, so between asks it is
+        estimated as the last answer less what we wrote since (the socket only drains
+        meanwhile, so the estimate errs low); asked again below half the last answer."""
+        estimate = self._space_known - self._written_since
+        if fresh or estimate <= self._space_known // 2:
+            assert self.host is not None
+            try:
+                self._space_known = self.host.send_space()
+            except OSError:
+                self._space_known = 0
+            self._written_since = 0
+            return self._space_known
+        return estimate
 
     def _window_field(self) -> int:
         window = self._receive_window()

@@ -48,6 +48,7 @@ class SegmentWriter:
         self.view = memoryview(self.buf)
         self._ident = itertools.count()
         self.frames_sent = 0
+        self._c_buf = _fast.writable(self.buf) if _fast.FAST else None
 
     def payload_offset(self, tcp_hlen: int) -> int:
         return VNET_HEADROOM + L2L3_LEN + tcp_hlen
@@ -103,6 +104,51 @@ class SegmentWriter:
         self.frames_sent += 1
 
     def _headers(
+        self,
+        start: int,
+        flow: FlowAddrs,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        ts: tuple[int, int] | None,
+        hlen: int,
+        payload_len: int,
+        seg_size: int,
+    ) -> int:
+        """Write the headers in front of the payload; returns the frame's end."""
+        if self._c_buf is None or hlen != tcp.HEADER_LEN + (TS_OPTION_LEN if ts else 0):
+            # the C builder knows no options but the timestamp (a SYN has more)
+            return self._headers_py(
+                start, flow, seq, ack, flags, window, ts, hlen, payload_len, seg_size
+            )
+        end = _fast.tcp4_frame(
+            self._c_buf,
+            len(self.buf),
+            start,
+            flow.guest_mac,
+            self.src_mac,
+            flow.remote_ip,
+            flow.guest_ip,
+            flow.remote_port,
+            flow.guest_port,
+            seq & 0xFFFFFFFF,
+            ack & 0xFFFFFFFF,
+            flags,
+            window,
+            ts is not None,
+            ts[0] if ts else 0,
+            ts[1] if ts else 0,
+            payload_len,
+            next(self._ident) & 0xFFFF,
+            self.link.vnet,
+            seg_size,
+        )
+        if end < 0:
+            raise ValueError("tcp frame does not fit the buffer")
+        return int(end)
+
+    def _headers_py(
         self,
         start: int,
         flow: FlowAddrs,

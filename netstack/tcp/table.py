@@ -55,6 +55,9 @@ class TcpTable:
         self.max_connecting = max_connecting
         self.conns: dict[FlowKey, TcpConnection] = {}
         self.dirty: dict[FlowKey, TcpConnection] = {}
+        # closed flows lingering to answer a retransmitted FIN, oldest first: the first
+        # to give way when the table is full
+        self.time_wait: dict[FlowKey, TcpConnection] = {}
         self.connecting = 0
 
     def on_segment(
@@ -110,7 +113,7 @@ class TcpTable:
             self.stats.count("tcp_refused_" + target.value)
             conn.refuse(target)
             return
-        if len(self.conns) >= self.max_flows or self.connecting >= self.max_connecting:
+        if not self._room() or self.connecting >= self.max_connecting:
             self.stats.drop("tcp_flow_limit")
             conn.refuse(Refusal.RESET)
             return
@@ -133,7 +136,7 @@ class TcpTable:
                 self.stats.drop("tcp_forward_tuple_busy")
                 return None
             self._remove(key, old)
-        if len(self.conns) >= self.max_flows:
+        if not self._room():
             self.stats.drop("tcp_flow_limit")
             return None
         conn = TcpConnection(flow, self.writer, None, b"", self.mtu, now, self.guest)
@@ -143,6 +146,13 @@ class TcpTable:
         conn.open_to_guest(now)
         self.timers.touch(conn)
         return conn
+
+    def _room(self) -> bool:
+        """Whether a new flow fits, making room from TIME_WAIT flows if need be."""
+        while len(self.conns) >= self.max_flows and self.time_wait:
+            key, conn = next(iter(self.time_wait.items()))
+            self._remove(key, conn)
+        return len(self.conns) < self.max_flows
 
     def _reset_stray(self, flow: FlowAddrs, seg: tcp.TcpHeader, payload_len: int) -> None:
         """RFC 9293 3.10.7.1: a segment for no connection gets a RST."""
@@ -167,17 +177,15 @@ class TcpTable:
 
     def after(self, conn: TcpConnection) -> None:
         """Bookkeeping after any event on conn: timers and reaping."""
+        f = conn.flow
+        key = (f.guest_ip, f.guest_port, f.remote_ip, f.remote_port)
         if conn.state is TcpState.CLOSED:
-            key = (
-                conn.flow.guest_ip,
-                conn.flow.guest_port,
-                conn.flow.remote_ip,
-                conn.flow.remote_port,
-            )
             if self.conns.get(key) is conn:
                 self._remove(key, conn)
-        else:
-            self.timers.touch(conn)
+            return
+        if conn.state is TcpState.TIME_WAIT and key not in self.time_wait:
+            self.time_wait[key] = conn
+        self.timers.touch(conn)
 
     def flush(self, now: float) -> None:
         """End of a batch of guest frames: owed ACKs go out."""
@@ -193,6 +201,7 @@ class TcpTable:
     def _remove(self, key: FlowKey, conn: TcpConnection) -> None:
         del self.conns[key]
         self.dirty.pop(key, None)
+        self.time_wait.pop(key, None)
         self.timers.forget(conn)
         if conn.awaiting_host:
             conn.awaiting_host = False

@@ -300,3 +300,40 @@ def test_guest_tso_super_segment_is_accepted() -> None:
     pkt = seg("PA", ISN + 1, iss + 1, big)
     rig.send(pkt, vnet.VnetHeader(vnet.F_NEEDS_CSUM, vnet.GSO_TCPV4, 66, 1448, 34, 16))
     assert bytes(stream.written) == big
+
+
+def test_full_table_makes_room_from_time_wait_flows() -> None:
+    rig = Rig()
+    rig.stack.tcp.max_flows = 1
+    stream, iss = established(rig)
+    conn = rig.host.connects[0][0]
+    rig.send(seg("FA", ISN + 1, iss + 1))
+    stream.eof = True
+    conn.on_host_readable(rig.now)
+    rig.send(seg("A", ISN + 2, iss + 2))
+    assert conn.state is TcpState.TIME_WAIT
+    rig.stack.tcp.after(conn)
+    rig.frames()
+    other = IP(src=GUEST, dst=GW) / TCP(sport=SPORT + 1, dport=80, seq=5, flags="S")
+    rig.send(other)
+    assert len(rig.host.connects) == 2  # admitted: the TIME_WAIT flow gave way
+    assert rig.stack.stats.drops["tcp_flow_limit"] == 0
+
+
+def test_full_table_refuses_new_syns_with_rst() -> None:
+    rig = Rig()
+    rig.stack.tcp.max_flows = 1
+    established(rig)
+    rig.send(IP(src=GUEST, dst=GW) / TCP(sport=SPORT + 1, dport=80, seq=5, flags="S"))
+    (rst,) = rig.frames()
+    assert tcp_of(rst).flags == "RA" and rig.stack.stats.drops["tcp_flow_limit"] == 1
+
+
+def test_short_peek_stops_reading_until_the_next_edge() -> None:
+    rig = Rig()
+    stream, iss = established(rig)
+    conn = rig.host.connects[0][0]
+    stream.to_guest += b"x" * 10
+    conn.on_host_readable(rig.now)
+    assert len(rig.frames()) == 1
+    assert conn.host_readable is False

@@ -1,0 +1,227 @@
+"""One isolated world per system under test.
+
+    dead-end ns (192.0.2.2: nothing listens, nothing routes on)
+        | veth
+    host ns    (servers on loopback/any; the stack runs here; default route to dead end)
+        | TAP (netstack, slirp4netns, pasta) or veth (the rootful ceiling)
+    guest ns   (iperf3 and the latency probe run here)
+
+No traffic can leave: the host namespace's only route out ends in a namespace
+that answers nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import select
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NETSTACK = str(ROOT / ".venv" / "bin" / "netstack")
+NOBODY = "65534"
+
+
+def sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+
+
+class World:
+    name = "?"
+    server_ip = ""
+
+    def __init__(self, mtu: int) -> None:
+        tag = secrets.token_hex(3)
+        self.mtu = mtu
+        self.host = f"bnh-{tag}"
+        self.guest = f"bng-{tag}"
+        self.dead = f"bnd-{tag}"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.stack_pid: int | None = None
+        self.ready_seconds: float | None = None
+        for ns in (self.host, self.guest, self.dead):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh(
+            "ip",
+            "link",
+            "add",
+            "up0",
+            "netns",
+            self.host,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "dn0",
+            "netns",
+            self.dead,
+        )
+        sh("ip", "-n", self.host, "addr", "add", "192.0.2.1/24", "dev", "up0")
+        sh("ip", "-n", self.dead, "addr", "add", "192.0.2.2/24", "dev", "dn0")
+        sh("ip", "-n", self.host, "link", "set", "up0", "up")
+        sh("ip", "-n", self.dead, "link", "set", "dn0", "up")
+        sh("ip", "-n", self.host, "route", "add", "default", "via", "192.0.2.2")
+
+    def in_host(self, *cmd: str) -> list[str]:
+        return ["ip", "netns", "exec", self.host, *cmd]
+
+    def in_guest(self, *cmd: str) -> list[str]:
+        return ["ip", "netns", "exec", self.guest, *cmd]
+
+    def spawn_host(self, *cmd: str) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(
+            self.in_host(*cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.procs.append(p)
+        return p
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def _start_with_ready_fd(self, argv: list[str]) -> None:
+        r, w = os.pipe()
+        t0 = time.monotonic()
+        p = subprocess.Popen(
+            self.in_host(*[a.replace("{fd}", str(w)) for a in argv]),
+            pass_fds=(w,),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(w)
+        self.procs.append(p)
+        try:
+            ready, _, _ = select.select([r], [], [], 20)
+            if not ready or os.read(r, 1) != b"1":
+                raise RuntimeError(f"{self.name} did not become ready")
+        finally:
+            os.close(r)
+        self.ready_seconds = time.monotonic() - t0
+        self.stack_pid = p.pid
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        for ns in (self.guest, self.host, self.dead):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+class NetstackWorld(World):
+    name = "netstack"
+    server_ip = "10.0.2.2"
+
+    def start(self) -> None:
+        # NETSTACK_PROFILE=path: netstack writes a cProfile dump there at exit
+        profile = os.environ.get("NETSTACK_PROFILE")
+        env = ["env", f"NETSTACK_PROFILE={profile}"] if profile else []
+        self._start_with_ready_fd(
+            [
+                *env,
+                NETSTACK,
+                "-c",
+                "-m",
+                str(self.mtu),
+                "-r",
+                "{fd}",
+                "--netns-type=path",
+                f"/run/netns/{self.guest}",
+                "tap0",
+            ]
+        )
+
+
+class SlirpWorld(World):
+    name = "slirp4netns"
+    server_ip = "10.0.2.2"
+
+    def start(self) -> None:
+        self._start_with_ready_fd(
+            [
+                "slirp4netns",
+                "-c",
+                "-m",
+                str(self.mtu),
+                "-r",
+                "{fd}",
+                "--netns-type=path",
+                f"/run/netns/{self.guest}",
+                "tap0",
+            ]
+        )
+
+
+class VethWorld(World):
+    """The physical ceiling: a rootful veth pair, the kernel on both ends."""
+
+    name = "veth"
+    server_ip = "10.0.42.1"
+
+    def start(self) -> None:
+        sh(
+            "ip",
+            "link",
+            "add",
+            "vh0",
+            "netns",
+            self.host,
+            "mtu",
+            str(self.mtu),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vg0",
+            "netns",
+            self.guest,
+            "mtu",
+            str(self.mtu),
+        )
+        sh("ip", "-n", self.host, "addr", "add", "10.0.42.1/24", "dev", "vh0")
+        sh("ip", "-n", self.guest, "addr", "add", "10.0.42.2/24", "dev", "vg0")
+        sh("ip", "-n", self.host, "link", "set", "vh0", "up")
+        sh("ip", "-n", self.guest, "link", "set", "vg0", "up")
+        self.ready_seconds = 0.0
+
+
+class PastaWorld(World):
+    """pasta will not enter a namespace root made, and drops root, so each guest-side
+    command runs under its own `pasta --config-net -- CMD` as nobody, in the host
+    namespace; the gateway (the dead end's address) is mapped to host loopback."""
+
+    name = "pasta"
+    server_ip = "192.0.2.2"
+
+    def start(self) -> None:
+        self.ready_seconds = None
+
+    def in_guest(self, *cmd: str) -> list[str]:
+        return self.in_host(
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            "pasta",
+            "--config-net",
+            "-q",
+            "-m",
+            str(self.mtu),
+            "--",
+            *cmd,
+        )
+
+
+SYSTEMS: dict[str, type[World]] = {
+    "netstack": NetstackWorld,
+    "slirp4netns": SlirpWorld,
+    "pasta": PastaWorld,
+    "veth": VethWorld,
+}
