@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check netstack tests csrc
+.venv/bin/ruff check netstack tests csrc bench
 .venv/bin/mypy netstack
 exec .venv/bin/pytest -q "$@"
