@@ -7,16 +7,18 @@ Errors print to stderr, then the usage to stdout, and exit 1, as slirp4netns doe
 
 from __future__ import annotations
 
+import dataclasses
 import getopt
 import ipaddress
 import os
 import re
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 from netstack import __version__
+from netstack.stack.limits import Limits
 
 PROG = "netstack"
 MTU_DEFAULT = 1500
@@ -44,6 +46,11 @@ LONG = [
     "outbound-addr6=",
     "disable-dns",
     "macaddress=",
+    "max-tcp-flows=",
+    "max-half-open=",
+    "max-udp-flows=",
+    "icmp-error-rate=",
+    "udp-timeout=",
     "help",
     "version",
 ]
@@ -67,6 +74,11 @@ User-mode networking for unprivileged network namespaces (a slirp4netns drop-in)
 --outbound-addr6=IPv6    sets outbound ipv6 address to bound to (an address or interface name)
 --disable-dns            disable built-in DNS (10.0.2.3 by default)
 --macaddress=MAC         specify the MAC address of the TAP (only valid with -c)
+--max-tcp-flows=N        limit TCP flows (default=4096)
+--max-half-open=N        limit TCP handshakes in progress; the oldest gives way (default=512)
+--max-udp-flows=N        limit UDP flows; the idlest gives way (default=1024)
+--icmp-error-rate=N      limit ICMP errors sent to the guest per second (default=200)
+--udp-timeout=SECONDS    close a UDP flow's host socket after this idle time (default=240)
 -h, --help               show this help and exit
 -v, --version            show version and exit
 """
@@ -74,6 +86,15 @@ User-mode networking for unprivileged network namespaces (a slirp4netns drop-in)
 VERSION = f"""{PROG} version {__version__}
 SLIRP_CONFIG_VERSION_MAX: {SLIRP_CONFIG_VERSION_MAX}
 """
+
+
+LIMIT_OPTIONS = {
+    "--max-tcp-flows": "max_tcp_flows",
+    "--max-half-open": "max_half_open",
+    "--max-udp-flows": "max_udp_flows",
+    "--icmp-error-rate": "icmp_errors_per_second",
+    "--udp-timeout": "udp_timeout",
+}
 
 
 @dataclass
@@ -96,6 +117,7 @@ class Options:
     outbound_addr6: str | None = None
     disable_dns: bool = False
     macaddress: str | None = None
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def pid(self) -> int:
@@ -219,6 +241,10 @@ def _parse(argv: list[str]) -> Options:
             ):
                 raise UsageError(f"invalid MAC address: {value}")
             opts.macaddress = value.lower()
+        elif name in LIMIT_OPTIONS:
+            if not re.fullmatch(r"\d+", value) or not 1 <= int(value) <= 1_000_000:
+                raise UsageError(f"{name[2:]} must be an integer from 1 to 1000000")
+            opts.limits = dataclasses.replace(opts.limits, **{LIMIT_OPTIONS[name]: int(value)})
     if opts.macaddress is not None and not opts.configure:
         raise UsageError("--macaddr cannot be specified when --configure or -c is not specified")
     if opts.netns_type == "tapfd":

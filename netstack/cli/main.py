@@ -141,7 +141,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
     link = TapLink(fd, opts.mtu, vnet_on)
-    runtime = Runtime(config, link, outbound_addr=outbound_addr, outbound_addr6=outbound_addr6)
+    runtime = Runtime(
+        config,
+        link,
+        outbound_addr=outbound_addr,
+        outbound_addr6=outbound_addr6,
+        limits=opts.limits,
+    )
     if opts.api_socket:
         try:
             api_sock = bind_api_socket(opts.api_socket)
@@ -149,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"netstack: api socket {opts.api_socket}: {e}", file=sys.stderr)
             return 1
         runtime.serve_api(api_sock, opts.api_socket)
+    if opts.exit_fd is not None:
+        runtime.watch_exit_fd(opts.exit_fd)
+    if opts.netns_type == "pid":
+        runtime.watch_target_process(opts.pid)  # pidfd_open: before seccomp forbids it
     if opts.enable_sandbox or opts.enable_seccomp:
         from netstack.sandbox import sandbox, seccomp
 
@@ -163,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             if opts.api_socket:
                 runtime.shutdown()
             return 1
-    if opts.exit_fd is not None:
-        runtime.watch_exit_fd(opts.exit_fd)
+    if opts.netns_type == "path":
+        # after the sandbox: what we watch must be what the sandbox lets us see
+        runtime.watch_namespace_path(opts.target)
     ready_fd = opts.ready_fd
 
     def on_ready() -> None:

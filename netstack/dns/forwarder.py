@@ -88,7 +88,15 @@ class DnsQuery:
 
 
 class DnsForwarder:
-    def __init__(self, host: HostIO, output: GuestOutput, stats: Stats, timers: TimerQueue) -> None:
+    def __init__(
+        self,
+        host: HostIO,
+        output: GuestOutput,
+        stats: Stats,
+        timers: TimerQueue,
+        max_queries: int = MAX_QUERIES,
+    ) -> None:
+        self.max_queries = max_queries
         self.host = host
         self.output = output
         self.stats = stats
@@ -111,7 +119,7 @@ class DnsForwarder:
         if not servers:
             self.stats.drop("dns_no_nameserver")
             return
-        if len(self.queries) >= MAX_QUERIES:
+        if len(self.queries) >= self.max_queries:
             self.stats.drop("dns_query_limit")
             return
         if self.preferred >= len(servers):

@@ -32,6 +32,7 @@ from netstack.link.base import FRAME_BUFFER_SIZE, LinkClosed, LinkEndpoint
 from netstack.stack.config import NetworkConfig
 from netstack.stack.dispatch import Stack
 from netstack.stack.hostio import DatagramReceiver, HostAddr
+from netstack.stack.limits import Limits
 from netstack.tcp.connection import HostStream, TcpConnection
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,14 @@ class Runtime:
         resolv_conf: str = "/etc/resolv.conf",
         outbound_addr: str | None = None,
         outbound_addr6: str | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.config = config
         self.link = link
         self.resolv = ResolvConf(resolv_conf)
         self.epoll = select.epoll()
         self.handlers: dict[int, EventHandler] = {}
-        self.stack = Stack(config, link, self)
+        self.stack = Stack(config, link, self, limits=limits)
         self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
         self.rx_buf = bytearray(FRAME_BUFFER_SIZE)
         self._timer: asyncio.TimerHandle | None = None
@@ -142,7 +144,7 @@ class Runtime:
             **stats,
             "flows": {
                 "tcp": len(self.stack.tcp.conns),
-                "tcp_half_open": self.stack.tcp.connecting,
+                "tcp_half_open": len(self.stack.tcp.half_open),
                 "udp": len(self.stack.udp.flows),
                 "icmp": len(self.stack.ping.flows),
                 "dns_queries": len(self.stack.dns.queries),
@@ -238,6 +240,45 @@ class Runtime:
                 self.loop.call_soon(self.stop, 0)
             return  # EPERM: a regular file or /dev/null never fires
         self.handlers[fd] = _ExitFd(self)
+
+    def watch_target_process(self, pid: int) -> None:
+        """Exit 0 when the target process (the container) exits: its namespace is
+        useless then, even though our TAP fd keeps it alive."""
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError as e:
+            log.info("cannot watch process %d: %s", pid, e)
+            return
+
+        def gone() -> None:
+            log.info("target process %d exited: exiting", pid)
+            self.loop.remove_reader(fd)
+            os.close(fd)
+            self.stop(0)
+
+        self.loop.add_reader(fd, gone)
+
+    def watch_namespace_path(self, path: str, interval: float = 2.0) -> None:
+        """Exit 0 when the namespace file goes away (`ip netns del`, podman's cleanup)."""
+        try:
+            first = os.stat(path)
+        except OSError:
+            return  # not visible from here (the sandbox hides /proc): nothing to watch
+        ident = (first.st_dev, first.st_ino)
+
+        def check() -> None:
+            try:
+                st = os.stat(path)
+                same = (st.st_dev, st.st_ino) == ident
+            except OSError:
+                same = False
+            if not same:
+                log.info("namespace %s is gone: exiting", path)
+                self.stop(0)
+                return
+            self.loop.call_later(interval, check)
+
+        self.loop.call_later(interval, check)
 
     def stop(self, code: int) -> None:
         if self._stopping:

@@ -70,7 +70,15 @@ class PingFlow:
 
 
 class PingProxy:
-    def __init__(self, host: HostIO, output: GuestOutput, stats: Stats, timers: TimerQueue) -> None:
+    def __init__(
+        self,
+        host: HostIO,
+        output: GuestOutput,
+        stats: Stats,
+        timers: TimerQueue,
+        max_flows: int = MAX_FLOWS,
+    ) -> None:
+        self.max_flows = max_flows
         self.host = host
         self.output = output
         self.stats = stats
@@ -91,7 +99,7 @@ class PingProxy:
         key = (src, hdr.ident, dst)
         flow = self.flows.get(key)
         if flow is None:
-            if len(self.flows) >= MAX_FLOWS:
+            if len(self.flows) >= self.max_flows:
                 self.stats.drop("icmp_flow_limit")
                 return
             flow = PingFlow(self, guest_mac, src, hdr.ident, dst, now)

@@ -19,6 +19,7 @@ from netstack.link.base import VNET_HEADROOM, LinkEndpoint
 from netstack.stack.config import NetworkConfig
 from netstack.stack.guest_output import GuestOutput
 from netstack.stack.hostio import HostIO
+from netstack.stack.limits import Limits
 from netstack.stack.policy import Policy
 from netstack.stack.reassembly import Reassembler
 from netstack.stack.stats import Stats
@@ -47,18 +48,33 @@ _LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 
 class Stack:
     def __init__(
-        self, config: NetworkConfig, link: LinkEndpoint, host: HostIO, stats: Stats | None = None
+        self,
+        config: NetworkConfig,
+        link: LinkEndpoint,
+        host: HostIO,
+        stats: Stats | None = None,
+        limits: Limits | None = None,
     ) -> None:
+        limits = limits or Limits()
+        self.limits = limits
         self.config = config
         self.link = link
         self.host = host
         self.stats = stats or Stats()
         self.timers = TimerQueue()
-        self.output = GuestOutput(link, config)
+        self.output = GuestOutput(link, config, limits.icmp_errors_per_second)
         self.policy = Policy(config, host.nameservers)
         self.segments = SegmentWriter(link, config.gateway_mac)
         self.tcp = TcpTable(
-            self.segments, config.mtu, host, self.policy.tcp_target, self, self.stats, self.timers
+            self.segments,
+            config.mtu,
+            host,
+            self.policy.tcp_target,
+            self,
+            self.stats,
+            self.timers,
+            max_flows=limits.max_tcp_flows,
+            max_half_open=limits.max_half_open,
         )
         self.udp = UdpProxy(
             host,
@@ -67,9 +83,15 @@ class Stack:
             self.timers,
             self.policy.udp_target,
             self.policy.virtual_source,
+            max_flows=limits.max_udp_flows,
+            idle_timeout=limits.udp_timeout,
         )
-        self.dns = DnsForwarder(host, self.output, self.stats, self.timers)
-        self.ping = PingProxy(host, self.output, self.stats, self.timers)
+        self.dns = DnsForwarder(
+            host, self.output, self.stats, self.timers, max_queries=limits.max_dns_queries
+        )
+        self.ping = PingProxy(
+            host, self.output, self.stats, self.timers, max_flows=limits.max_icmp_flows
+        )
         self.dhcp = DhcpServer(config)
         self.reassembler = Reassembler()
         self.guest_macs: dict[bytes, bytes] = {}
@@ -77,6 +99,7 @@ class Stack:
         # forwarded UDP: (guest ip, guest port, client's virtual ip, port) -> its route back
         self.udp_routes_to_host: dict[tuple[bytes, int, bytes, int], UdpRouteToHost] = {}
         self._our_macs = (config.gateway_mac, config.dns_mac, ethernet.BROADCAST)
+        self._spoofed_macs = (config.gateway_mac, config.dns_mac, bytes(6))
         self._icmp_quote = b""
 
     # ----------------------------------------------------------------- input
@@ -102,6 +125,8 @@ class Stack:
             return
         if eth_src[0] & 1:
             raise WireError("eth_multicast_source")
+        if eth_src in self._spoofed_macs:
+            raise WireError("eth_spoofed_source")
         l3 = frame[VNET_HEADROOM + ethernet.HEADER_LEN :]
         if ethertype == ethernet.ETHERTYPE_IPV4:
             # a frame the guest kernel left checksum-partial (vnet) still has a valid

@@ -8,6 +8,7 @@ import itertools
 
 from netstack.link.base import VNET_HEADROOM, LinkEndpoint
 from netstack.stack.config import NetworkConfig
+from netstack.stack.limits import TokenBucket
 from netstack.wire import arp, ethernet, icmpv4, ipv4, udp
 from netstack.wire.ethernet import EthernetHeader
 from netstack.wire.ipv4 import Ipv4Header
@@ -17,9 +18,13 @@ L3_OFFSET = VNET_HEADROOM + ethernet.HEADER_LEN
 
 
 class GuestOutput:
-    def __init__(self, link: LinkEndpoint, config: NetworkConfig) -> None:
+    def __init__(
+        self, link: LinkEndpoint, config: NetworkConfig, icmp_errors_per_second: int = 200
+    ) -> None:
         self.link = link
         self.config = config
+        self.icmp_errors = TokenBucket(icmp_errors_per_second)
+        self.icmp_errors_suppressed = 0
         self._ident = itertools.count(0x4000)
         self.frames_sent = 0
 
@@ -109,6 +114,9 @@ class GuestOutput:
         """An ICMP error about a guest packet; quote = its IP header + 8 bytes.
         The gateway speaks for the network, as a router would."""
         if len(quote) < ipv4.HEADER_LEN:
+            return
+        if not self.icmp_errors.take():
+            self.icmp_errors_suppressed += 1  # a flood of bad packets gets no flood back
             return
         guest_ip = bytes(quote[12:16])
         self.send_icmp(

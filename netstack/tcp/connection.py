@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 RTO_INITIAL = 0.2
 RTO_MAX = 30.0
 MAX_RETRIES = 12  # 0.2 s doubling, capped at 30 s: about 3.5 minutes of silence
+SYNACK_RETRIES = 5  # as Linux's tcp_synack_retries: a handshake gets about 12 s
 DUPACKS_FOR_RETRANSMIT = 3
 CONNECT_TIMEOUT = 75.0
 TIME_WAIT = 2.0
@@ -117,7 +118,6 @@ class TcpConnection:
         self.guest = guest
         self.state = TcpState.CONNECTING
         self.host: HostStream | None = None
-        self.awaiting_host = False  # the table counts this flow as half-open
         self.syn_quote = syn_quote  # IP header + 8 bytes of the SYN, for ICMP errors
 
         self.mtu = mtu
@@ -580,6 +580,9 @@ class TcpConnection:
         if self.rto_deadline is not None and now >= self.rto_deadline:
             self.rto_deadline = None
             self.retries += 1
+            if self.state is TcpState.SYN_RECEIVED and self.retries > SYNACK_RETRIES:
+                self._close(reset_host=True, why="guest never completed the handshake")
+                return
             if self.retries > MAX_RETRIES:
                 self._reset_guest("guest silent: retransmissions exhausted")
                 return
@@ -694,6 +697,13 @@ class TcpConnection:
     def _maybe_finish(self, now: float) -> None:
         if self.fin_from_guest and self.host_write_shut and self.fin_to_guest and self.fin_acked:
             self._close(reset_host=False, why="both sides closed", linger=now)
+
+    def abort(self, why: str) -> None:
+        """Give up on the connection: RST to the guest, reset the host side."""
+        if self.state is TcpState.CONNECTING:
+            self.refuse(Refusal.RESET)
+        elif self.state not in (TcpState.CLOSED, TcpState.TIME_WAIT):
+            self._reset_guest(why)
 
     def _reset_guest(self, why: str) -> None:
         self.writer.send(self.flow, self.snd_nxt, self.rcv_nxt, RST | ACK, 0, None, 0, 0)

@@ -27,8 +27,7 @@ class HostConnector(Protocol):
     ) -> HostStream: ...
 
 
-MAX_FLOWS = 4096
-MAX_CONNECTING = 512
+HALF_OPEN = (TcpState.CONNECTING, TcpState.SYN_RECEIVED)
 
 
 class TcpTable:
@@ -41,8 +40,8 @@ class TcpTable:
         guest: Guest,
         stats: Stats,
         timers: TimerQueue,
-        max_flows: int = MAX_FLOWS,
-        max_connecting: int = MAX_CONNECTING,
+        max_flows: int = 4096,
+        max_half_open: int = 512,
     ) -> None:
         self.writer = writer
         self.mtu = mtu
@@ -52,13 +51,15 @@ class TcpTable:
         self.stats = stats
         self.timers = timers
         self.max_flows = max_flows
-        self.max_connecting = max_connecting
+        self.max_half_open = max_half_open
         self.conns: dict[FlowKey, TcpConnection] = {}
         self.dirty: dict[FlowKey, TcpConnection] = {}
         # closed flows lingering to answer a retransmitted FIN, oldest first: the first
         # to give way when the table is full
         self.time_wait: dict[FlowKey, TcpConnection] = {}
-        self.connecting = 0
+        # guest SYNs whose handshake is not complete, oldest first: under a flood the
+        # oldest gives way to the newest
+        self.half_open: dict[FlowKey, TcpConnection] = {}
 
     def on_segment(
         self,
@@ -113,13 +114,17 @@ class TcpTable:
             self.stats.count("tcp_refused_" + target.value)
             conn.refuse(target)
             return
-        if not self._room() or self.connecting >= self.max_connecting:
+        while len(self.half_open) >= self.max_half_open:
+            old_key, old = next(iter(self.half_open.items()))
+            self.stats.drop("tcp_half_open_evicted")
+            old.abort("half-open limit: the oldest handshake gives way")
+            self._remove(old_key, old)
+        if not self._room():
             self.stats.drop("tcp_flow_limit")
             conn.refuse(Refusal.RESET)
             return
         self.conns[key] = conn
-        conn.awaiting_host = True
-        self.connecting += 1
+        self.half_open[key] = conn
         self.stats.count("tcp_flows_opened")
         conn.attach_host(self.connector.connect_tcp(conn, target, now))
         self.timers.touch(conn)
@@ -166,9 +171,6 @@ class TcpTable:
 
     # -------------------------------------------------- events from the host side
     def host_connected(self, conn: TcpConnection, ok: bool, err: int, now: float) -> None:
-        if conn.awaiting_host:
-            conn.awaiting_host = False
-            self.connecting -= 1
         if ok:
             conn.on_host_connected(now)
         else:
@@ -183,6 +185,8 @@ class TcpTable:
             if self.conns.get(key) is conn:
                 self._remove(key, conn)
             return
+        if key in self.half_open and conn.state not in HALF_OPEN:
+            del self.half_open[key]
         if conn.state is TcpState.TIME_WAIT and key not in self.time_wait:
             self.time_wait[key] = conn
         self.timers.touch(conn)
@@ -203,9 +207,7 @@ class TcpTable:
         self.dirty.pop(key, None)
         self.time_wait.pop(key, None)
         self.timers.forget(conn)
-        if conn.awaiting_host:
-            conn.awaiting_host = False
-            self.connecting -= 1
+        self.half_open.pop(key, None)
         if conn.host is not None:
             conn.host.close(reset=True)
             conn.host = None

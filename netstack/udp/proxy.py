@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections import OrderedDict
 from collections.abc import Callable
 
 from netstack.stack.guest_output import GuestOutput
@@ -40,10 +41,10 @@ class UdpFlow:
 
     @property
     def deadline(self) -> float | None:
-        return None if self.closed else self.last_activity + IDLE_TIMEOUT
+        return None if self.closed else self.last_activity + self.proxy.idle_timeout
 
     def on_timer(self, now: float) -> None:
-        if now >= self.last_activity + IDLE_TIMEOUT:
+        if now >= self.last_activity + self.proxy.idle_timeout:
             self.proxy.expire(self)
 
     def on_datagram(self, data: bytes, addr: HostAddr, now: float) -> None:
@@ -68,7 +69,9 @@ class UdpProxy:
         resolve: Callable[[bytes, int], UdpTarget],
         virtual_source: Callable[[HostAddr], bytes | None],
         max_flows: int = MAX_FLOWS,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
+        self.idle_timeout = idle_timeout
         self.host = host
         self.output = output
         self.stats = stats
@@ -76,7 +79,9 @@ class UdpProxy:
         self.resolve = resolve
         self.virtual_source = virtual_source
         self.max_flows = max_flows
-        self.flows: dict[tuple[bytes, int], UdpFlow] = {}
+        # least recently used first: a guest opening more flows than allowed pushes out
+        # its own idlest one, not a newcomer
+        self.flows: OrderedDict[tuple[bytes, int], UdpFlow] = OrderedDict()
 
     def from_guest(
         self,
@@ -104,11 +109,8 @@ class UdpProxy:
         flow = self.flows.get((src, sport))
         if flow is None:
             if len(self.flows) >= self.max_flows:
-                self.stats.drop("udp_flow_limit")
-                self.output.send_icmp_error(
-                    guest_mac, icmpv4.TYPE_DEST_UNREACHABLE, icmpv4.CODE_ADMIN_PROHIBITED, quote
-                )
-                return
+                self.stats.drop("udp_flow_evicted")
+                self.expire(next(iter(self.flows.values())))
             flow = UdpFlow(self, guest_mac, src, sport, now)
             try:
                 flow.sock = self.host.open_udp(flow, target[0])
@@ -118,6 +120,8 @@ class UdpProxy:
                 return
             self.flows[(src, sport)] = flow
             self.stats.count("udp_flows_opened")
+        else:
+            self.flows.move_to_end((src, sport))
         flow.last_activity = now
         assert flow.sock is not None
         try:
