@@ -178,13 +178,16 @@ class Runtime:
         stack = self.stack
         buf = self.rx_buf
         now = time.monotonic()
+        frames = 0
         try:
             for _ in range(FRAMES_PER_WAKEUP):
                 n = self.link.read_into(buf)
                 if n == 0:
                     break
                 stack.receive(buf, n, now)
+                frames += 1
             stack.end_of_batch(now)
+            stack.stats.count("frames_from_guest", frames)
         except LinkClosed as e:
             log.info("the TAP went away (%s): exiting", e)
             self.stop(0)

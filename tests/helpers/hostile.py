@@ -14,6 +14,7 @@ import random
 import socket
 import struct
 import sys
+import time
 
 GW_MAC = bytes.fromhex("52550a000202")
 DNS_MAC = bytes.fromhex("52550a000203")
@@ -187,7 +188,10 @@ def main() -> None:
             frames.append(eth(ip_header(1, len(icmp)) + icmp))
     else:
         raise SystemExit(f"unknown kind {kind}")
-    for f in frames:
+    pace = kind == "garbage"  # garbage is paced so the stack parses it all, not the ring
+    for i, f in enumerate(frames):
+        if pace and i % 128 == 127:
+            time.sleep(0.002)
         if len(f) < 14:
             f = f.ljust(14, b"\0")
         try:

@@ -6,6 +6,10 @@
   udpecho PORT ADDR         UDP echo
   dns PORT ADDR IPV4        UDP and TCP DNS: every A question answered with IPV4
   peer PORT ADDR            per connection: send the client's "ip:port", close
+  count PORT ADDR           TCP and UDP: print "tcp" / "udp" for each connection or datagram
+  reset PORT ADDR           per connection: send 1 MiB, then reset (SO_LINGER 0)
+  stall PORT ADDR           accept and never read
+  source PORT ADDR          per connection: send zeros until the client goes away
 
 Each prints "ready" on stdout once listening.
 """
@@ -51,6 +55,43 @@ async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
     host, port = writer.get_extra_info("peername")[:2]
     writer.write(f"{host}:{port}".encode())
     await writer.drain()
+    writer.close()
+
+
+class CountUdp(asyncio.DatagramProtocol):
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        print("udp", flush=True)
+
+
+async def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    print("tcp", flush=True)
+    writer.close()
+
+
+async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"r" * (1 << 20))
+    await writer.drain()
+    await asyncio.sleep(0.5)  # mid-transfer: the client has connected and read by now
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+STALLED: list[asyncio.StreamWriter] = []
+
+
+async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    STALLED.append(writer)  # keep it open, never read
+
+
+async def source(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    chunk = b"\0" * (1 << 16)
+    try:
+        while True:
+            writer.write(chunk)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
     writer.close()
 
 
@@ -108,6 +149,17 @@ async def main(argv: list[str]) -> None:
     addr = argv[2]
     if kind == "sink":
         await asyncio.start_server(sink, addr, port)
+    elif kind == "count":
+        await loop.create_datagram_endpoint(CountUdp, local_addr=(addr, port))
+        await asyncio.start_server(count, addr, port)
+    elif kind == "reset":
+        await asyncio.start_server(reset, addr, port)
+    elif kind == "stall":
+        server = await asyncio.start_server(stall, addr, port)
+        for sock in server.sockets:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    elif kind == "source":
+        await asyncio.start_server(source, addr, port)
     elif kind == "peer":
         await asyncio.start_server(peer, addr, port)
     elif kind == "echo":
