@@ -246,3 +246,28 @@ def test_resolv_conf_parse_and_reload(tmp_path: Path) -> None:
     p.unlink()
     rc._checked -= 5
     assert rc.servers() == []
+
+
+def test_timer_queue_lets_go_of_forgotten_objects() -> None:
+    import gc
+    import weakref
+
+    from netstack.stack.timers import TimerQueue
+
+    class Obj:
+        def __init__(self, d: float) -> None:
+            self.deadline: float | None = d
+
+        def on_timer(self, now: float) -> None:
+            self.deadline = None
+
+    q = TimerQueue()
+    refs = []
+    for i in range(1000):
+        o = Obj(7200.0 + i)
+        q.touch(o)
+        refs.append(weakref.ref(o))
+        q.forget(o)
+        del o
+    gc.collect()
+    assert sum(1 for r in refs if r() is not None) <= 2 * 64 + 2

@@ -34,9 +34,19 @@ class TimerQueue:
         if at is None or d < at:
             self._scheduled[key] = d
             heapq.heappush(self._heap, (d, next(self._order), obj))
+            self._compact_if_stale()
 
     def forget(self, obj: Timed) -> None:
         self._scheduled.pop(id(obj), None)
+        self._compact_if_stale()
+
+    def _compact_if_stale(self) -> None:
+        """Drop stale entries once they outnumber live ones: a stale entry holds its
+        object (a closed flow, say) until its deadline, hours away for an idle timer."""
+        if len(self._heap) > 2 * len(self._scheduled) + 64:
+            scheduled = self._scheduled
+            self._heap = [e for e in self._heap if scheduled.get(id(e[2])) == e[0]]
+            heapq.heapify(self._heap)
 
     def next_deadline(self) -> float | None:
         heap = self._heap

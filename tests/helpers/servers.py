@@ -10,6 +10,8 @@
   reset PORT ADDR           per connection: send 1 MiB, then reset (SO_LINGER 0)
   stall PORT ADDR           accept and never read
   source PORT ADDR          per connection: send zeros until the client goes away
+  blocks PORT ADDR          per connection: read a block count N, send N numbered 1 MiB
+                            blocks, then their sha256 hex and close
 
 Each prints "ready" on stdout once listening.
 """
@@ -95,6 +97,26 @@ async def source(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     writer.close()
 
 
+BLOCK = bytes(range(256)) * 4096  # 1 MiB; each copy is numbered in its first 8 bytes
+
+
+def numbered_block(i: int) -> bytes:
+    return struct.pack("!Q", i) + BLOCK[8:]
+
+
+async def blocks(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    n = int((await reader.readline()).decode())
+    h = hashlib.sha256()
+    for i in range(n):
+        b = numbered_block(i)
+        h.update(b)
+        writer.write(b)
+        await writer.drain()
+    writer.write(h.hexdigest().encode())
+    await writer.drain()
+    writer.close()
+
+
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     while chunk := await reader.read(1 << 16):
         writer.write(chunk)
@@ -158,6 +180,8 @@ async def main(argv: list[str]) -> None:
         server = await asyncio.start_server(stall, addr, port)
         for sock in server.sockets:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    elif kind == "blocks":
+        await asyncio.start_server(blocks, addr, port)
     elif kind == "source":
         await asyncio.start_server(source, addr, port)
     elif kind == "peer":
