@@ -10,7 +10,7 @@ import socket
 import sys
 
 from netstack.cli import args as cli_args
-from netstack.cli.nsenter import InterfaceSetup, open_tap_in_namespace, target_for
+from netstack.cli.nsenter import InterfaceSetup, TapChild, open_tap_in_namespace, target_for
 from netstack.stack.config import NetworkConfig
 
 log = logging.getLogger("netstack")
@@ -53,12 +53,14 @@ def _write_ready(fd: int) -> None:
         pass
 
 
-def _open_tap(opts: cli_args.Options, config: NetworkConfig) -> tuple[int, bool]:
-    """The TAP fd and whether it carries virtio-net headers."""
+def _open_tap(opts: cli_args.Options, config: NetworkConfig) -> tuple[int, bool, TapChild | None]:
+    """The TAP fd, whether it carries virtio-net headers, and the child still busy
+    configuring the interface (None in tapfd mode)."""
     if opts.netns_type == "tapfd":
         from netstack.link.tap import inherited_tap
 
-        return inherited_tap(int(opts.target))
+        fd, vnet_on = inherited_tap(int(opts.target))
+        return fd, vnet_on, None
     setup = None
     if opts.configure:
         setup = InterfaceSetup(
@@ -73,7 +75,8 @@ def _open_tap(opts: cli_args.Options, config: NetworkConfig) -> tuple[int, bool]
         opts.pid, opts.target if opts.netns_type == "path" else None, opts.userns_path
     )
     want_vnet = os.environ.get("NETSTACK_VNET", "1") != "0"
-    return open_tap_in_namespace(target, opts.tapname, setup, want_vnet)
+    child = open_tap_in_namespace(target, opts.tapname, setup, want_vnet)
+    return child.fd, child.vnet, child
 
 
 def _raise_fd_limit() -> None:
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"netstack: {e}", file=sys.stderr)
         return 1
     try:
-        fd, vnet_on = _open_tap(opts, config)
+        fd, vnet_on, child = _open_tap(opts, config)
     except (RuntimeError, OSError) as e:
         print(f"netstack: {e}", file=sys.stderr)
         return 1
@@ -155,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"netstack: api socket {opts.api_socket}: {e}", file=sys.stderr)
             return 1
         runtime.serve_api(api_sock, opts.api_socket)
+    if child is not None:
+        try:
+            child.wait()  # -c done (or failed) in the namespace
+        except RuntimeError as e:
+            print(f"netstack: {e}", file=sys.stderr)
+            runtime.shutdown()
+            return 1
     if opts.exit_fd is not None:
         runtime.watch_exit_fd(opts.exit_fd)
     if opts.netns_type == "pid":

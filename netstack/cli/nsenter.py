@@ -60,10 +60,29 @@ def target_for(pid: int, netns_path: str | None, userns_path: str | None) -> Tar
     return Target(netns_path, userns_path)
 
 
+class TapChild:
+    """The TAP fd from the child, which may still be configuring the interface (-c):
+    call `wait()` before announcing readiness."""
+
+    def __init__(self, fd: int, vnet: bool, pid: int) -> None:
+        self.fd = fd
+        self.vnet = vnet
+        self.pid = pid
+
+    def wait(self) -> None:
+        """Raises RuntimeError when the child failed (its message is on stderr)."""
+        _, status = os.waitpid(self.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            raise RuntimeError(f"child failed({code})")
+
+
 def open_tap_in_namespace(
     target: Target, tapname: str, setup: InterfaceSetup | None, want_vnet: bool = True
-) -> tuple[int, bool]:
-    """Returns (TAP fd, vnet header in use). Raises RuntimeError when the child fails."""
+) -> TapChild:
+    """Fork the child; it passes the TAP fd back as soon as the TAP is open, then
+    configures the interface while we get the stack ready (-c needs pyroute2, whose
+    import alone takes about 100 ms). Raises RuntimeError when no fd comes back."""
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
@@ -84,14 +103,12 @@ def open_tap_in_namespace(
         msg, fds, _flags, _addr = socket.recv_fds(parent_sock, 16, 1)
     finally:
         parent_sock.close()
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0 or not fds:
-        for fd in fds:
-            os.close(fd)
-        raise RuntimeError(f"child failed({code})")
+    child = TapChild(fds[0] if fds else -1, msg == b"v", pid)
+    if not fds:
+        child.wait()  # the child's failure explains why
+        raise RuntimeError("child failed")
     print(f"received tapfd={fds[0]}", file=sys.stderr)
-    return fds[0], msg == b"v"
+    return child
 
 
 def _child(
@@ -104,10 +121,11 @@ def _child(
             pass  # already in it (EINVAL), or none to join: slirp4netns ignores this too
     setns(target.netns_path, CLONE_NEWNET)
     fd, vnet_on = open_tap(tapname, want_vnet)
+    socket.send_fds(sock, [b"v" if vnet_on else b"p"], [fd])
+    sock.close()
+    print(f"sent tapfd={fd} for {tapname}", file=sys.stderr)
     if setup is not None:
         configure_interface(tapname, setup)
-    socket.send_fds(sock, [b"v" if vnet_on else b"p"], [fd])
-    print(f"sent tapfd={fd} for {tapname}", file=sys.stderr)
 
 
 def configure_interface(tapname: str, setup: InterfaceSetup) -> None:
