@@ -343,3 +343,23 @@ def test_pid_target_in_its_own_user_namespace(world: World) -> None:
         timeout=30,
     )
     assert got.stdout.split()[0] == hashlib.sha256(b"hello world").hexdigest(), got.stderr
+
+
+PEER_ADDR = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+print(s.recv(100).decode().split(":")[0])
+"""
+
+
+@pytest.mark.parametrize("value,expect", [("192.0.2.10", "192.0.2.10"), ("up0", "192.0.2.1")])
+def test_outbound_addr_binds_host_sockets(world: World, value: str, expect: str) -> None:
+    import subprocess
+
+    subprocess.run(
+        ["ip", "-n", world.host, "addr", "add", "192.0.2.10/24", "dev", "up0"], check=True
+    )
+    world.server("world", "peer", "8090", WORLD_HOST_IP)
+    world.start_netstack(f"--outbound-addr={value}")
+    r = world.guest_python(PEER_ADDR, WORLD_HOST_IP, "8090")
+    assert r.stdout.strip() == expect, r.stderr
