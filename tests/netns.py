@@ -30,6 +30,8 @@ SERVERS = str(ROOT / "tests" / "helpers" / "servers.py")
 
 WORLD_HOST_IP = "192.0.2.2"
 HOST_UPLINK_IP = "192.0.2.1"
+WORLD_HOST_IP6 = "2001:db8::2"  # documentation prefix, only on the test's own veth
+HOST_UPLINK_IP6 = "2001:db8::1"
 
 
 def sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -73,6 +75,8 @@ class World:
         )
         sh("ip", "-n", self.host, "addr", "add", f"{HOST_UPLINK_IP}/24", "dev", "up0")
         sh("ip", "-n", self.world, "addr", "add", f"{WORLD_HOST_IP}/24", "dev", "wo0")
+        sh("ip", "-n", self.host, "addr", "add", f"{HOST_UPLINK_IP6}/64", "dev", "up0", "nodad")
+        sh("ip", "-n", self.world, "addr", "add", f"{WORLD_HOST_IP6}/64", "dev", "wo0", "nodad")
         sh("ip", "-n", self.host, "link", "set", "up0", "up")
         sh("ip", "-n", self.world, "link", "set", "wo0", "up")
         self.in_host("sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647")

@@ -62,7 +62,7 @@ User-mode networking for unprivileged network namespaces (a slirp4netns drop-in)
 -e, --exit-fd=FD         specify the FD for terminating {PROG}
 -r, --ready-fd=FD        specify the FD to write to when the network is configured
 -m, --mtu=MTU            specify MTU (default={MTU_DEFAULT}, max={MTU_MAX})
--6, --enable-ipv6        enable IPv6 (not served yet: accepted, IPv4 is carried)
+-6, --enable-ipv6        enable IPv6 (fd00::/64 by SLAAC, router fe80::2, DNS fd00::3)
 -a, --api-socket=PATH    specify API socket path
 --cidr=CIDR              specify network address CIDR (default=10.0.2.0/24)
 --disable-host-loopback  prohibit connecting to 127.0.0.1:* on the host namespace

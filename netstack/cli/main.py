@@ -70,6 +70,7 @@ def _open_tap(opts: cli_args.Options, config: NetworkConfig) -> tuple[int, bool,
             str(opts.cidr.broadcast_address),
             socket.inet_ntoa(config.gateway),
             opts.macaddress,
+            opts.enable_ipv6,
         )
     target = target_for(
         opts.pid, opts.target if opts.netns_type == "path" else None, opts.userns_path
@@ -95,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(name)s: %(message)s",
     )
     if opts.enable_ipv6:
-        print(
-            "WARNING: IPv6 is not served yet: --enable-ipv6 is accepted, only IPv4 is carried",
-            file=sys.stderr,
-        )
+        print("WARNING: Support for IPv6 is experimental")
     if opts.enable_seccomp:
         print("WARNING: Support for seccomp is experimental")
     config = NetworkConfig(
@@ -106,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         mtu=opts.mtu,
         host_loopback=not opts.disable_host_loopback,
         dns_enabled=not opts.disable_dns,
+        ipv6=opts.enable_ipv6,
     )
     from netstack.host import outbound
 

@@ -45,6 +45,7 @@ class InterfaceSetup:
     broadcast: str
     gateway: str
     macaddress: str | None = None
+    ipv6: bool = False
 
 
 @dataclass
@@ -140,6 +141,11 @@ def configure_interface(tapname: str, setup: InterfaceSetup) -> None:
         if not found:
             raise RuntimeError(f"no interface {tapname}")
         idx = found[0]
+        if setup.ipv6:
+            # SLAAC from our router advertisement gives the address; with duplicate
+            # address detection off (as podman sets it) it is usable at once
+            with open(f"/proc/sys/net/ipv6/conf/{tapname}/accept_dad", "w") as f:
+                f.write("0")
         if setup.macaddress:
             ipr.link("set", index=idx, address=setup.macaddress)
         ipr.link("set", index=idx, mtu=setup.mtu)

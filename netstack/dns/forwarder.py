@@ -41,6 +41,7 @@ class DnsQuery:
         self.query = query
         self.servers = servers
         self.tried = 0
+        self.dns_ip = fwd.output.config.dns  # the address the guest asked (set by the forwarder)
         self.sock: DatagramSocket | None = None
         self._deadline: float | None = None
         self.done = False
@@ -79,9 +80,8 @@ class DnsQuery:
             self.fwd.stats.drop("dns_reply_foreign")
             return
         self.fwd.preferred = self.servers.index(addr[0])
-        cfg = self.fwd.output.config
         self.fwd.output.send_udp(
-            self.guest_mac, cfg.dns, dns.PORT, self.guest_ip, self.guest_port, data
+            self.guest_mac, self.dns_ip, dns.PORT, self.guest_ip, self.guest_port, data
         )
         self.fwd.stats.count("dns_answers")
         self.fwd.finish(self)
@@ -105,7 +105,13 @@ class DnsForwarder:
         self.queries: set[DnsQuery] = set()
 
     def from_guest(
-        self, guest_mac: bytes, src: bytes, sport: int, payload: memoryview, now: float
+        self,
+        guest_mac: bytes,
+        src: bytes,
+        sport: int,
+        payload: memoryview,
+        now: float,
+        dns_ip: bytes | None = None,
     ) -> None:
         try:
             hdr = dns.parse(payload)
@@ -125,6 +131,8 @@ class DnsForwarder:
         if self.preferred >= len(servers):
             self.preferred = 0
         q = DnsQuery(self, guest_mac, src, sport, bytes(payload), servers, now)
+        if dns_ip is not None:
+            q.dns_ip = dns_ip
         if not q.send_next(now):
             self.stats.drop("dns_send_failed")
             return

@@ -86,6 +86,8 @@ class Runtime:
         return HostDatagram(self, owner, family, socket.IPPROTO_UDP)
 
     def open_ping(self, owner: DatagramReceiver, dst: str) -> HostDatagram:
+        if ":" in dst:
+            return HostDatagram(self, owner, socket.AF_INET6, socket.IPPROTO_ICMPV6)
         return HostDatagram(self, owner, socket.AF_INET, socket.IPPROTO_ICMP)
 
     def nameservers(self) -> list[str]:
@@ -297,6 +299,8 @@ class Runtime:
         loop.add_reader(self.epoll.fileno(), self._on_host_events)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self.stop, 0)
+        self.stack.start(time.monotonic())
+        self._reschedule()
         if on_ready is not None:
             loop.call_soon(on_ready)
         profile_path = os.environ.get("NETSTACK_PROFILE")  # a developer's cProfile dump

@@ -11,12 +11,13 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import struct
 
 from netstack.stack.guest_output import GuestOutput
 from netstack.stack.hostio import DatagramSocket, HostAddr, HostIO
 from netstack.stack.stats import Stats
 from netstack.stack.timers import TimerQueue
-from netstack.wire import icmpv4
+from netstack.wire import icmpv4, icmpv6
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,17 @@ class PingFlow:
             hdr = icmpv4.parse(data)
         except ValueError:
             return
-        if hdr.type != icmpv4.TYPE_ECHO_REPLY:
+        v6 = len(self.dst) == 16
+        if hdr.type != (icmpv6.TYPE_ECHO_REPLY if v6 else icmpv4.TYPE_ECHO_REPLY):
             return
         self.last_activity = now
+        if v6:
+            body = struct.pack("!HH", self.ident, hdr.seq) + data[icmpv4.HEADER_LEN :]
+            self.proxy.output.send_icmp6(
+                self.guest_mac, self.dst, self.guest_ip, icmpv6.TYPE_ECHO_REPLY, 0, body
+            )
+            self.proxy.stats.count("icmp_echo_replies_proxied")
+            return
         self.proxy.output.send_icmp(
             self.guest_mac,
             self.dst,
@@ -104,17 +113,19 @@ class PingProxy:
                 return
             flow = PingFlow(self, guest_mac, src, hdr.ident, dst, now)
             try:
-                flow.sock = self.host.open_ping(flow, socket.inet_ntoa(dst))
+                flow.sock = self.host.open_ping(flow, _ntop(dst))
             except OSError as e:
                 self._refuse(guest_mac, quote, e)
                 return
             self.flows[key] = flow
         flow.last_activity = now
         msg = bytearray(icmpv4.HEADER_LEN + len(payload))
-        icmpv4.emit(icmpv4.IcmpHeader(icmpv4.TYPE_ECHO_REQUEST, 0, 0, hdr.seq), payload, msg)
+        request = icmpv6.TYPE_ECHO_REQUEST if len(dst) == 16 else icmpv4.TYPE_ECHO_REQUEST
+        # the kernel fills in the identifier (and, for ICMPv6, the checksum)
+        icmpv4.emit(icmpv4.IcmpHeader(request, 0, 0, hdr.seq), payload, msg)
         assert flow.sock is not None
         try:
-            flow.sock.sendto(msg, (socket.inet_ntoa(dst), 0))
+            flow.sock.sendto(msg, (_ntop(dst), 0))
         except OSError as e:
             self.stats.drop("icmp_send_error")
             code = (
@@ -155,3 +166,7 @@ class PingProxy:
     def close_all(self) -> None:
         for flow in list(self.flows.values()):
             self.expire(flow)
+
+
+def _ntop(ip: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6 if len(ip) == 16 else socket.AF_INET, ip)

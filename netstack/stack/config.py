@@ -12,8 +12,19 @@ RECOMMENDED_GUEST = 100
 
 
 def virtual_mac(ip: bytes) -> bytes:
-    """slirp's MAC for a virtual IPv4 host: 52:55 then the four address bytes."""
+    """slirp's MAC for a virtual host: 52:55 then the four IPv4 address bytes, or
+    52:56 then the last four bytes of an IPv6 address."""
+    if len(ip) == 16:
+        return b"\x52\x56" + ip[12:]
     return b"\x52\x55" + ip
+
+
+# IPv6 is fixed, as in slirp4netns (--cidr does not move it)
+PREFIX6 = ipaddress.IPv6Network("fd00::/64")
+HOST6 = ipaddress.IPv6Address("fd00::2").packed
+DNS6 = ipaddress.IPv6Address("fd00::3").packed
+ROUTER_LL = ipaddress.IPv6Address("fe80::2").packed
+DNS_LL = ipaddress.IPv6Address("fe80::3").packed
 
 
 @dataclass(frozen=True)
@@ -22,6 +33,7 @@ class NetworkConfig:
     mtu: int = 1500
     host_loopback: bool = True
     dns_enabled: bool = True
+    ipv6: bool = False
     network: bytes = field(init=False)
     netmask: bytes = field(init=False)
     gateway: bytes = field(init=False)
@@ -52,3 +64,10 @@ class NetworkConfig:
     @property
     def broadcast(self) -> bytes:
         return self.cidr.broadcast_address.packed
+
+    @property
+    def router_mac(self) -> bytes:
+        return virtual_mac(HOST6)
+
+    def in_prefix6(self, ip: bytes) -> bool:
+        return ip[:8] == PREFIX6.network_address.packed[:8]

@@ -16,10 +16,11 @@ from netstack.dhcp.server import DhcpServer
 from netstack.dns.forwarder import DnsForwarder
 from netstack.icmp.echo import PingProxy
 from netstack.link.base import VNET_HEADROOM, LinkEndpoint
-from netstack.stack.config import NetworkConfig
+from netstack.stack.config import DNS6, NetworkConfig, virtual_mac
 from netstack.stack.guest_output import GuestOutput
 from netstack.stack.hostio import HostIO
 from netstack.stack.limits import Limits
+from netstack.stack.ndp import Ndp
 from netstack.stack.policy import Policy
 from netstack.stack.reassembly import Reassembler
 from netstack.stack.stats import Stats
@@ -27,7 +28,20 @@ from netstack.stack.timers import TimerQueue
 from netstack.tcp.output import SegmentWriter
 from netstack.tcp.table import TcpTable
 from netstack.udp.proxy import UdpProxy
-from netstack.wire import WireError, arp, dhcpv4, dns, ethernet, icmpv4, ipv4, tcp, udp, vnet
+from netstack.wire import (
+    WireError,
+    arp,
+    dhcpv4,
+    dns,
+    ethernet,
+    icmpv4,
+    icmpv6,
+    ipv4,
+    ipv6,
+    tcp,
+    udp,
+    vnet,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +112,10 @@ class Stack:
         self.mac_waiters: dict[bytes, list[Callable[[], None]]] = {}
         # forwarded UDP: (guest ip, guest port, client's virtual ip, port) -> its route back
         self.udp_routes_to_host: dict[tuple[bytes, int, bytes, int], UdpRouteToHost] = {}
-        self._our_macs = (config.gateway_mac, config.dns_mac, ethernet.BROADCAST)
-        self._spoofed_macs = (config.gateway_mac, config.dns_mac, bytes(6))
+        self.ndp = Ndp(config, self.output, self.stats, self._learn_mac) if config.ipv6 else None
+        v6_macs = (config.router_mac, virtual_mac(DNS6)) if config.ipv6 else ()
+        self._our_macs = (config.gateway_mac, config.dns_mac, ethernet.BROADCAST, *v6_macs)
+        self._spoofed_macs = (config.gateway_mac, config.dns_mac, bytes(6), *v6_macs)
         self._icmp_quote = b""
 
     # ----------------------------------------------------------------- input
@@ -120,7 +136,7 @@ class Stack:
         if len(frame) < VNET_HEADROOM + ethernet.HEADER_LEN:
             raise WireError("frame_short", f"{len(frame)} bytes")
         eth_dst, eth_src, ethertype = _ETH.unpack_from(frame, VNET_HEADROOM)
-        if eth_dst not in self._our_macs:
+        if eth_dst not in self._our_macs and not (self.ndp and eth_dst[:2] == b"\x33\x33"):
             self.stats.drop("eth_not_for_us")
             return
         if eth_src[0] & 1:
@@ -135,7 +151,10 @@ class Stack:
         elif ethertype == ethernet.ETHERTYPE_ARP:
             self._arp(eth_src, l3)
         elif ethertype == ethernet.ETHERTYPE_IPV6:
-            self.stats.drop("ipv6_not_served")
+            if self.ndp is None:
+                self.stats.drop("ipv6_not_served")
+            else:
+                self._ipv6(eth_src, l3, now)
         else:
             self.stats.drop("ethertype_unknown")
 
@@ -266,6 +285,79 @@ class Stack:
         quote = bytes(l3[: ip.ihl + 8])
         self.ping.from_guest(eth_src, ip.src, ip.dst, hdr, payload, quote, now)
 
+    def _ipv6(self, eth_src: bytes, l3: memoryview, now: float) -> None:
+        assert self.ndp is not None
+        ip = ipv6.parse(l3)
+        ul = ipv6.upper_layer(ip, l3)
+        if ul.fragment_at:
+            whole = self.reassembler.add6(
+                l3, ul.fragment_at, ipv6.HEADER_LEN + ip.payload_length, now
+            )
+            if whole is None:
+                return
+            self.stats.count("ipv6_reassembled")
+            l3 = memoryview(whole)
+            ip = ipv6.parse(l3)
+            ul = ipv6.upper_layer(ip, l3)
+        body = l3[ul.offset : ipv6.HEADER_LEN + ip.payload_length]
+        src = ip.src
+        if ul.proto == ipv6.NEXT_ICMPV6:
+            hdr = icmpv6.parse(body)
+            if self.ndp.on_message(eth_src, ip, hdr, body):
+                return
+        link_local_echo = ul.proto == ipv6.NEXT_ICMPV6 and ipv6.is_link_local(src)
+        if (not self.config.in_prefix6(src) and not link_local_echo) or src in self.ndp.virtual:
+            self.stats.drop("ipv6_source_outside")
+            return
+        if self.guest_macs.get(src) != eth_src:
+            self._learn_mac(src, eth_src)
+        quote = bytes(l3[: ul.offset + 8])
+        if ul.proto == ipv6.NEXT_TCP:
+            seg = tcp.parse(body)
+            self.tcp.on_segment(eth_src, src, ip.dst, seg, body[seg.header_len :], quote, now)
+        elif ul.proto == ipv6.NEXT_UDP:
+            hdr_u = udp.parse(body)
+            payload = body[udp.HEADER_LEN : hdr_u.length]
+            route = self.udp_routes_to_host.get((src, hdr_u.src_port, ip.dst, hdr_u.dst_port))
+            if route is not None:
+                route.to_client(payload, now)
+            elif ip.dst == DNS6 and hdr_u.dst_port == dns.PORT and self.config.dns_enabled:
+                self.dns.from_guest(eth_src, src, hdr_u.src_port, payload, now, dns_ip=DNS6)
+            else:
+                self.udp.from_guest(
+                    eth_src, src, hdr_u.src_port, ip.dst, hdr_u.dst_port, payload, quote, now
+                )
+        elif ul.proto == ipv6.NEXT_ICMPV6:
+            self._icmp6(eth_src, ip, body, quote, now)
+        else:
+            self.stats.drop("ipv6_proto_unknown")
+
+    def _icmp6(
+        self, eth_src: bytes, ip: ipv6.Ipv6Header, body: memoryview, quote: bytes, now: float
+    ) -> None:
+        assert self.ndp is not None
+        hdr = icmpv6.parse(body)
+        if hdr.type != icmpv6.TYPE_ECHO_REQUEST:
+            self.stats.drop("icmpv6_type_ignored")
+            return
+        if ip.dst in self.ndp.virtual:
+            self.output.send_icmp6(
+                eth_src, ip.dst, ip.src, icmpv6.TYPE_ECHO_REPLY, 0, bytes(body[4:])
+            )
+            self.stats.count("icmp_echo_answered")
+            return
+        if not isinstance(self.policy.tcp_target(ip.dst, 0), list):
+            self.stats.drop("icmp_destination_dropped")
+            return
+        echo = icmpv4.IcmpHeader(hdr.type, hdr.code, hdr.word1, hdr.word2)
+        self.ping.from_guest(eth_src, ip.src, ip.dst, echo, body[icmpv6.HEADER_LEN :], quote, now)
+
+    def start(self, now: float) -> None:
+        """The loop runs: announce ourselves (the first router advertisement)."""
+        if self.ndp is not None:
+            self.ndp.start(now)
+            self.timers.touch(self.ndp)
+
     # ------------------------------------------------- what connections ask of us
     def guest_mac_for(
         self, ip: bytes, when_known: Callable[[], None] | None = None
@@ -289,7 +381,8 @@ class Stack:
             fn()
 
     def send_icmp_unreachable(self, code: int, quoted_ip_packet: bytes) -> None:
-        guest_ip = quoted_ip_packet[12:16]
+        v6 = quoted_ip_packet[0] >> 4 == 6
+        guest_ip = quoted_ip_packet[8:24] if v6 else quoted_ip_packet[12:16]
         mac = self.guest_macs.get(guest_ip)
         if mac is None:
             return

@@ -5,11 +5,12 @@ datagrams; the TCP fast path has its own writer (netstack.tcp.output)."""
 from __future__ import annotations
 
 import itertools
+import struct
 
 from netstack.link.base import VNET_HEADROOM, LinkEndpoint
-from netstack.stack.config import NetworkConfig
+from netstack.stack.config import HOST6, NetworkConfig
 from netstack.stack.limits import TokenBucket
-from netstack.wire import arp, ethernet, icmpv4, ipv4, udp
+from netstack.wire import arp, ethernet, icmpv4, icmpv6, ipv4, ipv6, udp
 from netstack.wire.ethernet import EthernetHeader
 from netstack.wire.ipv4 import Ipv4Header
 
@@ -82,6 +83,73 @@ class GuestOutput:
         buf[L3_OFFSET + ipv4.HEADER_LEN :] = data
         self._write(buf)
 
+    def send_ipv6(
+        self,
+        dst_mac: bytes,
+        src: bytes,
+        dst: bytes,
+        next_header: int,
+        payload: bytes,
+        src_mac: bytes | None = None,
+        hop_limit: int = ipv6.DEFAULT_HOP_LIMIT,
+    ) -> None:
+        """An IPv6 packet to the guest (from the router's MAC unless told otherwise).
+        Larger than the MTU: fragmented with a fragment header."""
+        mtu = self.link.mtu
+        if ipv6.HEADER_LEN + len(payload) <= mtu:
+            self._send_ipv6_packet(dst_mac, src, dst, next_header, payload, src_mac, hop_limit)
+            return
+        ident = next(self._ident)
+        step = (mtu - ipv6.HEADER_LEN - 8) // 8 * 8
+        for off in range(0, len(payload), step):
+            chunk = payload[off : off + step]
+            more = 1 if off + step < len(payload) else 0
+            frag = struct.pack("!BBHI", next_header, 0, off | more, ident) + chunk
+            self._send_ipv6_packet(dst_mac, src, dst, ipv6.NEXT_FRAGMENT, frag, src_mac, hop_limit)
+
+    def _send_ipv6_packet(
+        self,
+        dst_mac: bytes,
+        src: bytes,
+        dst: bytes,
+        next_header: int,
+        payload: bytes,
+        src_mac: bytes | None,
+        hop_limit: int,
+    ) -> None:
+        buf = bytearray(L3_OFFSET + ipv6.HEADER_LEN + len(payload))
+        ethernet.emit(
+            EthernetHeader(dst_mac, src_mac or self.config.router_mac, ethernet.ETHERTYPE_IPV6),
+            buf,
+            L2_OFFSET,
+        )
+        ipv6.emit(
+            ipv6.Ipv6Header(0, 0, len(payload), next_header, hop_limit, src, dst), buf, L3_OFFSET
+        )
+        buf[L3_OFFSET + ipv6.HEADER_LEN :] = payload
+        self._write(buf)
+
+    def send_icmp6(
+        self,
+        dst_mac: bytes,
+        src: bytes,
+        dst: bytes,
+        type_: int,
+        code: int,
+        body: bytes,
+        src_mac: bytes | None = None,
+        hop_limit: int = 64,
+    ) -> None:
+        self.send_ipv6(
+            dst_mac,
+            src,
+            dst,
+            ipv6.NEXT_ICMPV6,
+            icmpv6.emit(src, dst, type_, code, body),
+            src_mac,
+            hop_limit,
+        )
+
     def send_udp(
         self,
         dst_mac: bytes,
@@ -95,6 +163,10 @@ class GuestOutput:
         if length > 0xFFFF:
             return
         seg = bytearray(length)
+        if len(dst) == 16:
+            udp.emit_v6(udp.UdpHeader(src_port, dst_port, length), src, dst, payload, seg)
+            self.send_ipv6(dst_mac, src, dst, ipv6.NEXT_UDP, bytes(seg))
+            return
         udp.emit_v4(udp.UdpHeader(src_port, dst_port, length), src, dst, payload, seg)
         self.send_ipv4(dst_mac, src, dst, ipv4.PROTO_UDP, seg)
 
@@ -112,8 +184,15 @@ class GuestOutput:
 
     def send_icmp_error(self, dst_mac: bytes, type_: int, code: int, quote: bytes) -> None:
         """An ICMP error about a guest packet; quote = its IP header + 8 bytes.
-        The gateway speaks for the network, as a router would."""
+        The gateway speaks for the network, as a router would. An IPv6 quote gets the
+        ICMPv6 error that means the same."""
         if len(quote) < ipv4.HEADER_LEN:
+            return
+        if quote[0] >> 4 == 6:
+            self._send_icmp6_error(dst_mac, type_, code, quote)
+            return
+        if not self.icmp_errors.take():
+            self.icmp_errors_suppressed += 1  # a flood of bad packets gets no flood back
             return
         if not self.icmp_errors.take():
             self.icmp_errors_suppressed += 1  # a flood of bad packets gets no flood back
@@ -122,3 +201,17 @@ class GuestOutput:
         self.send_icmp(
             dst_mac, self.config.gateway, guest_ip, icmpv4.IcmpHeader(type_, code, 0, 0), quote
         )
+
+    def _send_icmp6_error(self, dst_mac: bytes, type_: int, code: int, quote: bytes) -> None:
+        if len(quote) < ipv6.HEADER_LEN or not self.icmp_errors.take():
+            self.icmp_errors_suppressed += 1
+            return
+        v6_code = {
+            icmpv4.CODE_NET_UNREACHABLE: icmpv6.CODE_NO_ROUTE,
+            icmpv4.CODE_HOST_UNREACHABLE: icmpv6.CODE_ADDRESS_UNREACHABLE,
+            icmpv4.CODE_PORT_UNREACHABLE: icmpv6.CODE_PORT_UNREACHABLE,
+            icmpv4.CODE_ADMIN_PROHIBITED: icmpv6.CODE_ADMIN_PROHIBITED,
+        }.get(code, icmpv6.CODE_NO_ROUTE)
+        guest_ip = bytes(quote[8:24])
+        body = b"\0\0\0\0" + bytes(quote[: icmpv6.ERROR_QUOTE_MAX])
+        self.send_icmp6(dst_mac, HOST6, guest_ip, icmpv6.TYPE_DEST_UNREACHABLE, v6_code, body)

@@ -17,12 +17,13 @@ import ipaddress
 import socket
 from collections.abc import Callable
 
-from netstack.stack.config import NetworkConfig
+from netstack.stack.config import DNS6, HOST6, NetworkConfig
 from netstack.stack.hostio import HostAddr
 from netstack.tcp.connection import Refusal
 
 DNS_PORT = 53
 HOST_LOOPBACK = "127.0.0.1"
+HOST_LOOPBACK6 = "::1"
 
 
 def is_martian(ip: bytes) -> bool:
@@ -36,6 +37,23 @@ def is_martian(ip: bytes) -> bool:
     )
 
 
+def is_martian6(ip: bytes) -> bool:
+    """IPv6 destinations the guest may never reach: unspecified, loopback, IPv4-mapped or
+    -compatible (loopback in disguise), link-local, multicast, discard-only."""
+    return (
+        ip[:15] == bytes(15)  # :: and ::1
+        or ip[:12] == bytes(10) + b"\xff\xff"  # ::ffff:0:0/96
+        or ip[:12] == bytes(12)  # ::/96, IPv4-compatible
+        or (ip[0] == 0xFE and ip[1] & 0xC0 == 0x80)
+        or ip[0] == 0xFF
+        or ip[:8] == bytes.fromhex("0100000000000000")
+    )
+
+
+def _ntop(ip: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6 if len(ip) == 16 else socket.AF_INET, ip)
+
+
 class Policy:
     def __init__(self, config: NetworkConfig, nameservers: Callable[[], list[str]]) -> None:
         self.config = config
@@ -43,6 +61,8 @@ class Policy:
 
     def _virtual(self, ip: bytes, port: int) -> list[HostAddr] | Refusal | None | bool:
         """Common part: a decision, or False for "not a virtual address"."""
+        if len(ip) == 16:
+            return self._virtual6(ip, port)
         cfg = self.config
         if ip == cfg.gateway:
             if not cfg.host_loopback:
@@ -59,10 +79,30 @@ class Policy:
             return None
         return False
 
+    def _virtual6(self, ip: bytes, port: int) -> list[HostAddr] | Refusal | None | bool:
+        cfg = self.config
+        if not cfg.ipv6:
+            return None
+        if ip == HOST6:
+            if not cfg.host_loopback:
+                return Refusal.NET_UNREACHABLE
+            return [(HOST_LOOPBACK6, port)]
+        if ip == DNS6:
+            if not cfg.dns_enabled:
+                return None
+            if port != DNS_PORT:
+                return Refusal.RESET
+            servers = self.nameservers()  # IPv6 ones first, then IPv4 (an IPv4-only host)
+            ordered = [s for s in servers if ":" in s] + [s for s in servers if ":" not in s]
+            return [(s, DNS_PORT) for s in ordered] if ordered else Refusal.HOST_UNREACHABLE
+        if is_martian6(ip) or cfg.in_prefix6(ip):
+            return None
+        return False
+
     def tcp_target(self, ip: bytes, port: int) -> list[HostAddr] | Refusal | None:
         decision = self._virtual(ip, port)
         if decision is False:
-            return [(socket.inet_ntoa(ip), port)]
+            return [(_ntop(ip), port)]
         assert not isinstance(decision, bool)
         return decision
 
@@ -70,7 +110,7 @@ class Policy:
         """DNS queries never come here (the forwarder takes them)."""
         decision = self._virtual(ip, port)
         if decision is False:
-            return (socket.inet_ntoa(ip), port)
+            return (_ntop(ip), port)
         if isinstance(decision, list):
             return decision[0]
         assert not isinstance(decision, bool)
@@ -81,6 +121,15 @@ class Policy:
         host = addr[0]
         if host == HOST_LOOPBACK:
             return self.config.gateway if self.config.host_loopback else None
+        if host == HOST_LOOPBACK6:
+            return HOST6 if self.config.host_loopback else None
+        if ":" in host:
+            try:
+                ip6 = ipaddress.IPv6Address(host.split("%", 1)[0])
+            except ValueError:
+                return None
+            if ip6.ipv4_mapped is None:
+                return None if is_martian6(ip6.packed) else ip6.packed
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:

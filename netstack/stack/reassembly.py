@@ -11,7 +11,7 @@ MAX_BYTES = 1 << 20
 REASSEMBLY_TIMEOUT = 30.0
 MAX_PACKET = 65535
 
-Key = tuple[bytes, bytes, int, int]  # src, dst, proto, ident
+Key = tuple[bytes, bytes, int, int]  # src, dst, proto (0 for IPv6), ident
 
 
 class _Partial:
@@ -33,11 +33,46 @@ class Reassembler:
     def add(self, hdr: ipv4.Ipv4Header, packet: memoryview, now: float) -> bytes | None:
         """Take one fragment; returns the whole IP packet (header with no options, then
         the payload) once complete. Raises WireError on a fragment to drop."""
-        self._expire(now)
         key = (hdr.src, hdr.dst, hdr.proto, hdr.ident)
         offset = (hdr.flags_frag & ipv4.FRAG_OFFSET_MASK) * 8
         more = bool(hdr.flags_frag & ipv4.FLAG_MF)
         data = bytes(packet[hdr.ihl : hdr.total_length])
+        done = self.add_piece(key, offset, more, data, bytes(packet[: ipv4.HEADER_LEN]), now)
+        if done is None:
+            return None
+        head, payload = done
+        return b"\x45" + head[1:] + payload  # the options, if any, stayed behind
+
+    def add6(self, packet: memoryview, frag_at: int, end: int, now: float) -> bytes | None:
+        """An IPv6 fragment whose fragment header sits right after the IPv6 header
+        (frag_at == 40); returns the reassembled packet, extension-free."""
+        if frag_at != 40:
+            raise WireError("ipv6_fragment_after_extensions")
+        nxt = packet[frag_at]
+        off_flags = int.from_bytes(packet[frag_at + 2 : frag_at + 4], "big")
+        ident = int.from_bytes(packet[frag_at + 4 : frag_at + 8], "big")
+        key = (bytes(packet[8:24]), bytes(packet[24:40]), 0, ident)
+        head = bytearray(packet[:40])
+        head[6] = nxt
+        done = self.add_piece(
+            key,
+            off_flags & 0xFFF8,
+            bool(off_flags & 1),
+            bytes(packet[frag_at + 8 : end]),
+            bytes(head),
+            now,
+        )
+        if done is None:
+            return None
+        head6, payload = done
+        return head6[:4] + len(payload).to_bytes(2, "big") + head6[6:] + payload
+
+    def add_piece(
+        self, key: Key, offset: int, more: bool, data: bytes, header: bytes, now: float
+    ) -> tuple[bytes, bytes] | None:
+        """One fragment's data at offset; (first fragment's header, whole payload) once
+        complete."""
+        self._expire(now)
         if offset + len(data) > MAX_PACKET - ipv4.HEADER_LEN:
             raise WireError("ipv4_fragment_too_big")
         if more and len(data) % 8:
@@ -64,17 +99,14 @@ class Reassembler:
             self._discard(key)
             raise WireError("ipv4_fragment_overlap")
         if offset == 0:
-            part.header = bytes(packet[: ipv4.HEADER_LEN])
+            part.header = header
         part.pieces[offset] = data
         part.size += len(data)
         self.held += len(data)
         if part.total is None or part.size != part.total or not part.header:
             return None
         self._discard(key)
-        payload = b"".join(part.pieces[o] for o in sorted(part.pieces))
-        head = bytearray(part.header)
-        head[0] = 0x45
-        return bytes(head) + payload
+        return part.header, b"".join(part.pieces[o] for o in sorted(part.pieces))
 
     def _discard(self, key: Key) -> None:
         part = self.partials.pop(key, None)

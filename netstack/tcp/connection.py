@@ -121,7 +121,9 @@ class TcpConnection:
         self.syn_quote = syn_quote  # IP header + 8 bytes of the SYN, for ICMP errors
 
         self.mtu = mtu
-        self.our_mss = max(64, mtu - 40)
+        # MSS = MTU less the IP and TCP headers (IPv6's is 20 bytes longer)
+        self.headers_len = 60 if len(flow.guest_ip) == 16 else 40
+        self.our_mss = max(64, mtu - self.headers_len)
         self.opened_by_host = syn is None
         if syn is not None:  # the guest opens: we answer its SYN
             self._take_syn_options(syn)
@@ -168,7 +170,7 @@ class TcpConnection:
         self.our_wscale = OUR_WSCALE if opts.wscale is not None else 0
         self.ts_enabled = opts.ts_val is not None
         self.ts_recent = opts.ts_val or 0
-        mss_to_guest = min(opts.mss or DEFAULT_MSS, self.mtu - 40)
+        mss_to_guest = min(opts.mss or DEFAULT_MSS, self.mtu - self.headers_len)
         self.seg_size = max(64, mss_to_guest - (12 if self.ts_enabled else 0))
         self.guest_window = syn.window  # SYN windows are never scaled
 

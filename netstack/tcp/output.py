@@ -16,9 +16,10 @@ from typing import NamedTuple
 
 from netstack import _fast
 from netstack.link.base import FRAME_BUFFER_SIZE, VNET_HEADROOM, LinkEndpoint
-from netstack.wire import ethernet, ipv4, tcp, vnet
+from netstack.wire import ethernet, ipv4, ipv6, tcp, vnet
 
 _ETH_IP = struct.Struct("!6s6sHBBHHHBBH4s4s")  # Ethernet + IPv4 header, no options
+_ETH = ethernet.HEADER
 _TCP = tcp.HEADER
 _TS_OPTION = struct.Struct("!BBBBII")
 _CSUM = struct.Struct("!H")
@@ -44,19 +45,21 @@ class SegmentWriter:
     def __init__(self, link: LinkEndpoint, src_mac: bytes) -> None:
         self.link = link
         self.src_mac = src_mac
-        self.buf = bytearray(FRAME_BUFFER_SIZE)
+        self.buf = bytearray(FRAME_BUFFER_SIZE + 64)  # + IPv6's longer header
         self.view = memoryview(self.buf)
         self._ident = itertools.count()
         self.frames_sent = 0
         self._c_buf = _fast.writable(self.buf) if _fast.FAST else None
 
     def payload_offset(self, tcp_hlen: int) -> int:
-        return VNET_HEADROOM + L2L3_LEN + tcp_hlen
+        """Where payload starts: room in front for the largest headers (IPv6); an IPv4
+        frame simply starts 20 bytes later in the buffer."""
+        return VNET_HEADROOM + ethernet.HEADER_LEN + ipv6.HEADER_LEN + tcp_hlen
 
     def payload_view(self, tcp_hlen: int, limit: int) -> memoryview:
         """Where the next segment's payload goes, at most `limit` bytes."""
         start = self.payload_offset(tcp_hlen)
-        room = min(limit, MAX_PACKET - ipv4.HEADER_LEN - tcp_hlen)
+        room = min(limit, MAX_PACKET - ipv4.HEADER_LEN - tcp_hlen)  # also fits IPv6's limit
         return self.view[start : start + room]
 
     def send(
@@ -72,7 +75,8 @@ class SegmentWriter:
     ) -> None:
         """Send a segment whose payload is already in payload_view(...)."""
         hlen = tcp.HEADER_LEN + (TS_OPTION_LEN if ts is not None else 0)
-        start = self.payload_offset(hlen) - (VNET_HEADROOM + L2L3_LEN + hlen)
+        l3_len = ipv6.HEADER_LEN if len(flow.guest_ip) == 16 else ipv4.HEADER_LEN
+        start = self.payload_offset(hlen) - (VNET_HEADROOM + ethernet.HEADER_LEN + l3_len + hlen)
         if payload_len <= seg_size or self.link.vnet:
             end = self._headers(
                 start, flow, seq, ack, flags, window, ts, hlen, payload_len, seg_size
@@ -97,8 +101,11 @@ class SegmentWriter:
         """A segment with arbitrary options and no payload (SYN, SYN-ACK)."""
         olen = tcp.options_len(options)
         hlen = tcp.HEADER_LEN + olen
+        l3_len = ipv6.HEADER_LEN if len(flow.guest_ip) == 16 else ipv4.HEADER_LEN
         start = 0
-        tcp.emit_options(options, self.buf, VNET_HEADROOM + L2L3_LEN + tcp.HEADER_LEN)
+        tcp.emit_options(
+            options, self.buf, VNET_HEADROOM + ethernet.HEADER_LEN + l3_len + tcp.HEADER_LEN
+        )
         end = self._headers(start, flow, seq, ack, flags, window, None, hlen, 0, 0)
         self.link.write(self.view[start:end])
         self.frames_sent += 1
@@ -117,6 +124,10 @@ class SegmentWriter:
         seg_size: int,
     ) -> int:
         """Write the headers in front of the payload; returns the frame's end."""
+        if len(flow.guest_ip) == 16:
+            return self._headers_v6_py(
+                start, flow, seq, ack, flags, window, ts, hlen, payload_len, seg_size
+            )
         if self._c_buf is None or hlen != tcp.HEADER_LEN + (TS_OPTION_LEN if ts else 0):
             # the C builder knows no options but the timestamp (a SYN has more)
             return self._headers_py(
@@ -236,6 +247,82 @@ class SegmentWriter:
                     csum_start,
                     tcp.CHECKSUM_OFFSET,
                 )
+        else:
+            _CSUM.pack_into(
+                buf, l4 + tcp.CHECKSUM_OFFSET, _fast.checksum(self.view[l4:end], pseudo)
+            )
+        return end
+
+    def _headers_v6_py(
+        self,
+        start: int,
+        flow: FlowAddrs,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        ts: tuple[int, int] | None,
+        hlen: int,
+        payload_len: int,
+        seg_size: int,
+    ) -> int:
+        """The IPv6 twin of _headers (no C builder for IPv6 yet)."""
+        buf = self.buf
+        l2 = start + VNET_HEADROOM
+        l3 = l2 + ethernet.HEADER_LEN
+        l4 = l3 + ipv6.HEADER_LEN
+        l4_len = hlen + payload_len
+        _ETH.pack_into(buf, l2, flow.guest_mac, self.src_mac, ethernet.ETHERTYPE_IPV6)
+        ipv6.HEADER.pack_into(
+            buf,
+            l3,
+            6 << 28,
+            l4_len,
+            ipv6.NEXT_TCP,
+            ipv6.DEFAULT_HOP_LIMIT,
+            flow.remote_ip,
+            flow.guest_ip,
+        )
+        _TCP.pack_into(
+            buf,
+            l4,
+            flow.remote_port,
+            flow.guest_port,
+            seq & 0xFFFFFFFF,
+            ack & 0xFFFFFFFF,
+            (hlen // 4) << 4,
+            flags,
+            window,
+            0,
+            0,
+        )
+        if ts is not None:
+            _TS_OPTION.pack_into(
+                buf,
+                l4 + tcp.HEADER_LEN,
+                tcp.OPT_NOP,
+                tcp.OPT_NOP,
+                tcp.OPT_TIMESTAMP,
+                10,
+                ts[0],
+                ts[1],
+            )
+        end = l4 + l4_len
+        pseudo = ipv6.pseudo_header_sum(flow.remote_ip, flow.guest_ip, ipv6.NEXT_TCP, l4_len)
+        if self.link.vnet:
+            _CSUM.pack_into(buf, l4 + tcp.CHECKSUM_OFFSET, pseudo)
+            csum_start = ethernet.HEADER_LEN + ipv6.HEADER_LEN
+            gso = payload_len > seg_size > 0
+            _VNET.pack_into(
+                buf,
+                start,
+                vnet.F_NEEDS_CSUM,
+                vnet.GSO_TCPV6 if gso else vnet.GSO_NONE,
+                csum_start + hlen if gso else 0,
+                seg_size if gso else 0,
+                csum_start,
+                tcp.CHECKSUM_OFFSET,
+            )
         else:
             _CSUM.pack_into(
                 buf, l4 + tcp.CHECKSUM_OFFSET, _fast.checksum(self.view[l4:end], pseudo)

@@ -6,7 +6,7 @@ import struct
 from typing import NamedTuple
 
 from netstack import _fast
-from netstack.wire import WireError, ipv4
+from netstack.wire import WireError, ipv4, ipv6
 
 HEADER = struct.Struct("!HHHH")
 HEADER_LEN = 8
@@ -40,6 +40,24 @@ def emit_v4(
     HEADER.pack_into(buf, offset, hdr.src_port, hdr.dst_port, hdr.length, 0)
     buf[offset + HEADER_LEN : end] = payload
     seed = ipv4.pseudo_header_sum(src, dst, ipv4.PROTO_UDP, hdr.length)
+    csum = _fast.checksum(memoryview(buf)[offset:end], seed) or 0xFFFF
+    struct.pack_into("!H", buf, offset + 6, csum)
+    return end - offset
+
+
+def emit_v6(
+    hdr: UdpHeader,
+    src: bytes,
+    dst: bytes,
+    payload: bytes | bytearray | memoryview,
+    buf: bytearray | memoryview,
+    offset: int = 0,
+) -> int:
+    """Header and payload with the IPv6 pseudo-header checksum (mandatory in IPv6)."""
+    end = offset + HEADER_LEN + len(payload)
+    HEADER.pack_into(buf, offset, hdr.src_port, hdr.dst_port, hdr.length, 0)
+    buf[offset + HEADER_LEN : end] = payload
+    seed = ipv6.pseudo_header_sum(src, dst, ipv6.NEXT_UDP, hdr.length)
     csum = _fast.checksum(memoryview(buf)[offset:end], seed) or 0xFFFF
     struct.pack_into("!H", buf, offset + 6, csum)
     return end - offset

@@ -5,6 +5,7 @@ namespace. `python hostile.py KIND COUNT [SEED]`; prints how many frames it sent
   synflood  TCP SYNs to 10.0.2.2:PORT (argv[4]) from spoofed source ports
   udpflood  UDP datagrams from distinct source ports to 10.0.2.2:PORT (argv[4])
   pingflood ICMP echo requests to the gateway
+  v6loopback IPv6 SYNs and UDP to ::1, ::, ::ffff:127.0.0.1, fd00::2, fe80::2 port 22
 """
 
 from __future__ import annotations
@@ -158,6 +159,36 @@ def garbage_frames(rng: random.Random, n: int) -> list[bytes]:
     return out
 
 
+ROUTER_MAC6 = bytes.fromhex("525600000002")
+
+
+def v6_loopback_frames(count: int) -> list[bytes]:
+    """IPv6 packets from the guest's own address to loopback in every disguise."""
+    src = socket.inet_pton(socket.AF_INET6, guest_v6())
+    dsts = ["::1", "::", "::ffff:127.0.0.1", "::127.0.0.1", "fd00::2", "fe80::2", "fd00::7"]
+    out = []
+    for i in range(count):
+        dst = socket.inet_pton(socket.AF_INET6, dsts[i % len(dsts)])
+        if i % 2:
+            l4 = tcp_header(2000 + i % 1000, 22, i, 0, 0x02)
+            nh = 6
+        else:
+            l4 = struct.pack("!HHHH", 2000 + i % 1000, 22, 8 + 4, 0) + b"ping"
+            nh = 17
+        ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(l4), nh, 64, src, dst)
+        out.append(eth(ip6 + l4, 0x86DD, dst=ROUTER_MAC6))
+    return out
+
+
+def guest_v6() -> str:
+    with open("/proc/net/if_inet6") as f:
+        for line in f:
+            fields = line.split()
+            if fields[5] == "tap0" and fields[0].startswith("fd00"):
+                return socket.inet_ntop(socket.AF_INET6, bytes.fromhex(fields[0]))
+    return "fd00::100"
+
+
 def main() -> None:
     kind, count = sys.argv[1], int(sys.argv[2])
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
@@ -186,6 +217,8 @@ def main() -> None:
             icmp = struct.pack("!BBHHH", 8, 0, 0, 0x4242, i & 0xFFFF) + b"x" * 56
             icmp = icmp[:2] + struct.pack("!H", csum(icmp)) + icmp[4:]
             frames.append(eth(ip_header(1, len(icmp)) + icmp))
+    elif kind == "v6loopback":
+        frames = v6_loopback_frames(count)
     else:
         raise SystemExit(f"unknown kind {kind}")
     pace = kind == "garbage"  # garbage is paced so the stack parses it all, not the ring

@@ -39,6 +39,10 @@ def dns_answer(query: bytes, answer_ip: str) -> bytes:
     if qtype == 1:
         answers = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(answer_ip)
         count = 1
+    elif qtype == 28:  # AAAA: the IPv4 answer embedded in 2001:db8::/96
+        v6 = socket.inet_pton(socket.AF_INET6, "2001:db8::")[:12] + socket.inet_aton(answer_ip)
+        answers = b"\xc0\x0c" + struct.pack("!HHIH", 28, 1, 60, 16) + v6
+        count = 1
     return struct.pack("!HHHHHH", ident, 0x8180, 1, count, 0, 0) + question + answers
 
 
@@ -164,7 +168,10 @@ async def main(argv: list[str]) -> None:
         directory, addr = argv[1], argv[3]
         handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=directory)
         handler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
-        server = http.server.ThreadingHTTPServer((addr, port), handler)
+        cls = http.server.ThreadingHTTPServer
+        if ":" in addr:
+            cls = type("Http6", (cls,), {"address_family": socket.AF_INET6})
+        server = cls((addr, port), handler)
         print("ready", flush=True)
         await loop.run_in_executor(None, server.serve_forever)
         return

@@ -1,0 +1,118 @@
+"""IPv6 with -6, end to end: SLAAC from our router advertisement, the gateway fd00::2
+as the host's ::1, DNS on fd00::3, ICMPv6 to virtual and world hosts, and loopback
+isolation against crafted IPv6 frames."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from tests.e2e.test_datapath import UPLOAD, _sha256_file
+from tests.e2e.test_hostile import HOSTILE
+from tests.netns import PYTHON, SERVERS, WORLD_HOST_IP6, World
+
+MiB = 1 << 20
+
+
+def wait_slaac(world: World, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = world.in_guest("ip", "-6", "addr", "show", "tap0", "scope", "global").stdout
+        for line in out.splitlines():
+            words = line.split()
+            if words[:1] == ["inet6"] and words[1].startswith("fd00::") and "tentative" not in line:
+                return words[1]
+        time.sleep(0.1)
+    raise AssertionError(f"no SLAAC address:\n{out}\n{world.log()}")
+
+
+def test_slaac_address_and_default_route(world: World) -> None:
+    world.start_netstack("-6")
+    addr = wait_slaac(world)
+    assert addr.endswith("/64")
+    routes = world.in_guest("ip", "-6", "route").stdout
+    assert "default via fe80::2 dev tap0" in routes
+    for dst in ("fd00::2", "fd00::3", "fe80::2%tap0"):
+        r = world.in_guest("ping", "-6", "-c", "1", "-W", "2", dst)
+        assert r.returncode == 0, f"{dst}: {r.stdout}"
+
+
+def test_tcp_both_ways_to_host_loopback_over_ipv6(world: World) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        blob = Path(d) / "blob"
+        blob.write_bytes(os.urandom(32 * MiB))
+        world.server("host", "http", d, "8080", "::1")
+        world.server("host", "sink", "9000", "::1")
+        world.start_netstack("-6")
+        wait_slaac(world)
+        r = world.in_guest("sh", "-c", "curl -sS -m 60 'http://[fd00::2]:8080/blob' | sha256sum")
+        assert r.stdout.split()[0] == _sha256_file(blob), r.stderr
+    r = world.guest_python(UPLOAD.replace('("10.0.2.2", 9000)', '("fd00::2", 9000)'), str(32 * MiB))
+    sent_hash, server_hash, count = r.stdout.split()
+    assert sent_hash == server_hash and int(count) == 32 * MiB, r.stderr
+
+
+UDP6 = r"""
+import os, socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(2)
+good = 0
+for size in (1, 1000, 1400, 3000):
+    msg = os.urandom(size)
+    for _ in range(3):
+        s.sendto(msg, ("fd00::2", 5353))
+        try:
+            data, addr = s.recvfrom(65535)
+        except socket.timeout:
+            continue
+        if data == msg and addr[0] == "fd00::2":
+            good += 1
+            break
+print(good)
+"""
+
+
+def test_udp_and_dns_over_ipv6(world: World) -> None:
+    world.server("host", "udpecho", "5353", "::1")
+    world.server("host", "dns", "53", "127.0.0.1", "192.0.2.44")  # an IPv4-only host resolver
+    (world.etc_dirs[1] / "resolv.conf").write_text("nameserver fd00::3\n")
+    world.start_netstack("-6")
+    wait_slaac(world)
+    r = world.guest_python(UDP6)
+    assert r.stdout.strip() == "4", r.stderr
+    r = world.in_guest("getent", "ahostsv6", "six.test")
+    assert "2001:db8::c000:22c" in r.stdout, r.stdout + r.stderr + world.log()
+
+
+def test_ping6_and_tcp_to_a_world_host_over_ipv6(world: World) -> None:
+    world.server("world", "peer", "8090", WORLD_HOST_IP6)
+    world.start_netstack("-6")
+    wait_slaac(world)
+    r = world.in_guest("ping", "-6", "-c", "2", "-W", "2", WORLD_HOST_IP6)
+    assert r.returncode == 0, r.stdout + world.log()
+    r = world.guest_python(
+        "import socket\ns = socket.create_connection(('2001:db8::2', 8090), timeout=5)\n"
+        "print(s.recv(100).decode())"
+    )
+    assert r.stdout.startswith("2001:db8::1:"), r.stdout + r.stderr  # the host's address
+
+
+def test_closed_port_and_disabled_loopback_over_ipv6(world: World) -> None:
+    counter = world.spawn("host", PYTHON, "-u", SERVERS, "count", "22", "::")
+    assert counter.stdout is not None and counter.stdout.readline().strip() == b"ready"
+    world.start_netstack("-6", "--disable-host-loopback")
+    wait_slaac(world)
+    r = world.guest_python(
+        "import socket\ntry:\n    socket.create_connection(('fd00::2', 22), timeout=5)\n"
+        "except OSError as e:\n    print(e.strerror)\n"
+    )
+    assert r.stdout.strip() == "Network is unreachable", r.stdout + r.stderr
+    r = world.in_guest(PYTHON, HOSTILE, "v6loopback", "2000")
+    assert r.returncode == 0, r.stderr
+    time.sleep(1)
+    counter.terminate()
+    assert counter.stdout.read().split() == [], "host loopback reached over IPv6"
+    assert hashlib  # noqa: B018
