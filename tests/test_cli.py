@@ -171,9 +171,9 @@ def test_macaddress_and_mtu_are_applied(world: World) -> None:
     assert "ether 0e:d4:18:d9:38:fb" in r.stdout and "mtu 65520" in r.stdout
 
 
-def test_enable_ipv6_is_accepted_with_a_warning(world: World) -> None:
+def test_enable_ipv6_prints_slirp4netns_warning_and_keeps_ipv4(world: World) -> None:
     world.start_netstack("-6")
-    assert "IPv6 is not served yet" in world.log()
+    assert "WARNING: Support for IPv6 is experimental" in world.log()
     assert world.in_guest("ping", "-c", "1", "-W", "2", "10.0.2.2").returncode == 0
 
 
