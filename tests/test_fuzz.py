@@ -14,10 +14,27 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netstack import _fast
-from netstack.wire import WireError, arp, dhcpv4, dns, ethernet, icmpv4, ipv4, tcp, udp, vnet
+from netstack.stack.config import NetworkConfig
+from netstack.wire import (
+    WireError,
+    arp,
+    dhcpv4,
+    dns,
+    ethernet,
+    icmpv4,
+    icmpv6,
+    ipv4,
+    ipv6,
+    tcp,
+    udp,
+    vnet,
+)
 from tests.fakes import Rig
 
 PARSERS = [
+    ipv6.parse,
+    icmpv6.parse,
+    icmpv6.parse_options,
     ethernet.parse,
     arp.parse,
     ipv4.parse,
@@ -163,3 +180,63 @@ def test_c_frame_builder_refuses_what_does_not_fit() -> None:
     assert _fast.tcp4_frame(ptr, len(buf), 0, *args, 70000, 1, False, 0) == -1  # > 64 KiB
     assert _fast.tcp4_frame(ptr, len(buf), 300, *args, 0, 1, False, 0) == -1  # start outside
     assert _fast.tcp4_frame(ptr, len(buf), 0, *args, 10, 1, False, 0) == 10 + 54 + 10
+
+
+@st.composite
+def ipv6_frames(draw: st.DrawFn) -> bytes:
+    """IPv6 frames with extension-header chains, NDP and odd upper layers."""
+    chain = b""
+    nxt_first = draw(st.sampled_from([0, 6, 17, 43, 44, 58, 59, 60, draw(st.integers(0, 255))]))
+    nxt = nxt_first
+    for _ in range(draw(st.integers(0, 10))):
+        following = draw(st.sampled_from([0, 6, 17, 43, 44, 58, 60]))
+        if nxt == 44:
+            chain += bytes([following, 0]) + draw(st.binary(min_size=6, max_size=6))
+        elif nxt in (0, 43, 60):
+            units = draw(st.integers(0, 2))
+            chain += bytes([following, units]) + draw(
+                st.binary(min_size=6 + 8 * units, max_size=6 + 8 * units)
+            )
+        else:
+            break
+        nxt = following
+    body = draw(st.binary(max_size=100))
+    if nxt == 58 and draw(st.booleans()):
+        body = bytes([draw(st.sampled_from([128, 133, 135, 136, 1, 2, 134])), 0, 0, 0]) + body
+    payload = chain + body
+    plen = draw(st.sampled_from([len(payload), draw(st.integers(0, 65535))]))
+    src = draw(
+        st.sampled_from(
+            [
+                bytes.fromhex("fd00" + "00" * 12 + "0100"),
+                bytes(16),
+                bytes.fromhex("fe80" + "00" * 13 + "01"),
+                draw(st.binary(min_size=16, max_size=16)),
+            ]
+        )
+    )
+    dst = draw(
+        st.sampled_from(
+            [
+                bytes.fromhex("fd00" + "00" * 13 + "02"),
+                bytes(15) + b"\x01",
+                bytes.fromhex("ff02" + "00" * 13 + "02"),
+                draw(st.binary(min_size=16, max_size=16)),
+            ]
+        )
+    )
+    hop = draw(st.sampled_from([255, 64, 1]))
+    ip6 = struct.pack("!IHBB16s16s", 6 << 28, plen, nxt_first, hop, src, dst)
+    return bytes.fromhex("525600000002") + GUEST_MAC + b"\x86\xdd" + ip6 + payload
+
+
+@FUZZ
+@given(frames=st.lists(ipv6_frames(), max_size=20))
+def test_ipv6_dispatcher_survives_anything(frames: list[bytes]) -> None:
+    rig = Rig(NetworkConfig(ipv6=True))
+    for frame in frames:
+        buf = bytearray(bytes(10) + frame)
+        rig.stack.receive(buf, len(buf), rig.now)
+    rig.stack.end_of_batch(rig.now)
+    rig.advance(1.0)
+    assert rig.stack.stats.drops["internal_error"] == 0

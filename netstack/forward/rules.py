@@ -9,7 +9,9 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from netstack.stack.config import NetworkConfig
+from netstack.stack.config import DNS6, HOST6, PREFIX6, NetworkConfig
+
+PREFIX6_NETWORK = PREFIX6.network_address.packed
 
 PROTOS = ("tcp", "udp")
 
@@ -65,6 +67,29 @@ def _ipv4(value: str) -> str | None:
         return None
 
 
+def _address(value: str, config: NetworkConfig) -> str | None:
+    """IPv4, or (with -6) IPv6, normalised; None if neither."""
+    v4 = _ipv4(value)
+    if v4 is not None or not config.ipv6:
+        return v4
+    try:
+        return str(ipaddress.IPv6Address(value))
+    except ValueError:
+        return None
+
+
+def _guest_address_ok(addr: str, config: NetworkConfig) -> bool:
+    packed = ipaddress.ip_address(addr).packed
+    if len(packed) == 16:
+        return config.in_prefix6(packed) and packed not in (HOST6, DNS6, PREFIX6_NETWORK)
+    return config.in_network(packed) and packed not in (
+        config.network,
+        config.gateway,
+        config.dns,
+        config.broadcast,
+    )
+
+
 def parse_add(args: object, config: NetworkConfig) -> tuple[str, str, int, str, int]:
     """(proto, host_addr, host_port, guest_addr, guest_port) or BadRequest."""
     if not isinstance(args, dict):
@@ -76,7 +101,7 @@ def parse_add(args: object, config: NetworkConfig) -> tuple[str, str, int, str, 
     host_addr = args.get("host_addr")
     if host_addr is None or host_addr == "":
         host_addr = "0.0.0.0"
-    if not isinstance(host_addr, str) or _ipv4(host_addr) is None:
+    if not isinstance(host_addr, str) or _address(host_addr, config) is None:
         raise BadRequest(where + "host_addr")
     host_port = _port(args.get("host_port"))
     if host_port is None:
@@ -84,20 +109,16 @@ def parse_add(args: object, config: NetworkConfig) -> tuple[str, str, int, str, 
     guest_addr = args.get("guest_addr")
     if guest_addr is None or guest_addr == "":
         guest_addr = socket.inet_ntoa(config.guest)
-    if not isinstance(guest_addr, str) or _ipv4(guest_addr) is None:
+    if not isinstance(guest_addr, str):
         raise BadRequest(where + "guest_addr")
-    packed = socket.inet_aton(guest_addr)
-    if not config.in_network(packed) or packed in (
-        config.network,
-        config.gateway,
-        config.dns,
-        config.broadcast,
-    ):
+    guest_norm = _address(guest_addr, config)
+    if guest_norm is None or not _guest_address_ok(guest_norm, config):
         raise BadRequest(where + "guest_addr")
+    guest_addr = guest_norm
     guest_port = _port(args.get("guest_port"))
     if guest_port is None:
         raise BadRequest(where + "guest_port")
-    return proto, _ipv4(host_addr) or host_addr, host_port, guest_addr, guest_port
+    return proto, _address(host_addr, config) or host_addr, host_port, guest_addr, guest_port
 
 
 class Forwards:
@@ -109,11 +130,14 @@ class Forwards:
 
     def add(self, args: object) -> ForwardRule:
         proto, host_addr, host_port, guest_addr, guest_port = parse_add(args, self.config)
+        v6 = ":" in host_addr
+        wildcard = "::" if v6 else "0.0.0.0"
         for rule, _ in self.rules.values():
             if (
                 rule.proto == proto
                 and rule.host_port == host_port
-                and (rule.host_addr == host_addr or "0.0.0.0" in (rule.host_addr, host_addr))
+                and (":" in rule.host_addr) == v6
+                and (rule.host_addr == host_addr or wildcard in (rule.host_addr, host_addr))
             ):
                 raise BadRequest("add_hostfwd: slirp_add_hostfwd failed")
         rule = ForwardRule(self.next_id, proto, host_addr, host_port, guest_addr, guest_port)

@@ -8,6 +8,7 @@ unspecified or clashing address) appear as the gateway, as with slirp4netns.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import select
 import socket
@@ -15,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from netstack.forward.rules import ForwardRule
 from netstack.host.streams import HostTcpStream
-from netstack.stack.config import NetworkConfig
+from netstack.stack.config import HOST6, NetworkConfig
+from netstack.stack.policy import is_martian6
 from netstack.tcp.connection import TcpConnection
 from netstack.tcp.output import FlowAddrs
 
@@ -31,23 +33,43 @@ UDP_ROUTES_PER_FORWARD = 1024
 UNKNOWN_MAC = bytes(6)
 
 
-def client_as_seen_by_guest(config: NetworkConfig, addr: str) -> bytes:
-    """The source address the guest sees for a host client."""
+def client_as_seen_by_guest(config: NetworkConfig, addr: str, guest_v6: bool = False) -> bytes:
+    """The source address the guest sees for a host client: the client's own address
+    when the guest can be told it (same family, not loopback, not clashing with the
+    virtual network), else the gateway (10.0.2.2 or fd00::2)."""
+    stand_in = HOST6 if guest_v6 else config.gateway
     try:
-        packed = socket.inet_aton(addr)
-    except OSError:
-        return config.gateway
-    if packed[0] in (0, 127) or config.in_network(packed):
-        return config.gateway
+        ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    except ValueError:
+        return stand_in
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    packed = ip.packed
+    if guest_v6 != (len(packed) == 16):
+        return stand_in
+    if len(packed) == 4:
+        if packed[0] in (0, 127) or config.in_network(packed):
+            return stand_in
+        return packed
+    if is_martian6(packed) or config.in_prefix6(packed):
+        return stand_in
     return packed
+
+
+def _listen_socket(kind: int, host_addr: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host_addr else socket.AF_INET
+    sock = socket.socket(family, kind | socket.SOCK_NONBLOCK)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # "::" is IPv6 only
+    return sock
 
 
 class TcpForwardListener:
     def __init__(self, runtime: Runtime, rule: ForwardRule) -> None:
         self.runtime = runtime
         self.rule = rule
-        self.guest_ip = socket.inet_aton(rule.guest_addr)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        self.guest_ip = ipaddress.ip_address(rule.guest_addr).packed
+        sock = _listen_socket(socket.SOCK_STREAM, rule.host_addr)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((rule.host_addr, rule.host_port))
@@ -70,7 +92,7 @@ class TcpForwardListener:
             except OSError as e:
                 log.info("forward %d: accept: %s", self.rule.id, e)
                 return
-            remote = client_as_seen_by_guest(stack.config, addr[0])
+            remote = client_as_seen_by_guest(stack.config, addr[0], len(self.guest_ip) == 16)
             flow = FlowAddrs(UNKNOWN_MAC, self.guest_ip, self.rule.guest_port, remote, addr[1])
 
             def make_host(conn: TcpConnection, client: socket.socket = client) -> HostTcpStream:
@@ -126,8 +148,8 @@ class UdpForwardListener:
     def __init__(self, runtime: Runtime, rule: ForwardRule) -> None:
         self.runtime = runtime
         self.rule = rule
-        self.guest_ip = socket.inet_aton(rule.guest_addr)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        self.guest_ip = ipaddress.ip_address(rule.guest_addr).packed
+        sock = _listen_socket(socket.SOCK_DGRAM, rule.host_addr)
         try:
             sock.bind((rule.host_addr, rule.host_port))
         except OSError:
@@ -154,7 +176,8 @@ class UdpForwardListener:
                 if len(self.routes) >= UDP_ROUTES_PER_FORWARD:
                     stack.stats.drop("udp_forward_route_limit")
                     continue
-                route = UdpRoute(self, client, client_as_seen_by_guest(stack.config, addr[0]), now)
+                remote = client_as_seen_by_guest(stack.config, addr[0], len(self.guest_ip) == 16)
+                route = UdpRoute(self, client, remote, now)
                 if route.key in stack.udp_routes_to_host:
                     stack.stats.drop("udp_forward_tuple_busy")
                     continue

@@ -370,8 +370,12 @@ class Stack:
             if when_known is not None and len(waiters) < MAX_MAC_WAITERS:
                 waiters.append(when_known)
             cfg = self.config
-            self.output.send_arp(arp.OP_REQUEST, cfg.gateway_mac, cfg.gateway, bytes(6), ip)
-            self.stats.count("arp_requests")
+            if len(ip) == 16:
+                if self.ndp is not None:
+                    self.ndp.solicit(ip)
+            else:
+                self.output.send_arp(arp.OP_REQUEST, cfg.gateway_mac, cfg.gateway, bytes(6), ip)
+            self.stats.count("neighbour_requests")
         return mac
 
     def _learn_mac(self, ip: bytes, mac: bytes) -> None:

@@ -127,6 +127,22 @@ class Ndp:
         if mac == eth_src:  # an option naming someone else's MAC is not believed
             self.learn(ip, mac)
 
+    def solicit(self, target: bytes) -> None:
+        """Ask for the guest's MAC for target (its answer reaches us as an NA)."""
+        mac = self.config.router_mac
+        dst = ipv6.solicited_node(target)
+        body = struct.pack("!I16s", 0, target) + icmpv6.ll_option(icmpv6.OPT_SOURCE_LL, mac)
+        self.output.send_icmp6(
+            ipv6.multicast_mac(dst),
+            ROUTER_LL,
+            dst,
+            icmpv6.TYPE_NEIGHBOR_SOLICIT,
+            0,
+            body,
+            src_mac=mac,
+            hop_limit=255,
+        )
+
     def send_ra(self, dst_mac: bytes, dst: bytes) -> None:
         cfg = self.config
         body = struct.pack("!BBHII", 64, 0, ROUTER_LIFETIME, 0, 0)

@@ -115,7 +115,7 @@ def is_multicast(ip: bytes) -> bool:
 
 
 def solicited_node(ip: bytes) -> bytes:
-    return bytes.fromhex("ff020000000000000000000001ff") + ip[13:]
+    return bytes.fromhex("ff0200000000000000000001ff") + ip[13:]  # ff02::1:ffXX:XXXX
 
 
 def multicast_mac(ip: bytes) -> bytes:

@@ -116,3 +116,60 @@ def test_closed_port_and_disabled_loopback_over_ipv6(world: World) -> None:
     counter.terminate()
     assert counter.stdout.read().split() == [], "host loopback reached over IPv6"
     assert hashlib  # noqa: B018
+
+
+def test_ipv6_port_forwards(world: World, tmp_path: Path) -> None:
+    from tests.e2e.test_api import ECHO_CLIENT, PEER_CLIENT, add, in_host_ns
+
+    api = str(tmp_path / "api.sock")
+    world.start_netstack("-6", "--api-socket", api)
+    guest6 = wait_slaac(world).split("/")[0]
+    world.server("guest", "echo", "7000", "::")  # asyncio makes "::" IPv6-only
+    world.server("guest", "peer", "7001", "::")
+    # an IPv6 client on the host's ::1 to the guest's IPv6 service
+    assert (
+        add(api, proto="tcp", host_addr="::1", host_port=17010, guest_addr=guest6, guest_port=7000)
+        == b'{"return":{"id":1}}'
+    )
+    out = in_host_ns(world, ECHO_CLIENT, "::1", "17010", str(8 * MiB), "4")
+    assert out.split() == ["ok", "4"]
+    # an IPv4 client reaching a guest service that listens only on IPv6
+    assert (
+        add(
+            api,
+            proto="tcp",
+            host_addr="127.0.0.1",
+            host_port=17011,
+            guest_addr=guest6,
+            guest_port=7001,
+        )
+        == b'{"return":{"id":2}}'
+    )
+    r = world.in_host(PYTHON, "-c", PEER_CLIENT, "127.0.0.1", "17011")
+    assert r.stdout.strip().startswith("fd00::2:"), r.stdout + r.stderr
+    # a world client over IPv6 is seen with its own address
+    assert (
+        add(api, proto="tcp", host_addr="::", host_port=17012, guest_addr=guest6, guest_port=7001)
+        == b'{"return":{"id":3}}'
+    )
+    r = world.in_world(PYTHON, "-c", PEER_CLIENT, "2001:db8::1", "17012")
+    assert r.stdout.strip().startswith("2001:db8::2:"), r.stdout + r.stderr
+    # IPv6 host_addr for UDP too
+    world.server("guest", "udpecho", "5300", "::")
+    assert (
+        add(api, proto="udp", host_addr="::1", host_port=15300, guest_addr=guest6, guest_port=5300)
+        == b'{"return":{"id":4}}'
+    )
+    r = world.in_host(
+        PYTHON,
+        "-c",
+        "import socket\ns = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+        "s.settimeout(3)\ns.sendto(b'six', ('::1', 15300))\n"
+        "print(s.recvfrom(100)[0].decode())",
+    )
+    assert r.stdout.strip() == "six", r.stderr
+    # without -6 an IPv6 address is refused, as before
+    bad = add(
+        api, proto="tcp", host_addr="::1", host_port=17013, guest_addr="fd00::2", guest_port=1
+    )
+    assert bad == b'{"error":{"desc":"bad request: add_hostfwd: bad arguments.guest_addr"}}'

@@ -9,6 +9,7 @@ import pytest
 from scapy.layers.dhcp import BOOTP, DHCP
 from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import ARP, Ether
 
 from netstack.wire import WireError, arp, dhcpv4, dns, ethernet, icmpv4, ipv4, tcp, udp, vnet
@@ -234,3 +235,18 @@ def test_vnet_header_is_little_endian() -> None:
     vnet.emit(vnet.VnetHeader(1, vnet.GSO_TCPV4, 54, 1448, 34, 16), buf)
     assert bytes(buf) == bytes([1, 1, 54, 0, 0xA8, 0x05, 34, 0, 16, 0])
     assert vnet.parse(buf) == vnet.VnetHeader(1, 1, 54, 1448, 34, 16)
+
+
+def test_ipv6_helpers() -> None:
+    import ipaddress
+
+    from netstack.wire import ipv6
+
+    ip = ipaddress.IPv6Address("fd00::1ccc:eaff:fee2:24d9").packed
+    assert str(ipaddress.IPv6Address(ipv6.solicited_node(ip))) == "ff02::1:ffe2:24d9"
+    assert ipv6.multicast_mac(ipv6.solicited_node(ip)).hex() == "3333ffe224d9"
+    raw = bytes(IPv6(src="fd00::1", dst="fd00::2", nh=44) / IPv6ExtHdrFragment(nh=17, m=1)
+                / UDP(sport=1, dport=2) / b"x")
+    hdr = ipv6.parse(raw)
+    ul = ipv6.upper_layer(hdr, raw)
+    assert (ul.proto, ul.offset, ul.fragment_at) == (17, 48, 40)
