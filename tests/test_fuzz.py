@@ -19,6 +19,7 @@ from netstack.wire import (
     WireError,
     arp,
     dhcpv4,
+    dhcpv6,
     dns,
     ethernet,
     icmpv4,
@@ -32,6 +33,7 @@ from netstack.wire import (
 from tests.fakes import Rig
 
 PARSERS = [
+    dhcpv6.parse,
     ipv6.parse,
     icmpv6.parse,
     icmpv6.parse_options,

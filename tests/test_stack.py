@@ -271,3 +271,83 @@ def test_timer_queue_lets_go_of_forgotten_objects() -> None:
         del o
     gc.collect()
     assert sum(1 for r in refs if r() is not None) <= 2 * 64 + 2
+
+
+def test_ipv6_router_solicitation_gets_an_advertisement_for_slaac() -> None:
+    from scapy.layers.inet6 import (
+        ICMPv6ND_RA,
+        ICMPv6ND_RS,
+        ICMPv6NDOptPrefixInfo,
+        ICMPv6NDOptRDNSS,
+        ICMPv6NDOptSrcLLAddr,
+        IPv6,
+    )
+
+    rig = Rig(NetworkConfig(ipv6=True))
+    rig.send(
+        Ether(src=GUEST_MAC, dst="33:33:00:00:00:02")
+        / IPv6(src="fe80::1", dst="ff02::2", hlim=255)
+        / ICMPv6ND_RS()
+        / ICMPv6NDOptSrcLLAddr(lladdr=GUEST_MAC)
+    )
+    (ra,) = rig.frames()
+    assert ra[IPv6].src == "fe80::2" and ra[IPv6].hlim == 255
+    assert ra[ICMPv6ND_RA].routerlifetime == 1800
+    prefix = ra[ICMPv6NDOptPrefixInfo]
+    assert (prefix.prefix, prefix.prefixlen, prefix.A, prefix.L) == ("fd00::", 64, 1, 1)
+    assert ra[ICMPv6NDOptRDNSS].dns == ["fd00::3"]
+    # forged from off-link: hop limit below 255 is ignored and counted
+    rig.send(
+        Ether(src=GUEST_MAC, dst="33:33:00:00:00:02")
+        / IPv6(src="fe80::1", dst="ff02::2", hlim=64)
+        / ICMPv6ND_RS()
+    )
+    assert rig.frames() == [] and rig.stack.stats.drops["ndp_hop_limit"] == 1
+
+
+def test_ipv6_neighbour_solicitation_for_the_router_is_answered() -> None:
+    from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptDstLLAddr, IPv6
+
+    rig = Rig(NetworkConfig(ipv6=True))
+    rig.send(
+        Ether(src=GUEST_MAC, dst="33:33:ff:00:00:02")
+        / IPv6(src="fd00::100", dst="ff02::1:ff00:2", hlim=255)
+        / ICMPv6ND_NS(tgt="fd00::2")
+    )
+    (na,) = rig.frames()
+    assert na[ICMPv6ND_NA].tgt == "fd00::2" and na[ICMPv6ND_NA].R == 1 and na[ICMPv6ND_NA].S == 1
+    assert na[ICMPv6NDOptDstLLAddr].lladdr == "52:56:00:00:00:02"
+
+
+def test_dhcpv6_information_request_gets_the_dns_address() -> None:
+    from scapy.layers.dhcp6 import (
+        DHCP6_InfoRequest,
+        DHCP6_Reply,
+        DHCP6OptClientId,
+        DHCP6OptDNSServers,
+    )
+    from scapy.layers.inet6 import IPv6
+
+    rig = Rig(NetworkConfig(ipv6=True))
+    rig.send(
+        Ether(src=GUEST_MAC, dst="33:33:00:01:00:02")
+        / IPv6(src="fe80::1", dst="ff02::1:2")
+        / UDP(sport=546, dport=547)
+        / DHCP6_InfoRequest(trid=0x1234)
+        / DHCP6OptClientId()
+    )
+    (reply,) = rig.frames()
+    assert reply[DHCP6_Reply].trid == 0x1234
+    assert reply[DHCP6OptDNSServers].dnsservers == ["fd00::3"]
+
+
+def test_ipv6_is_not_served_without_the_flag() -> None:
+    from scapy.layers.inet6 import ICMPv6ND_RS, IPv6
+
+    rig = Rig()
+    rig.send(
+        Ether(src=GUEST_MAC, dst="33:33:00:00:00:02")
+        / IPv6(src="fe80::1", dst="ff02::2", hlim=255)
+        / ICMPv6ND_RS()
+    )
+    assert rig.frames() == []

@@ -16,7 +16,7 @@ from netstack.dhcp.server import DhcpServer
 from netstack.dns.forwarder import DnsForwarder
 from netstack.icmp.echo import PingProxy
 from netstack.link.base import VNET_HEADROOM, LinkEndpoint
-from netstack.stack.config import DNS6, NetworkConfig, virtual_mac
+from netstack.stack.config import DNS6, ROUTER_LL, NetworkConfig, virtual_mac
 from netstack.stack.guest_output import GuestOutput
 from netstack.stack.hostio import HostIO
 from netstack.stack.limits import Limits
@@ -32,6 +32,7 @@ from netstack.wire import (
     WireError,
     arp,
     dhcpv4,
+    dhcpv6,
     dns,
     ethernet,
     icmpv4,
@@ -305,7 +306,10 @@ class Stack:
             hdr = icmpv6.parse(body)
             if self.ndp.on_message(eth_src, ip, hdr, body):
                 return
-        link_local_echo = ul.proto == ipv6.NEXT_ICMPV6 and ipv6.is_link_local(src)
+        link_local_echo = ipv6.is_link_local(src) and (
+            ul.proto == ipv6.NEXT_ICMPV6  # echo to fe80::2
+            or (ul.proto == ipv6.NEXT_UDP and ip.dst in (dhcpv6.ALL_SERVERS, ROUTER_LL))
+        )
         if (not self.config.in_prefix6(src) and not link_local_echo) or src in self.ndp.virtual:
             self.stats.drop("ipv6_source_outside")
             return
@@ -321,6 +325,8 @@ class Stack:
             route = self.udp_routes_to_host.get((src, hdr_u.src_port, ip.dst, hdr_u.dst_port))
             if route is not None:
                 route.to_client(payload, now)
+            elif hdr_u.dst_port == dhcpv6.SERVER_PORT and ip.dst in (dhcpv6.ALL_SERVERS, ROUTER_LL):
+                self._dhcpv6(eth_src, src, hdr_u.src_port, payload)
             elif ip.dst == DNS6 and hdr_u.dst_port == dns.PORT and self.config.dns_enabled:
                 self.dns.from_guest(eth_src, src, hdr_u.src_port, payload, now, dns_ip=DNS6)
             else:
@@ -331,6 +337,22 @@ class Stack:
             self._icmp6(eth_src, ip, body, quote, now)
         else:
             self.stats.drop("ipv6_proto_unknown")
+
+    def _dhcpv6(self, eth_src: bytes, src: bytes, sport: int, payload: memoryview) -> None:
+        """Stateless DHCPv6: an information request gets the DNS address (RFC 8415
+        18.2.6); addresses come from SLAAC, so solicits go unanswered."""
+        msg = dhcpv6.parse(payload)
+        if msg.msg_type != dhcpv6.INFORMATION_REQUEST:
+            self.stats.drop("dhcpv6_not_information_request")
+            return
+        options = {dhcpv6.OPT_SERVERID: dhcpv6.duid_ll(self.config.router_mac)}
+        if dhcpv6.OPT_CLIENTID in msg.options:
+            options[dhcpv6.OPT_CLIENTID] = msg.options[dhcpv6.OPT_CLIENTID]
+        if self.config.dns_enabled:
+            options[dhcpv6.OPT_DNS_SERVERS] = DNS6
+        reply = dhcpv6.emit(dhcpv6.Dhcpv6Message(dhcpv6.REPLY, msg.transaction_id, options))
+        self.output.send_udp(eth_src, ROUTER_LL, dhcpv6.SERVER_PORT, src, sport, reply)
+        self.stats.count("dhcpv6_replies")
 
     def _icmp6(
         self, eth_src: bytes, ip: ipv6.Ipv6Header, body: memoryview, quote: bytes, now: float

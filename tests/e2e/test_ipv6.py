@@ -173,3 +173,20 @@ def test_ipv6_port_forwards(world: World, tmp_path: Path) -> None:
         api, proto="tcp", host_addr="::1", host_port=17013, guest_addr="fd00::2", guest_port=1
     )
     assert bad == b'{"error":{"desc":"bad request: add_hostfwd: bad arguments.guest_addr"}}'
+
+
+def test_outbound_addr6_binds_ipv6_host_sockets(world: World) -> None:
+    import subprocess
+
+    subprocess.run(
+        ["ip", "-n", world.host, "addr", "add", "2001:db8::10/64", "dev", "up0", "nodad"],
+        check=True,
+    )
+    world.server("world", "peer", "8091", WORLD_HOST_IP6)
+    world.start_netstack("-6", "--outbound-addr6=2001:db8::10")
+    wait_slaac(world)
+    r = world.guest_python(
+        "import socket\ns = socket.create_connection(('2001:db8::2', 8091), timeout=5)\n"
+        "print(s.recv(100).decode())"
+    )
+    assert r.stdout.startswith("2001:db8::10:"), r.stdout + r.stderr

@@ -245,8 +245,12 @@ def test_ipv6_helpers() -> None:
     ip = ipaddress.IPv6Address("fd00::1ccc:eaff:fee2:24d9").packed
     assert str(ipaddress.IPv6Address(ipv6.solicited_node(ip))) == "ff02::1:ffe2:24d9"
     assert ipv6.multicast_mac(ipv6.solicited_node(ip)).hex() == "3333ffe224d9"
-    raw = bytes(IPv6(src="fd00::1", dst="fd00::2", nh=44) / IPv6ExtHdrFragment(nh=17, m=1)
-                / UDP(sport=1, dport=2) / b"x")
+    raw = bytes(
+        IPv6(src="fd00::1", dst="fd00::2", nh=44)
+        / IPv6ExtHdrFragment(nh=17, m=1)
+        / UDP(sport=1, dport=2)
+        / b"x"
+    )
     hdr = ipv6.parse(raw)
     ul = ipv6.upper_layer(hdr, raw)
     assert (ul.proto, ul.offset, ul.fragment_at) == (17, 48, 40)
