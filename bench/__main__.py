@@ -68,8 +68,10 @@ class Runner:
             raise RuntimeError(f"{cmd[0]} failed: {r.stderr.strip()[-300:]}")
         return r.stdout
 
-    def iperf(self, world: World, streams: int, reverse: bool) -> None:
-        label = f"tcp {'host->guest' if reverse else 'guest->host'} P{streams}"
+    def iperf(self, world: World, streams: int, reverse: bool, v6: bool = False) -> None:
+        label = f"tcp{'6' if v6 else ''} {'host->guest' if reverse else 'guest->host'} P{streams}"
+        server = world.server_ip6 if v6 else world.server_ip
+        assert server is not None
         values, cpu = [], []
         for _ in range(self.args.repeats):
             before = proc_cpu_seconds(world.stack_pid) if world.stack_pid else None
@@ -78,7 +80,7 @@ class Runner:
                     world,
                     "iperf3",
                     "-c",
-                    world.server_ip,
+                    server,
                     "-p",
                     IPERF_PORT,
                     "-J",
@@ -155,7 +157,7 @@ class Runner:
         self.record(world, f"rss with {HOLD_FLOWS} flows", value, "MiB")
 
     def one(self, system: str, mtu: int) -> None:
-        world = SYSTEMS[system](mtu)
+        world = SYSTEMS[system](mtu, ipv6=self.args.ipv6)
         try:
             world.spawn_host("iperf3", "-s", "-p", IPERF_PORT)
             srv = subprocess.Popen(
@@ -182,6 +184,16 @@ class Runner:
             for streams in self.args.streams:
                 for reverse in (False, True):
                     self.iperf(world, streams, reverse)
+            if self.args.ipv6:
+                if world.server_ip6 is not None and world.wait_ipv6():
+                    for reverse in (False, True):
+                        self.iperf(world, 1, reverse, v6=True)
+                else:
+                    for reverse in (False, True):
+                        d = "host->guest" if reverse else "guest->host"
+                        self.record(world, f"tcp6 {d} P1", None, "Gbit/s")
+                        if world.stack_pid:
+                            self.record(world, f"cpu s/GB tcp6 {d} P1", None, "s/GB")
             self.latency(world)
             self.hold_flows(world)
         finally:
@@ -217,6 +229,12 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=1, help="runs per figure (median kept)")
     p.add_argument("--rr-count", type=int, default=3000)
     p.add_argument("--crr-seconds", type=float, default=2.0)
+    p.add_argument(
+        "--ipv6",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure TCP over IPv6 (netstack and slirp4netns with -6, veth)",
+    )
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args()
     args.streams = [int(s) for s in args.streams.split(",")]
@@ -226,7 +244,7 @@ def main() -> int:
         if s not in SYSTEMS:
             p.error(f"unknown system {s}; known: {', '.join(SYSTEMS)}")
     runner = Runner(args)
-    per_world = 2 + len(args.streams) * 2 * 2 + 3 + 1
+    per_world = 2 + len(args.streams) * 2 * 2 + 3 + 1 + (4 if args.ipv6 else 0)
     runner.total = per_world * len(systems) * len(mtus)
     for mtu in mtus:
         for system in systems:

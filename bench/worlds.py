@@ -31,10 +31,12 @@ def sh(*cmd: str) -> None:
 class World:
     name = "?"
     server_ip = ""
+    server_ip6: str | None = None  # None: no IPv6 path to measure
 
-    def __init__(self, mtu: int) -> None:
+    def __init__(self, mtu: int, ipv6: bool = False) -> None:
         tag = secrets.token_hex(3)
         self.mtu = mtu
+        self.ipv6 = ipv6
         self.host = f"bnh-{tag}"
         self.guest = f"bng-{tag}"
         self.dead = f"bnd-{tag}"
@@ -101,6 +103,20 @@ class World:
         self.ready_seconds = time.monotonic() - t0
         self.stack_pid = p.pid
 
+    def wait_ipv6(self, timeout: float = 10) -> bool:
+        """Until the guest has a usable global IPv6 address."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                self.in_guest("ip", "-6", "addr", "show", "scope", "global"),
+                capture_output=True,
+                text=True,
+            ).stdout
+            if "inet6" in out and "tentative" not in out:
+                return True
+            time.sleep(0.1)
+        return False
+
     def close(self) -> None:
         for p in self.procs:
             if p.poll() is None:
@@ -118,6 +134,7 @@ class World:
 class NetstackWorld(World):
     name = "netstack"
     server_ip = "10.0.2.2"
+    server_ip6 = "fd00::2"
 
     def start(self) -> None:
         # NETSTACK_PROFILE=path: netstack writes a cProfile dump there at exit
@@ -127,6 +144,7 @@ class NetstackWorld(World):
             [
                 *env,
                 NETSTACK,
+                *(["-6"] if self.ipv6 else []),
                 "-c",
                 "-m",
                 str(self.mtu),
@@ -142,11 +160,13 @@ class NetstackWorld(World):
 class SlirpWorld(World):
     name = "slirp4netns"
     server_ip = "10.0.2.2"
+    server_ip6 = "fd00::2"
 
     def start(self) -> None:
         self._start_with_ready_fd(
             [
                 "slirp4netns",
+                *(["-6"] if self.ipv6 else []),
                 "-c",
                 "-m",
                 str(self.mtu),
@@ -164,6 +184,7 @@ class VethWorld(World):
 
     name = "veth"
     server_ip = "10.0.42.1"
+    server_ip6 = "fd42::1"
 
     def start(self) -> None:
         sh(
@@ -187,6 +208,9 @@ class VethWorld(World):
         )
         sh("ip", "-n", self.host, "addr", "add", "10.0.42.1/24", "dev", "vh0")
         sh("ip", "-n", self.guest, "addr", "add", "10.0.42.2/24", "dev", "vg0")
+        if self.ipv6:
+            sh("ip", "-n", self.host, "addr", "add", "fd42::1/64", "dev", "vh0", "nodad")
+            sh("ip", "-n", self.guest, "addr", "add", "fd42::2/64", "dev", "vg0", "nodad")
         sh("ip", "-n", self.host, "link", "set", "vh0", "up")
         sh("ip", "-n", self.guest, "link", "set", "vg0", "up")
         self.ready_seconds = 0.0
