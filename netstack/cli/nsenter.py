@@ -162,3 +162,23 @@ def configure_interface(tapname: str, setup: InterfaceSetup) -> None:
                 broadcast=setup.broadcast,
             )
         ipr.route("replace", dst="0.0.0.0/0", gateway=setup.gateway, oif=idx)
+        if setup.ipv6:
+            # the address SLAAC will derive from our router advertisement, set now so
+            # that it is there when we say "ready"
+            mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+            ipr.addr(
+                "replace",
+                index=idx,
+                address=slaac_address(mac),
+                prefixlen=64,
+                family=socket.AF_INET6,
+            )
+            ipr.route("replace", dst="::/0", gateway="fe80::2", oif=idx, family=socket.AF_INET6)
+
+
+def slaac_address(mac: str) -> str:
+    """fd00::/64 with the modified EUI-64 interface identifier of mac (RFC 4291 2.5.1)."""
+    m = bytearray(bytes.fromhex(mac.replace(":", "")))
+    m[0] ^= 0x02
+    iid = bytes(m[:3]) + b"\xff\xfe" + bytes(m[3:])
+    return socket.inet_ntop(socket.AF_INET6, bytes.fromhex("fd00" + "00" * 6) + iid)

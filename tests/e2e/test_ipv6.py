@@ -190,3 +190,14 @@ def test_outbound_addr6_binds_ipv6_host_sockets(world: World) -> None:
         "print(s.recv(100).decode())"
     )
     assert r.stdout.startswith("2001:db8::10:"), r.stdout + r.stderr
+
+
+def test_configure_sets_the_ipv6_address_and_route_before_ready(world: World) -> None:
+    world.start_netstack("-6")
+    out = world.in_guest("ip", "-6", "addr", "show", "tap0", "scope", "global").stdout
+    assert "inet6 fd00::" in out and "tentative" not in out, out
+    assert "default via fe80::2" in world.in_guest("ip", "-6", "route").stdout
+    mac = world.in_guest("cat", "/sys/class/net/tap0/address").stdout.strip()
+    from netstack.cli.nsenter import slaac_address
+
+    assert f"inet6 {slaac_address(mac)}/64" in out  # the address SLAAC derives too
