@@ -172,86 +172,33 @@ class SegmentWriter:
         payload_len: int,
         seg_size: int,
     ) -> int:
+        """The IPv4 builder in Python: the twin of ns_tcp4_frame."""
         buf = self.buf
         l3 = start + VNET_HEADROOM + ethernet.HEADER_LEN
         l4 = l3 + ipv4.HEADER_LEN
         l4_len = hlen + payload_len
         _ETH_IP.pack_into(
-            buf,
-            start + VNET_HEADROOM,
-            flow.guest_mac,
-            self.src_mac,
-            ethernet.ETHERTYPE_IPV4,
-            0x45,
-            0,
-            ipv4.HEADER_LEN + l4_len,
-            next(self._ident) & 0xFFFF,
-            ipv4.FLAG_DF,
-            ipv4.DEFAULT_TTL,
-            ipv4.PROTO_TCP,
-            0,
-            flow.remote_ip,
-            flow.guest_ip,
-        )
+            buf, start + VNET_HEADROOM, flow.guest_mac, self.src_mac, ethernet.ETHERTYPE_IPV4,
+            0x45, 0, ipv4.HEADER_LEN + l4_len, next(self._ident) & 0xFFFF, ipv4.FLAG_DF,
+            ipv4.DEFAULT_TTL, ipv4.PROTO_TCP, 0, flow.remote_ip, flow.guest_ip,
+        )  # fmt: skip
         _CSUM.pack_into(buf, l3 + 10, _fast.checksum(self.view[l3:l4]))
-        _TCP.pack_into(
-            buf,
+        pseudo = ipv4.pseudo_header_sum(flow.remote_ip, flow.guest_ip, ipv4.PROTO_TCP, l4_len)
+        return self._tcp_and_checksum(
+            start,
             l4,
-            flow.remote_port,
-            flow.guest_port,
-            seq & 0xFFFFFFFF,
-            ack & 0xFFFFFFFF,
-            (hlen // 4) << 4,
+            flow,
+            seq,
+            ack,
             flags,
             window,
-            0,
-            0,
+            ts,
+            hlen,
+            payload_len,
+            seg_size,
+            pseudo,
+            vnet.GSO_TCPV4,
         )
-        if ts is not None:
-            _TS_OPTION.pack_into(
-                buf,
-                l4 + tcp.HEADER_LEN,
-                tcp.OPT_NOP,
-                tcp.OPT_NOP,
-                tcp.OPT_TIMESTAMP,
-                10,
-                ts[0],
-                ts[1],
-            )
-        end = l4 + l4_len
-        pseudo = ipv4.pseudo_header_sum(flow.remote_ip, flow.guest_ip, ipv4.PROTO_TCP, l4_len)
-        if self.link.vnet:
-            # partial checksum: the field holds the pseudo-header sum; the guest's kernel
-            # (or its NIC path) finishes or trusts it
-            _CSUM.pack_into(buf, l4 + tcp.CHECKSUM_OFFSET, pseudo)
-            csum_start = ethernet.HEADER_LEN + ipv4.HEADER_LEN
-            if payload_len > seg_size > 0:
-                _VNET.pack_into(
-                    buf,
-                    start,
-                    vnet.F_NEEDS_CSUM,
-                    vnet.GSO_TCPV4,
-                    csum_start + hlen,
-                    seg_size,
-                    csum_start,
-                    tcp.CHECKSUM_OFFSET,
-                )
-            else:
-                _VNET.pack_into(
-                    buf,
-                    start,
-                    vnet.F_NEEDS_CSUM,
-                    vnet.GSO_NONE,
-                    0,
-                    0,
-                    csum_start,
-                    tcp.CHECKSUM_OFFSET,
-                )
-        else:
-            _CSUM.pack_into(
-                buf, l4 + tcp.CHECKSUM_OFFSET, _fast.checksum(self.view[l4:end], pseudo)
-            )
-        return end
 
     def _headers_v6_py(
         self,
@@ -266,15 +213,14 @@ class SegmentWriter:
         payload_len: int,
         seg_size: int,
     ) -> int:
-        """The IPv6 twin of _headers (no C builder for IPv6 yet)."""
-        buf = self.buf
+        """The IPv6 builder (no C builder for IPv6 yet)."""
         l2 = start + VNET_HEADROOM
         l3 = l2 + ethernet.HEADER_LEN
         l4 = l3 + ipv6.HEADER_LEN
         l4_len = hlen + payload_len
-        _ETH.pack_into(buf, l2, flow.guest_mac, self.src_mac, ethernet.ETHERTYPE_IPV6)
+        _ETH.pack_into(self.buf, l2, flow.guest_mac, self.src_mac, ethernet.ETHERTYPE_IPV6)
         ipv6.HEADER.pack_into(
-            buf,
+            self.buf,
             l3,
             6 << 28,
             l4_len,
@@ -283,6 +229,42 @@ class SegmentWriter:
             flow.remote_ip,
             flow.guest_ip,
         )
+        pseudo = ipv6.pseudo_header_sum(flow.remote_ip, flow.guest_ip, ipv6.NEXT_TCP, l4_len)
+        return self._tcp_and_checksum(
+            start,
+            l4,
+            flow,
+            seq,
+            ack,
+            flags,
+            window,
+            ts,
+            hlen,
+            payload_len,
+            seg_size,
+            pseudo,
+            vnet.GSO_TCPV6,
+        )
+
+    def _tcp_and_checksum(
+        self,
+        start: int,
+        l4: int,
+        flow: FlowAddrs,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        ts: tuple[int, int] | None,
+        hlen: int,
+        payload_len: int,
+        seg_size: int,
+        pseudo: int,
+        gso_type: int,
+    ) -> int:
+        """The TCP header at l4 and its checksum: partial with a virtio-net header
+        (GSO when the payload exceeds seg_size), complete otherwise."""
+        buf = self.buf
         _TCP.pack_into(
             buf,
             l4,
@@ -307,24 +289,25 @@ class SegmentWriter:
                 ts[0],
                 ts[1],
             )
-        end = l4 + l4_len
-        pseudo = ipv6.pseudo_header_sum(flow.remote_ip, flow.guest_ip, ipv6.NEXT_TCP, l4_len)
-        if self.link.vnet:
-            _CSUM.pack_into(buf, l4 + tcp.CHECKSUM_OFFSET, pseudo)
-            csum_start = ethernet.HEADER_LEN + ipv6.HEADER_LEN
-            gso = payload_len > seg_size > 0
-            _VNET.pack_into(
-                buf,
-                start,
-                vnet.F_NEEDS_CSUM,
-                vnet.GSO_TCPV6 if gso else vnet.GSO_NONE,
-                csum_start + hlen if gso else 0,
-                seg_size if gso else 0,
-                csum_start,
-                tcp.CHECKSUM_OFFSET,
-            )
-        else:
+        end = l4 + hlen + payload_len
+        if not self.link.vnet:
             _CSUM.pack_into(
                 buf, l4 + tcp.CHECKSUM_OFFSET, _fast.checksum(self.view[l4:end], pseudo)
             )
+            return end
+        # partial checksum: the field holds the pseudo-header sum; the guest's kernel
+        # (or its NIC path) finishes or trusts it
+        _CSUM.pack_into(buf, l4 + tcp.CHECKSUM_OFFSET, pseudo)
+        csum_start = l4 - start - VNET_HEADROOM
+        gso = payload_len > seg_size > 0
+        _VNET.pack_into(
+            buf,
+            start,
+            vnet.F_NEEDS_CSUM,
+            gso_type if gso else vnet.GSO_NONE,
+            csum_start + hlen if gso else 0,
+            seg_size if gso else 0,
+            csum_start,
+            tcp.CHECKSUM_OFFSET,
+        )
         return end

@@ -36,13 +36,8 @@ def emit_v4(
     offset: int = 0,
 ) -> int:
     """Write header and payload with the full checksum; returns bytes written."""
-    end = offset + HEADER_LEN + len(payload)
-    HEADER.pack_into(buf, offset, hdr.src_port, hdr.dst_port, hdr.length, 0)
-    buf[offset + HEADER_LEN : end] = payload
     seed = ipv4.pseudo_header_sum(src, dst, ipv4.PROTO_UDP, hdr.length)
-    csum = _fast.checksum(memoryview(buf)[offset:end], seed) or 0xFFFF
-    struct.pack_into("!H", buf, offset + 6, csum)
-    return end - offset
+    return _emit(hdr, seed, payload, buf, offset)
 
 
 def emit_v6(
@@ -54,10 +49,20 @@ def emit_v6(
     offset: int = 0,
 ) -> int:
     """Header and payload with the IPv6 pseudo-header checksum (mandatory in IPv6)."""
+    seed = ipv6.pseudo_header_sum(src, dst, ipv6.NEXT_UDP, hdr.length)
+    return _emit(hdr, seed, payload, buf, offset)
+
+
+def _emit(
+    hdr: UdpHeader,
+    seed: int,
+    payload: bytes | bytearray | memoryview,
+    buf: bytearray | memoryview,
+    offset: int,
+) -> int:
     end = offset + HEADER_LEN + len(payload)
     HEADER.pack_into(buf, offset, hdr.src_port, hdr.dst_port, hdr.length, 0)
     buf[offset + HEADER_LEN : end] = payload
-    seed = ipv6.pseudo_header_sum(src, dst, ipv6.NEXT_UDP, hdr.length)
-    csum = _fast.checksum(memoryview(buf)[offset:end], seed) or 0xFFFF
+    csum = _fast.checksum(memoryview(buf)[offset:end], seed) or 0xFFFF  # 0 means "none"
     struct.pack_into("!H", buf, offset + 6, csum)
     return end - offset
