@@ -13,6 +13,7 @@ from typing import NamedTuple
 from netstack.wire import WireError
 
 HEADER = struct.Struct("!HHIIBBHHH")
+_TS = struct.Struct("!II")
 HEADER_LEN = 20
 MAX_HEADER_LEN = 60
 
@@ -70,7 +71,20 @@ def parse(buf: bytes | bytearray | memoryview) -> TcpHeader:
     hlen = (off >> 4) * 4
     if hlen < HEADER_LEN or hlen > len(buf):
         raise WireError("tcp_header_len", f"data offset {hlen}, buffer {len(buf)}")
-    opts = parse_options(buf[HEADER_LEN:hlen]) if hlen > HEADER_LEN else NO_OPTIONS
+    if hlen == HEADER_LEN:
+        opts = NO_OPTIONS
+    elif (
+        hlen == HEADER_LEN + 12
+        and buf[20] == OPT_NOP
+        and buf[21] == OPT_NOP
+        and buf[22] == OPT_TIMESTAMP
+        and buf[23] == 10
+    ):
+        # what Linux puts on every segment of a timestamped connection: one unpack
+        ts_val, ts_ecr = _TS.unpack_from(buf, 24)
+        opts = TcpOptions(ts_val=ts_val, ts_ecr=ts_ecr)
+    else:
+        opts = parse_options(buf[HEADER_LEN:hlen])
     return TcpHeader(sport, dport, seq, ack, hlen, flags, window, urg, opts)
 
 
