@@ -33,7 +33,8 @@ from netstack.stack.config import NetworkConfig
 from netstack.stack.dispatch import Stack
 from netstack.stack.hostio import DatagramReceiver, HostAddr
 from netstack.stack.limits import Limits
-from netstack.tcp.connection import HostStream, TcpConnection
+from netstack.tcp.connection import TcpConnection
+from netstack.tcp.interfaces import HostStream
 
 log = logging.getLogger(__name__)
 

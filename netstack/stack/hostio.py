@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from netstack.tcp.connection import HostStream, TcpConnection
+from netstack.tcp.connection import TcpConnection
+from netstack.tcp.interfaces import HostStream
 
 HostAddr = tuple[str, int]
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from netstack.stack.config import DNS6, HOST6, NetworkConfig
 from netstack.stack.hostio import HostAddr
-from netstack.tcp.connection import Refusal
+from netstack.tcp.interfaces import Refusal
 
 DNS_PORT = 53
 HOST_LOOPBACK = "127.0.0.1"

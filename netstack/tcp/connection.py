@@ -8,13 +8,11 @@ FIN_WAIT/CLOSE_WAIT names. Every state change goes through `_set_state`.
 
 from __future__ import annotations
 
-import enum
 import errno
 import logging
 import random
-from collections.abc import Callable
-from typing import Protocol
 
+from netstack.tcp.interfaces import Guest, HostStream, Refusal, TcpState, refusal_for_errno
 from netstack.tcp.output import FlowAddrs, SegmentWriter
 from netstack.wire import icmpv4, tcp
 from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, seq_diff, seq_lt
@@ -46,60 +44,6 @@ PENDING_SLACK = 64 * 1024
 # pending_to_host; beyond this, a guest that ignores our window gets nothing accepted.
 PENDING_MAX = 2 * WINDOW_MAX
 DEFAULT_MSS = 536  # RFC 9293 3.7.1, when the guest's SYN carries none
-
-
-class HostStream(Protocol):
-    """The host socket as the core sees it. Errors raise OSError."""
-
-    def send(self, data: memoryview) -> int: ...  # bytes taken (0 if full)
-    def send_space(self) -> int: ...
-    def peek_into(self, buf: memoryview, offset: int) -> int | None: ...  # 0 = EOF, None = empty
-    def discard(self, n: int) -> None: ...
-    def shutdown_write(self) -> None: ...
-    def close(self, reset: bool = False) -> None: ...
-
-    @property
-    def peer_closed(self) -> bool: ...  # the host peer's FIN (or a hang-up) has been seen
-
-
-class TcpState(enum.Enum):
-    CONNECTING = "connecting"
-    SYN_SENT = "syn_sent"
-    SYN_RECEIVED = "syn_received"
-    ESTABLISHED = "established"
-    TIME_WAIT = "time_wait"
-    CLOSED = "closed"
-
-
-class Refusal(enum.Enum):
-    """How a failed host connect is reported to the guest."""
-
-    RESET = "reset"
-    NET_UNREACHABLE = "net_unreachable"
-    HOST_UNREACHABLE = "host_unreachable"
-
-
-def refusal_for_errno(err: int) -> Refusal:
-    if err == errno.ECONNREFUSED:
-        return Refusal.RESET
-    if err == errno.EHOSTUNREACH:
-        return Refusal.HOST_UNREACHABLE
-    if err in (errno.ETIMEDOUT, errno.EHOSTDOWN):
-        return Refusal.HOST_UNREACHABLE
-    return Refusal.NET_UNREACHABLE
-
-
-class Guest(Protocol):
-    """What a connection needs from the stack beyond its segment writer."""
-
-    def send_icmp_unreachable(self, code: int, quoted_ip_packet: bytes) -> None: ...
-
-    def guest_mac_for(
-        self, ip: bytes, when_known: Callable[[], None] | None = None
-    ) -> bytes | None:
-        """The guest's MAC for ip; None after asking for it with ARP (when_known runs
-        once the answer comes)."""
-        ...
 
 
 class TcpConnection:

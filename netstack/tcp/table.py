@@ -9,7 +9,8 @@ from typing import Protocol
 
 from netstack.stack.stats import Stats
 from netstack.stack.timers import TimerQueue
-from netstack.tcp.connection import Guest, HostStream, Refusal, TcpConnection, TcpState
+from netstack.tcp.connection import TcpConnection
+from netstack.tcp.interfaces import Guest, HostStream, Refusal, TcpState
 from netstack.tcp.output import FlowAddrs, SegmentWriter
 from netstack.wire import tcp
 

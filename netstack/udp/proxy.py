@@ -16,7 +16,7 @@ from netstack.stack.guest_output import GuestOutput
 from netstack.stack.hostio import DatagramSocket, HostAddr, HostIO
 from netstack.stack.stats import Stats
 from netstack.stack.timers import TimerQueue
-from netstack.tcp.connection import Refusal
+from netstack.tcp.interfaces import Refusal
 from netstack.wire import icmpv4
 
 log = logging.getLogger(__name__)

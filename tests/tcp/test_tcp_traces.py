@@ -10,7 +10,7 @@ from scapy.layers.inet import ICMP, IP, TCP, IPerror, TCPerror
 
 from netstack.stack.config import NetworkConfig
 from netstack.tcp import connection as tcpconn
-from netstack.tcp.connection import TcpState
+from netstack.tcp.interfaces import TcpState
 from netstack.wire import vnet
 from tests.fakes import FakeStream, Rig
 
