@@ -41,6 +41,8 @@ class NetworkConfig:
     guest: bytes = field(init=False)
     gateway_mac: bytes = field(init=False)
     dns_mac: bytes = field(init=False)
+    _net_int: int = field(init=False, repr=False)
+    _mask_int: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         base = int(self.cidr.network_address)
@@ -52,6 +54,8 @@ class NetworkConfig:
         set_(self, "guest", ipaddress.IPv4Address(base + RECOMMENDED_GUEST).packed)
         set_(self, "gateway_mac", virtual_mac(self.gateway))
         set_(self, "dns_mac", virtual_mac(self.dns))
+        set_(self, "_net_int", int(self.cidr.network_address))
+        set_(self, "_mask_int", int(self.cidr.netmask))
 
     def dhcp_address(self, index: int) -> bytes:
         return ipaddress.IPv4Address(
@@ -59,7 +63,8 @@ class NetworkConfig:
         ).packed
 
     def in_network(self, ip: bytes) -> bool:
-        return ipaddress.IPv4Address(ip) in self.cidr
+        """ip (4 bytes) inside the CIDR; on the per-packet path, so plain integers."""
+        return len(ip) == 4 and int.from_bytes(ip, "big") & self._mask_int == self._net_int
 
     @property
     def broadcast(self) -> bytes:
