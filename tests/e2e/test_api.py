@@ -172,8 +172,8 @@ def test_tcp_forward_carries_data_both_ways_and_shows_the_client_address(
         add(api, proto="tcp", host_addr="127.0.0.1", host_port=17000, guest_port=7000)
         == b'{"return":{"id":1}}'
     )
-    out = in_host_ns(world, ECHO_CLIENT, "127.0.0.1", "17000", str(32 * MiB), "8")
-    assert out.split() == ["ok", "8"]
+    out = in_host_ns(world, ECHO_CLIENT, "127.0.0.1", "17000", str(32 * MiB), "32")
+    assert out.split() == ["ok", "32"]  # 32 concurrent clients, 1 MiB each way each
     # from the world host: the guest sees the real client address
     assert add(api, proto="tcp", host_port=17001, guest_port=9000) == b'{"return":{"id":2}}'
     world.server("guest", "peer", "9000", "0.0.0.0")
