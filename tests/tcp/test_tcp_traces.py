@@ -7,12 +7,13 @@ import errno
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, IPerror, TCPerror
+from scapy.layers.l2 import Ether
 
 from netstack.stack.config import NetworkConfig
 from netstack.tcp import connection as tcpconn
 from netstack.tcp.interfaces import TcpState
 from netstack.wire import vnet
-from tests.fakes import FakeStream, Rig
+from tests.fakes import GUEST_MAC, GW_MAC, FakeStream, Rig
 
 GUEST = "10.0.2.100"
 GW = "10.0.2.2"
@@ -337,3 +338,23 @@ def test_short_peek_stops_reading_until_the_next_edge() -> None:
     conn.on_host_readable(rig.now)
     assert len(rig.frames()) == 1
     assert conn.host_readable is False
+
+
+def test_small_segments_of_a_batch_are_written_with_one_sendmsg() -> None:
+    rig = Rig()
+    stream, iss = established(rig)
+    calls = []
+    real = stream.sendmsg
+    stream.sendmsg = lambda bufs: calls.append(len(bufs)) or real(bufs)  # type: ignore[method-assign]
+    for i in range(5):  # one batch: frames in, then end_of_batch once
+        pkt = Ether(src=GUEST_MAC, dst=GW_MAC) / seg(
+            "PA", ISN + 1 + 100 * i, iss + 1, bytes([65 + i]) * 100
+        )
+        buf = bytearray(bytes(10) + bytes(pkt))
+        rig.stack.receive(buf, len(buf), rig.now)
+    assert stream.written == b""  # nothing yet: gathered
+    rig.stack.end_of_batch(rig.now)
+    assert calls == [5]
+    assert bytes(stream.written) == b"".join(bytes([65 + i]) * 100 for i in range(5))
+    (ack,) = rig.frames()
+    assert tcp_of(ack).ack == ISN + 501
