@@ -92,6 +92,7 @@ class TcpConnection:
 
         self.pending_to_host = bytearray()
         self.gathered_to_host: list[bytes] = []  # this batch's small segments, in order
+        self.acked_in_queue = 0  # acknowledged bytes still at the head of the host queue
         self.fin_from_guest = False
         self.host_write_shut = False
         self.eof_from_host = False
@@ -326,12 +327,9 @@ class TcpConnection:
             if self.fin_to_guest and ack == self.snd_nxt:
                 self.fin_acked = True
                 acked -= 1
-            if acked > 0 and self.host is not None:
-                try:
-                    self.host.discard(acked)
-                except OSError as e:
-                    self.on_host_error(e.errno or errno.EIO, now)
-                    return
+            if acked > 0:
+                # dropped from the host socket at the end of the batch, in one call
+                self.acked_in_queue += acked
             self.snd_una = ack
             self.retries = 0
             self.rto = RTO_INITIAL
@@ -468,7 +466,7 @@ class TcpConnection:
                 return
             view = writer.payload_view(hlen, room)
             try:
-                n = host.peek_into(view, in_flight)
+                n = host.peek_into(view, self.acked_in_queue + in_flight)
             except OSError as e:
                 self.on_host_error(e.errno or errno.EIO, now)
                 return
@@ -610,6 +608,13 @@ class TcpConnection:
         (if data did not carry it)."""
         if self.gathered_to_host:
             self._write_gathered(now)
+        if self.acked_in_queue and self.host is not None:
+            try:
+                self.host.discard(self.acked_in_queue)
+            except OSError as e:
+                self.on_host_error(e.errno or errno.EIO, now)
+                return
+            self.acked_in_queue = 0
         if self.ack_needed and self.state is TcpState.ESTABLISHED:
             self._send_ack(now)
         if self.state is TcpState.ESTABLISHED:
