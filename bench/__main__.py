@@ -98,7 +98,11 @@ class Runner:
             values.append(data["bits_per_second"] / 1e9)
             if before is not None and world.stack_pid:
                 moved_gb = data["bytes"] / 1e9
-                cpu.append((proc_cpu_seconds(world.stack_pid) - before) / max(moved_gb, 1e-9))
+                used = proc_cpu_seconds(world.stack_pid) - before
+                # more CPU than the machine has in the run's time is a bad reading
+                # (seen twice, unexplained yet): keep it out of the median
+                if used <= (self.args.duration + 1) * (os.cpu_count() or 1):
+                    cpu.append(used / max(moved_gb, 1e-9))
         self.record(world, label, statistics.median(values) if values else None, "Gbit/s")
         if world.stack_pid:
             self.record(world, f"cpu s/GB {label}", statistics.median(cpu) if cpu else None, "s/GB")
