@@ -25,6 +25,7 @@ from netstack.stack.policy import Policy
 from netstack.stack.reassembly import Reassembler
 from netstack.stack.stats import Stats
 from netstack.stack.timers import TimerQueue
+from netstack.tcp.connection import TcpConnection
 from netstack.tcp.output import SegmentWriter
 from netstack.tcp.table import TcpTable
 from netstack.udp.proxy import UdpProxy
@@ -416,8 +417,6 @@ class Stack:
 
     # ----------------------------------------------------------------- timers
     def run_timers(self, now: float) -> None:
-        from netstack.tcp.connection import TcpConnection
-
         for obj in self.timers.run(now):
             if isinstance(obj, TcpConnection):
                 self.tcp.timer_fired(obj)
