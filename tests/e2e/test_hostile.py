@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import tempfile
 import threading
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.test_api import call
 from tests.netns import PYTHON, World
 
 HOSTILE = str(Path(__file__).resolve().parent.parent / "helpers" / "hostile.py")
@@ -60,15 +60,8 @@ class Sampler:
 
 
 def api_call(path: str, execute: str) -> dict:  # type: ignore[type-arg]
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(10)
-        s.connect(path)
-        s.sendall(json.dumps({"execute": execute}).encode())
-        s.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    return json.loads(data)["return"]  # type: ignore[no-any-return]
+    reply = json.loads(call(path, json.dumps({"execute": execute}).encode()))
+    return reply["return"]  # type: ignore[no-any-return]
 
 
 def settle(world: World, pid: int, fds: int, timeout: float = 20) -> int:
