@@ -697,6 +697,14 @@ class TcpConnection:
 
     def _close(self, reset_host: bool, why: str, linger: float | None = None) -> None:
         if self.host is not None:
+            if self.acked_in_queue and not reset_host:
+                # bytes left unread in a closing socket make Linux send a RST, which
+                # would throw away what the host peer has not read yet
+                try:
+                    self.host.discard(self.acked_in_queue)
+                except OSError:
+                    pass
+                self.acked_in_queue = 0
             self.host.close(reset=reset_host)
             self.host = None
         self.pending_to_host = bytearray()

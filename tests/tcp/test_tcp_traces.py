@@ -238,6 +238,8 @@ def test_half_close_both_ways_then_time_wait_then_gone() -> None:
     rig.send(seg("A", ISN + 5, iss + 7))
     assert conn.state is TcpState.TIME_WAIT
     assert stream.closed == "close"
+    # nothing left unread at close: Linux would answer unread bytes with a RST
+    assert stream.to_guest == b""
     rig.advance(tcpconn.TIME_WAIT + 0.1)
     assert rig.stack.tcp.conns == {}
 
