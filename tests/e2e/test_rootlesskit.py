@@ -56,13 +56,15 @@ for i in $(seq 50); do
 done
 ip -4 addr show tap0 | grep -o 'inet [0-9./]*'
 curl -sS -m 10 http://10.0.2.2:18099/from-host.txt
+for i in $(seq 30); do ping -6 -c 1 -W 1 fd00::2 >/dev/null 2>&1 && echo ping6-ok && break; done
 touch {d}/inner-ready
 for i in $(seq 200); do [ -e {d}/outer-done ] && break; sleep 0.1; done
 """
 
 
 @pytest.mark.parametrize(
-    "isolation", [[], ["--slirp4netns-sandbox=true", "--slirp4netns-seccomp=true"]]
+    "isolation",
+    [[], ["--slirp4netns-sandbox=true", "--slirp4netns-seccomp=true", "--ipv6"]],
 )
 def test_rootlesskit_runs_on_netstack(world: World, user_dir: Path, isolation: list[str]) -> None:
     www = user_dir / "www"
@@ -124,3 +126,5 @@ def test_rootlesskit_runs_on_netstack(world: World, user_dir: Path, isolation: l
     assert rk.returncode == 0, out
     assert "inet 10.0.2.100/24" in out
     assert "served from the host" in out
+    if "--ipv6" in isolation:
+        assert "ping6-ok" in out  # SLAAC from our advertisement, then fd00::2 answers
