@@ -5,18 +5,23 @@ Theory of operation (names follow the direction of travel):
 
 guest -> host
     rcv_nxt       next sequence number expected from the guest.
-    Payload in order at rcv_nxt is written to the host socket at once; what the socket
-    will not take yet waits in `pending_to_host` (bounded by the window we advertised).
-    The window we advertise is the host socket's free send space less that backlog,
-    so the host's own flow control reaches the guest.
+    Payload in order at rcv_nxt goes to the host socket: small segments of one batch of
+    guest frames are gathered and written with one sendmsg() at the end of the batch,
+    TSO super-segments at once. What the socket will not take waits in
+    `pending_to_host`. The window we advertise is the host socket's free send space plus
+    a 64 KiB slack (so a full socket refuses a write and arms its write-space wakeup),
+    or only what is left of the slack once bytes wait; so the host's own flow control
+    reaches the guest, and memory per flow stays bounded.
 
 host -> guest
     snd_una       oldest byte the guest has not acknowledged.
     snd_nxt       next byte to send.
     Host data is never copied into a private buffer: it stays in the host socket's
-    receive queue and is read with MSG_PEEK at offset snd_nxt - snd_una (SO_PEEK_OFF).
-    When the guest acknowledges bytes they are dropped from the queue (MSG_TRUNC).
-    A retransmission is a rewind: snd_nxt = snd_una, peek again from offset 0.
+    receive queue and is read with MSG_PEEK at an offset (SO_PEEK_OFF). Bytes the guest
+    acknowledges are counted in `acked_in_queue` and dropped from the queue (MSG_TRUNC,
+    no copy) once per batch, and always before the socket is closed; until then the
+    peek offset is acked_in_queue + (snd_nxt - snd_una).
+    A retransmission is a rewind: snd_nxt = snd_una, peek again from acked_in_queue.
 
 The core (connection.py) is sans-I/O: it is handed `now`, a `HostStream` (the host
 socket as an interface) and a `SegmentWriter`; host/ supplies the real ones.
