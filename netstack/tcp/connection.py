@@ -14,6 +14,7 @@ import random
 
 from netstack.tcp.interfaces import Guest, HostStream, Refusal, TcpState, refusal_for_errno
 from netstack.tcp.output import FlowAddrs, SegmentWriter
+from netstack.tcp.to_host import GATHER_MAX_SEGMENT, WINDOW_MAX, ToHost
 from netstack.wire import icmpv4, tcp
 from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, seq_diff, seq_lt
 
@@ -32,23 +33,7 @@ IDLE_TIMEOUT = 7200.0  # no byte either way for two hours: the host socket is cl
 FIN_TIMEOUT = 60.0  # both sides closed, waiting on the last ACK
 
 OUR_WSCALE = 7  # a 16-bit window << 7 reaches 8 MiB, above WINDOW_MAX
-WINDOW_MAX = 1 << 20  # bounds what the guest may have in flight to us (and the TAP
-#                      ring's load: 1 MiB at MTU 1500 is ~720 frames < txqueuelen 1000)
-# The window we advertise is the host socket's free space plus PENDING_SLACK; once the
-# socket has refused bytes (they wait in pending_to_host), only what is left of the
-# slack. The slack makes a busy host socket refuse a send() (which arms its write-space
-# wakeup, so we hear when it drains) instead of our window quietly reaching zero with
-# nothing to wake us.
-PENDING_SLACK = 64 * 1024
-# What the guest had in flight when the socket filled (up to WINDOW_MAX) still lands in
-# pending_to_host; beyond this, a guest that ignores our window gets nothing accepted.
-PENDING_MAX = 2 * WINDOW_MAX
 DEFAULT_MSS = 536  # RFC 9293 3.7.1, when the guest's SYN carries none
-# Segments up to this size that arrive in one batch of guest frames are gathered and
-# written to the host socket with one sendmsg() at the end of the batch (a send per
-# 1,448-byte segment is most of the cost when the guest's TSO is off). Larger ones
-# (TSO super-segments) go out at once: copying them would cost more than it saves.
-GATHER_MAX_SEGMENT = 16 * 1024
 
 
 class TcpConnection:
@@ -90,8 +75,7 @@ class TcpConnection:
         self.snd_una = self.iss
         self.snd_nxt = self.iss
 
-        self.pending_to_host = bytearray()
-        self.gathered_to_host: list[bytes] = []  # this batch's small segments, in order
+        self.to_host = ToHost()
         self.acked_in_queue = 0  # acknowledged bytes still at the head of the host queue
         self.fin_from_guest = False
         self.host_write_shut = False
@@ -101,8 +85,6 @@ class TcpConnection:
         self.host_readable = False
         self.ack_needed = False
         self.window_advertised = 0
-        self._space_known = 0
-        self._written_since = 0
 
         self.rto = RTO_INITIAL
         self.rto_deadline: float | None = None
@@ -241,7 +223,7 @@ class TcpConnection:
     def on_host_writable(self, now: float) -> None:
         if self.state is not TcpState.ESTABLISHED or self.host is None:
             return
-        if self.pending_to_host:
+        if self.to_host.pending:
             if not self._flush_pending():
                 return
         elif self.window_advertised >= WINDOW_MAX // 2:
@@ -376,69 +358,44 @@ class TcpConnection:
         if fin and not self.fin_from_guest:
             self.fin_from_guest = True
             self.rcv_nxt = (self.rcv_nxt + 1) & 0xFFFFFFFF
-            if self._write_gathered(now) and not self.pending_to_host:
+            if self._write_gathered(now) and not self.to_host.pending:
                 self._shutdown_host_write()
             self._send_ack(now)
 
     def _data_to_host(self, payload: memoryview, now: float) -> int:
-        """Hand guest bytes to the host socket; returns how many we took."""
-        if self.pending_to_host:
-            room = PENDING_MAX - len(self.pending_to_host)
-            chunk = payload[: max(0, room)]
-            self.pending_to_host += chunk
-            return len(chunk)
-        if len(payload) <= GATHER_MAX_SEGMENT:
-            self.gathered_to_host.append(bytes(payload))  # the frame buffer is reused
+        """Hand guest bytes to the host side; returns how many we took."""
+        to_host = self.to_host
+        if not to_host.pending and len(payload) <= GATHER_MAX_SEGMENT:
+            to_host.gathered.append(bytes(payload))  # the common case, inline: it is hot
             return len(payload)
-        if self.gathered_to_host and not self._write_gathered(now):
-            return self._data_to_host(payload, now)  # the socket filled: it queues
         assert self.host is not None
         try:
-            n = self.host.send(payload)
+            return self.to_host.take(self.host, payload)
         except OSError as e:
             self.on_host_error(e.errno or errno.EIO, now)
             return 0
-        self._written_since += n
-        if n < len(payload):
-            rest = payload[n : n + PENDING_MAX]
-            self.pending_to_host += rest
-            n += len(rest)
-        return n
 
     def _write_gathered(self, now: float) -> bool:
-        """One sendmsg() for the batch's gathered segments; what the socket does not
-        take waits in pending_to_host. True when all went."""
-        gathered = self.gathered_to_host
-        if not gathered or self.host is None:
+        """Write the batch's gathered segments; True when all went."""
+        if self.host is None:
             return True
-        self.gathered_to_host = []
-        total = sum(len(b) for b in gathered)
         try:
-            n = self.host.sendmsg(gathered)
+            return self.to_host.write_gathered(self.host)
         except OSError as e:
             self.on_host_error(e.errno or errno.EIO, now)
             return False
-        self._written_since += n
-        if n < total:
-            self.pending_to_host += b"".join(gathered)[n:]
-            return False
-        return True
 
     def _flush_pending(self) -> bool:
         """Write pending guest bytes to the host; True when all are written."""
         assert self.host is not None
         try:
-            n = self.host.send(memoryview(self.pending_to_host))
+            done = self.to_host.flush_pending(self.host)
         except OSError as e:
             self.on_host_error(e.errno or errno.EIO, self.last_activity)
             return False
-        del self.pending_to_host[:n]
-        self._written_since += n
-        if self.pending_to_host:
-            return False
-        if self.fin_from_guest:
+        if done and self.fin_from_guest:
             self._shutdown_host_write()
-        return True
+        return done
 
     def _shutdown_host_write(self) -> None:
         if self.host_write_shut or self.host is None:
@@ -606,7 +563,7 @@ class TcpConnection:
     def flush(self, now: float) -> None:
         """End of a batch: write what was gathered, then send the ACK owed to the guest
         (if data did not carry it)."""
-        if self.gathered_to_host:
+        if self.to_host.gathered:
             self._write_gathered(now)
         if self.acked_in_queue and self.host is not None:
             try:
@@ -647,26 +604,7 @@ class TcpConnection:
     def _receive_window(self, fresh: bool = False) -> int:
         if self.host is None:
             return 0
-        if self.pending_to_host:
-            # the socket refused bytes: its free-space figure (bytes) overstates what it
-            # takes (buffers are charged by their true size); only the slack is left
-            return max(0, PENDING_SLACK - len(self.pending_to_host))
-        return min(self._host_space(fresh) + PENDING_SLACK, WINDOW_MAX)
-
-    def _host_space(self, fresh: bool) -> int:
-        """The host socket's free send space. Two syscalls to ask, so between asks it is
-        estimated as the last answer less what we wrote since (the socket only drains
-        meanwhile, so the estimate errs low); asked again below half the last answer."""
-        estimate = self._space_known - self._written_since
-        if fresh or estimate <= self._space_known // 2:
-            assert self.host is not None
-            try:
-                self._space_known = self.host.send_space()
-            except OSError:
-                self._space_known = 0
-            self._written_since = 0
-            return self._space_known
-        return estimate
+        return self.to_host.window(self.host, fresh)
 
     def _window_field(self) -> int:
         window = self._receive_window()
@@ -707,8 +645,7 @@ class TcpConnection:
                 self.acked_in_queue = 0
             self.host.close(reset=reset_host)
             self.host = None
-        self.pending_to_host = bytearray()
-        self.gathered_to_host = []
+        self.to_host.clear()
         self.rto_deadline = None
         if linger is not None:
             self._set_state(TcpState.TIME_WAIT, why)

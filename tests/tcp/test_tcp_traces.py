@@ -11,6 +11,7 @@ from scapy.layers.l2 import Ether
 
 from netstack.stack.config import NetworkConfig
 from netstack.tcp import connection as tcpconn
+from netstack.tcp import to_host
 from netstack.tcp.interfaces import TcpState
 from netstack.wire import vnet
 from tests.fakes import GUEST_MAC, GW_MAC, FakeStream, Rig
@@ -137,7 +138,7 @@ def test_data_from_guest_goes_to_host_and_is_acked_once_per_batch() -> None:
     acks = rig.frames()
     assert [tcp_of(a).ack for a in acks] == [ISN + 7, ISN + 12]
     # window: the host socket's free space plus the slack, scaled by 2^7
-    window = min(stream.space + tcpconn.PENDING_SLACK, tcpconn.WINDOW_MAX)
+    window = min(stream.space + to_host.PENDING_SLACK, to_host.WINDOW_MAX)
     assert tcp_of(acks[-1]).window == window >> 7
 
 
@@ -165,7 +166,7 @@ def test_host_refusing_bytes_keeps_them_pending_and_shrinks_the_window() -> None
     rig.send(seg("PA", ISN + 1, iss + 1, b"abcdefgh"))
     (ack,) = rig.frames()
     assert tcp_of(ack).ack == ISN + 9  # accepted: 3 written, 5 pending
-    assert tcp_of(ack).window == (tcpconn.PENDING_SLACK - 5) >> 7
+    assert tcp_of(ack).window == (to_host.PENDING_SLACK - 5) >> 7
     stream.accept_limit = None
     conn = rig.host.connects[0][0]
     conn.on_host_writable(rig.now)

@@ -1,0 +1,99 @@
+"""The guest -> host direction of one connection: bytes handed to the host socket, the
+ones it has not taken yet, and the window those allow the guest (sans-I/O apart from
+the HostStream it is given; socket errors propagate as OSError to the connection).
+
+Small segments of one batch of guest frames are gathered and written with one
+sendmsg() when the batch ends (a send per 1,448-byte segment is most of the cost when
+the guest's TSO is off); TSO super-segments go out at once, since copying them would
+cost more than it saves. What the socket does not take waits in `pending`.
+
+The window is the host socket's free space plus PENDING_SLACK, or only what is left of
+the slack once bytes wait: the slack makes a busy socket refuse a write (which arms its
+write-space wakeup, so we hear when it drains) instead of our window quietly reaching
+zero with nothing to wake us.
+"""
+
+from __future__ import annotations
+
+from netstack.tcp.interfaces import HostStream
+
+WINDOW_MAX = 1 << 20  # bounds what the guest may have in flight to us (and the TAP
+#                      ring's load: 1 MiB at MTU 1500 is ~720 frames < txqueuelen 1000)
+PENDING_SLACK = 64 * 1024
+# What the guest had in flight when the socket filled (up to WINDOW_MAX) still lands in
+# pending; beyond this, a guest that ignores our window gets nothing accepted.
+PENDING_MAX = 2 * WINDOW_MAX
+GATHER_MAX_SEGMENT = 16 * 1024
+
+
+class ToHost:
+    def __init__(self) -> None:
+        self.pending = bytearray()  # taken from the guest (and ACKed), not yet written
+        self.gathered: list[bytes] = []  # this batch's small segments, in order
+        self._space_known = 0
+        self._written_since = 0
+
+    def take(self, host: HostStream, payload: memoryview) -> int:
+        """Hand guest bytes on; returns how many we took (the rest is not ACKed)."""
+        if self.pending:
+            room = PENDING_MAX - len(self.pending)
+            chunk = payload[: max(0, room)]
+            self.pending += chunk
+            return len(chunk)
+        if len(payload) <= GATHER_MAX_SEGMENT:
+            self.gathered.append(bytes(payload))  # the frame buffer is reused
+            return len(payload)
+        if self.gathered and not self.write_gathered(host):
+            return self.take(host, payload)  # the socket filled: it queues
+        n = host.send(payload)
+        self._written_since += n
+        if n < len(payload):
+            rest = payload[n : n + PENDING_MAX]
+            self.pending += rest
+            n += len(rest)
+        return n
+
+    def write_gathered(self, host: HostStream) -> bool:
+        """One sendmsg() for the gathered segments; True when all went."""
+        gathered = self.gathered
+        if not gathered:
+            return True
+        self.gathered = []
+        n = host.sendmsg(gathered)
+        self._written_since += n
+        if n < sum(len(b) for b in gathered):
+            self.pending += b"".join(gathered)[n:]
+            return False
+        return True
+
+    def flush_pending(self, host: HostStream) -> bool:
+        """Write what waits; True when nothing is left."""
+        n = host.send(memoryview(self.pending))
+        del self.pending[:n]
+        self._written_since += n
+        return not self.pending
+
+    def window(self, host: HostStream, fresh: bool = False) -> int:
+        if self.pending:
+            # the socket refused bytes: its free-space figure (bytes) overstates what it
+            # takes (buffers are charged by their true size); only the slack is left
+            return max(0, PENDING_SLACK - len(self.pending))
+        return min(self._host_space(host, fresh) + PENDING_SLACK, WINDOW_MAX)
+
+    def _host_space(self, host: HostStream, fresh: bool) -> int:
+        """The host socket's free send space. Two syscalls to ask, so between asks it is
+        estimated as the last answer less what we wrote since (the socket only drains
+        meanwhile, so the estimate errs low); asked again below half the last answer."""
+        estimate = self._space_known - self._written_since
+        if fresh or estimate <= self._space_known // 2:
+            try:
+                self._space_known = host.send_space()
+            except OSError:
+                self._space_known = 0
+            self._written_since = 0
+            return self._space_known
+        return estimate
+
+    def clear(self) -> None:
+        self.pending = bytearray()
+        self.gathered = []
