@@ -347,10 +347,3 @@ class _ExitFd:
     def on_events(self, events: int, now: float) -> None:
         log.info("exitfd event")
         self.runtime.stop(0)
-
-
-def _close_quietly(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass

@@ -8,7 +8,6 @@ replies are translated back (host loopback -> gateway) before they reach the gue
 from __future__ import annotations
 
 import logging
-import socket
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -145,10 +144,3 @@ class UdpProxy:
     def close_all(self) -> None:
         for flow in list(self.flows.values()):
             self.expire(flow)
-
-
-def ip_bytes(addr: str) -> bytes | None:
-    try:
-        return socket.inet_aton(addr)
-    except OSError:
-        return None

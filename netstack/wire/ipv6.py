@@ -110,10 +110,6 @@ def is_link_local(ip: bytes) -> bool:
     return ip[0] == 0xFE and (ip[1] & 0xC0) == 0x80
 
 
-def is_multicast(ip: bytes) -> bool:
-    return ip[0] == 0xFF
-
-
 def solicited_node(ip: bytes) -> bytes:
     return bytes.fromhex("ff0200000000000000000001ff") + ip[13:]  # ff02::1:ffXX:XXXX
 
