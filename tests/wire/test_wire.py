@@ -254,3 +254,79 @@ def test_ipv6_helpers() -> None:
     hdr = ipv6.parse(raw)
     ul = ipv6.upper_layer(hdr, raw)
     assert (ul.proto, ul.offset, ul.fragment_at) == (17, 48, 40)
+
+
+def test_ipv6_parse_and_emit_against_scapy() -> None:
+    from netstack.wire import ipv6
+
+    raw = bytes(IPv6(src="fd00::100", dst="fd00::2", hlim=64, tc=3, fl=5) / UDP() / b"hi")
+    h = ipv6.parse(raw)
+    assert (h.traffic_class, h.flow_label, h.payload_length, h.next_header, h.hop_limit) == (
+        3,
+        5,
+        10,
+        17,
+        64,
+    )
+    buf = bytearray(40)
+    ipv6.emit(h, buf)
+    assert bytes(buf) == raw[:40]
+    with pytest.raises(WireError):
+        ipv6.parse(raw[:30])
+    with pytest.raises(WireError):
+        ipv6.parse(raw[:4] + b"\xff\xff" + raw[6:])  # payload length past the buffer
+
+
+def test_ipv6_extension_chain_limit_and_no_next_header() -> None:
+    from scapy.layers.inet6 import IPv6ExtHdrDestOpt
+
+    from netstack.wire import ipv6
+
+    pkt = IPv6(src="fd00::1", dst="fd00::2")
+    for _ in range(9):
+        pkt = pkt / IPv6ExtHdrDestOpt()
+    raw = bytes(pkt / UDP())
+    with pytest.raises(WireError) as e:
+        ipv6.upper_layer(ipv6.parse(raw), raw)
+    assert e.value.reason == "ipv6_extension_chain"
+    raw = bytes(IPv6(src="fd00::1", dst="fd00::2", nh=59))
+    with pytest.raises(WireError):
+        ipv6.upper_layer(ipv6.parse(raw), raw)
+
+
+def test_icmpv6_emit_checksum_is_what_scapy_computes() -> None:
+    from scapy.layers.inet6 import ICMPv6EchoReply
+
+    from netstack.wire import icmpv6
+
+    src = socket.inet_pton(socket.AF_INET6, "fd00::2")
+    dst = socket.inet_pton(socket.AF_INET6, "fd00::100")
+    msg = icmpv6.emit(src, dst, icmpv6.TYPE_ECHO_REPLY, 0, b"\x12\x34\x00\x07payload")
+    want = bytes(
+        IPv6(src="fd00::2", dst="fd00::100") / ICMPv6EchoReply(id=0x1234, seq=7, data=b"payload")
+    )[40:]
+    assert msg == want
+    assert icmpv6.parse(msg) == icmpv6.Icmpv6Header(129, 0, 0x1234, 7)
+    with pytest.raises(WireError):
+        icmpv6.parse_options(b"\x01\x00" + b"\0" * 6)  # zero length
+
+
+def test_dhcpv6_parse_and_emit_against_scapy() -> None:
+    from scapy.layers.dhcp6 import DHCP6_InfoRequest, DHCP6OptClientId, DHCP6OptDNSServers
+
+    from netstack.wire import dhcpv6
+
+    raw = bytes(DHCP6_InfoRequest(trid=0xABCDE) / DHCP6OptClientId())
+    msg = dhcpv6.parse(raw)
+    assert (msg.msg_type, msg.transaction_id) == (dhcpv6.INFORMATION_REQUEST, 0xABCDE)
+    assert dhcpv6.OPT_CLIENTID in msg.options
+    out = dhcpv6.emit(
+        dhcpv6.Dhcpv6Message(
+            dhcpv6.REPLY, 7, {dhcpv6.OPT_DNS_SERVERS: socket.inet_pton(socket.AF_INET6, "fd00::3")}
+        )
+    )
+    from scapy.layers.dhcp6 import DHCP6_Reply
+
+    assert DHCP6_Reply(out)[DHCP6OptDNSServers].dnsservers == ["fd00::3"]
+    with pytest.raises(WireError):
+        dhcpv6.parse(raw[:-1])
