@@ -26,7 +26,7 @@ ip -n "$HOST" link set lo up
 say "starting netstack in the host namespace, attached to $GUEST"
 exec 3> "$work/ready"
 t0=$(date +%s%N)
-ip netns exec "$HOST" .venv/bin/netstack -c -r 3 --netns-type=path "/run/netns/$GUEST" tap0 \
+ip netns exec "$HOST" .venv/bin/netstack -c -6 -r 3 --netns-type=path "/run/netns/$GUEST" tap0 \
   > "$work/netstack.log" 2>&1 &
 pids+=($!)
 exec 3>&-
@@ -35,8 +35,9 @@ for _ in $(seq 100); do [ -s "$work/ready" ] && break; sleep 0.05; done
 echo "ready after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
 
 say "inside the container"
-ip -n "$GUEST" -4 addr show tap0
+ip -n "$GUEST" addr show tap0 | grep -E "inet|link/ether"
 ip -n "$GUEST" route
+ip -n "$GUEST" -6 route | grep default
 
 say "ping the gateway (10.0.2.2)"
 ip netns exec "$GUEST" ping -c 3 10.0.2.2
@@ -53,6 +54,16 @@ ip netns exec "$GUEST" curl -sS -o /dev/null \
 want=$(sha256sum < "$work/blob" | cut -d' ' -f1)
 got=$(ip netns exec "$GUEST" curl -sS http://10.0.2.2:8080/blob | sha256sum | cut -d' ' -f1)
 [ "$want" = "$got" ] && echo "sha256 matches: $got" || { echo "sha256 MISMATCH"; exit 1; }
+
+say "IPv6: the host's [::1] reached as [fd00::2]"
+ip netns exec "$HOST" .venv/bin/python -m http.server 8081 --bind ::1 --directory "$work" \
+  >/dev/null 2>&1 &
+pids+=($!)
+sleep 0.5
+ip netns exec "$GUEST" ping -6 -c 2 fd00::2 | tail -2
+ip netns exec "$GUEST" curl -sS -o /dev/null \
+  -w 'downloaded %{size_download} bytes over IPv6 at %{speed_download} bytes/s, HTTP %{http_code}\n' \
+  'http://[fd00::2]:8081/blob'
 
 say "iperf3, container -> host and host -> container (5 s each)"
 ip netns exec "$HOST" iperf3 -s -B 127.0.0.1 >/dev/null 2>&1 &
