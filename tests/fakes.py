@@ -36,9 +36,6 @@ class FakeStream:
         self.written += data[:n]
         return n
 
-    def sendmsg(self, buffers: list[bytes]) -> int:
-        return self.send(memoryview(b"".join(buffers)))
-
     def send_space(self) -> int:
         return self.space
 

@@ -131,13 +131,6 @@ class HostTcpStream:
         except BlockingIOError:
             return 0
 
-    def sendmsg(self, buffers: list[bytes]) -> int:
-        assert self.sock is not None
-        try:
-            return self.sock.sendmsg(buffers)
-        except BlockingIOError:
-            return 0
-
     def send_space(self) -> int:
         if self.sock is None:
             return 0

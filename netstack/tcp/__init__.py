@@ -5,12 +5,13 @@ Theory of operation (names follow the direction of travel):
 
 guest -> host
     rcv_nxt       next sequence number expected from the guest.
-    Payload in order at rcv_nxt goes to the host socket: small segments of one batch of
-    guest frames are gathered and written with one sendmsg() at the end of the batch,
-    TSO super-segments at once. What the socket will not take waits in
-    `pending_to_host`. The window we advertise is the host socket's free send space plus
-    a 64 KiB slack (so a full socket refuses a write and arms its write-space wakeup),
-    or only what is left of the slack once bytes wait; so the host's own flow control
+    Payload in order at rcv_nxt goes to the host socket: small segments of one batch
+    of guest frames are gathered in one buffer and written with one send() when the
+    batch ends, TSO super-segments at once. What the socket will not take waits in
+    ToHost.pending (tcp/to_host.py). The window we advertise is the host socket's free
+    send space plus a 64 KiB slack (so a full socket refuses a write and arms its
+    write-space wakeup), or only what is left of the slack once bytes wait; so the
+    host's own flow control
     reaches the guest, and memory per flow stays bounded.
 
 host -> guest

@@ -366,7 +366,7 @@ class TcpConnection:
         """Hand guest bytes to the host side; returns how many we took."""
         to_host = self.to_host
         if not to_host.pending and len(payload) <= GATHER_MAX_SEGMENT:
-            to_host.gathered.append(bytes(payload))  # the common case, inline: it is hot
+            to_host.gathered += payload  # the common case, inline: it is hot
             return len(payload)
         assert self.host is not None
         try:

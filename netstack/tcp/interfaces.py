@@ -13,7 +13,6 @@ class HostStream(Protocol):
     """The host socket as the core sees it. Errors raise OSError."""
 
     def send(self, data: memoryview) -> int: ...  # bytes taken (0 if full)
-    def sendmsg(self, buffers: list[bytes]) -> int: ...  # gathered; bytes taken
     def send_space(self) -> int: ...
     def peek_into(self, buf: memoryview, offset: int) -> int | None: ...  # 0 = EOF, None = empty
     def discard(self, n: int) -> None: ...

@@ -2,8 +2,8 @@
 ones it has not taken yet, and the window those allow the guest (sans-I/O apart from
 the HostStream it is given; socket errors propagate as OSError to the connection).
 
-Small segments of one batch of guest frames are gathered and written with one
-sendmsg() when the batch ends (a send per 1,448-byte segment is most of the cost when
+Small segments of one batch of guest frames are gathered into one reused buffer and
+written with one send() when the batch ends (a send per 1,448-byte segment is most of the cost when
 the guest's TSO is off); TSO super-segments go out at once, since copying them would
 cost more than it saves. What the socket does not take waits in `pending`.
 
@@ -29,7 +29,7 @@ GATHER_MAX_SEGMENT = 16 * 1024
 class ToHost:
     def __init__(self) -> None:
         self.pending = bytearray()  # taken from the guest (and ACKed), not yet written
-        self.gathered: list[bytes] = []  # this batch's small segments, in order
+        self.gathered = bytearray()  # this batch's small segments, in order
         self._space_known = 0
         self._written_since = 0
 
@@ -41,7 +41,7 @@ class ToHost:
             self.pending += chunk
             return len(chunk)
         if len(payload) <= GATHER_MAX_SEGMENT:
-            self.gathered.append(bytes(payload))  # the frame buffer is reused
+            self.gathered += payload  # copied: the frame buffer is reused
             return len(payload)
         if self.gathered and not self.write_gathered(host):
             return self.take(host, payload)  # the socket filled: it queues
@@ -54,16 +54,17 @@ class ToHost:
         return n
 
     def write_gathered(self, host: HostStream) -> bool:
-        """One sendmsg() for the gathered segments; True when all went."""
+        """One send() for the gathered segments; True when all went."""
         gathered = self.gathered
         if not gathered:
             return True
-        self.gathered = []
-        n = host.sendmsg(gathered)
+        n = host.send(memoryview(gathered))
         self._written_since += n
-        if n < sum(len(b) for b in gathered):
-            self.pending += b"".join(gathered)[n:]
+        if n < len(gathered):
+            self.pending += memoryview(gathered)[n:]
+            gathered.clear()
             return False
+        gathered.clear()
         return True
 
     def flush_pending(self, host: HostStream) -> bool:
@@ -96,4 +97,4 @@ class ToHost:
 
     def clear(self) -> None:
         self.pending = bytearray()
-        self.gathered = []
+        self.gathered = bytearray()
