@@ -11,8 +11,7 @@ guest -> host
     ToHost.pending (tcp/to_host.py). The window we advertise is the host socket's free
     send space plus a 64 KiB slack (so a full socket refuses a write and arms its
     write-space wakeup), or only what is left of the slack once bytes wait; so the
-    host's own flow control
-    reaches the guest, and memory per flow stays bounded.
+    host's own flow control reaches the guest, and memory per flow stays bounded.
 
 host -> guest
     snd_una       oldest byte the guest has not acknowledged.
