@@ -163,12 +163,11 @@ class GuestOutput:
         if length > 0xFFFF:
             return
         seg = bytearray(length)
+        udp.emit(udp.UdpHeader(src_port, dst_port, length), src, dst, payload, seg)
         if len(dst) == 16:
-            udp.emit_v6(udp.UdpHeader(src_port, dst_port, length), src, dst, payload, seg)
             self.send_ipv6(dst_mac, src, dst, ipv6.NEXT_UDP, bytes(seg))
-            return
-        udp.emit_v4(udp.UdpHeader(src_port, dst_port, length), src, dst, payload, seg)
-        self.send_ipv4(dst_mac, src, dst, ipv4.PROTO_UDP, seg)
+        else:
+            self.send_ipv4(dst_mac, src, dst, ipv4.PROTO_UDP, seg)
 
     def send_icmp(
         self,

@@ -124,12 +124,12 @@ class SegmentWriter:
         seg_size: int,
     ) -> int:
         """Write the headers in front of the payload; returns the frame's end."""
-        if len(flow.guest_ip) == 16:
-            return self._headers_v6_py(
-                start, flow, seq, ack, flags, window, ts, hlen, payload_len, seg_size
-            )
-        if self._c_buf is None or hlen != tcp.HEADER_LEN + (TS_OPTION_LEN if ts else 0):
-            # the C builder knows no options but the timestamp (a SYN has more)
+        if (
+            self._c_buf is None
+            or len(flow.guest_ip) == 16
+            or hlen != tcp.HEADER_LEN + (TS_OPTION_LEN if ts else 0)
+        ):
+            # the C builder knows IPv4 and no option but the timestamp (a SYN has more)
             return self._headers_py(
                 start, flow, seq, ack, flags, window, ts, hlen, payload_len, seg_size
             )
@@ -172,99 +172,38 @@ class SegmentWriter:
         payload_len: int,
         seg_size: int,
     ) -> int:
-        """The IPv4 builder in Python: the twin of ns_tcp4_frame."""
+        """The builder in Python, both families: the twin of ns_tcp4_frame for IPv4, the
+        only builder for IPv6 (no C one yet). The TCP checksum is partial with a
+        virtio-net header (GSO when the payload exceeds seg_size), complete otherwise."""
         buf = self.buf
-        l3 = start + VNET_HEADROOM + ethernet.HEADER_LEN
-        l4 = l3 + ipv4.HEADER_LEN
-        l4_len = hlen + payload_len
-        _ETH_IP.pack_into(
-            buf, start + VNET_HEADROOM, flow.guest_mac, self.src_mac, ethernet.ETHERTYPE_IPV4,
-            0x45, 0, ipv4.HEADER_LEN + l4_len, next(self._ident) & 0xFFFF, ipv4.FLAG_DF,
-            ipv4.DEFAULT_TTL, ipv4.PROTO_TCP, 0, flow.remote_ip, flow.guest_ip,
-        )  # fmt: skip
-        _CSUM.pack_into(buf, l3 + 10, _fast.checksum(self.view[l3:l4]))
-        pseudo = ipv4.pseudo_header_sum(flow.remote_ip, flow.guest_ip, ipv4.PROTO_TCP, l4_len)
-        return self._tcp_and_checksum(
-            start,
-            l4,
-            flow,
-            seq,
-            ack,
-            flags,
-            window,
-            ts,
-            hlen,
-            payload_len,
-            seg_size,
-            pseudo,
-            vnet.GSO_TCPV4,
-        )
-
-    def _headers_v6_py(
-        self,
-        start: int,
-        flow: FlowAddrs,
-        seq: int,
-        ack: int,
-        flags: int,
-        window: int,
-        ts: tuple[int, int] | None,
-        hlen: int,
-        payload_len: int,
-        seg_size: int,
-    ) -> int:
-        """The IPv6 builder (no C builder for IPv6 yet)."""
         l2 = start + VNET_HEADROOM
         l3 = l2 + ethernet.HEADER_LEN
-        l4 = l3 + ipv6.HEADER_LEN
         l4_len = hlen + payload_len
-        _ETH.pack_into(self.buf, l2, flow.guest_mac, self.src_mac, ethernet.ETHERTYPE_IPV6)
-        ipv6.HEADER.pack_into(
-            self.buf,
-            l3,
-            6 << 28,
-            l4_len,
-            ipv6.NEXT_TCP,
-            ipv6.DEFAULT_HOP_LIMIT,
-            flow.remote_ip,
-            flow.guest_ip,
-        )
-        pseudo = ipv6.pseudo_header_sum(flow.remote_ip, flow.guest_ip, ipv6.NEXT_TCP, l4_len)
-        return self._tcp_and_checksum(
-            start,
-            l4,
-            flow,
-            seq,
-            ack,
-            flags,
-            window,
-            ts,
-            hlen,
-            payload_len,
-            seg_size,
-            pseudo,
-            vnet.GSO_TCPV6,
-        )
-
-    def _tcp_and_checksum(
-        self,
-        start: int,
-        l4: int,
-        flow: FlowAddrs,
-        seq: int,
-        ack: int,
-        flags: int,
-        window: int,
-        ts: tuple[int, int] | None,
-        hlen: int,
-        payload_len: int,
-        seg_size: int,
-        pseudo: int,
-        gso_type: int,
-    ) -> int:
-        """The TCP header at l4 and its checksum: partial with a virtio-net header
-        (GSO when the payload exceeds seg_size), complete otherwise."""
-        buf = self.buf
+        if len(flow.guest_ip) == 16:
+            l4 = l3 + ipv6.HEADER_LEN
+            _ETH.pack_into(buf, l2, flow.guest_mac, self.src_mac, ethernet.ETHERTYPE_IPV6)
+            ipv6.HEADER.pack_into(
+                buf,
+                l3,
+                6 << 28,
+                l4_len,
+                ipv6.NEXT_TCP,
+                ipv6.DEFAULT_HOP_LIMIT,
+                flow.remote_ip,
+                flow.guest_ip,
+            )
+            pseudo = ipv6.pseudo_header_sum(flow.remote_ip, flow.guest_ip, ipv6.NEXT_TCP, l4_len)
+            gso_type = vnet.GSO_TCPV6
+        else:
+            l4 = l3 + ipv4.HEADER_LEN
+            _ETH_IP.pack_into(
+                buf, l2, flow.guest_mac, self.src_mac, ethernet.ETHERTYPE_IPV4, 0x45, 0,
+                ipv4.HEADER_LEN + l4_len, next(self._ident) & 0xFFFF, ipv4.FLAG_DF,
+                ipv4.DEFAULT_TTL, ipv4.PROTO_TCP, 0, flow.remote_ip, flow.guest_ip,
+            )  # fmt: skip
+            _CSUM.pack_into(buf, l3 + 10, _fast.checksum(self.view[l3:l4]))
+            pseudo = ipv4.pseudo_header_sum(flow.remote_ip, flow.guest_ip, ipv4.PROTO_TCP, l4_len)
+            gso_type = vnet.GSO_TCPV4
         _TCP.pack_into(
             buf,
             l4,

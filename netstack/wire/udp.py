@@ -27,7 +27,7 @@ def parse(buf: bytes | bytearray | memoryview) -> UdpHeader:
     return UdpHeader(sport, dport, length)
 
 
-def emit_v4(
+def emit(
     hdr: UdpHeader,
     src: bytes,
     dst: bytes,
@@ -35,31 +35,12 @@ def emit_v4(
     buf: bytearray | memoryview,
     offset: int = 0,
 ) -> int:
-    """Write header and payload with the full checksum; returns bytes written."""
-    seed = ipv4.pseudo_header_sum(src, dst, ipv4.PROTO_UDP, hdr.length)
-    return _emit(hdr, seed, payload, buf, offset)
-
-
-def emit_v6(
-    hdr: UdpHeader,
-    src: bytes,
-    dst: bytes,
-    payload: bytes | bytearray | memoryview,
-    buf: bytearray | memoryview,
-    offset: int = 0,
-) -> int:
-    """Header and payload with the IPv6 pseudo-header checksum (mandatory in IPv6)."""
-    seed = ipv6.pseudo_header_sum(src, dst, ipv6.NEXT_UDP, hdr.length)
-    return _emit(hdr, seed, payload, buf, offset)
-
-
-def _emit(
-    hdr: UdpHeader,
-    seed: int,
-    payload: bytes | bytearray | memoryview,
-    buf: bytearray | memoryview,
-    offset: int,
-) -> int:
+    """Write header and payload with the full checksum over the IPv4 or IPv6 (by the
+    addresses' length) pseudo-header; returns bytes written."""
+    if len(src) == 16:
+        seed = ipv6.pseudo_header_sum(src, dst, ipv6.NEXT_UDP, hdr.length)
+    else:
+        seed = ipv4.pseudo_header_sum(src, dst, ipv4.PROTO_UDP, hdr.length)
     end = offset + HEADER_LEN + len(payload)
     HEADER.pack_into(buf, offset, hdr.src_port, hdr.dst_port, hdr.length, 0)
     buf[offset + HEADER_LEN : end] = payload

@@ -114,7 +114,7 @@ def test_udp_roundtrip() -> None:
     h = udp.parse(raw)
     assert h == udp.UdpHeader(5000, 53, 9)
     buf = bytearray(9)
-    udp.emit_v4(udp.UdpHeader(53, 5000, 9), ip(GW), ip(GUEST), b"q", buf)
+    udp.emit(udp.UdpHeader(53, 5000, 9), ip(GW), ip(GUEST), b"q", buf)
     want = IP(bytes(IP(src=GW, dst=GUEST) / UDP(sport=53, dport=5000) / b"q"))
     assert bytes(buf) == bytes(want[UDP])
     with pytest.raises(WireError):
