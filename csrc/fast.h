@@ -9,3 +9,94 @@ long ns_tcp4_frame(uint8_t *buf, size_t buflen, size_t start, const uint8_t *eth
                    uint16_t sport, uint16_t dport, uint32_t seq, uint32_t ack, uint8_t flags,
                    uint16_t window, int has_ts, uint32_t ts_val, uint32_t ts_ecr,
                    uint32_t payload_len, uint16_t ip_id, int vnet, uint16_t gso_size);
+
+/* ---- the established-flow path (csrc/flow.c) ---- */
+struct ns_flow {
+    int fd;
+    int slot;
+    int next;                   /* hash chain: slot + 1 of the next flow, 0 ends it */
+    int dirty;
+    uint8_t guest_mac[6];
+    uint8_t guest_ip[4];
+    uint8_t remote_ip[4];
+    uint16_t guest_port;
+    uint16_t remote_port;
+    uint32_t snd_una;
+    uint32_t snd_nxt;
+    uint32_t rcv_nxt;
+    uint32_t guest_window;
+    uint32_t ts_recent;
+    uint32_t seg_size;
+    uint32_t our_mss;
+    uint32_t window_advertised;
+    int guest_wscale;
+    int our_wscale;
+    int ts_enabled;
+    int host_readable;
+    int ack_needed;
+    int blocked;
+    int retries;
+    int eject;
+    int err;
+    int timer_listed;
+    int64_t acked_in_queue;
+    int64_t peek_off;
+    int64_t space_known;
+    int64_t written_since;
+    uint64_t bytes_from_guest;
+    uint64_t bytes_to_guest;
+    double last_activity;
+    double rto;
+    double rto_deadline;
+    double py_timer_at;
+    uint8_t *unsent;
+    uint32_t unsent_len;
+    uint32_t unsent_cap;
+};
+
+struct ns_ctx {
+    int tap_fd;
+    int vnet;
+    uint8_t gateway_mac[6];
+    uint8_t dns_mac[6];
+    uint8_t *rx;
+    size_t rx_cap;
+    uint8_t *tx;
+    size_t tx_cap;
+    uint16_t ip_id;
+    int link_errno;
+    int max_flows;
+    struct ns_flow *flows;
+    int *free_slots;
+    int nfree;
+    int *buckets;
+    unsigned int bucket_mask;
+    int *by_fd;
+    int by_fd_cap;
+    int *dirty;
+    int ndirty;
+    int *ejects;
+    int nejects;
+    int *timers;
+    int ntimers;
+    int *ev_fd;
+    uint32_t *ev_mask;
+    int nev;
+    double rto_initial;
+    int64_t window_max;
+    int64_t pending_slack;
+    uint32_t gather_max_segment;
+    uint64_t frames_in;
+    uint64_t frames_in_c;
+    uint64_t frames_out;
+};
+
+struct ns_ctx *ns_ctx_new(int tap_fd, int vnet, uint8_t *rx, size_t rx_cap, int max_flows,
+                          int by_fd_cap);
+void ns_ctx_free(struct ns_ctx *ctx);
+struct ns_flow *ns_flow_open(struct ns_ctx *ctx, int fd, const uint8_t *guest_ip,
+                             uint16_t guest_port, const uint8_t *remote_ip, uint16_t remote_port);
+void ns_flow_close(struct ns_ctx *ctx, struct ns_flow *flow);
+void ns_flow_flush(struct ns_ctx *ctx, struct ns_flow *flow, double now);
+long ns_rx(struct ns_ctx *ctx, double now, int max_frames);
+long ns_host_poll(struct ns_ctx *ctx, int epfd, double now);

@@ -25,8 +25,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.netstack-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ csrc/fast.c -nt "$stamp" ] \
-   || [ csrc/fast.h -nt "$stamp" ] || [ ! -x .venv/bin/netstack ]; then
+newer_sources=$(find pyproject.toml setup.py csrc -newer "$stamp" 2>/dev/null | head -1 || true)
+if [ ! -f "$stamp" ] || [ -n "$newer_sources" ] || [ ! -x .venv/bin/netstack ]; then
   .venv/bin/pip install -q --upgrade pip 2>/dev/null || true
   .venv/bin/pip install -q -e '.[test]'
   touch "$stamp"

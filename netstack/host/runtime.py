@@ -29,11 +29,14 @@ from netstack.host.listeners import TcpForwardListener, UdpForwardListener
 from netstack.host.resolvconf import ResolvConf
 from netstack.host.streams import HostTcpStream
 from netstack.link.base import FRAME_BUFFER_SIZE, LinkClosed, LinkEndpoint
+from netstack.link.tap import TapLink
 from netstack.stack.config import NetworkConfig
 from netstack.stack.dispatch import Stack
 from netstack.stack.hostio import DatagramReceiver, HostAddr
 from netstack.stack.limits import Limits
+from netstack.tcp import fastpath
 from netstack.tcp.connection import TcpConnection
+from netstack.tcp.fastpath import FastPath, FlowPathError
 from netstack.tcp.interfaces import HostStream
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,23 @@ class Runtime:
         self.forwards = Forwards(config, self)
         self.api: ApiServer | None = None
         self.started = time.monotonic()
+        self.fastpath: FastPath | None = None
+        # established TCP/IPv4 flows run in C (csrc/flow.c) unless NETSTACK_FASTPATH=0
+        if (
+            isinstance(link, TapLink)
+            and fastpath.available()
+            and os.environ.get("NETSTACK_FASTPATH", "1") != "0"
+        ):
+            self.fastpath = FastPath(
+                link.fileno(),
+                link.vnet,
+                self.rx_buf,
+                config.gateway_mac,
+                config.dns_mac,
+                self.stack.tcp.max_flows,
+            )
+            self.fastpath.touch_timer = self.stack.timers.touch
+            self.stack.tcp.fastpath = self.fastpath
 
     # --------------------------------------------------------------- HostIO
     def connect_tcp(self, conn: TcpConnection, targets: list[HostAddr], now: float) -> HostStream:
@@ -115,6 +135,8 @@ class Runtime:
         now = time.monotonic()
         out: list[dict[str, Any]] = []
         for conn in self.stack.tcp.conns.values():
+            if conn.fast is not None and self.fastpath is not None:
+                self.fastpath.sync(conn)
             f = conn.flow
             out.append(
                 {
@@ -153,8 +175,11 @@ class Runtime:
                 "dns_queries": len(self.stack.dns.queries),
             },
             "forwards": len(self.forwards.rules),
-            "frames_to_guest": self.stack.segments.frames_sent + self.stack.output.frames_sent,
+            "frames_to_guest": self.stack.segments.frames_sent
+            + self.stack.output.frames_sent
+            + (self.fastpath.frames_out() if self.fastpath is not None else 0),
             "uptime_seconds": api_commands.uptime(self.started),
+            "fast_path": self.fastpath.snapshot() if self.fastpath is not None else None,
         }
 
     # ----------------------------------------------------------- registration
@@ -178,6 +203,9 @@ class Runtime:
 
     # ------------------------------------------------------------------- loop
     def _on_link_readable(self) -> None:
+        if self.fastpath is not None:
+            self._on_link_readable_fast(self.fastpath)
+            return
         stack = self.stack
         buf = self.rx_buf
         now = time.monotonic()
@@ -197,14 +225,50 @@ class Runtime:
             return
         self._reschedule()
 
+    def _on_link_readable_fast(self, fast: FastPath) -> None:
+        """C reads the batch and runs held flows' segments; it stops at each frame
+        Python must see (left in rx_buf) and at the end."""
+        stack = self.stack
+        buf = self.rx_buf
+        now = time.monotonic()
+        try:
+            for _ in range(FRAMES_PER_WAKEUP):
+                n = fast.rx(now)
+                if n == 0:
+                    break
+                stack.receive(buf, n, now)
+                self._after_fast(fast, now)
+            stack.end_of_batch(now)
+            self._after_fast(fast, now)
+        except (LinkClosed, FlowPathError) as e:
+            log.info("the TAP went away (%s): exiting", e)
+            self.stop(0)
+            return
+        stack.stats.count("frames_from_guest", fast.frames_in())
+        self._reschedule()
+
+    def _after_fast(self, fast: FastPath, now: float) -> None:
+        for conn in fast.after_call(now):
+            self.stack.tcp.after(conn)
+
     def _on_host_events(self) -> None:
         now = time.monotonic()
         handlers = self.handlers
-        for fd, events in self.epoll.poll(0, EVENTS_PER_WAKEUP):
+        fast = self.fastpath
+        try:
+            if fast is not None:
+                events = fast.host_poll(self.epoll.fileno(), now)
+            else:
+                events = self.epoll.poll(0, EVENTS_PER_WAKEUP)
+        except FlowPathError as e:
+            log.info("the TAP went away (%s): exiting", e)
+            self.stop(0)
+            return
+        for fd, ev in events:
             handler = handlers.get(fd)
             if handler is not None:
                 try:
-                    handler.on_events(events, now)
+                    handler.on_events(ev, now)
                 except LinkClosed as e:
                     log.info("the TAP went away (%s): exiting", e)
                     self.stop(0)
@@ -212,6 +276,12 @@ class Runtime:
                 except Exception:
                     log.exception("host event handler failed")
                     self.stack.stats.drop("internal_error")
+        if fast is not None:
+            try:
+                self._after_fast(fast, now)
+            except LinkClosed:
+                self.stop(0)
+                return
         self._reschedule()
 
     def _on_timer(self) -> None:
@@ -331,6 +401,8 @@ class Runtime:
             self.api.close()
         self.forwards.close_all()
         self.stack.close()
+        if self.fastpath is not None:
+            self.fastpath.close()
         try:
             self.loop.remove_reader(self.link.fileno())
         except Exception:

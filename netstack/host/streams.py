@@ -85,11 +85,14 @@ class HostTcpStream:
         self.runtime.stack.tcp.host_connected(self.conn, False, err, self.runtime.now())
 
     def on_events(self, events: int, now: float) -> None:
-        sock = self.sock
-        if sock is None:
-            return
         conn = self.conn
         table = self.runtime.stack.tcp
+        if conn.fast is not None:
+            conn.fast.release(conn, now)  # an event the C flow path left to us
+        sock = self.sock
+        if sock is None:
+            table.after(conn)
+            return
         if self.connecting:
             if not events & (select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP):
                 return

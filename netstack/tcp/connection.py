@@ -12,6 +12,7 @@ import errno
 import logging
 import random
 
+from netstack.tcp.fastpath import FastFlow
 from netstack.tcp.interfaces import Guest, HostStream, Refusal, TcpState, refusal_for_errno
 from netstack.tcp.output import FlowAddrs, SegmentWriter
 from netstack.tcp.to_host import GATHER_MAX_SEGMENT, WINDOW_MAX, ToHost
@@ -95,6 +96,7 @@ class TcpConnection:
         self.state_deadline: float | None = now + CONNECT_TIMEOUT
         self.bytes_from_guest = 0
         self.bytes_to_guest = 0
+        self.fast: FastFlow | None = None  # set while the C flow path holds the state
 
     def _take_syn_options(self, syn: tcp.TcpHeader) -> None:
         """Negotiate from the guest's SYN or SYN-ACK."""
@@ -129,11 +131,14 @@ class TcpConnection:
     @property
     def deadline(self) -> float | None:
         """The next time on_timer wants to run, or None."""
-        d = self.rto_deadline
+        fast = self.fast
+        d = self.rto_deadline if fast is None else fast.rto_deadline()
         s = self.state_deadline
-        if d is None:
-            return s
-        return d if s is None or d < s else s
+        if d is None or (s is not None and s < d):
+            d = s
+        if fast is not None:
+            fast.note_timer(d)  # the timer queue schedules at d or earlier
+        return d
 
     # ---------------------------------------------------------- host events
     def attach_host(self, host: HostStream) -> None:
@@ -495,6 +500,8 @@ class TcpConnection:
         self.rto_deadline = None
 
     def on_timer(self, now: float) -> None:
+        if self.fast is not None:
+            self.fast.release(self, now)
         if self.state_deadline is not None and now >= self.state_deadline:
             self.state_deadline = None
             if self.state is TcpState.CONNECTING:
@@ -624,6 +631,8 @@ class TcpConnection:
 
     def abort(self, why: str) -> None:
         """Give up on the connection: RST to the guest, reset the host side."""
+        if self.fast is not None:
+            self.fast.release(self, self.last_activity)
         if self.state is TcpState.CONNECTING:
             self.refuse(Refusal.RESET)
         elif self.state not in (TcpState.CLOSED, TcpState.TIME_WAIT):

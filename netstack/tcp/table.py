@@ -10,6 +10,7 @@ from typing import Protocol
 from netstack.stack.stats import Stats
 from netstack.stack.timers import TimerQueue
 from netstack.tcp.connection import TcpConnection
+from netstack.tcp.fastpath import FastPath
 from netstack.tcp.interfaces import Guest, HostStream, Refusal, TcpState
 from netstack.tcp.output import FlowAddrs, SegmentWriter
 from netstack.wire import tcp
@@ -61,6 +62,8 @@ class TcpTable:
         # guest SYNs whose handshake is not complete, oldest first: under a flood the
         # oldest gives way to the newest
         self.half_open: dict[FlowKey, TcpConnection] = {}
+        # the C flow path, when the runtime has one: established flows run there
+        self.fastpath: FastPath | None = None
 
     def on_segment(
         self,
@@ -85,6 +88,8 @@ class TcpTable:
         if conn is None:
             self._new_flow(key, guest_mac, seg, payload, quote, now)
             return
+        if conn.fast is not None:
+            conn.fast.release(conn, now)  # a segment C did not take: Python's now
         conn.on_segment(seg, payload, now)
         self.dirty[key] = conn
 
@@ -190,6 +195,8 @@ class TcpTable:
             del self.half_open[key]
         if conn.state is TcpState.TIME_WAIT and key not in self.time_wait:
             self.time_wait[key] = conn
+        if self.fastpath is not None and conn.fast is None and self.conns.get(key) is conn:
+            self.fastpath.hold(conn)
         self.timers.touch(conn)
 
     def flush(self, now: float) -> None:
@@ -204,6 +211,8 @@ class TcpTable:
         self.after(conn)
 
     def _remove(self, key: FlowKey, conn: TcpConnection) -> None:
+        if self.fastpath is not None:
+            self.fastpath.forget(conn)
         del self.conns[key]
         self.dirty.pop(key, None)
         self.time_wait.pop(key, None)

@@ -26,10 +26,15 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture(params=["vnet", "plain"])
+@pytest.fixture(params=["vnet", "plain", "vnet-python", "plain-python"])
 def frames(request: pytest.FixtureRequest) -> dict[str, str]:
-    """Both frame kinds: TAP offloads on (virtio-net header) and plain frames."""
-    return {"NETSTACK_VNET": "1" if request.param == "vnet" else "0"}
+    """Both frame kinds: TAP offloads on (virtio-net header) and plain frames; each with
+    established flows in C (csrc/flow.c) and in Python only, its twin."""
+    kind = str(request.param)
+    return {
+        "NETSTACK_VNET": "1" if kind.startswith("vnet") else "0",
+        "NETSTACK_FASTPATH": "0" if kind.endswith("python") else "1",
+    }
 
 
 def test_http_download_32mib_via_gateway(world: World, frames: dict[str, str]) -> None:

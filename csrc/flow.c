@@ -1,0 +1,647 @@
+/* netstack C fast path: established TCP/IPv4 flows, both directions, without Python.
+ *
+ * Python's TCP core (netstack/tcp/connection.py) is the whole protocol and the twin of
+ * this file. While a connection is established and nothing unusual is happening, Python
+ * hands it here (netstack/tcp/fastpath.py copies its state into a struct ns_flow):
+ *   - ns_rx reads frames from the TAP. An in-order segment with only ACK/PSH (and at
+ *     most a timestamp option) for a flow held here is handled in C: ACK processing,
+ *     payload to the host socket (small segments of a batch gathered into one send),
+ *     host data pumped to the guest. Every other frame is returned to Python as is.
+ *   - ns_host_poll waits on the host-socket epoll: plain readable/writable events of
+ *     flows held here are handled in C; the rest are listed for Python.
+ * Whatever C cannot finish (host EOF or error, a socket that filled, a zero window)
+ * marks the flow `eject` and lists it; Python takes the flow back (ns_flow_flush, copy,
+ * ns_flow_close) and goes on in Python. C never decides a state change.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "fast.h"
+
+#define VNET_LEN 10
+#define ETH_LEN 14
+#define IP4_LEN 20
+#define IP6_LEN 40
+#define TCP_LEN 20
+#define TS_LEN 12
+#define MAX_PACKET 65535
+#define UNSENT_MAX (512 * 1024)
+#define EVENTS_MAX 256
+
+#define F_FIN 0x01
+#define F_SYN 0x02
+#define F_RST 0x04
+#define F_PSH 0x08
+#define F_ACK 0x10
+#define F_URG 0x20
+
+#ifndef SO_PEEK_OFF
+#define SO_PEEK_OFF 42
+#endif
+
+/* eject reasons, mirrored in netstack/tcp/fastpath.py */
+#define EJECT_ERROR 1   /* a host socket call failed: err holds errno */
+#define EJECT_PUMP 2    /* host EOF, or a zero window to probe: Python's pump decides */
+#define EJECT_BLOCKED 3 /* the host socket took part of a write: Python queues the rest */
+
+static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static int seq_lt(uint32_t a, uint32_t b) { return (int32_t)(a - b) < 0; }
+
+/* ------------------------------------------------------------------ the table */
+
+static unsigned int flow_hash(const uint8_t *gip, uint16_t gport, const uint8_t *rip,
+                              uint16_t rport)
+{
+    uint32_t a, b;
+    memcpy(&a, gip, 4);
+    memcpy(&b, rip, 4);
+    uint32_t h = a * 0x9e3779b1u ^ b * 0x85ebca77u ^ ((uint32_t)gport << 16 | rport) * 0xc2b2ae3du;
+    return h ^ (h >> 15);
+}
+
+struct ns_ctx *ns_ctx_new(int tap_fd, int vnet, uint8_t *rx, size_t rx_cap, int max_flows,
+                          int by_fd_cap)
+{
+    struct ns_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (!ctx)
+        return NULL;
+    unsigned int buckets = 64;
+    while (buckets < (unsigned int)max_flows * 2)
+        buckets <<= 1;
+    ctx->tap_fd = tap_fd;
+    ctx->vnet = vnet;
+    ctx->rx = rx;
+    ctx->rx_cap = rx_cap;
+    ctx->tx_cap = VNET_LEN + ETH_LEN + IP6_LEN + TCP_LEN + TS_LEN + MAX_PACKET;
+    ctx->tx = malloc(ctx->tx_cap);
+    ctx->max_flows = max_flows;
+    ctx->flows = calloc((size_t)max_flows, sizeof(struct ns_flow));
+    ctx->free_slots = malloc(sizeof(int) * (size_t)max_flows);
+    ctx->buckets = calloc(buckets, sizeof(int));
+    ctx->bucket_mask = buckets - 1;
+    ctx->by_fd = calloc((size_t)by_fd_cap, sizeof(int));
+    ctx->by_fd_cap = by_fd_cap;
+    ctx->dirty = malloc(sizeof(int) * (size_t)max_flows);
+    ctx->ejects = malloc(sizeof(int) * (size_t)max_flows);
+    ctx->timers = malloc(sizeof(int) * (size_t)max_flows);
+    ctx->ev_fd = malloc(sizeof(int) * EVENTS_MAX);
+    ctx->ev_mask = malloc(sizeof(uint32_t) * EVENTS_MAX);
+    if (!ctx->tx || !ctx->flows || !ctx->free_slots || !ctx->buckets || !ctx->by_fd ||
+        !ctx->dirty || !ctx->ejects || !ctx->timers || !ctx->ev_fd || !ctx->ev_mask) {
+        ns_ctx_free(ctx);
+        return NULL;
+    }
+    for (int i = 0; i < max_flows; i++)
+        ctx->free_slots[i] = max_flows - 1 - i;
+    ctx->nfree = max_flows;
+    ctx->rto_initial = 0.2;
+    ctx->window_max = 1 << 20;
+    ctx->pending_slack = 64 * 1024;
+    ctx->gather_max_segment = 16 * 1024;
+    return ctx;
+}
+
+void ns_ctx_free(struct ns_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    if (ctx->flows)
+        for (int i = 0; i < ctx->max_flows; i++)
+            free(ctx->flows[i].unsent);
+    free(ctx->tx);
+    free(ctx->flows);
+    free(ctx->free_slots);
+    free(ctx->buckets);
+    free(ctx->by_fd);
+    free(ctx->dirty);
+    free(ctx->ejects);
+    free(ctx->timers);
+    free(ctx->ev_fd);
+    free(ctx->ev_mask);
+    free(ctx);
+}
+
+static struct ns_flow *lookup(struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport,
+                              const uint8_t *rip, uint16_t rport)
+{
+    int s = ctx->buckets[flow_hash(gip, gport, rip, rport) & ctx->bucket_mask];
+    while (s) {
+        struct ns_flow *f = &ctx->flows[s - 1];
+        if (f->guest_port == gport && f->remote_port == rport && !memcmp(f->guest_ip, gip, 4) &&
+            !memcmp(f->remote_ip, rip, 4))
+            return f;
+        s = f->next;
+    }
+    return NULL;
+}
+
+/* A flow slot for an established connection, zeroed but for its addresses and fd (the
+ * caller fills the state); NULL when full, the fd is out of range, or the 4-tuple or
+ * fd is held already. */
+struct ns_flow *ns_flow_open(struct ns_ctx *ctx, int fd, const uint8_t *guest_ip,
+                             uint16_t guest_port, const uint8_t *remote_ip, uint16_t remote_port)
+{
+    if (ctx->nfree == 0 || fd < 0 || fd >= ctx->by_fd_cap || ctx->by_fd[fd])
+        return NULL;
+    if (lookup(ctx, guest_ip, guest_port, remote_ip, remote_port))
+        return NULL;
+    int slot = ctx->free_slots[--ctx->nfree];
+    struct ns_flow *f = &ctx->flows[slot];
+    uint8_t *unsent = f->unsent;
+    uint32_t cap = f->unsent_cap;
+    memset(f, 0, sizeof(*f));
+    f->unsent = unsent; /* kept across uses of the slot */
+    f->unsent_cap = cap;
+    f->fd = fd;
+    f->slot = slot;
+    memcpy(f->guest_ip, guest_ip, 4);
+    memcpy(f->remote_ip, remote_ip, 4);
+    f->guest_port = guest_port;
+    f->remote_port = remote_port;
+    f->py_timer_at = INFINITY;
+    unsigned int b = flow_hash(guest_ip, guest_port, remote_ip, remote_port) & ctx->bucket_mask;
+    f->next = ctx->buckets[b];
+    ctx->buckets[b] = slot + 1;
+    ctx->by_fd[fd] = slot + 1;
+    return f;
+}
+
+static void list_remove(int *list, int *n, int slot)
+{
+    for (int i = 0; i < *n; i++)
+        if (list[i] == slot) {
+            list[i] = list[--*n];
+            return;
+        }
+}
+
+void ns_flow_close(struct ns_ctx *ctx, struct ns_flow *f)
+{
+    int slot = f->slot;
+    unsigned int b = flow_hash(f->guest_ip, f->guest_port, f->remote_ip, f->remote_port) &
+                     ctx->bucket_mask;
+    int *link = &ctx->buckets[b];
+    while (*link) {
+        if (*link == slot + 1) {
+            *link = f->next;
+            break;
+        }
+        link = &ctx->flows[*link - 1].next;
+    }
+    if (f->fd >= 0 && f->fd < ctx->by_fd_cap && ctx->by_fd[f->fd] == slot + 1)
+        ctx->by_fd[f->fd] = 0;
+    if (f->dirty)
+        list_remove(ctx->dirty, &ctx->ndirty, slot);
+    list_remove(ctx->ejects, &ctx->nejects, slot);
+    list_remove(ctx->timers, &ctx->ntimers, slot);
+    f->dirty = 0;
+    f->eject = 0;
+    f->unsent_len = 0;
+    if (f->unsent_cap > 64 * 1024) { /* a burst's buffer is not kept for the slot */
+        free(f->unsent);
+        f->unsent = NULL;
+        f->unsent_cap = 0;
+    }
+    f->fd = -1;
+    ctx->free_slots[ctx->nfree++] = slot;
+}
+
+static void eject(struct ns_ctx *ctx, struct ns_flow *f, int why, int err)
+{
+    if (f->eject)
+        return;
+    f->eject = why;
+    f->err = err;
+    ctx->ejects[ctx->nejects++] = f->slot;
+}
+
+/* ------------------------------------------------------------ frames to the guest */
+
+static void link_write(struct ns_ctx *ctx, size_t start, size_t end)
+{
+    size_t skip = ctx->vnet ? 0 : VNET_LEN;
+    ssize_t n = write(ctx->tap_fd, ctx->tx + start + skip, end - start - skip);
+    if (n < 0 && errno != EAGAIN && errno != EINTR && errno != ENOBUFS)
+        ctx->link_errno = errno;
+    ctx->frames_out++;
+}
+
+static size_t payload_offset(int hlen) { return VNET_LEN + ETH_LEN + IP6_LEN + (size_t)hlen; }
+
+static uint32_t ts_val(double now) { return (uint32_t)(uint64_t)(now * 1000.0); }
+
+/* Twin of SegmentWriter.send for IPv4: the payload (payload_len bytes) is already at
+ * payload_offset(hlen); one frame on a vnet link, seg_size chunks on a plain one. */
+static void emit(struct ns_ctx *ctx, struct ns_flow *f, uint8_t flags, uint16_t window,
+                 uint32_t payload_len, double now)
+{
+    int hlen = TCP_LEN + (f->ts_enabled ? TS_LEN : 0);
+    size_t start = payload_offset(hlen) - (VNET_LEN + ETH_LEN + IP4_LEN + (size_t)hlen);
+    uint32_t tsv = ts_val(now);
+    if (payload_len <= f->seg_size || ctx->vnet) {
+        long end = ns_tcp4_frame(ctx->tx, ctx->tx_cap, start, f->guest_mac, ctx->gateway_mac,
+                                 f->remote_ip, f->guest_ip, f->remote_port, f->guest_port,
+                                 f->snd_nxt, f->rcv_nxt, flags, window, f->ts_enabled, tsv,
+                                 f->ts_recent, payload_len, ctx->ip_id++, ctx->vnet,
+                                 (uint16_t)f->seg_size);
+        if (end > 0)
+            link_write(ctx, start, (size_t)end);
+        return;
+    }
+    uint32_t done = 0;
+    while (done < payload_len) {
+        uint32_t n = payload_len - done < f->seg_size ? payload_len - done : f->seg_size;
+        uint8_t fl = done + n == payload_len ? flags : (uint8_t)(flags & ~(F_FIN | F_PSH));
+        long end = ns_tcp4_frame(ctx->tx, ctx->tx_cap, start + done, f->guest_mac,
+                                 ctx->gateway_mac, f->remote_ip, f->guest_ip, f->remote_port,
+                                 f->guest_port, f->snd_nxt + done, f->rcv_nxt, fl, window,
+                                 f->ts_enabled, tsv, f->ts_recent, n, ctx->ip_id++, 0,
+                                 (uint16_t)n);
+        if (end > 0)
+            link_write(ctx, start + done, (size_t)end);
+        done += n;
+    }
+}
+
+/* Twin of ToHost.window and TcpConnection._window_field. */
+static uint16_t window_field(struct ns_ctx *ctx, struct ns_flow *f, int fresh)
+{
+    int64_t window;
+    if (f->blocked) {
+        window = ctx->pending_slack - (int64_t)f->unsent_len;
+        if (window < 0)
+            window = 0;
+    } else {
+        int64_t estimate = f->space_known - f->written_since;
+        if (fresh || estimate <= f->space_known / 2) {
+            long space = ns_sock_send_space(f->fd);
+            f->space_known = space > 0 ? space : 0;
+            f->written_since = 0;
+            estimate = f->space_known;
+        }
+        window = estimate + ctx->pending_slack;
+        if (window > ctx->window_max)
+            window = ctx->window_max;
+    }
+    f->window_advertised = (uint32_t)window;
+    int64_t field = window >> f->our_wscale;
+    return (uint16_t)(field > 0xffff ? 0xffff : field);
+}
+
+static void send_ack(struct ns_ctx *ctx, struct ns_flow *f, double now)
+{
+    emit(ctx, f, F_ACK, window_field(ctx, f, 0), 0, now);
+    f->ack_needed = 0;
+}
+
+static void arm_rto(struct ns_ctx *ctx, struct ns_flow *f, double now)
+{
+    f->rto_deadline = now + f->rto;
+    if (f->rto_deadline < f->py_timer_at && !f->timer_listed) {
+        /* Python's timer would come too late: it is told after this call */
+        f->timer_listed = 1;
+        ctx->timers[ctx->ntimers++] = f->slot;
+    }
+}
+
+/* Twin of TcpConnection._pump_to_guest while neither side has closed. */
+static void pump(struct ns_ctx *ctx, struct ns_flow *f, double now)
+{
+    int hlen = TCP_LEN + (f->ts_enabled ? TS_LEN : 0);
+    uint8_t *payload = ctx->tx + payload_offset(hlen);
+    while (!f->eject) {
+        int64_t in_flight = (int32_t)(f->snd_nxt - f->snd_una);
+        int64_t room = (int64_t)f->guest_window - in_flight;
+        if (room <= 0) {
+            if (in_flight == 0 && f->rto_deadline == 0)
+                eject(ctx, f, EJECT_PUMP, 0); /* persist: Python probes the window */
+            return;
+        }
+        int64_t limit = MAX_PACKET - IP4_LEN - hlen;
+        if (room < limit)
+            limit = room;
+        int64_t off = f->acked_in_queue + in_flight;
+        if (off != f->peek_off) {
+            int o = (int)off;
+            if (setsockopt(f->fd, SOL_SOCKET, SO_PEEK_OFF, &o, sizeof(o)) < 0) {
+                eject(ctx, f, EJECT_ERROR, errno);
+                return;
+            }
+            f->peek_off = off;
+        }
+        ssize_t n = recv(f->fd, payload, (size_t)limit, MSG_PEEK | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR) {
+                f->host_readable = 0;
+                return;
+            }
+            eject(ctx, f, EJECT_ERROR, errno);
+            return;
+        }
+        if (n == 0) {
+            eject(ctx, f, EJECT_PUMP, 0); /* the host's EOF: Python sends the FIN */
+            return;
+        }
+        f->peek_off += n;
+        emit(ctx, f, F_ACK | F_PSH, window_field(ctx, f, 0), (uint32_t)n, now);
+        f->ack_needed = 0;
+        f->snd_nxt += (uint32_t)n;
+        f->bytes_to_guest += (uint64_t)n;
+        f->last_activity = now;
+        if (f->rto_deadline == 0)
+            arm_rto(ctx, f, now);
+        if (n < limit) {
+            f->host_readable = 0; /* drained: the next byte brings a fresh edge */
+            return;
+        }
+    }
+}
+
+/* ---------------------------------------------------------- guest bytes to the host */
+
+static int unsent_reserve(struct ns_flow *f, uint32_t more)
+{
+    if (f->unsent_len + more <= f->unsent_cap)
+        return 0;
+    uint32_t cap = f->unsent_cap ? f->unsent_cap : 16 * 1024;
+    while (cap < f->unsent_len + more)
+        cap *= 2;
+    uint8_t *p = realloc(f->unsent, cap);
+    if (!p)
+        return -1;
+    f->unsent = p;
+    f->unsent_cap = cap;
+    return 0;
+}
+
+/* Write the gathered bytes; a short write leaves the rest and ejects the flow. */
+static void write_unsent(struct ns_ctx *ctx, struct ns_flow *f)
+{
+    if (!f->unsent_len)
+        return;
+    ssize_t n = send(f->fd, f->unsent, f->unsent_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EINTR) {
+            eject(ctx, f, EJECT_ERROR, errno);
+            return;
+        }
+        n = 0;
+    }
+    f->written_since += n;
+    if ((uint32_t)n < f->unsent_len) {
+        memmove(f->unsent, f->unsent + n, f->unsent_len - (uint32_t)n);
+        f->unsent_len -= (uint32_t)n;
+        f->blocked = 1;
+        eject(ctx, f, EJECT_BLOCKED, 0);
+        return;
+    }
+    f->unsent_len = 0;
+}
+
+/* Twin of ToHost.take with nothing pending: small segments are gathered, large ones
+ * written at once. Returns bytes taken (all of them unless the socket failed). */
+static uint32_t take(struct ns_ctx *ctx, struct ns_flow *f, const uint8_t *p, uint32_t len)
+{
+    if (len <= ctx->gather_max_segment && f->unsent_len + len <= UNSENT_MAX) {
+        if (unsent_reserve(f, len) < 0) {
+            eject(ctx, f, EJECT_ERROR, ENOMEM);
+            return 0;
+        }
+        memcpy(f->unsent + f->unsent_len, p, len);
+        f->unsent_len += len;
+        return len;
+    }
+    ssize_t n = send(f->fd, p, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EINTR) {
+            eject(ctx, f, EJECT_ERROR, errno);
+            return 0;
+        }
+        n = 0;
+    }
+    f->written_since += n;
+    if ((uint32_t)n < len) {
+        uint32_t rest = len - (uint32_t)n;
+        if (unsent_reserve(f, rest) < 0) {
+            eject(ctx, f, EJECT_ERROR, ENOMEM);
+            return (uint32_t)n;
+        }
+        memcpy(f->unsent, p + n, rest);
+        f->unsent_len = rest;
+        f->blocked = 1;
+        eject(ctx, f, EJECT_BLOCKED, 0);
+    }
+    return len;
+}
+
+static void mark_dirty(struct ns_ctx *ctx, struct ns_flow *f)
+{
+    if (!f->dirty) {
+        f->dirty = 1;
+        ctx->dirty[ctx->ndirty++] = f->slot;
+    }
+}
+
+/* Twin of TcpConnection.flush: gathered bytes out, acknowledged host bytes dropped,
+ * the ACK the guest is owed. */
+void ns_flow_flush(struct ns_ctx *ctx, struct ns_flow *f, double now)
+{
+    write_unsent(ctx, f);
+    if (f->acked_in_queue && f->eject != EJECT_ERROR) {
+        long done = ns_discard(f->fd, (size_t)f->acked_in_queue);
+        if (done < 0) {
+            eject(ctx, f, EJECT_ERROR, (int)-done);
+        } else {
+            f->acked_in_queue = 0;
+            f->peek_off = f->peek_off > done ? f->peek_off - done : 0;
+        }
+    }
+    if (f->ack_needed && f->eject != EJECT_ERROR)
+        send_ack(ctx, f, now);
+}
+
+static void flush_dirty(struct ns_ctx *ctx, double now)
+{
+    for (int i = 0; i < ctx->ndirty; i++) {
+        struct ns_flow *f = &ctx->flows[ctx->dirty[i]];
+        f->dirty = 0;
+        if (!f->eject)
+            ns_flow_flush(ctx, f, now);
+    }
+    ctx->ndirty = 0;
+}
+
+/* ------------------------------------------------------------- frames from the guest */
+
+/* One frame at ctx->rx (virtio-net header first): 1 when handled here, 0 for Python. */
+static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
+{
+    if (len < VNET_LEN + ETH_LEN + IP4_LEN + TCP_LEN)
+        return 0;
+    const uint8_t *eth = ctx->rx + VNET_LEN;
+    if (get16(eth + 12) != 0x0800)
+        return 0;
+    if (memcmp(eth, ctx->gateway_mac, 6) && memcmp(eth, ctx->dns_mac, 6))
+        return 0;
+    const uint8_t *ip = eth + ETH_LEN;
+    size_t l3_len = len - VNET_LEN - ETH_LEN;
+    if (ip[0] != 0x45 || ip[9] != 6 || (get16(ip + 6) & 0x3fff))
+        return 0; /* options, not TCP, or a fragment */
+    size_t total = get16(ip + 2);
+    if (total < IP4_LEN + TCP_LEN || total > l3_len || ns_checksum(ip, IP4_LEN, 0) != 0)
+        return 0;
+    const uint8_t *t = ip + IP4_LEN;
+    size_t l4_len = total - IP4_LEN;
+    size_t hlen = (size_t)(t[12] >> 4) * 4;
+    uint8_t flags = t[13];
+    if ((flags & (F_SYN | F_RST | F_FIN | F_URG)) || !(flags & F_ACK))
+        return 0;
+    int has_ts = 0;
+    if (hlen == TCP_LEN + TS_LEN && hlen <= l4_len && t[20] == 1 && t[21] == 1 && t[22] == 8 &&
+        t[23] == 10)
+        has_ts = 1;
+    else if (hlen != TCP_LEN)
+        return 0;
+    struct ns_flow *f = lookup(ctx, ip + 12, get16(t), ip + 16, get16(t + 2));
+    if (!f || f->eject || memcmp(eth + 6, f->guest_mac, 6))
+        return 0;
+    uint32_t seq = get32(t + 4), ack = get32(t + 8);
+    uint32_t window = (uint32_t)get16(t + 14) << f->guest_wscale;
+    uint32_t plen = (uint32_t)(l4_len - hlen);
+    if (seq != f->rcv_nxt || seq_lt(f->snd_nxt, ack))
+        return 0; /* out of order, a probe, or an ACK of what we never sent */
+    int progress = seq_lt(f->snd_una, ack);
+    if (!progress) {
+        if (ack != f->snd_una)
+            return 0; /* an old ACK */
+        if (f->snd_una != f->snd_nxt && plen == 0 && window == f->guest_window)
+            return 0; /* a duplicate ACK: Python counts them */
+    }
+    if (plen && f->unsent_len &&
+        (plen > ctx->gather_max_segment || f->unsent_len + plen > UNSENT_MAX)) {
+        write_unsent(ctx, f); /* in order first; a short write ejects: Python takes it */
+        if (f->eject)
+            return 0;
+    }
+
+    f->last_activity = now;
+    if (has_ts && f->ts_enabled)
+        f->ts_recent = get32(t + 24);
+    if (progress) {
+        f->acked_in_queue += (uint32_t)(ack - f->snd_una);
+        f->snd_una = ack;
+        f->retries = 0;
+        f->rto = ctx->rto_initial;
+        if (f->snd_una == f->snd_nxt)
+            f->rto_deadline = 0;
+        else
+            arm_rto(ctx, f, now);
+    } else if (f->snd_una == f->snd_nxt) {
+        f->retries = 0;
+    }
+    f->guest_window = window;
+    if (plen) {
+        uint32_t taken = take(ctx, f, t + hlen, plen);
+        f->rcv_nxt += taken;
+        f->bytes_from_guest += taken;
+        f->ack_needed = 1;
+    }
+    mark_dirty(ctx, f);
+    if (f->host_readable && !f->eject)
+        pump(ctx, f, now);
+    return 1;
+}
+
+/* Read up to max_frames frames. Returns the length of a frame Python must handle (it is
+ * in ctx->rx), 0 when the TAP is drained or max_frames were read (gathered writes and
+ * owed ACKs flushed), or -errno when the link failed. */
+long ns_rx(struct ns_ctx *ctx, double now, int max_frames)
+{
+    for (int i = 0; i < max_frames; i++) {
+        ssize_t n;
+        if (ctx->vnet) {
+            n = read(ctx->tap_fd, ctx->rx, ctx->rx_cap);
+        } else {
+            n = read(ctx->tap_fd, ctx->rx + VNET_LEN, ctx->rx_cap - VNET_LEN);
+            if (n >= 0) {
+                memset(ctx->rx, 0, VNET_LEN);
+                n += VNET_LEN;
+            }
+        }
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                break;
+            return -errno;
+        }
+        ctx->frames_in++;
+        if (!rx_frame(ctx, (size_t)n, now))
+            return n;
+        ctx->frames_in_c++;
+        if (ctx->link_errno)
+            return -ctx->link_errno;
+    }
+    flush_dirty(ctx, now);
+    return ctx->link_errno ? -ctx->link_errno : 0;
+}
+
+/* -------------------------------------------------------------- host socket events */
+
+/* Twin of TcpConnection.on_host_writable with nothing pending: a window update when
+ * the socket drained enough that the guest may be waiting for one. */
+static void host_writable(struct ns_ctx *ctx, struct ns_flow *f, double now)
+{
+    if (f->window_advertised >= ctx->window_max / 2)
+        return;
+    uint32_t before = f->window_advertised;
+    uint16_t field = window_field(ctx, f, 1);
+    if (f->window_advertised >= 2 * (uint64_t)before + f->our_mss) {
+        emit(ctx, f, F_ACK, field, 0, now);
+        f->ack_needed = 0;
+    } else {
+        f->window_advertised = before; /* nothing was advertised */
+    }
+}
+
+/* One epoll_wait (no blocking) on the host-socket epoll. Events of flows held here
+ * are handled; the others are listed in ctx->ev_fd / ev_mask for Python. Returns how
+ * many were listed, or -errno. */
+long ns_host_poll(struct ns_ctx *ctx, int epfd, double now)
+{
+    struct epoll_event evs[EVENTS_MAX];
+    ctx->nev = 0;
+    int n = epoll_wait(epfd, evs, EVENTS_MAX, 0);
+    if (n < 0)
+        return errno == EINTR ? 0 : -errno;
+    for (int i = 0; i < n; i++) {
+        int fd = evs[i].data.fd;
+        uint32_t events = evs[i].events;
+        struct ns_flow *f = NULL;
+        if (fd >= 0 && fd < ctx->by_fd_cap && ctx->by_fd[fd])
+            f = &ctx->flows[ctx->by_fd[fd] - 1];
+        if (!f || f->eject || (events & ~(uint32_t)(EPOLLIN | EPOLLOUT))) {
+            ctx->ev_fd[ctx->nev] = fd;
+            ctx->ev_mask[ctx->nev] = events;
+            ctx->nev++;
+            continue;
+        }
+        if (events & EPOLLIN) {
+            f->host_readable = 1;
+            pump(ctx, f, now);
+        }
+        if ((events & EPOLLOUT) && !f->eject)
+            host_writable(ctx, f, now);
+    }
+    if (ctx->link_errno)
+        return -ctx->link_errno;
+    return ctx->nev;
+}

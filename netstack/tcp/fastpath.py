@@ -1,0 +1,282 @@
+"""Hand-over of established TCP/IPv4 connections to the C flow path (csrc/flow.c).
+
+Python's TcpConnection is the protocol; C runs the common case of an established flow
+(in-order data and ACKs both ways) without a Python call per segment. A connection is
+*held* by C while it is established, IPv4, and nothing is queued, closing or counted
+(`eligible`). Any event C does not handle takes it back: the table calls `release`
+before a segment, a host event or a timer reaches the connection, and C itself lists
+flows it cannot finish ("ejects": host EOF or error, a socket that filled, a zero
+window), which `after_call` releases. `hold` runs after every event the table sees,
+so a released connection goes back to C once it is ordinary again.
+
+Timers: C arms retransmission deadlines in its struct. A connection's `deadline` reads
+them, and C lists the flows whose new deadline comes before the one Python's timer
+queue holds (`py_timer_at`), so the queue is touched only then.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from netstack import _fast
+from netstack.tcp.interfaces import TcpState
+from netstack.tcp.to_host import GATHER_MAX_SEGMENT, PENDING_SLACK, WINDOW_MAX
+
+if TYPE_CHECKING:
+    from netstack.tcp.connection import TcpConnection
+
+# why C gave a flow back (csrc/flow.c EJECT_*)
+EJECT_ERROR = 1
+EJECT_PUMP = 2
+EJECT_BLOCKED = 3
+
+MAX_FRAMES_PER_CALL = 256
+_RELEASE_REASONS = {
+    EJECT_ERROR: "host_error",
+    EJECT_PUMP: "host_eof_or_zero_window",
+    EJECT_BLOCKED: "host_socket_full",
+}
+
+
+class FlowPathError(Exception):
+    """The link failed inside C (errno in args[0])."""
+
+
+class FastPath:
+    """One C context: the TAP fd, the frame buffer shared with Python, held flows."""
+
+    def __init__(
+        self,
+        tap_fd: int,
+        vnet: bool,
+        rx_buf: bytearray,
+        gateway_mac: bytes,
+        dns_mac: bytes,
+        max_flows: int,
+        by_fd_cap: int = 65536,
+    ) -> None:
+        from netstack._fastc import ffi, lib
+
+        self.ffi = ffi
+        self.lib = lib
+        self._rx_ref = ffi.from_buffer(rx_buf)  # keeps the pointer valid
+        ctx = lib.ns_ctx_new(tap_fd, vnet, self._rx_ref, len(rx_buf), max_flows, by_fd_cap)
+        if ctx == ffi.NULL:
+            raise MemoryError("flow path context")
+        self.ctx: Any = ctx
+        ctx.gateway_mac = gateway_mac
+        ctx.dns_mac = dns_mac
+        ctx.window_max = WINDOW_MAX
+        ctx.pending_slack = PENDING_SLACK
+        ctx.gather_max_segment = GATHER_MAX_SEGMENT
+        self.held: dict[int, TcpConnection] = {}  # slot -> connection
+        self.touch_timer: Callable[[TcpConnection], float | None] = lambda conn: None
+        self._frames_in_seen = 0
+        self.holds = 0
+        self.releases: dict[str, int] = {}
+
+    def close(self) -> None:
+        if self.ctx is not None:
+            self.lib.ns_ctx_free(self.ctx)
+            self.ctx = None
+
+    # ------------------------------------------------------------ hand-over
+    def eligible(self, conn: TcpConnection) -> bool:
+        host = conn.host
+        sock = getattr(host, "sock", None)
+        return (
+            conn.state is TcpState.ESTABLISHED
+            and len(conn.flow.guest_ip) == 4
+            and sock is not None
+            and not getattr(host, "connecting", True)
+            and getattr(host, "peek_off_supported", False)
+            and not getattr(host, "peer_closed", True)
+            and not (conn.fin_from_guest or conn.fin_to_guest or conn.eof_from_host)
+            and not conn.host_write_shut
+            and not conn.to_host.pending
+            and not conn.to_host.gathered
+            and not conn.ack_needed
+            and not conn.acked_in_queue
+            and conn.dupacks == 0
+        )
+
+    def hold(self, conn: TcpConnection) -> None:
+        """Give conn to C if it is eligible (and not held already)."""
+        if conn.fast is not None or not self.eligible(conn):
+            return
+        host: Any = conn.host
+        f = conn.flow
+        c = self.lib.ns_flow_open(
+            self.ctx, host.sock.fileno(), f.guest_ip, f.guest_port, f.remote_ip, f.remote_port
+        )
+        if c == self.ffi.NULL:
+            return  # full, or an fd beyond the table: Python keeps it
+        c.guest_mac = f.guest_mac
+        c.snd_una = conn.snd_una
+        c.snd_nxt = conn.snd_nxt
+        c.rcv_nxt = conn.rcv_nxt
+        c.guest_window = conn.guest_window
+        c.ts_recent = conn.ts_recent
+        c.seg_size = conn.seg_size
+        c.our_mss = conn.our_mss
+        c.window_advertised = conn.window_advertised
+        c.guest_wscale = conn.guest_wscale
+        c.our_wscale = conn.our_wscale
+        c.ts_enabled = conn.ts_enabled
+        c.host_readable = conn.host_readable
+        c.retries = conn.retries
+        c.peek_off = host.peek_off
+        c.space_known = conn.to_host._space_known
+        c.written_since = conn.to_host._written_since
+        c.bytes_from_guest = conn.bytes_from_guest
+        c.bytes_to_guest = conn.bytes_to_guest
+        c.last_activity = conn.last_activity
+        c.rto = conn.rto
+        c.rto_deadline = conn.rto_deadline or 0.0
+        conn.fast = FastFlow(self, c)
+        self.held[int(c.slot)] = conn
+        self.holds += 1
+
+    def release(self, conn: TcpConnection, now: float) -> None:
+        """Take conn back from C: its owed writes and ACK go out first, then its state
+        is copied back, then whatever made C give it up is acted on."""
+        handle = conn.fast
+        if handle is None:
+            return
+        c = handle.c
+        self.lib.ns_flow_flush(self.ctx, c, now)
+        self._copy_back(conn, c)
+        why, err = int(c.eject), int(c.err)
+        if c.unsent_len:
+            conn.to_host.pending += self.ffi.buffer(c.unsent, c.unsent_len)
+        del self.held[int(c.slot)]
+        self.lib.ns_flow_close(self.ctx, c)
+        conn.fast = None
+        reason = _RELEASE_REASONS.get(why, "python_event")
+        self.releases[reason] = self.releases.get(reason, 0) + 1
+        if why == EJECT_ERROR:
+            conn.on_host_error(err, now)
+        elif why == EJECT_PUMP:
+            conn.on_host_readable(now)
+
+    def forget(self, conn: TcpConnection) -> None:
+        """Drop conn's flow without a flush (the connection is being torn down)."""
+        handle = conn.fast
+        if handle is None:
+            return
+        self._copy_back(conn, handle.c)
+        del self.held[int(handle.c.slot)]
+        self.lib.ns_flow_close(self.ctx, handle.c)
+        conn.fast = None
+
+    def sync(self, conn: TcpConnection) -> None:
+        """Copy a held flow's state into conn (for reading; C keeps it)."""
+        if conn.fast is not None:
+            self._copy_back(conn, conn.fast.c)
+
+    def _copy_back(self, conn: TcpConnection, c: Any) -> None:
+        conn.snd_una = int(c.snd_una)
+        conn.snd_nxt = int(c.snd_nxt)
+        conn.rcv_nxt = int(c.rcv_nxt)
+        conn.guest_window = int(c.guest_window)
+        conn.ts_recent = int(c.ts_recent)
+        conn.window_advertised = int(c.window_advertised)
+        conn.retries = int(c.retries)
+        conn.rto = float(c.rto)
+        conn.rto_deadline = float(c.rto_deadline) or None
+        conn.acked_in_queue = int(c.acked_in_queue)
+        conn.host_readable = bool(c.host_readable)
+        conn.ack_needed = bool(c.ack_needed)
+        conn.last_activity = float(c.last_activity)
+        conn.bytes_from_guest = int(c.bytes_from_guest)
+        conn.bytes_to_guest = int(c.bytes_to_guest)
+        conn.to_host._space_known = int(c.space_known)
+        conn.to_host._written_since = int(c.written_since)
+        host: Any = conn.host
+        if host is not None:
+            host.peek_off = int(c.peek_off)
+
+    # --------------------------------------------------------------- events
+    def rx(self, now: float) -> int:
+        """Frames from the TAP: the length of one for Python (in the shared buffer), 0
+        when drained. Raises FlowPathError when the link failed."""
+        n = int(self.lib.ns_rx(self.ctx, now, MAX_FRAMES_PER_CALL))
+        if n < 0:
+            raise FlowPathError(-n)
+        return n
+
+    def frames_in(self) -> int:
+        """Frames read since the last call (for the counters)."""
+        total = int(self.ctx.frames_in)
+        n = total - self._frames_in_seen
+        self._frames_in_seen = total
+        return n
+
+    def frames_out(self) -> int:
+        return int(self.ctx.frames_out)
+
+    def snapshot(self) -> dict[str, object]:
+        """Counters for the API's get_stats."""
+        ctx = self.ctx
+        return {
+            "flows_held": len(self.held),
+            "holds": self.holds,
+            "releases": dict(self.releases),
+            "frames_from_guest": int(ctx.frames_in),
+            "frames_from_guest_in_c": int(ctx.frames_in_c),
+            "frames_to_guest_from_c": int(ctx.frames_out),
+        }
+
+    def host_poll(self, epfd: int, now: float) -> list[tuple[int, int]]:
+        """Host-socket events C did not handle, as (fd, events)."""
+        n = int(self.lib.ns_host_poll(self.ctx, epfd, now))
+        if n < 0:
+            raise FlowPathError(-n)
+        ctx = self.ctx
+        return [(int(ctx.ev_fd[i]), int(ctx.ev_mask[i])) for i in range(n)]
+
+    def after_call(self, now: float) -> list[TcpConnection]:
+        """After a C call: tell the timer queue of earlier deadlines, take back ejected
+        flows. Returns the connections taken back (the caller runs the table's
+        bookkeeping on them)."""
+        ctx = self.ctx
+        if ctx.ntimers:
+            for i in range(ctx.ntimers):
+                conn = self.held.get(int(ctx.timers[i]))
+                if conn is not None and conn.fast is not None:
+                    conn.fast.c.timer_listed = 0
+                    self.touch_timer(conn)
+            ctx.ntimers = 0
+        if not ctx.nejects:
+            return []
+        ejected = [self.held[int(ctx.ejects[i])] for i in range(ctx.nejects)]
+        for conn in ejected:
+            self.release(conn, now)
+        return ejected
+
+
+class FastFlow:
+    """A connection's flow in C (conn.fast while C holds it)."""
+
+    __slots__ = ("path", "c")
+
+    def __init__(self, path: FastPath, c: Any) -> None:
+        self.path = path
+        self.c = c
+
+    def rto_deadline(self) -> float | None:
+        return float(self.c.rto_deadline) or None
+
+    def note_timer(self, at: float | None) -> None:
+        """Where Python's timer for this flow is (or later): C reports deadlines
+        before it."""
+        self.c.py_timer_at = math.inf if at is None else at
+
+    def release(self, conn: TcpConnection, now: float) -> None:
+        self.path.release(conn, now)
+
+
+def available() -> bool:
+    return _fast.FAST
