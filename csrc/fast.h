@@ -39,6 +39,9 @@ struct ns_flow {
     int eject;
     int err;
     int timer_listed;
+    int delack_listed;
+    uint32_t rcv_acked;
+    double delack_at;
     int64_t acked_in_queue;
     int64_t peek_off;
     int64_t space_known;
@@ -79,6 +82,12 @@ struct ns_ctx {
     int nejects;
     int *timers;
     int ntimers;
+    int *delacks;
+    int ndelacks;
+    double delack_delay;
+    double delack_next;
+    int delack_fd;
+    double delack_armed_at;
     int *ev_fd;
     uint32_t *ev_mask;
     int nev;

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include "fast.h"
@@ -75,6 +76,7 @@ struct ns_ctx *ns_ctx_new(int tap_fd, int vnet, uint8_t *rx, size_t rx_cap, int 
     struct ns_ctx *ctx = calloc(1, sizeof(*ctx));
     if (!ctx)
         return NULL;
+    ctx->delack_fd = -1;
     unsigned int buckets = 64;
     while (buckets < (unsigned int)max_flows * 2)
         buckets <<= 1;
@@ -94,10 +96,12 @@ struct ns_ctx *ns_ctx_new(int tap_fd, int vnet, uint8_t *rx, size_t rx_cap, int 
     ctx->dirty = malloc(sizeof(int) * (size_t)max_flows);
     ctx->ejects = malloc(sizeof(int) * (size_t)max_flows);
     ctx->timers = malloc(sizeof(int) * (size_t)max_flows);
+    ctx->delacks = malloc(sizeof(int) * (size_t)max_flows);
     ctx->ev_fd = malloc(sizeof(int) * EVENTS_MAX);
     ctx->ev_mask = malloc(sizeof(uint32_t) * EVENTS_MAX);
     if (!ctx->tx || !ctx->flows || !ctx->free_slots || !ctx->buckets || !ctx->by_fd ||
-        !ctx->dirty || !ctx->ejects || !ctx->timers || !ctx->ev_fd || !ctx->ev_mask) {
+        !ctx->dirty || !ctx->ejects || !ctx->timers || !ctx->delacks || !ctx->ev_fd ||
+        !ctx->ev_mask) {
         ns_ctx_free(ctx);
         return NULL;
     }
@@ -108,6 +112,10 @@ struct ns_ctx *ns_ctx_new(int tap_fd, int vnet, uint8_t *rx, size_t rx_cap, int 
     ctx->window_max = 1 << 20;
     ctx->pending_slack = 64 * 1024;
     ctx->gather_max_segment = 16 * 1024;
+    ctx->delack_delay = 0.001;
+    ctx->delack_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (ctx->delack_fd < 0)
+        ctx->delack_delay = 0; /* no timer: ACKs are not delayed */
     return ctx;
 }
 
@@ -126,8 +134,11 @@ void ns_ctx_free(struct ns_ctx *ctx)
     free(ctx->dirty);
     free(ctx->ejects);
     free(ctx->timers);
+    free(ctx->delacks);
     free(ctx->ev_fd);
     free(ctx->ev_mask);
+    if (ctx->delack_fd >= 0)
+        close(ctx->delack_fd);
     free(ctx);
 }
 
@@ -204,6 +215,9 @@ void ns_flow_close(struct ns_ctx *ctx, struct ns_flow *f)
         list_remove(ctx->dirty, &ctx->ndirty, slot);
     list_remove(ctx->ejects, &ctx->nejects, slot);
     list_remove(ctx->timers, &ctx->ntimers, slot);
+    if (f->delack_listed)
+        list_remove(ctx->delacks, &ctx->ndelacks, slot);
+    f->delack_listed = 0;
     f->dirty = 0;
     f->eject = 0;
     f->unsent_len = 0;
@@ -248,6 +262,7 @@ static void emit(struct ns_ctx *ctx, struct ns_flow *f, uint8_t flags, uint16_t 
     int hlen = TCP_LEN + (f->ts_enabled ? TS_LEN : 0);
     size_t start = payload_offset(hlen) - (VNET_LEN + ETH_LEN + IP4_LEN + (size_t)hlen);
     uint32_t tsv = ts_val(now);
+    f->rcv_acked = f->rcv_nxt;
     if (payload_len <= f->seg_size || ctx->vnet) {
         long end = ns_tcp4_frame(ctx->tx, ctx->tx_cap, start, f->guest_mac, ctx->gateway_mac,
                                  f->remote_ip, f->guest_ip, f->remote_port, f->guest_port,
@@ -454,7 +469,7 @@ static void mark_dirty(struct ns_ctx *ctx, struct ns_flow *f)
 
 /* Twin of TcpConnection.flush: gathered bytes out, acknowledged host bytes dropped,
  * the ACK the guest is owed. */
-void ns_flow_flush(struct ns_ctx *ctx, struct ns_flow *f, double now)
+static void flush_data(struct ns_ctx *ctx, struct ns_flow *f)
 {
     write_unsent(ctx, f);
     if (f->acked_in_queue && f->eject != EJECT_ERROR) {
@@ -466,8 +481,75 @@ void ns_flow_flush(struct ns_ctx *ctx, struct ns_flow *f, double now)
             f->peek_off = f->peek_off > done ? f->peek_off - done : 0;
         }
     }
+}
+
+void ns_flow_flush(struct ns_ctx *ctx, struct ns_flow *f, double now)
+{
+    flush_data(ctx, f);
     if (f->ack_needed && f->eject != EJECT_ERROR)
         send_ack(ctx, f, now);
+}
+
+/* Delayed ACK: when a batch brought less than two full segments since our last ACK,
+ * the ACK waits up to delack_delay for host data to carry it (a request answered at
+ * once costs one frame to the guest, not two). More data, or the delay running out,
+ * sends it. The deadline is a timerfd in the host-socket epoll (ns_host_poll runs it),
+ * armed only when a deadline comes before the armed one: no timer churn. */
+static void arm_delack_timer(struct ns_ctx *ctx, double at)
+{
+    if (ctx->delack_armed_at != 0 && ctx->delack_armed_at <= at)
+        return;
+    struct itimerspec its;
+    memset(&its, 0, sizeof(its));
+    its.it_value.tv_sec = (time_t)at;
+    its.it_value.tv_nsec = (long)((at - (double)(time_t)at) * 1e9);
+    if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
+        its.it_value.tv_nsec = 1; /* zero would disarm it */
+    if (timerfd_settime(ctx->delack_fd, TFD_TIMER_ABSTIME, &its, NULL) == 0)
+        ctx->delack_armed_at = at;
+}
+
+static int delay_ack(struct ns_ctx *ctx, struct ns_flow *f, double now)
+{
+    if ((uint32_t)(f->rcv_nxt - f->rcv_acked) >= 2 * f->our_mss || ctx->delack_delay <= 0)
+        return 0;
+    if (!f->delack_listed) {
+        f->delack_listed = 1;
+        f->delack_at = now + ctx->delack_delay;
+        ctx->delacks[ctx->ndelacks++] = f->slot;
+        if (ctx->delack_next == 0 || f->delack_at < ctx->delack_next)
+            ctx->delack_next = f->delack_at;
+        arm_delack_timer(ctx, f->delack_at);
+    }
+    return 1;
+}
+
+/* Send the delayed ACKs that are due (or drop those data already carried); re-arm
+ * the timer for the rest. */
+static void delack_run(struct ns_ctx *ctx, double now)
+{
+    uint64_t expirations;
+    if (read(ctx->delack_fd, &expirations, sizeof(expirations)) < 0) {
+        /* EAGAIN: not expired yet (a spurious wakeup) */
+    }
+    ctx->delack_armed_at = 0;
+    double next = 0;
+    for (int i = 0; i < ctx->ndelacks;) {
+        struct ns_flow *f = &ctx->flows[ctx->delacks[i]];
+        if (f->ack_needed && !f->eject && f->delack_at > now) {
+            if (next == 0 || f->delack_at < next)
+                next = f->delack_at;
+            i++;
+            continue;
+        }
+        if (f->ack_needed && !f->eject)
+            send_ack(ctx, f, now);
+        f->delack_listed = 0;
+        ctx->delacks[i] = ctx->delacks[--ctx->ndelacks];
+    }
+    ctx->delack_next = next;
+    if (next != 0)
+        arm_delack_timer(ctx, next);
 }
 
 static void flush_dirty(struct ns_ctx *ctx, double now)
@@ -475,8 +557,11 @@ static void flush_dirty(struct ns_ctx *ctx, double now)
     for (int i = 0; i < ctx->ndirty; i++) {
         struct ns_flow *f = &ctx->flows[ctx->dirty[i]];
         f->dirty = 0;
-        if (!f->eject)
-            ns_flow_flush(ctx, f, now);
+        if (f->eject)
+            continue;
+        flush_data(ctx, f);
+        if (f->ack_needed && f->eject != EJECT_ERROR && !delay_ack(ctx, f, now))
+            send_ack(ctx, f, now);
     }
     ctx->ndirty = 0;
 }
@@ -625,6 +710,10 @@ long ns_host_poll(struct ns_ctx *ctx, int epfd, double now)
     for (int i = 0; i < n; i++) {
         int fd = evs[i].data.fd;
         uint32_t events = evs[i].events;
+        if (fd == ctx->delack_fd) {
+            delack_run(ctx, now);
+            continue;
+        }
         struct ns_flow *f = NULL;
         if (fd >= 0 && fd < ctx->by_fd_cap && ctx->by_fd[fd])
             f = &ctx->flows[ctx->by_fd[fd] - 1];

@@ -96,6 +96,11 @@ class Runtime:
                 self.stack.tcp.max_flows,
             )
             self.fastpath.touch_timer = self.stack.timers.touch
+            delack = os.environ.get("NETSTACK_DELACK_MS")  # a developer's knob: 0 turns it off
+            if delack is not None:
+                self.fastpath.ctx.delack_delay = float(delack) / 1000
+            if self.fastpath.delack_fd() >= 0:  # C reads it in ns_host_poll
+                self.epoll.register(self.fastpath.delack_fd(), select.EPOLLIN)
             self.stack.tcp.fastpath = self.fastpath
 
     # --------------------------------------------------------------- HostIO

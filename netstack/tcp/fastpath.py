@@ -117,6 +117,7 @@ class FastPath:
         c.snd_una = conn.snd_una
         c.snd_nxt = conn.snd_nxt
         c.rcv_nxt = conn.rcv_nxt
+        c.rcv_acked = conn.rcv_nxt
         c.guest_window = conn.guest_window
         c.ts_recent = conn.ts_recent
         c.seg_size = conn.seg_size
@@ -228,6 +229,10 @@ class FastPath:
             "frames_from_guest_in_c": int(ctx.frames_in_c),
             "frames_to_guest_from_c": int(ctx.frames_out),
         }
+
+    def delack_fd(self) -> int:
+        """The delayed-ACK timerfd, to be watched in the host-socket epoll (-1: none)."""
+        return int(self.ctx.delack_fd)
 
     def host_poll(self, epfd: int, now: float) -> list[tuple[int, int]]:
         """Host-socket events C did not handle, as (fd, events)."""
