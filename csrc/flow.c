@@ -34,6 +34,7 @@
 #define MAX_PACKET 65535
 #define UNSENT_MAX (512 * 1024)
 #define EVENTS_MAX 256
+#define NS_PYTHON_WORK (1 << 24) /* above any frame length or event count */
 
 #define F_FIN 0x01
 #define F_SYN 0x02
@@ -648,8 +649,9 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
 }
 
 /* Read up to max_frames frames. Returns the length of a frame Python must handle (it is
- * in ctx->rx), 0 when the TAP is drained or max_frames were read (gathered writes and
- * owed ACKs flushed), or -errno when the link failed. */
+ * in ctx->rx); when the TAP is drained or max_frames were read (gathered writes and
+ * owed ACKs flushed), 0, or NS_PYTHON_WORK if flows wait in ctx->ejects or ctx->timers;
+ * -errno when the link failed. */
 long ns_rx(struct ns_ctx *ctx, double now, int max_frames)
 {
     for (int i = 0; i < max_frames; i++) {
@@ -674,9 +676,20 @@ long ns_rx(struct ns_ctx *ctx, double now, int max_frames)
         ctx->frames_in_c++;
         if (ctx->link_errno)
             return -ctx->link_errno;
+        if (i == 0) {
+            /* the first frame's data goes to the host before we look for a second: a
+             * lone request does not wait for the read that finds the TAP empty */
+            for (int d = 0; d < ctx->ndirty; d++) {
+                struct ns_flow *f = &ctx->flows[ctx->dirty[d]];
+                if (!f->eject)
+                    write_unsent(ctx, f);
+            }
+        }
     }
     flush_dirty(ctx, now);
-    return ctx->link_errno ? -ctx->link_errno : 0;
+    if (ctx->link_errno)
+        return -ctx->link_errno;
+    return ctx->nejects || ctx->ntimers ? NS_PYTHON_WORK : 0;
 }
 
 /* -------------------------------------------------------------- host socket events */
@@ -699,7 +712,8 @@ static void host_writable(struct ns_ctx *ctx, struct ns_flow *f, double now)
 
 /* One epoll_wait (no blocking) on the host-socket epoll. Events of flows held here
  * are handled; the others are listed in ctx->ev_fd / ev_mask for Python. Returns how
- * many were listed, or -errno. */
+ * many were listed, plus NS_PYTHON_WORK if flows wait in ctx->ejects or ctx->timers;
+ * or -errno. */
 long ns_host_poll(struct ns_ctx *ctx, int epfd, double now)
 {
     struct epoll_event evs[EVENTS_MAX];
@@ -732,5 +746,5 @@ long ns_host_poll(struct ns_ctx *ctx, int epfd, double now)
     }
     if (ctx->link_errno)
         return -ctx->link_errno;
-    return ctx->nev;
+    return ctx->nev + (ctx->nejects || ctx->ntimers ? NS_PYTHON_WORK : 0);
 }

@@ -36,7 +36,7 @@ from netstack.stack.hostio import DatagramReceiver, HostAddr
 from netstack.stack.limits import Limits
 from netstack.tcp import fastpath
 from netstack.tcp.connection import TcpConnection
-from netstack.tcp.fastpath import FastPath, FlowPathError
+from netstack.tcp.fastpath import PYTHON_WORK, FastPath, FlowPathError
 from netstack.tcp.interfaces import HostStream
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,8 @@ class Runtime:
 
     def api_stats(self) -> dict[str, Any]:
         stats = self.stack.stats.snapshot()
+        if self.fastpath is not None:  # C reads every frame (and counts them)
+            stats["events"]["frames_from_guest"] = self.fastpath.frames_in()
         return {
             **stats,
             "flows": {
@@ -208,9 +210,6 @@ class Runtime:
 
     # ------------------------------------------------------------------- loop
     def _on_link_readable(self) -> None:
-        if self.fastpath is not None:
-            self._on_link_readable_fast(self.fastpath)
-            return
         stack = self.stack
         buf = self.rx_buf
         now = time.monotonic()
@@ -230,26 +229,32 @@ class Runtime:
             return
         self._reschedule()
 
-    def _on_link_readable_fast(self, fast: FastPath) -> None:
+    def _on_link_readable_fast(self) -> None:
         """C reads the batch and runs held flows' segments; it stops at each frame
-        Python must see (left in rx_buf) and at the end."""
-        stack = self.stack
-        buf = self.rx_buf
+        Python must see (left in rx_buf) and at the end. The common wakeup, where C
+        did everything, costs one call here."""
+        fast = self.fastpath
+        assert fast is not None
         now = time.monotonic()
         try:
-            for _ in range(FRAMES_PER_WAKEUP):
-                n = fast.rx(now)
-                if n == 0:
-                    break
+            n = fast.rx(now)
+            if n == 0:
+                return
+            stack = self.stack
+            buf = self.rx_buf
+            frames = 0
+            while 0 < n < PYTHON_WORK:
                 stack.receive(buf, n, now)
-                self._after_fast(fast, now)
+                frames += 1
+                if frames == FRAMES_PER_WAKEUP:
+                    break  # the reader fires again: the loop's other work gets a turn
+                n = fast.rx(now)
             stack.end_of_batch(now)
             self._after_fast(fast, now)
         except (LinkClosed, FlowPathError) as e:
             log.info("the TAP went away (%s): exiting", e)
             self.stop(0)
             return
-        stack.stats.count("frames_from_guest", fast.frames_in())
         self._reschedule()
 
     def _after_fast(self, fast: FastPath, now: float) -> None:
@@ -257,18 +262,24 @@ class Runtime:
             self.stack.tcp.after(conn)
 
     def _on_host_events(self) -> None:
-        now = time.monotonic()
-        handlers = self.handlers
+        self._dispatch_host_events(self.epoll.poll(0, EVENTS_PER_WAKEUP), time.monotonic())
+
+    def _on_host_events_fast(self) -> None:
+        """C polls the host sockets and serves held flows; Python gets the rest."""
         fast = self.fastpath
+        assert fast is not None
+        now = time.monotonic()
         try:
-            if fast is not None:
-                events = fast.host_poll(self.epoll.fileno(), now)
-            else:
-                events = self.epoll.poll(0, EVENTS_PER_WAKEUP)
+            events, work = fast.host_poll(self.epoll.fileno(), now)
         except FlowPathError as e:
             log.info("the TAP went away (%s): exiting", e)
             self.stop(0)
             return
+        if events or work:
+            self._dispatch_host_events(events, now)
+
+    def _dispatch_host_events(self, events: list[tuple[int, int]], now: float) -> None:
+        handlers = self.handlers
         for fd, ev in events:
             handler = handlers.get(fd)
             if handler is not None:
@@ -281,9 +292,9 @@ class Runtime:
                 except Exception:
                     log.exception("host event handler failed")
                     self.stack.stats.drop("internal_error")
-        if fast is not None:
+        if self.fastpath is not None:
             try:
-                self._after_fast(fast, now)
+                self._after_fast(self.fastpath, now)
             except LinkClosed:
                 self.stop(0)
                 return
@@ -371,8 +382,12 @@ class Runtime:
     def run(self, on_ready: Callable[[], None] | None = None) -> int:
         loop = self.loop
         asyncio.set_event_loop(loop)
-        loop.add_reader(self.link.fileno(), self._on_link_readable)
-        loop.add_reader(self.epoll.fileno(), self._on_host_events)
+        if self.fastpath is not None:
+            loop.add_reader(self.link.fileno(), self._on_link_readable_fast)
+            loop.add_reader(self.epoll.fileno(), self._on_host_events_fast)
+        else:
+            loop.add_reader(self.link.fileno(), self._on_link_readable)
+            loop.add_reader(self.epoll.fileno(), self._on_host_events)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self.stop, 0)
         self.stack.start(time.monotonic())

@@ -33,11 +33,15 @@ EJECT_PUMP = 2
 EJECT_BLOCKED = 3
 
 MAX_FRAMES_PER_CALL = 256
+PYTHON_WORK = 1 << 24  # added to ns_rx / ns_host_poll results: ejects or timers wait
 _RELEASE_REASONS = {
     EJECT_ERROR: "host_error",
     EJECT_PUMP: "host_eof_or_zero_window",
     EJECT_BLOCKED: "host_socket_full",
 }
+
+
+_NO_EVENTS: list[tuple[int, int]] = []
 
 
 class FlowPathError(Exception):
@@ -72,8 +76,9 @@ class FastPath:
         ctx.pending_slack = PENDING_SLACK
         ctx.gather_max_segment = GATHER_MAX_SEGMENT
         self.held: dict[int, TcpConnection] = {}  # slot -> connection
+        self._ns_rx = lib.ns_rx
+        self._ns_host_poll = lib.ns_host_poll
         self.touch_timer: Callable[[TcpConnection], float | None] = lambda conn: None
-        self._frames_in_seen = 0
         self.holds = 0
         self.releases: dict[str, int] = {}
 
@@ -201,19 +206,17 @@ class FastPath:
 
     # --------------------------------------------------------------- events
     def rx(self, now: float) -> int:
-        """Frames from the TAP: the length of one for Python (in the shared buffer), 0
-        when drained. Raises FlowPathError when the link failed."""
-        n = int(self.lib.ns_rx(self.ctx, now, MAX_FRAMES_PER_CALL))
+        """Frames from the TAP: the length of one for Python (in the shared buffer); 0
+        when drained; PYTHON_WORK when drained and `after_call` has work. Raises
+        FlowPathError when the link failed."""
+        n = int(self._ns_rx(self.ctx, now, MAX_FRAMES_PER_CALL))
         if n < 0:
             raise FlowPathError(-n)
         return n
 
     def frames_in(self) -> int:
-        """Frames read since the last call (for the counters)."""
-        total = int(self.ctx.frames_in)
-        n = total - self._frames_in_seen
-        self._frames_in_seen = total
-        return n
+        """Frames read from the TAP (those handed to Python included)."""
+        return int(self.ctx.frames_in)
 
     def frames_out(self) -> int:
         return int(self.ctx.frames_out)
@@ -234,13 +237,19 @@ class FastPath:
         """The delayed-ACK timerfd, to be watched in the host-socket epoll (-1: none)."""
         return int(self.ctx.delack_fd)
 
-    def host_poll(self, epfd: int, now: float) -> list[tuple[int, int]]:
-        """Host-socket events C did not handle, as (fd, events)."""
-        n = int(self.lib.ns_host_poll(self.ctx, epfd, now))
+    def host_poll(self, epfd: int, now: float) -> tuple[list[tuple[int, int]], bool]:
+        """Host-socket events C did not handle, as (fd, events), and whether
+        `after_call` has work."""
+        n = int(self._ns_host_poll(self.ctx, epfd, now))
         if n < 0:
             raise FlowPathError(-n)
+        work = n >= PYTHON_WORK
+        if work:
+            n -= PYTHON_WORK
+        if n == 0:
+            return _NO_EVENTS, work
         ctx = self.ctx
-        return [(int(ctx.ev_fd[i]), int(ctx.ev_mask[i])) for i in range(n)]
+        return [(int(ctx.ev_fd[i]), int(ctx.ev_mask[i])) for i in range(n)], work
 
     def after_call(self, now: float) -> list[TcpConnection]:
         """After a C call: tell the timer queue of earlier deadlines, take back ejected

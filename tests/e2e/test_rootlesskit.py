@@ -50,6 +50,8 @@ def user_dir() -> Iterator[Path]:
 
 INNER = """
 python3 -m http.server 80 --bind 0.0.0.0 --directory {d}/www >/dev/null 2>&1 &
+server=$!
+trap 'kill $server' EXIT
 for i in $(seq 50); do
   curl -s -o /dev/null http://127.0.0.1:80/ && break
   sleep 0.1
