@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 import select
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NETSTACK = str(ROOT / ".venv" / "bin" / "netstack")
 NOBODY = "65534"
+TUN = "/dev/net/tun"
 
 
 def sh(*cmd: str) -> None:
@@ -226,6 +228,14 @@ class PastaWorld(World):
 
     def start(self) -> None:
         self.ready_seconds = None
+        # pasta runs as nobody: /dev/net/tun must be 0666, as distributions ship it
+        self._tun_mode = stat.S_IMODE(os.stat(TUN).st_mode)
+        os.chmod(TUN, 0o666)
+
+    def close(self) -> None:
+        super().close()
+        if getattr(self, "_tun_mode", None) is not None:
+            os.chmod(TUN, self._tun_mode)
 
     def in_guest(self, *cmd: str) -> list[str]:
         return self.in_host(

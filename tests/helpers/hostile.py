@@ -6,6 +6,8 @@ namespace. `python hostile.py KIND COUNT [SEED]`; prints how many frames it sent
   udpflood  UDP datagrams from distinct source ports to 10.0.2.2:PORT (argv[4])
   pingflood ICMP echo requests to the gateway
   v6loopback IPv6 SYNs and UDP to ::1, ::, ::ffff:127.0.0.1, fd00::2, fe80::2 port 22
+  inflow    odd segments inside a live connection to 10.0.2.2:PORT (argv[3]): its
+            ports and numbers are read off the guest's own frames (see `inflow_frames`)
 """
 
 from __future__ import annotations
@@ -189,6 +191,60 @@ def guest_v6() -> str:
     return "fd00::100"
 
 
+def sniff_flow(port: int, timeout: float = 10.0) -> tuple[int, int, int, int]:
+    """(guest port, seq, ack, window) of the guest's latest segment to 10.0.2.2:port."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # outgoing too
+    s.bind(("tap0", 0))
+    s.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            try:
+                frame, addr = s.recvfrom(65535)
+            except TimeoutError:
+                break
+            if addr[2] != socket.PACKET_OUTGOING or len(frame) < 54:
+                continue
+            ip = frame[14:]
+            ihl = (ip[0] & 0xF) * 4
+            if frame[12:14] != b"\x08\x00" or ip[9] != 6 or ip[16:20] != GW_IP:
+                continue
+            sport, dport, seq, ack = struct.unpack_from("!HHII", ip, ihl)
+            window = struct.unpack_from("!H", ip, ihl + 14)[0]
+            if dport == port:
+                return sport, seq, ack, window
+    finally:
+        s.close()
+    raise SystemExit("no live flow to sniff")
+
+
+def inflow_frames(port: int, sport: int, seq: int, ack: int, window: int) -> list[bytes]:
+    """Segments a hostile guest may send inside its own connection: none may stall or
+    corrupt the transfer beyond what the guest asked for (its ACK/window lies)."""
+
+    def seg(seq_: int, ack_: int, flags: int, payload: bytes = b"", options: bytes = b"",
+            win: int = window) -> bytes:  # fmt: skip
+        t = tcp_header(sport, port, seq_ & 0xFFFFFFFF, ack_ & 0xFFFFFFFF, flags, options)
+        t = t[:14] + struct.pack("!H", win) + t[16:]
+        return eth(ip_header(6, len(t) + len(payload)) + t + payload)
+
+    ack_flag, psh, urg = 0x10, 0x08, 0x20
+    sack = b"\x01\x01\x05\x0a" + struct.pack("!II", ack - 3000, ack - 1000)
+    return [
+        seg(seq - 50, ack, ack_flag | psh, b"o" * 50),  # old data again
+        seg(seq + 1_000_000, ack, ack_flag | psh, b"f" * 100),  # far beyond the window
+        seg(seq, ack + 0x40000000, ack_flag),  # acknowledges what was never sent
+        seg(seq - 1, ack, ack_flag),  # a keepalive / window probe
+        seg(seq, ack, ack_flag, options=sack),  # SACK blocks
+        seg(seq, ack, ack_flag | urg),  # urgent pointer set
+        seg(seq, ack, ack_flag),  # duplicate ACKs: three of them ask for a retransmit
+        seg(seq, ack, ack_flag),
+        seg(seq, ack, ack_flag),
+        seg(seq, ack, ack_flag, win=0),  # the window slams shut
+        seg(seq, ack - 0x40000000, ack_flag),  # an ACK from long ago
+    ]
+
+
 def main() -> None:
     kind, count = sys.argv[1], int(sys.argv[2])
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
@@ -219,6 +275,21 @@ def main() -> None:
             frames.append(eth(ip_header(1, len(icmp)) + icmp))
     elif kind == "v6loopback":
         frames = v6_loopback_frames(count)
+    elif kind == "inflow":  # count rounds, each with freshly sniffed numbers
+        port = int(sys.argv[3])
+        numbers = sniff_flow(port)
+        for i in range(count):
+            if i % 5 == 4:  # fresher numbers when the guest sends some (it is slow)
+                try:
+                    numbers = sniff_flow(port, timeout=0.5)
+                except SystemExit:
+                    pass
+            for f in inflow_frames(port, *numbers):
+                s.send(f)
+                sent += 1
+            time.sleep(0.05)
+        print(sent)
+        return
     else:
         raise SystemExit(f"unknown kind {kind}")
     pace = kind == "garbage"  # garbage is paced so the stack parses it all, not the ring
