@@ -33,6 +33,7 @@ struct ns_flow {
     int our_wscale;
     int ts_enabled;
     int host_readable;
+    int peer_closed;
     int ack_needed;
     int blocked;
     int retries;

@@ -376,7 +376,7 @@ static void pump(struct ns_ctx *ctx, struct ns_flow *f, double now)
         f->last_activity = now;
         if (f->rto_deadline == 0)
             arm_rto(ctx, f, now);
-        if (n < limit) {
+        if (n < limit && !f->peer_closed) {
             f->host_readable = 0; /* drained: the next byte brings a fresh edge */
             return;
         }
@@ -731,6 +731,8 @@ long ns_host_poll(struct ns_ctx *ctx, int epfd, double now)
         struct ns_flow *f = NULL;
         if (fd >= 0 && fd < ctx->by_fd_cap && ctx->by_fd[fd])
             f = &ctx->flows[ctx->by_fd[fd] - 1];
+        if (f && f->peer_closed)
+            events &= ~(uint32_t)EPOLLRDHUP; /* known: Python has seen it */
         if (!f || f->eject || (events & ~(uint32_t)(EPOLLIN | EPOLLOUT))) {
             ctx->ev_fd[ctx->nev] = fd;
             ctx->ev_mask[ctx->nev] = events;

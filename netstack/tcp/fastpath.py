@@ -97,7 +97,6 @@ class FastPath:
             and sock is not None
             and not getattr(host, "connecting", True)
             and getattr(host, "peek_off_supported", False)
-            and not getattr(host, "peer_closed", True)
             and not (conn.fin_from_guest or conn.fin_to_guest or conn.eof_from_host)
             and not conn.host_write_shut
             and not conn.to_host.pending
@@ -132,6 +131,7 @@ class FastPath:
         c.our_wscale = conn.our_wscale
         c.ts_enabled = conn.ts_enabled
         c.host_readable = conn.host_readable
+        c.peer_closed = host.peer_closed  # the host's FIN is queued behind its data
         c.retries = conn.retries
         c.peek_off = host.peek_off
         c.space_known = conn.to_host._space_known
