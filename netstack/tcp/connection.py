@@ -12,29 +12,28 @@ import errno
 import logging
 import random
 
+from netstack.tcp import handshake
 from netstack.tcp.fastpath import FastFlow
 from netstack.tcp.interfaces import Guest, HostStream, Refusal, TcpState, refusal_for_errno
 from netstack.tcp.output import FlowAddrs, SegmentWriter
+from netstack.tcp.params import (
+    CONNECT_TIMEOUT,
+    DEFAULT_MSS,
+    DUPACKS_FOR_RETRANSMIT,
+    FIN_TIMEOUT,
+    IDLE_TIMEOUT,
+    MAX_RETRIES,
+    OUR_WSCALE,
+    RTO_INITIAL,
+    RTO_MAX,
+    SYNACK_RETRIES,
+    TIME_WAIT,
+)
 from netstack.tcp.to_host import GATHER_MAX_SEGMENT, WINDOW_MAX, ToHost
 from netstack.wire import icmpv4, tcp
 from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, seq_diff, seq_lt
 
 log = logging.getLogger(__name__)
-
-# Timers, in seconds. The guest is on the same machine: its RTT is microseconds, so
-# the floor is what a lost frame costs, not a path estimate.
-RTO_INITIAL = 0.2
-RTO_MAX = 30.0
-MAX_RETRIES = 12  # 0.2 s doubling, capped at 30 s: about 3.5 minutes of silence
-SYNACK_RETRIES = 5  # as Linux's tcp_synack_retries: a handshake gets about 12 s
-DUPACKS_FOR_RETRANSMIT = 3
-CONNECT_TIMEOUT = 75.0
-TIME_WAIT = 2.0
-IDLE_TIMEOUT = 7200.0  # no byte either way for two hours: the host socket is closed
-FIN_TIMEOUT = 60.0  # both sides closed, waiting on the last ACK
-
-OUR_WSCALE = 7  # a 16-bit window << 7 reaches 8 MiB, above WINDOW_MAX
-DEFAULT_MSS = 536  # RFC 9293 3.7.1, when the guest's SYN carries none
 
 
 class TcpConnection:
@@ -61,7 +60,7 @@ class TcpConnection:
         self.our_mss = max(64, mtu - self.headers_len)
         self.opened_by_host = syn is None
         if syn is not None:  # the guest opens: we answer its SYN
-            self._take_syn_options(syn)
+            handshake.take_syn_options(self, syn)
             self.rcv_nxt = (syn.seq + 1) & 0xFFFFFFFF
         else:  # we open toward the guest (a port forward): see open_to_guest
             self.rcv_nxt = 0
@@ -97,17 +96,6 @@ class TcpConnection:
         self.bytes_from_guest = 0
         self.bytes_to_guest = 0
         self.fast: FastFlow | None = None  # set while the C flow path holds the state
-
-    def _take_syn_options(self, syn: tcp.TcpHeader) -> None:
-        """Negotiate from the guest's SYN or SYN-ACK."""
-        opts = syn.options
-        self.guest_wscale = opts.wscale if opts.wscale is not None else 0
-        self.our_wscale = OUR_WSCALE if opts.wscale is not None else 0
-        self.ts_enabled = opts.ts_val is not None
-        self.ts_recent = opts.ts_val or 0
-        mss_to_guest = min(opts.mss or DEFAULT_MSS, self.mtu - self.headers_len)
-        self.seg_size = max(64, mss_to_guest - (12 if self.ts_enabled else 0))
-        self.guest_window = syn.window  # SYN windows are never scaled
 
     # ---------------------------------------------------------------- state
     def _set_state(self, state: TcpState, why: str) -> None:
@@ -146,60 +134,10 @@ class TcpConnection:
 
     def open_to_guest(self, now: float) -> None:
         """Start a connection toward the guest (the host side is already connected)."""
-        self._set_state(TcpState.SYN_SENT, "forwarded connection")
-        self.snd_nxt = (self.iss + 1) & 0xFFFFFFFF
-        self.state_deadline = now + CONNECT_TIMEOUT
-        self._send_syn(now)
-        self._arm_rto(now)
-
-    def _send_syn(self, now: float) -> None:
-        mac = self.guest.guest_mac_for(self.flow.guest_ip, self._resend_syn_now)
-        if mac is None:
-            return  # an ARP request went out; the SYN follows its answer
-        if mac != self.flow.guest_mac:
-            self.flow = self.flow._replace(guest_mac=mac)
-        opts = tcp.TcpOptions(mss=self.our_mss, wscale=OUR_WSCALE, ts_val=self._ts_val(now))
-        window = min(self._receive_window(), 0xFFFF)
-        self.window_advertised = window
-        self.writer.send_syn(self.flow, self.iss, 0, SYN, window, opts)
-
-    def _resend_syn_now(self) -> None:
-        if self.state is TcpState.SYN_SENT:
-            self._send_syn(self.last_activity)
-
-    def _on_synack(self, seg: tcp.TcpHeader, now: float) -> None:
-        flags = seg.flags
-        if flags & ACK and seg.ack != (self.iss + 1) & 0xFFFFFFFF:
-            if not flags & RST:
-                self.writer.send(self.flow, seg.ack, 0, RST, 0, None, 0, 0)
-            return
-        if flags & RST:
-            if flags & ACK:
-                self._close(reset_host=False, why="guest refused the forwarded connection")
-            return
-        if not (flags & SYN and flags & ACK):
-            return
-        self._take_syn_options(seg)
-        self.rcv_nxt = (seg.seq + 1) & 0xFFFFFFFF
-        self.snd_una = seg.ack
-        self.retries = 0
-        self.rto = RTO_INITIAL
-        self._disarm_rto()
-        self.state_deadline = None
-        self.last_activity = now
-        self._set_state(TcpState.ESTABLISHED, "guest accepted")
-        self._send_ack(now)
-        self.host_readable = True  # the client may have written before the guest answered
-        self._pump_to_guest(now)
+        handshake.open_to_guest(self, now)
 
     def on_host_connected(self, now: float) -> None:
-        if self.state is not TcpState.CONNECTING:
-            return
-        self._set_state(TcpState.SYN_RECEIVED, "host connected")
-        self.snd_nxt = (self.iss + 1) & 0xFFFFFFFF
-        self.state_deadline = None
-        self._send_synack(now)
-        self._arm_rto(now)
+        handshake.answer_guest_syn(self, now)
 
     def on_host_connect_failed(self, err: int, now: float) -> None:
         if self.state is not TcpState.CONNECTING:
@@ -254,7 +192,7 @@ class TcpConnection:
         if state is TcpState.CLOSED:
             return
         if state is TcpState.SYN_SENT:
-            self._on_synack(seg, now)
+            handshake.on_synack(self, seg, now)
             return
         if flags & RST:
             if self._seq_acceptable(seg.seq):
@@ -262,7 +200,7 @@ class TcpConnection:
             return
         if flags & SYN:
             if state is TcpState.SYN_RECEIVED and seg.seq == (self.rcv_nxt - 1) & 0xFFFFFFFF:
-                self._send_synack(now)  # our SYN-ACK was lost
+                handshake.send_synack(self, now)  # our SYN-ACK was lost
             elif state is not TcpState.CONNECTING:
                 self._send_ack(now)  # challenge ACK (RFC 5961 4.2)
             return
@@ -528,10 +466,10 @@ class TcpConnection:
                 return
             self.rto = min(self.rto * 2, RTO_MAX)
             if self.state is TcpState.SYN_RECEIVED:
-                self._send_synack(now)
+                handshake.send_synack(self, now)
                 self._arm_rto(now)
             elif self.state is TcpState.SYN_SENT:
-                self._send_syn(now)
+                handshake.send_syn(self, now)
                 self._arm_rto(now)
             elif self.state is TcpState.ESTABLISHED:
                 if self.snd_nxt == self.snd_una and self.guest_window == 0:
@@ -596,17 +534,6 @@ class TcpConnection:
             self.seg_size,
         )
         self.ack_needed = False
-
-    def _send_synack(self, now: float) -> None:
-        opts = tcp.TcpOptions(
-            mss=self.our_mss,
-            wscale=self.our_wscale if self.guest_wscale or self.our_wscale else None,
-            ts_val=self._ts_val(now) if self.ts_enabled else None,
-            ts_ecr=self.ts_recent,
-        )
-        window = min(self._receive_window(), 0xFFFF)  # a SYN's window is never scaled
-        self.window_advertised = window
-        self.writer.send_syn(self.flow, self.iss, self.rcv_nxt, SYN | ACK, window, opts)
 
     def _receive_window(self, fresh: bool = False) -> int:
         if self.host is None:

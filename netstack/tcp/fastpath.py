@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from netstack import _fast
 from netstack.tcp.interfaces import TcpState
+from netstack.tcp.params import RTO_INITIAL
 from netstack.tcp.to_host import GATHER_MAX_SEGMENT, PENDING_SLACK, WINDOW_MAX
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class FastPath:
         ctx.gateway_mac = gateway_mac
         ctx.dns_mac = dns_mac
         ctx.window_max = WINDOW_MAX
+        ctx.rto_initial = RTO_INITIAL
         ctx.pending_slack = PENDING_SLACK
         ctx.gather_max_segment = GATHER_MAX_SEGMENT
         self.held: dict[int, TcpConnection] = {}  # slot -> connection
