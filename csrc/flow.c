@@ -470,10 +470,15 @@ static void mark_dirty(struct ns_ctx *ctx, struct ns_flow *f)
 
 /* Twin of TcpConnection.flush: gathered bytes out, acknowledged host bytes dropped,
  * the ACK the guest is owed. */
-static void flush_data(struct ns_ctx *ctx, struct ns_flow *f)
+/* Acknowledged host bytes are dropped from the socket once this many have gathered
+ * (or when Python takes the flow): a small exchange does not cost a recv() each. */
+#define DISCARD_BATCH (16 * 1024)
+
+static void flush_data(struct ns_ctx *ctx, struct ns_flow *f, int force)
 {
     write_unsent(ctx, f);
-    if (f->acked_in_queue && f->eject != EJECT_ERROR) {
+    if (f->acked_in_queue && (force || f->acked_in_queue >= DISCARD_BATCH) &&
+        f->eject != EJECT_ERROR) {
         long done = ns_discard(f->fd, (size_t)f->acked_in_queue);
         if (done < 0) {
             eject(ctx, f, EJECT_ERROR, (int)-done);
@@ -486,7 +491,7 @@ static void flush_data(struct ns_ctx *ctx, struct ns_flow *f)
 
 void ns_flow_flush(struct ns_ctx *ctx, struct ns_flow *f, double now)
 {
-    flush_data(ctx, f);
+    flush_data(ctx, f, 1);
     if (f->ack_needed && f->eject != EJECT_ERROR)
         send_ack(ctx, f, now);
 }
@@ -560,7 +565,7 @@ static void flush_dirty(struct ns_ctx *ctx, double now)
         f->dirty = 0;
         if (f->eject)
             continue;
-        flush_data(ctx, f);
+        flush_data(ctx, f, 0);
         if (f->ack_needed && f->eject != EJECT_ERROR && !delay_ack(ctx, f, now))
             send_ack(ctx, f, now);
     }
