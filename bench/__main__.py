@@ -107,6 +107,17 @@ class Runner:
         if world.stack_pid:
             self.record(world, f"cpu s/GB {label}", statistics.median(cpu) if cpu else None, "s/GB")
 
+    def probe(self, world: World, kind: str, arg: str) -> dict[str, float] | None:
+        """One probe.py run in the guest against the host's probe server."""
+        try:
+            out: dict[str, float] = json.loads(
+                self.run_guest(world, PYTHON, PROBE, kind, world.server_ip, PROBE_PORT, arg)
+            )
+            return out
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            print(f"    {kind}: {e}", file=sys.stderr)
+            return None
+
     def latency(self, world: World) -> None:
         """Request/response p50/p99 and new connections per second, each the median of
         --repeats runs (a 2-core machine shared by client, server and stack is noisy)."""
@@ -114,37 +125,13 @@ class Runner:
         p99: list[float] = []
         rates: list[float] = []
         for _ in range(self.args.repeats):
-            try:
-                out = json.loads(
-                    self.run_guest(
-                        world,
-                        PYTHON,
-                        PROBE,
-                        "rr",
-                        world.server_ip,
-                        PROBE_PORT,
-                        str(self.args.rr_count),
-                    )
-                )
-                p50.append(out["p50_us"])
-                p99.append(out["p99_us"])
-            except (RuntimeError, subprocess.TimeoutExpired) as e:
-                print(f"    latency: {e}", file=sys.stderr)
-            try:
-                out = json.loads(
-                    self.run_guest(
-                        world,
-                        PYTHON,
-                        PROBE,
-                        "crr",
-                        world.server_ip,
-                        PROBE_PORT,
-                        str(self.args.crr_seconds),
-                    )
-                )
-                rates.append(out["conn_per_s"])
-            except (RuntimeError, subprocess.TimeoutExpired) as e:
-                print(f"    crr: {e}", file=sys.stderr)
+            rr = self.probe(world, "rr", str(self.args.rr_count))
+            if rr is not None:
+                p50.append(rr["p50_us"])
+                p99.append(rr["p99_us"])
+            crr = self.probe(world, "crr", str(self.args.crr_seconds))
+            if crr is not None:
+                rates.append(crr["conn_per_s"])
         self.record(world, "latency p50", statistics.median(p50) if p50 else None, "us")
         self.record(world, "latency p99", statistics.median(p99) if p99 else None, "us")
         self.record(world, "new connections", statistics.median(rates) if rates else None, "conn/s")

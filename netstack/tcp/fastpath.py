@@ -44,6 +44,26 @@ _RELEASE_REASONS = {
 
 _NO_EVENTS: list[tuple[int, int]] = []
 
+# TcpConnection attributes C reads and writes (copied both ways), with their type
+_SHARED: tuple[tuple[str, type], ...] = (
+    ("snd_una", int),
+    ("snd_nxt", int),
+    ("rcv_nxt", int),
+    ("guest_window", int),
+    ("ts_recent", int),
+    ("window_advertised", int),
+    ("retries", int),
+    ("rto", float),
+    ("acked_in_queue", int),
+    ("host_readable", bool),
+    ("ack_needed", bool),
+    ("last_activity", float),
+    ("bytes_from_guest", int),
+    ("bytes_to_guest", int),
+)
+# ... and those C only reads
+_SET_ONCE = ("seg_size", "our_mss", "guest_wscale", "our_wscale", "ts_enabled")
+
 
 class FlowPathError(Exception):
     """The link failed inside C (errno in args[0])."""
@@ -120,29 +140,16 @@ class FastPath:
         if c == self.ffi.NULL:
             return  # full, or an fd beyond the table: Python keeps it
         c.guest_mac = f.guest_mac
-        c.snd_una = conn.snd_una
-        c.snd_nxt = conn.snd_nxt
-        c.rcv_nxt = conn.rcv_nxt
+        for name, _ in _SHARED:
+            setattr(c, name, getattr(conn, name))
+        for name in _SET_ONCE:
+            setattr(c, name, getattr(conn, name))
         c.rcv_acked = conn.rcv_nxt
-        c.guest_window = conn.guest_window
-        c.ts_recent = conn.ts_recent
-        c.seg_size = conn.seg_size
-        c.our_mss = conn.our_mss
-        c.window_advertised = conn.window_advertised
-        c.guest_wscale = conn.guest_wscale
-        c.our_wscale = conn.our_wscale
-        c.ts_enabled = conn.ts_enabled
-        c.host_readable = conn.host_readable
+        c.rto_deadline = conn.rto_deadline or 0.0
         c.peer_closed = host.peer_closed  # the host's FIN is queued behind its data
-        c.retries = conn.retries
         c.peek_off = host.peek_off
         c.space_known = conn.to_host._space_known
         c.written_since = conn.to_host._written_since
-        c.bytes_from_guest = conn.bytes_from_guest
-        c.bytes_to_guest = conn.bytes_to_guest
-        c.last_activity = conn.last_activity
-        c.rto = conn.rto
-        c.rto_deadline = conn.rto_deadline or 0.0
         conn.fast = FastFlow(self, c)
         self.held[int(c.slot)] = conn
         self.holds += 1
@@ -185,21 +192,9 @@ class FastPath:
             self._copy_back(conn, conn.fast.c)
 
     def _copy_back(self, conn: TcpConnection, c: Any) -> None:
-        conn.snd_una = int(c.snd_una)
-        conn.snd_nxt = int(c.snd_nxt)
-        conn.rcv_nxt = int(c.rcv_nxt)
-        conn.guest_window = int(c.guest_window)
-        conn.ts_recent = int(c.ts_recent)
-        conn.window_advertised = int(c.window_advertised)
-        conn.retries = int(c.retries)
-        conn.rto = float(c.rto)
+        for name, kind in _SHARED:
+            setattr(conn, name, kind(getattr(c, name)))
         conn.rto_deadline = float(c.rto_deadline) or None
-        conn.acked_in_queue = int(c.acked_in_queue)
-        conn.host_readable = bool(c.host_readable)
-        conn.ack_needed = bool(c.ack_needed)
-        conn.last_activity = float(c.last_activity)
-        conn.bytes_from_guest = int(c.bytes_from_guest)
-        conn.bytes_to_guest = int(c.bytes_to_guest)
         conn.to_host._space_known = int(c.space_known)
         conn.to_host._written_since = int(c.written_since)
         host: Any = conn.host
