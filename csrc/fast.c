@@ -149,3 +149,65 @@ long ns_tcp4_frame(uint8_t *buf, size_t buflen, size_t start, const uint8_t *eth
     }
     return (long)(l4 + l4_len);
 }
+
+/* The IPv6 twin of ns_tcp4_frame: Ethernet, a 40-byte IPv6 header (hop limit 64, no
+ * extension headers), TCP, payload already in place. With vnet the checksum is partial
+ * and GSO_TCPV6 is asked for when payload_len > gso_size > 0. Returns the frame's end
+ * offset, or -1 when it would not fit. Twin: SegmentWriter._headers_py. */
+long ns_tcp6_frame(uint8_t *buf, size_t buflen, size_t start, const uint8_t *eth_dst,
+                   const uint8_t *eth_src, const uint8_t *ip_src, const uint8_t *ip_dst,
+                   uint16_t sport, uint16_t dport, uint32_t seq, uint32_t ack, uint8_t flags,
+                   uint16_t window, int has_ts, uint32_t ts_val, uint32_t ts_ecr,
+                   uint32_t payload_len, int vnet, uint16_t gso_size)
+{
+    size_t hlen = has_ts ? 32 : 20;
+    size_t l2 = start + 10, l3 = l2 + 14, l4 = l3 + 40;
+    size_t l4_len = hlen + payload_len;
+    if (payload_len > 65535 - hlen || start > buflen || l4 + l4_len > buflen)
+        return -1;
+    uint8_t *v = buf + start, *e = buf + l2, *ip = buf + l3, *t = buf + l4;
+
+    memcpy(e, eth_dst, 6);
+    memcpy(e + 6, eth_src, 6);
+    put16(e + 12, 0x86dd);
+
+    put32(ip, 6u << 28);
+    put16(ip + 4, (uint16_t)l4_len);
+    ip[6] = 6;
+    ip[7] = 64;
+    memcpy(ip + 8, ip_src, 16);
+    memcpy(ip + 24, ip_dst, 16);
+
+    put16(t, sport);
+    put16(t + 2, dport);
+    put32(t + 4, seq);
+    put32(t + 8, ack);
+    t[12] = (uint8_t)((hlen / 4) << 4);
+    t[13] = flags;
+    put16(t + 14, window);
+    put16(t + 16, 0);
+    put16(t + 18, 0);
+    if (has_ts) {
+        t[20] = 1; t[21] = 1; t[22] = 8; t[23] = 10;
+        put32(t + 24, ts_val);
+        put32(t + 28, ts_ecr);
+    }
+
+    uint32_t pseudo = ns_sum16(ip + 8, 32, 0) + (uint32_t)(l4_len >> 16) +
+                      (uint32_t)(l4_len & 0xffff) + 6;
+    while (pseudo >> 16)
+        pseudo = (pseudo & 0xffff) + (pseudo >> 16);
+    if (vnet) {
+        put16(t + 16, (uint16_t)pseudo);
+        int gso = payload_len > gso_size && gso_size > 0;
+        v[0] = 1;                       /* VIRTIO_NET_HDR_F_NEEDS_CSUM */
+        v[1] = gso ? 4 : 0;             /* GSO_TCPV6 or NONE */
+        put16le(v + 2, gso ? (uint16_t)(54 + hlen) : 0);
+        put16le(v + 4, gso ? gso_size : 0);
+        put16le(v + 6, 54);             /* csum_start: Ethernet + IPv6 */
+        put16le(v + 8, 16);             /* csum_offset: TCP checksum field */
+    } else {
+        put16(t + 16, ns_checksum(t, l4_len, pseudo));
+    }
+    return (long)(l4 + l4_len);
+}

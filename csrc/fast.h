@@ -9,6 +9,11 @@ long ns_tcp4_frame(uint8_t *buf, size_t buflen, size_t start, const uint8_t *eth
                    uint16_t sport, uint16_t dport, uint32_t seq, uint32_t ack, uint8_t flags,
                    uint16_t window, int has_ts, uint32_t ts_val, uint32_t ts_ecr,
                    uint32_t payload_len, uint16_t ip_id, int vnet, uint16_t gso_size);
+long ns_tcp6_frame(uint8_t *buf, size_t buflen, size_t start, const uint8_t *eth_dst,
+                   const uint8_t *eth_src, const uint8_t *ip_src, const uint8_t *ip_dst,
+                   uint16_t sport, uint16_t dport, uint32_t seq, uint32_t ack, uint8_t flags,
+                   uint16_t window, int has_ts, uint32_t ts_val, uint32_t ts_ecr,
+                   uint32_t payload_len, int vnet, uint16_t gso_size);
 
 /* ---- the established-flow path (csrc/flow.c) ---- */
 struct ns_flow {
@@ -17,8 +22,9 @@ struct ns_flow {
     int next;                   /* hash chain: slot + 1 of the next flow, 0 ends it */
     int dirty;
     uint8_t guest_mac[6];
-    uint8_t guest_ip[4];
-    uint8_t remote_ip[4];
+    uint8_t guest_ip[16];   /* IPv4 as ::ffff:a.b.c.d */
+    uint8_t remote_ip[16];
+    int v6;
     uint16_t guest_port;
     uint16_t remote_port;
     uint32_t snd_una;
@@ -63,6 +69,8 @@ struct ns_ctx {
     int vnet;
     uint8_t gateway_mac[6];
     uint8_t dns_mac[6];
+    uint8_t router_mac[6];
+    uint8_t dns6_mac[6];
     uint8_t *rx;
     size_t rx_cap;
     uint8_t *tx;
@@ -105,7 +113,8 @@ struct ns_ctx *ns_ctx_new(int tap_fd, int vnet, uint8_t *rx, size_t rx_cap, int 
                           int by_fd_cap);
 void ns_ctx_free(struct ns_ctx *ctx);
 struct ns_flow *ns_flow_open(struct ns_ctx *ctx, int fd, const uint8_t *guest_ip,
-                             uint16_t guest_port, const uint8_t *remote_ip, uint16_t remote_port);
+                             uint16_t guest_port, const uint8_t *remote_ip, uint16_t remote_port,
+                             int v6);
 void ns_flow_close(struct ns_ctx *ctx, struct ns_flow *flow);
 void ns_flow_flush(struct ns_ctx *ctx, struct ns_flow *flow, double now);
 long ns_rx(struct ns_ctx *ctx, double now, int max_frames);

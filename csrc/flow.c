@@ -1,4 +1,4 @@
-/* netstack C fast path: established TCP/IPv4 flows, both directions, without Python.
+/* netstack C fast path: established TCP flows (IPv4 and IPv6), both directions, without Python.
  *
  * Python's TCP core (netstack/tcp/connection.py) is the whole protocol and the twin of
  * this file. While a connection is established and nothing unusual is happening, Python
@@ -61,15 +61,21 @@ static int seq_lt(uint32_t a, uint32_t b) { return (int32_t)(a - b) < 0; }
 
 /* ------------------------------------------------------------------ the table */
 
+/* Addresses are 16 bytes: an IPv4 one as ::ffff:a.b.c.d. */
 static unsigned int flow_hash(const uint8_t *gip, uint16_t gport, const uint8_t *rip,
                               uint16_t rport)
 {
-    uint32_t a, b;
-    memcpy(&a, gip, 4);
-    memcpy(&b, rip, 4);
-    uint32_t h = a * 0x9e3779b1u ^ b * 0x85ebca77u ^ ((uint32_t)gport << 16 | rport) * 0xc2b2ae3du;
+    uint32_t h = ((uint32_t)gport << 16 | rport) * 0xc2b2ae3du;
+    for (int i = 0; i < 16; i += 4) {
+        uint32_t a, b;
+        memcpy(&a, gip + i, 4);
+        memcpy(&b, rip + i, 4);
+        h = (h ^ a * 0x9e3779b1u ^ b * 0x85ebca77u) * 0x27d4eb2fu;
+    }
     return h ^ (h >> 15);
 }
+
+static const uint8_t V4_MAPPED[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
 
 struct ns_ctx *ns_ctx_new(int tap_fd, int vnet, uint8_t *rx, size_t rx_cap, int max_flows,
                           int by_fd_cap)
@@ -149,8 +155,8 @@ static struct ns_flow *lookup(struct ns_ctx *ctx, const uint8_t *gip, uint16_t g
     int s = ctx->buckets[flow_hash(gip, gport, rip, rport) & ctx->bucket_mask];
     while (s) {
         struct ns_flow *f = &ctx->flows[s - 1];
-        if (f->guest_port == gport && f->remote_port == rport && !memcmp(f->guest_ip, gip, 4) &&
-            !memcmp(f->remote_ip, rip, 4))
+        if (f->guest_port == gport && f->remote_port == rport && !memcmp(f->guest_ip, gip, 16) &&
+            !memcmp(f->remote_ip, rip, 16))
             return f;
         s = f->next;
     }
@@ -161,7 +167,8 @@ static struct ns_flow *lookup(struct ns_ctx *ctx, const uint8_t *gip, uint16_t g
  * caller fills the state); NULL when full, the fd is out of range, or the 4-tuple or
  * fd is held already. */
 struct ns_flow *ns_flow_open(struct ns_ctx *ctx, int fd, const uint8_t *guest_ip,
-                             uint16_t guest_port, const uint8_t *remote_ip, uint16_t remote_port)
+                             uint16_t guest_port, const uint8_t *remote_ip, uint16_t remote_port,
+                             int v6)
 {
     if (ctx->nfree == 0 || fd < 0 || fd >= ctx->by_fd_cap || ctx->by_fd[fd])
         return NULL;
@@ -176,8 +183,9 @@ struct ns_flow *ns_flow_open(struct ns_ctx *ctx, int fd, const uint8_t *guest_ip
     f->unsent_cap = cap;
     f->fd = fd;
     f->slot = slot;
-    memcpy(f->guest_ip, guest_ip, 4);
-    memcpy(f->remote_ip, remote_ip, 4);
+    memcpy(f->guest_ip, guest_ip, 16);
+    memcpy(f->remote_ip, remote_ip, 16);
+    f->v6 = v6;
     f->guest_port = guest_port;
     f->remote_port = remote_port;
     f->py_timer_at = INFINITY;
@@ -257,19 +265,34 @@ static uint32_t ts_val(double now) { return (uint32_t)(uint64_t)(now * 1000.0); 
 
 /* Twin of SegmentWriter.send for IPv4: the payload (payload_len bytes) is already at
  * payload_offset(hlen); one frame on a vnet link, seg_size chunks on a plain one. */
+static long build(struct ns_ctx *ctx, struct ns_flow *f, size_t start, uint32_t seq,
+                  uint8_t flags, uint16_t window, uint32_t tsv, uint32_t payload_len, int vnet,
+                  uint16_t gso_size)
+{
+    if (f->v6)
+        return ns_tcp6_frame(ctx->tx, ctx->tx_cap, start, f->guest_mac, ctx->gateway_mac,
+                             f->remote_ip, f->guest_ip, f->remote_port, f->guest_port, seq,
+                             f->rcv_nxt, flags, window, f->ts_enabled, tsv, f->ts_recent,
+                             payload_len, vnet, gso_size);
+    return ns_tcp4_frame(ctx->tx, ctx->tx_cap, start, f->guest_mac, ctx->gateway_mac,
+                         f->remote_ip + 12, f->guest_ip + 12, f->remote_port, f->guest_port, seq,
+                         f->rcv_nxt, flags, window, f->ts_enabled, tsv, f->ts_recent, payload_len,
+                         ctx->ip_id++, vnet, gso_size);
+}
+
+/* Twin of SegmentWriter.send: the payload (payload_len bytes) is already at
+ * payload_offset(hlen); one frame on a vnet link, seg_size chunks on a plain one. */
 static void emit(struct ns_ctx *ctx, struct ns_flow *f, uint8_t flags, uint16_t window,
                  uint32_t payload_len, double now)
 {
     int hlen = TCP_LEN + (f->ts_enabled ? TS_LEN : 0);
-    size_t start = payload_offset(hlen) - (VNET_LEN + ETH_LEN + IP4_LEN + (size_t)hlen);
+    size_t l3 = f->v6 ? IP6_LEN : IP4_LEN;
+    size_t start = payload_offset(hlen) - (VNET_LEN + ETH_LEN + l3 + (size_t)hlen);
     uint32_t tsv = ts_val(now);
     f->rcv_acked = f->rcv_nxt;
     if (payload_len <= f->seg_size || ctx->vnet) {
-        long end = ns_tcp4_frame(ctx->tx, ctx->tx_cap, start, f->guest_mac, ctx->gateway_mac,
-                                 f->remote_ip, f->guest_ip, f->remote_port, f->guest_port,
-                                 f->snd_nxt, f->rcv_nxt, flags, window, f->ts_enabled, tsv,
-                                 f->ts_recent, payload_len, ctx->ip_id++, ctx->vnet,
-                                 (uint16_t)f->seg_size);
+        long end = build(ctx, f, start, f->snd_nxt, flags, window, tsv, payload_len, ctx->vnet,
+                         (uint16_t)f->seg_size);
         if (end > 0)
             link_write(ctx, start, (size_t)end);
         return;
@@ -278,11 +301,8 @@ static void emit(struct ns_ctx *ctx, struct ns_flow *f, uint8_t flags, uint16_t 
     while (done < payload_len) {
         uint32_t n = payload_len - done < f->seg_size ? payload_len - done : f->seg_size;
         uint8_t fl = done + n == payload_len ? flags : (uint8_t)(flags & ~(F_FIN | F_PSH));
-        long end = ns_tcp4_frame(ctx->tx, ctx->tx_cap, start + done, f->guest_mac,
-                                 ctx->gateway_mac, f->remote_ip, f->guest_ip, f->remote_port,
-                                 f->guest_port, f->snd_nxt + done, f->rcv_nxt, fl, window,
-                                 f->ts_enabled, tsv, f->ts_recent, n, ctx->ip_id++, 0,
-                                 (uint16_t)n);
+        long end = build(ctx, f, start + done, f->snd_nxt + done, fl, window, tsv, n, 0,
+                         (uint16_t)n);
         if (end > 0)
             link_write(ctx, start + done, (size_t)end);
         done += n;
@@ -470,15 +490,13 @@ static void mark_dirty(struct ns_ctx *ctx, struct ns_flow *f)
 
 /* Twin of TcpConnection.flush: gathered bytes out, acknowledged host bytes dropped,
  * the ACK the guest is owed. */
-/* Acknowledged host bytes are dropped from the socket once this many have gathered
- * (or when Python takes the flow): a small exchange does not cost a recv() each. */
-#define DISCARD_BATCH (16 * 1024)
-
-static void flush_data(struct ns_ctx *ctx, struct ns_flow *f, int force)
+/* Acknowledged host bytes leave the socket at once: only a real read moves the
+ * socket's receive window (and frees its buffer), and a sender that waits for it would
+ * wait forever on a few bytes held back. */
+static void flush_data(struct ns_ctx *ctx, struct ns_flow *f)
 {
     write_unsent(ctx, f);
-    if (f->acked_in_queue && (force || f->acked_in_queue >= DISCARD_BATCH) &&
-        f->eject != EJECT_ERROR) {
+    if (f->acked_in_queue && f->eject != EJECT_ERROR) {
         long done = ns_discard(f->fd, (size_t)f->acked_in_queue);
         if (done < 0) {
             eject(ctx, f, EJECT_ERROR, (int)-done);
@@ -491,7 +509,7 @@ static void flush_data(struct ns_ctx *ctx, struct ns_flow *f, int force)
 
 void ns_flow_flush(struct ns_ctx *ctx, struct ns_flow *f, double now)
 {
-    flush_data(ctx, f, 1);
+    flush_data(ctx, f);
     if (f->ack_needed && f->eject != EJECT_ERROR)
         send_ack(ctx, f, now);
 }
@@ -565,7 +583,7 @@ static void flush_dirty(struct ns_ctx *ctx, double now)
         f->dirty = 0;
         if (f->eject)
             continue;
-        flush_data(ctx, f, 0);
+        flush_data(ctx, f);
         if (f->ack_needed && f->eject != EJECT_ERROR && !delay_ack(ctx, f, now))
             send_ack(ctx, f, now);
     }
@@ -580,19 +598,41 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
     if (len < VNET_LEN + ETH_LEN + IP4_LEN + TCP_LEN)
         return 0;
     const uint8_t *eth = ctx->rx + VNET_LEN;
-    if (get16(eth + 12) != 0x0800)
-        return 0;
-    if (memcmp(eth, ctx->gateway_mac, 6) && memcmp(eth, ctx->dns_mac, 6))
-        return 0;
     const uint8_t *ip = eth + ETH_LEN;
     size_t l3_len = len - VNET_LEN - ETH_LEN;
-    if (ip[0] != 0x45 || ip[9] != 6 || (get16(ip + 6) & 0x3fff))
-        return 0; /* options, not TCP, or a fragment */
-    size_t total = get16(ip + 2);
-    if (total < IP4_LEN + TCP_LEN || total > l3_len || ns_checksum(ip, IP4_LEN, 0) != 0)
+    uint8_t src[16], dst[16];
+    const uint8_t *t;
+    size_t l4_len;
+    uint16_t ethertype = get16(eth + 12);
+    if (ethertype == 0x0800) {
+        if (memcmp(eth, ctx->gateway_mac, 6) && memcmp(eth, ctx->dns_mac, 6))
+            return 0;
+        if (ip[0] != 0x45 || ip[9] != 6 || (get16(ip + 6) & 0x3fff))
+            return 0; /* options, not TCP, or a fragment */
+        size_t total = get16(ip + 2);
+        if (total < IP4_LEN + TCP_LEN || total > l3_len || ns_checksum(ip, IP4_LEN, 0) != 0)
+            return 0;
+        memcpy(src, V4_MAPPED, 12);
+        memcpy(src + 12, ip + 12, 4);
+        memcpy(dst, V4_MAPPED, 12);
+        memcpy(dst + 12, ip + 16, 4);
+        t = ip + IP4_LEN;
+        l4_len = total - IP4_LEN;
+    } else if (ethertype == 0x86dd) {
+        if (memcmp(eth, ctx->router_mac, 6) && memcmp(eth, ctx->dns6_mac, 6))
+            return 0;
+        if (l3_len < IP6_LEN + TCP_LEN || (ip[0] >> 4) != 6 || ip[6] != 6)
+            return 0; /* not TCP right after the fixed header: extension headers go to Python */
+        size_t payload = get16(ip + 4);
+        if (payload < TCP_LEN || IP6_LEN + payload > l3_len)
+            return 0;
+        memcpy(src, ip + 8, 16);
+        memcpy(dst, ip + 24, 16);
+        t = ip + IP6_LEN;
+        l4_len = payload;
+    } else {
         return 0;
-    const uint8_t *t = ip + IP4_LEN;
-    size_t l4_len = total - IP4_LEN;
+    }
     size_t hlen = (size_t)(t[12] >> 4) * 4;
     uint8_t flags = t[13];
     if ((flags & (F_SYN | F_RST | F_FIN | F_URG)) || !(flags & F_ACK))
@@ -603,7 +643,7 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
         has_ts = 1;
     else if (hlen != TCP_LEN)
         return 0;
-    struct ns_flow *f = lookup(ctx, ip + 12, get16(t), ip + 16, get16(t + 2));
+    struct ns_flow *f = lookup(ctx, src, get16(t), dst, get16(t + 2));
     if (!f || f->eject || memcmp(eth + 6, f->guest_mac, 6))
         return 0;
     uint32_t seq = get32(t + 4), ack = get32(t + 8);

@@ -51,16 +51,20 @@ def test_discard_and_send_space_match_twin() -> None:
             x.close()
 
 
+@pytest.mark.parametrize("v6", [False, True])
 @pytest.mark.parametrize("vnet_on", [True, False])
 @pytest.mark.parametrize("ts", [None, (123456, 654321)])
 @pytest.mark.parametrize("payload_len,seg_size", [(0, 1448), (100, 1448), (5000, 1448)])
 def test_tcp_frame_builder_matches_twin(
-    vnet_on: bool, ts: tuple[int, int] | None, payload_len: int, seg_size: int
+    v6: bool, vnet_on: bool, ts: tuple[int, int] | None, payload_len: int, seg_size: int
 ) -> None:
     from netstack.link.memory import MemoryLink
     from netstack.tcp.output import FlowAddrs, SegmentWriter
 
-    flow = FlowAddrs(os.urandom(6), b"\x0a\x00\x02\x64", 40000, b"\xc0\x00\x02\x02", 443)
+    if v6:
+        flow = FlowAddrs(os.urandom(6), os.urandom(16), 40000, os.urandom(16), 443)
+    else:
+        flow = FlowAddrs(os.urandom(6), b"\x0a\x00\x02\x64", 40000, b"\xc0\x00\x02\x02", 443)
     outputs = []
     for use_c in (True, False):
         w = SegmentWriter(MemoryLink(vnet_enabled=vnet_on), b"\x52\x55\x0a\x00\x02\x02")
@@ -70,7 +74,7 @@ def test_tcp_frame_builder_matches_twin(
         w.payload_view(hlen, payload_len)[:payload_len] = bytes(range(256)) * (
             payload_len // 256
         ) + bytes(payload_len % 256)
-        start = w.payload_offset(hlen) - (10 + 34 + hlen)
+        start = w.payload_offset(hlen) - (10 + (54 if v6 else 34) + hlen)
         end = w._headers(start, flow, 0xFFFFFFF0, 77, 0x18, 4321, ts, hlen, payload_len, seg_size)
         outputs.append(bytes(w.buf[start:end]))
     assert outputs[0] == outputs[1]

@@ -182,6 +182,11 @@ def test_c_frame_builder_refuses_what_does_not_fit() -> None:
     assert _fast.tcp4_frame(ptr, len(buf), 0, *args, 70000, 1, False, 0) == -1  # > 64 KiB
     assert _fast.tcp4_frame(ptr, len(buf), 300, *args, 0, 1, False, 0) == -1  # start outside
     assert _fast.tcp4_frame(ptr, len(buf), 0, *args, 10, 1, False, 0) == 10 + 54 + 10
+    args6 = (b"\0" * 6, b"\0" * 6, b"\0" * 16, b"\0" * 16, 1, 2, 3, 4, 0x10, 5, False, 0, 0)
+    assert _fast.tcp6_frame(ptr, len(buf), 0, *args6, 200, False, 0) == -1
+    assert _fast.tcp6_frame(ptr, len(buf), 0, *args6, 70000, False, 0) == -1
+    assert _fast.tcp6_frame(ptr, len(buf), 300, *args6, 0, False, 0) == -1
+    assert _fast.tcp6_frame(ptr, len(buf), 0, *args6, 10, False, 0) == 10 + 74 + 10
 
 
 @st.composite

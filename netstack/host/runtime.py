@@ -30,7 +30,7 @@ from netstack.host.resolvconf import ResolvConf
 from netstack.host.streams import HostTcpStream
 from netstack.link.base import FRAME_BUFFER_SIZE, LinkClosed, LinkEndpoint
 from netstack.link.tap import TapLink
-from netstack.stack.config import NetworkConfig
+from netstack.stack.config import DNS6, NetworkConfig, virtual_mac
 from netstack.stack.dispatch import Stack
 from netstack.stack.hostio import DatagramReceiver, HostAddr
 from netstack.stack.limits import Limits
@@ -81,7 +81,7 @@ class Runtime:
         self.api: ApiServer | None = None
         self.started = time.monotonic()
         self.fastpath: FastPath | None = None
-        # established TCP/IPv4 flows run in C (csrc/flow.c) unless NETSTACK_FASTPATH=0
+        # established TCP flows run in C (csrc/flow.c) unless NETSTACK_FASTPATH=0
         if (
             isinstance(link, TapLink)
             and fastpath.available()
@@ -94,6 +94,8 @@ class Runtime:
                 config.gateway_mac,
                 config.dns_mac,
                 self.stack.tcp.max_flows,
+                router_mac=config.router_mac,
+                dns6_mac=virtual_mac(DNS6),
             )
             self.fastpath.touch_timer = self.stack.timers.touch
             delack = os.environ.get("NETSTACK_DELACK_MS")  # a developer's knob: 0 turns it off

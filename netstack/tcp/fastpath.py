@@ -1,8 +1,8 @@
-"""Hand-over of established TCP/IPv4 connections to the C flow path (csrc/flow.c).
+"""Hand-over of established TCP connections to the C flow path (csrc/flow.c).
 
 Python's TcpConnection is the protocol; C runs the common case of an established flow
 (in-order data and ACKs both ways) without a Python call per segment. A connection is
-*held* by C while it is established, IPv4, and nothing is queued, closing or counted
+*held* by C while it is established and nothing is queued, closing or counted
 (`eligible`). Any event C does not handle takes it back: the table calls `release`
 before a segment, a host event or a timer reaches the connection, and C itself lists
 flows it cannot finish ("ejects": host EOF or error, a socket that filled, a zero
@@ -43,6 +43,7 @@ _RELEASE_REASONS = {
 
 
 _NO_EVENTS: list[tuple[int, int]] = []
+_V4_MAPPED = bytes(10) + b"\xff\xff"  # C keys IPv4 addresses as ::ffff:a.b.c.d
 
 # TcpConnection attributes C reads and writes (copied both ways), with their type
 _SHARED: tuple[tuple[str, type], ...] = (
@@ -80,6 +81,8 @@ class FastPath:
         gateway_mac: bytes,
         dns_mac: bytes,
         max_flows: int,
+        router_mac: bytes = bytes(6),
+        dns6_mac: bytes = bytes(6),
         by_fd_cap: int = 65536,
     ) -> None:
         from netstack._fastc import ffi, lib
@@ -93,6 +96,8 @@ class FastPath:
         self.ctx: Any = ctx
         ctx.gateway_mac = gateway_mac
         ctx.dns_mac = dns_mac
+        ctx.router_mac = router_mac  # IPv6 segments are addressed to these
+        ctx.dns6_mac = dns6_mac
         ctx.window_max = WINDOW_MAX
         ctx.rto_initial = RTO_INITIAL
         ctx.pending_slack = PENDING_SLACK
@@ -115,7 +120,6 @@ class FastPath:
         sock = getattr(host, "sock", None)
         return (
             conn.state is TcpState.ESTABLISHED
-            and len(conn.flow.guest_ip) == 4
             and sock is not None
             and not getattr(host, "connecting", True)
             and getattr(host, "peek_off_supported", False)
@@ -134,8 +138,15 @@ class FastPath:
             return
         host: Any = conn.host
         f = conn.flow
+        v6 = len(f.guest_ip) == 16
         c = self.lib.ns_flow_open(
-            self.ctx, host.sock.fileno(), f.guest_ip, f.guest_port, f.remote_ip, f.remote_port
+            self.ctx,
+            host.sock.fileno(),
+            f.guest_ip if v6 else _V4_MAPPED + f.guest_ip,
+            f.guest_port,
+            f.remote_ip if v6 else _V4_MAPPED + f.remote_ip,
+            f.remote_port,
+            v6,
         )
         if c == self.ffi.NULL:
             return  # full, or an fd beyond the table: Python keeps it

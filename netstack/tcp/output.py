@@ -124,15 +124,36 @@ class SegmentWriter:
         seg_size: int,
     ) -> int:
         """Write the headers in front of the payload; returns the frame's end."""
-        if (
-            self._c_buf is None
-            or len(flow.guest_ip) == 16
-            or hlen != tcp.HEADER_LEN + (TS_OPTION_LEN if ts else 0)
-        ):
-            # the C builder knows IPv4 and no option but the timestamp (a SYN has more)
+        if self._c_buf is None or hlen != tcp.HEADER_LEN + (TS_OPTION_LEN if ts else 0):
+            # the C builders know no option but the timestamp (a SYN has more)
             return self._headers_py(
                 start, flow, seq, ack, flags, window, ts, hlen, payload_len, seg_size
             )
+        if len(flow.guest_ip) == 16:
+            end = _fast.tcp6_frame(
+                self._c_buf,
+                len(self.buf),
+                start,
+                flow.guest_mac,
+                self.src_mac,
+                flow.remote_ip,
+                flow.guest_ip,
+                flow.remote_port,
+                flow.guest_port,
+                seq & 0xFFFFFFFF,
+                ack & 0xFFFFFFFF,
+                flags,
+                window,
+                ts is not None,
+                ts[0] if ts else 0,
+                ts[1] if ts else 0,
+                payload_len,
+                self.link.vnet,
+                seg_size,
+            )
+            if end < 0:
+                raise ValueError("tcp frame does not fit the buffer")
+            return int(end)
         end = _fast.tcp4_frame(
             self._c_buf,
             len(self.buf),
@@ -172,8 +193,8 @@ class SegmentWriter:
         payload_len: int,
         seg_size: int,
     ) -> int:
-        """The builder in Python, both families: the twin of ns_tcp4_frame for IPv4, the
-        only builder for IPv6 (no C one yet). The TCP checksum is partial with a
+        """The builder in Python, both families: the twin of ns_tcp4_frame and
+        ns_tcp6_frame. The TCP checksum is partial with a
         virtio-net header (GSO when the payload exceeds seg_size), complete otherwise."""
         buf = self.buf
         l2 = start + VNET_HEADROOM

@@ -9,6 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.test_datapath import UPLOAD, _sha256_file
 from tests.e2e.test_hostile import HOSTILE
 from tests.netns import PYTHON, SERVERS, WORLD_HOST_IP6, World
@@ -39,13 +41,25 @@ def test_slaac_address_and_default_route(world: World) -> None:
         assert r.returncode == 0, f"{dst}: {r.stdout}"
 
 
-def test_tcp_both_ways_to_host_loopback_over_ipv6(world: World) -> None:
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"NETSTACK_VNET": "0"},
+        {"NETSTACK_FASTPATH": "0"},
+        {"NETSTACK_VNET": "0", "NETSTACK_FASTPATH": "0"},
+    ],
+    ids=["vnet", "plain", "vnet-python", "plain-python"],
+)
+def test_tcp_both_ways_to_host_loopback_over_ipv6(world: World, env: dict[str, str]) -> None:
+    """Established IPv6 flows run in C (csrc/flow.c) or, with NETSTACK_FASTPATH=0, in
+    Python: both frame kinds, both directions."""
     with tempfile.TemporaryDirectory() as d:
         blob = Path(d) / "blob"
         blob.write_bytes(os.urandom(32 * MiB))
         world.server("host", "http", d, "8080", "::1")
         world.server("host", "sink", "9000", "::1")
-        world.start_netstack("-6")
+        world.start_netstack("-6", env=env)
         wait_slaac(world)
         r = world.in_guest("sh", "-c", "curl -sS -m 60 'http://[fd00::2]:8080/blob' | sha256sum")
         assert r.stdout.split()[0] == _sha256_file(blob), r.stderr
