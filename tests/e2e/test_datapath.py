@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -260,6 +261,43 @@ def test_no_host_sockets_linger_after_flows_close(world: World) -> None:
             break
         time.sleep(0.2)
     assert world.netstack_fds() == baseline
+
+
+HOLD_OPEN = r"""
+import socket, sys, time
+s = socket.create_connection(("10.0.2.2", 7000), timeout=10)
+for size in (70000, 5000, 300):
+    s.sendall(b"r" * size)
+    got = 0
+    while got < size:
+        got += len(s.recv(65536))
+print("echoed", flush=True)
+time.sleep(float(sys.argv[1]))  # the connection stays open, idle
+"""
+
+
+@pytest.mark.parametrize("fastpath", ["1", "0"])
+def test_acknowledged_host_bytes_leave_the_socket_at_once(world: World, fastpath: str) -> None:
+    """Host data stays in the host socket until the guest acknowledges it, then it is
+    read away at once: only a read moves the socket's receive window, so bytes held back
+    could stall the host's sender for good (a 16 KiB batching of these reads did)."""
+    world.server("host", "echo", "7000", "127.0.0.1")
+    world.start_netstack(env={"NETSTACK_FASTPATH": fastpath})
+    client = subprocess.Popen(
+        ["ip", "netns", "exec", world.guest, PYTHON_BIN, "-c", HOLD_OPEN, "5"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert client.stdout is not None and client.stdout.readline().strip() == "echoed"
+        time.sleep(0.5)  # the guest's last ACK arrives (delayed ACKs included)
+        # netstack's socket toward the echo server: nothing left unread
+        out = world.in_host("ss", "-tnH", "dst", "127.0.0.1:7000").stdout
+        queues = [int(line.split()[1]) for line in out.splitlines() if line.strip()]
+        assert queues == [0], out
+    finally:
+        client.kill()
+        client.wait()
 
 
 def test_dhcp_lease(world: World) -> None:
