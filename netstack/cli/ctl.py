@@ -116,6 +116,15 @@ def main(argv: list[str] | None = None) -> int:
                 ["event", "count"],
             )
         )
+        fast = ret.get("fast_path")
+        if fast:  # the C flow path: what it handled, why it gave flows back
+            rows = [{"fast path": k, "count": v} for k, v in fast.items() if k != "releases"]
+            rows += [
+                {"fast path": f"released: {k}", "count": v}
+                for k, v in sorted(fast.get("releases", {}).items())
+            ]
+            print()
+            print(_table(rows, ["fast path", "count"]))
     elif a.command == "connections":
         print(
             _table(

@@ -229,6 +229,7 @@ def test_netstackctl_prints_tables(world: World, api: str) -> None:
     world.in_guest("ping", "-c", "1", "10.0.2.2")
     r = subprocess.run([ctl, "-a", api, "stats"], capture_output=True, text=True, timeout=10)
     assert "icmp_echo_answered" in r.stdout
+    assert "frames_from_guest_in_c" in r.stdout  # the C flow path's own table
     r = subprocess.run(
         [ctl, "-a", api, "--json", "remove", "9"], capture_output=True, text=True, timeout=10
     )
