@@ -33,6 +33,7 @@
 #define TS_LEN 12
 #define MAX_PACKET 65535
 #define UNSENT_MAX (512 * 1024)
+#define UNSENT_KEEP (16 * 1024) /* a held flow keeps a gather buffer up to this size */
 #define EVENTS_MAX 256
 #define NS_PYTHON_WORK (1 << 24) /* above any frame length or event count */
 
@@ -176,11 +177,7 @@ struct ns_flow *ns_flow_open(struct ns_ctx *ctx, int fd, const uint8_t *guest_ip
         return NULL;
     int slot = ctx->free_slots[--ctx->nfree];
     struct ns_flow *f = &ctx->flows[slot];
-    uint8_t *unsent = f->unsent;
-    uint32_t cap = f->unsent_cap;
-    memset(f, 0, sizeof(*f));
-    f->unsent = unsent; /* kept across uses of the slot */
-    f->unsent_cap = cap;
+    memset(f, 0, sizeof(*f)); /* no buffer: ns_flow_close freed it */
     f->fd = fd;
     f->slot = slot;
     memcpy(f->guest_ip, guest_ip, 16);
@@ -230,11 +227,9 @@ void ns_flow_close(struct ns_ctx *ctx, struct ns_flow *f)
     f->dirty = 0;
     f->eject = 0;
     f->unsent_len = 0;
-    if (f->unsent_cap > 64 * 1024) { /* a burst's buffer is not kept for the slot */
-        free(f->unsent);
-        f->unsent = NULL;
-        f->unsent_cap = 0;
-    }
+    free(f->unsent);
+    f->unsent = NULL;
+    f->unsent_cap = 0;
     f->fd = -1;
     ctx->free_slots[ctx->nfree++] = slot;
 }
@@ -409,7 +404,7 @@ static int unsent_reserve(struct ns_flow *f, uint32_t more)
 {
     if (f->unsent_len + more <= f->unsent_cap)
         return 0;
-    uint32_t cap = f->unsent_cap ? f->unsent_cap : 16 * 1024;
+    uint32_t cap = f->unsent_cap ? f->unsent_cap : 4096;
     while (cap < f->unsent_len + more)
         cap *= 2;
     uint8_t *p = realloc(f->unsent, cap);
@@ -442,6 +437,11 @@ static void write_unsent(struct ns_ctx *ctx, struct ns_flow *f)
         return;
     }
     f->unsent_len = 0;
+    if (f->unsent_cap > UNSENT_KEEP) { /* a burst's buffer is not kept while idle */
+        free(f->unsent);
+        f->unsent = NULL;
+        f->unsent_cap = 0;
+    }
 }
 
 /* Twin of ToHost.take with nothing pending: small segments are gathered, large ones
