@@ -11,7 +11,8 @@ ffibuilder.cdef((HERE / "fast.h").read_text())
 ffibuilder.set_source(
     "netstack._fastc",
     '#include <stdint.h>\n#include <stddef.h>\n#include "fast.h"\n',
-    sources=["csrc/fast.c", "csrc/flow.c"],  # relative: setuptools refuses absolute paths
+    # relative paths: setuptools refuses absolute ones
+    sources=["csrc/fast.c", "csrc/flow.c", "csrc/flow_table.c"],
     include_dirs=["csrc"],
     extra_compile_args=["-O2", "-Wall", "-Wextra"],
 )

@@ -23,225 +23,7 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
-#include "fast.h"
-
-#define VNET_LEN 10
-#define ETH_LEN 14
-#define IP4_LEN 20
-#define IP6_LEN 40
-#define TCP_LEN 20
-#define TS_LEN 12
-#define MAX_PACKET 65535
-#define UNSENT_MAX (512 * 1024)
-#define UNSENT_KEEP (16 * 1024) /* a held flow keeps a gather buffer up to this size */
-#define EVENTS_MAX 256
-#define NS_PYTHON_WORK (1 << 24) /* above any frame length or event count */
-
-#define F_FIN 0x01
-#define F_SYN 0x02
-#define F_RST 0x04
-#define F_PSH 0x08
-#define F_ACK 0x10
-#define F_URG 0x20
-
-#ifndef SO_PEEK_OFF
-#define SO_PEEK_OFF 42
-#endif
-
-/* eject reasons, mirrored in netstack/tcp/fastpath.py */
-#define EJECT_ERROR 1   /* a host socket call failed: err holds errno */
-#define EJECT_PUMP 2    /* host EOF, or a zero window to probe: Python's pump decides */
-#define EJECT_BLOCKED 3 /* the host socket took part of a write: Python queues the rest */
-
-static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static int seq_lt(uint32_t a, uint32_t b) { return (int32_t)(a - b) < 0; }
-
-/* ------------------------------------------------------------------ the table */
-
-/* Addresses are 16 bytes: an IPv4 one as ::ffff:a.b.c.d. */
-static unsigned int flow_hash(const uint8_t *gip, uint16_t gport, const uint8_t *rip,
-                              uint16_t rport)
-{
-    uint32_t h = ((uint32_t)gport << 16 | rport) * 0xc2b2ae3du;
-    for (int i = 0; i < 16; i += 4) {
-        uint32_t a, b;
-        memcpy(&a, gip + i, 4);
-        memcpy(&b, rip + i, 4);
-        h = (h ^ a * 0x9e3779b1u ^ b * 0x85ebca77u) * 0x27d4eb2fu;
-    }
-    return h ^ (h >> 15);
-}
-
-static const uint8_t V4_MAPPED[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-
-struct ns_ctx *ns_ctx_new(int tap_fd, int vnet, uint8_t *rx, size_t rx_cap, int max_flows,
-                          int by_fd_cap)
-{
-    struct ns_ctx *ctx = calloc(1, sizeof(*ctx));
-    if (!ctx)
-        return NULL;
-    ctx->delack_fd = -1;
-    unsigned int buckets = 64;
-    while (buckets < (unsigned int)max_flows * 2)
-        buckets <<= 1;
-    ctx->tap_fd = tap_fd;
-    ctx->vnet = vnet;
-    ctx->rx = rx;
-    ctx->rx_cap = rx_cap;
-    ctx->tx_cap = VNET_LEN + ETH_LEN + IP6_LEN + TCP_LEN + TS_LEN + MAX_PACKET;
-    ctx->tx = malloc(ctx->tx_cap);
-    ctx->max_flows = max_flows;
-    ctx->flows = calloc((size_t)max_flows, sizeof(struct ns_flow));
-    ctx->free_slots = malloc(sizeof(int) * (size_t)max_flows);
-    ctx->buckets = calloc(buckets, sizeof(int));
-    ctx->bucket_mask = buckets - 1;
-    ctx->by_fd = calloc((size_t)by_fd_cap, sizeof(int));
-    ctx->by_fd_cap = by_fd_cap;
-    ctx->dirty = malloc(sizeof(int) * (size_t)max_flows);
-    ctx->ejects = malloc(sizeof(int) * (size_t)max_flows);
-    ctx->timers = malloc(sizeof(int) * (size_t)max_flows);
-    ctx->delacks = malloc(sizeof(int) * (size_t)max_flows);
-    ctx->ev_fd = malloc(sizeof(int) * EVENTS_MAX);
-    ctx->ev_mask = malloc(sizeof(uint32_t) * EVENTS_MAX);
-    if (!ctx->tx || !ctx->flows || !ctx->free_slots || !ctx->buckets || !ctx->by_fd ||
-        !ctx->dirty || !ctx->ejects || !ctx->timers || !ctx->delacks || !ctx->ev_fd ||
-        !ctx->ev_mask) {
-        ns_ctx_free(ctx);
-        return NULL;
-    }
-    for (int i = 0; i < max_flows; i++)
-        ctx->free_slots[i] = max_flows - 1 - i;
-    ctx->nfree = max_flows;
-    ctx->rto_initial = 0.2;
-    ctx->window_max = 1 << 20;
-    ctx->pending_slack = 64 * 1024;
-    ctx->gather_max_segment = 16 * 1024;
-    ctx->delack_delay = 0.001;
-    ctx->delack_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    if (ctx->delack_fd < 0)
-        ctx->delack_delay = 0; /* no timer: ACKs are not delayed */
-    return ctx;
-}
-
-void ns_ctx_free(struct ns_ctx *ctx)
-{
-    if (!ctx)
-        return;
-    if (ctx->flows)
-        for (int i = 0; i < ctx->max_flows; i++)
-            free(ctx->flows[i].unsent);
-    free(ctx->tx);
-    free(ctx->flows);
-    free(ctx->free_slots);
-    free(ctx->buckets);
-    free(ctx->by_fd);
-    free(ctx->dirty);
-    free(ctx->ejects);
-    free(ctx->timers);
-    free(ctx->delacks);
-    free(ctx->ev_fd);
-    free(ctx->ev_mask);
-    if (ctx->delack_fd >= 0)
-        close(ctx->delack_fd);
-    free(ctx);
-}
-
-static struct ns_flow *lookup(struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport,
-                              const uint8_t *rip, uint16_t rport)
-{
-    int s = ctx->buckets[flow_hash(gip, gport, rip, rport) & ctx->bucket_mask];
-    while (s) {
-        struct ns_flow *f = &ctx->flows[s - 1];
-        if (f->guest_port == gport && f->remote_port == rport && !memcmp(f->guest_ip, gip, 16) &&
-            !memcmp(f->remote_ip, rip, 16))
-            return f;
-        s = f->next;
-    }
-    return NULL;
-}
-
-/* A flow slot for an established connection, zeroed but for its addresses and fd (the
- * caller fills the state); NULL when full, the fd is out of range, or the 4-tuple or
- * fd is held already. */
-struct ns_flow *ns_flow_open(struct ns_ctx *ctx, int fd, const uint8_t *guest_ip,
-                             uint16_t guest_port, const uint8_t *remote_ip, uint16_t remote_port,
-                             int v6)
-{
-    if (ctx->nfree == 0 || fd < 0 || fd >= ctx->by_fd_cap || ctx->by_fd[fd])
-        return NULL;
-    if (lookup(ctx, guest_ip, guest_port, remote_ip, remote_port))
-        return NULL;
-    int slot = ctx->free_slots[--ctx->nfree];
-    struct ns_flow *f = &ctx->flows[slot];
-    memset(f, 0, sizeof(*f)); /* no buffer: ns_flow_close freed it */
-    f->fd = fd;
-    f->slot = slot;
-    memcpy(f->guest_ip, guest_ip, 16);
-    memcpy(f->remote_ip, remote_ip, 16);
-    f->v6 = v6;
-    f->guest_port = guest_port;
-    f->remote_port = remote_port;
-    f->py_timer_at = INFINITY;
-    unsigned int b = flow_hash(guest_ip, guest_port, remote_ip, remote_port) & ctx->bucket_mask;
-    f->next = ctx->buckets[b];
-    ctx->buckets[b] = slot + 1;
-    ctx->by_fd[fd] = slot + 1;
-    return f;
-}
-
-static void list_remove(int *list, int *n, int slot)
-{
-    for (int i = 0; i < *n; i++)
-        if (list[i] == slot) {
-            list[i] = list[--*n];
-            return;
-        }
-}
-
-void ns_flow_close(struct ns_ctx *ctx, struct ns_flow *f)
-{
-    int slot = f->slot;
-    unsigned int b = flow_hash(f->guest_ip, f->guest_port, f->remote_ip, f->remote_port) &
-                     ctx->bucket_mask;
-    int *link = &ctx->buckets[b];
-    while (*link) {
-        if (*link == slot + 1) {
-            *link = f->next;
-            break;
-        }
-        link = &ctx->flows[*link - 1].next;
-    }
-    if (f->fd >= 0 && f->fd < ctx->by_fd_cap && ctx->by_fd[f->fd] == slot + 1)
-        ctx->by_fd[f->fd] = 0;
-    if (f->dirty)
-        list_remove(ctx->dirty, &ctx->ndirty, slot);
-    list_remove(ctx->ejects, &ctx->nejects, slot);
-    list_remove(ctx->timers, &ctx->ntimers, slot);
-    if (f->delack_listed)
-        list_remove(ctx->delacks, &ctx->ndelacks, slot);
-    f->delack_listed = 0;
-    f->dirty = 0;
-    f->eject = 0;
-    f->unsent_len = 0;
-    free(f->unsent);
-    f->unsent = NULL;
-    f->unsent_cap = 0;
-    f->fd = -1;
-    ctx->free_slots[ctx->nfree++] = slot;
-}
-
-static void eject(struct ns_ctx *ctx, struct ns_flow *f, int why, int err)
-{
-    if (f->eject)
-        return;
-    f->eject = why;
-    f->err = err;
-    ctx->ejects[ctx->nejects++] = f->slot;
-}
+#include "flow.h"
 
 /* ------------------------------------------------------------ frames to the guest */
 
@@ -355,7 +137,7 @@ static void pump(struct ns_ctx *ctx, struct ns_flow *f, double now)
         int64_t room = (int64_t)f->guest_window - in_flight;
         if (room <= 0) {
             if (in_flight == 0 && f->rto_deadline == 0)
-                eject(ctx, f, EJECT_PUMP, 0); /* persist: Python probes the window */
+                flow_eject(ctx, f, EJECT_PUMP, 0); /* persist: Python probes the window */
             return;
         }
         int64_t limit = MAX_PACKET - IP4_LEN - hlen;
@@ -365,7 +147,7 @@ static void pump(struct ns_ctx *ctx, struct ns_flow *f, double now)
         if (off != f->peek_off) {
             int o = (int)off;
             if (setsockopt(f->fd, SOL_SOCKET, SO_PEEK_OFF, &o, sizeof(o)) < 0) {
-                eject(ctx, f, EJECT_ERROR, errno);
+                flow_eject(ctx, f, EJECT_ERROR, errno);
                 return;
             }
             f->peek_off = off;
@@ -376,11 +158,11 @@ static void pump(struct ns_ctx *ctx, struct ns_flow *f, double now)
                 f->host_readable = 0;
                 return;
             }
-            eject(ctx, f, EJECT_ERROR, errno);
+            flow_eject(ctx, f, EJECT_ERROR, errno);
             return;
         }
         if (n == 0) {
-            eject(ctx, f, EJECT_PUMP, 0); /* the host's EOF: Python sends the FIN */
+            flow_eject(ctx, f, EJECT_PUMP, 0); /* the host's EOF: Python sends the FIN */
             return;
         }
         f->peek_off += n;
@@ -423,7 +205,7 @@ static void write_unsent(struct ns_ctx *ctx, struct ns_flow *f)
     ssize_t n = send(f->fd, f->unsent, f->unsent_len, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n < 0) {
         if (errno != EAGAIN && errno != EINTR) {
-            eject(ctx, f, EJECT_ERROR, errno);
+            flow_eject(ctx, f, EJECT_ERROR, errno);
             return;
         }
         n = 0;
@@ -433,7 +215,7 @@ static void write_unsent(struct ns_ctx *ctx, struct ns_flow *f)
         memmove(f->unsent, f->unsent + n, f->unsent_len - (uint32_t)n);
         f->unsent_len -= (uint32_t)n;
         f->blocked = 1;
-        eject(ctx, f, EJECT_BLOCKED, 0);
+        flow_eject(ctx, f, EJECT_BLOCKED, 0);
         return;
     }
     f->unsent_len = 0;
@@ -450,7 +232,7 @@ static uint32_t take(struct ns_ctx *ctx, struct ns_flow *f, const uint8_t *p, ui
 {
     if (len <= ctx->gather_max_segment && f->unsent_len + len <= UNSENT_MAX) {
         if (unsent_reserve(f, len) < 0) {
-            eject(ctx, f, EJECT_ERROR, ENOMEM);
+            flow_eject(ctx, f, EJECT_ERROR, ENOMEM);
             return 0;
         }
         memcpy(f->unsent + f->unsent_len, p, len);
@@ -460,7 +242,7 @@ static uint32_t take(struct ns_ctx *ctx, struct ns_flow *f, const uint8_t *p, ui
     ssize_t n = send(f->fd, p, len, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n < 0) {
         if (errno != EAGAIN && errno != EINTR) {
-            eject(ctx, f, EJECT_ERROR, errno);
+            flow_eject(ctx, f, EJECT_ERROR, errno);
             return 0;
         }
         n = 0;
@@ -469,13 +251,13 @@ static uint32_t take(struct ns_ctx *ctx, struct ns_flow *f, const uint8_t *p, ui
     if ((uint32_t)n < len) {
         uint32_t rest = len - (uint32_t)n;
         if (unsent_reserve(f, rest) < 0) {
-            eject(ctx, f, EJECT_ERROR, ENOMEM);
+            flow_eject(ctx, f, EJECT_ERROR, ENOMEM);
             return (uint32_t)n;
         }
         memcpy(f->unsent, p + n, rest);
         f->unsent_len = rest;
         f->blocked = 1;
-        eject(ctx, f, EJECT_BLOCKED, 0);
+        flow_eject(ctx, f, EJECT_BLOCKED, 0);
     }
     return len;
 }
@@ -499,7 +281,7 @@ static void flush_data(struct ns_ctx *ctx, struct ns_flow *f)
     if (f->acked_in_queue && f->eject != EJECT_ERROR) {
         long done = ns_discard(f->fd, (size_t)f->acked_in_queue);
         if (done < 0) {
-            eject(ctx, f, EJECT_ERROR, (int)-done);
+            flow_eject(ctx, f, EJECT_ERROR, (int)-done);
         } else {
             f->acked_in_queue = 0;
             f->peek_off = f->peek_off > done ? f->peek_off - done : 0;
@@ -643,7 +425,7 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
         has_ts = 1;
     else if (hlen != TCP_LEN)
         return 0;
-    struct ns_flow *f = lookup(ctx, src, get16(t), dst, get16(t + 2));
+    struct ns_flow *f = flow_lookup(ctx, src, get16(t), dst, get16(t + 2));
     if (!f || f->eject || memcmp(eth + 6, f->guest_mac, 6))
         return 0;
     uint32_t seq = get32(t + 4), ack = get32(t + 8);

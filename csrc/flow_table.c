@@ -1,0 +1,192 @@
+/* netstack C fast path: the flow path's context and flow table (slots, a hash on the
+ * 4-tuple, an fd index) and the lists C leaves for Python. The data path is flow.c. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include "flow.h"
+
+/* ------------------------------------------------------------------ the table */
+
+/* Addresses are 16 bytes: an IPv4 one as ::ffff:a.b.c.d. */
+static unsigned int flow_hash(const uint8_t *gip, uint16_t gport, const uint8_t *rip,
+                              uint16_t rport)
+{
+    uint32_t h = ((uint32_t)gport << 16 | rport) * 0xc2b2ae3du;
+    for (int i = 0; i < 16; i += 4) {
+        uint32_t a, b;
+        memcpy(&a, gip + i, 4);
+        memcpy(&b, rip + i, 4);
+        h = (h ^ a * 0x9e3779b1u ^ b * 0x85ebca77u) * 0x27d4eb2fu;
+    }
+    return h ^ (h >> 15);
+}
+
+const uint8_t V4_MAPPED[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
+struct ns_ctx *ns_ctx_new(int tap_fd, int vnet, uint8_t *rx, size_t rx_cap, int max_flows,
+                          int by_fd_cap)
+{
+    struct ns_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (!ctx)
+        return NULL;
+    ctx->delack_fd = -1;
+    unsigned int buckets = 64;
+    while (buckets < (unsigned int)max_flows * 2)
+        buckets <<= 1;
+    ctx->tap_fd = tap_fd;
+    ctx->vnet = vnet;
+    ctx->rx = rx;
+    ctx->rx_cap = rx_cap;
+    ctx->tx_cap = VNET_LEN + ETH_LEN + IP6_LEN + TCP_LEN + TS_LEN + MAX_PACKET;
+    ctx->tx = malloc(ctx->tx_cap);
+    ctx->max_flows = max_flows;
+    ctx->flows = calloc((size_t)max_flows, sizeof(struct ns_flow));
+    ctx->free_slots = malloc(sizeof(int) * (size_t)max_flows);
+    ctx->buckets = calloc(buckets, sizeof(int));
+    ctx->bucket_mask = buckets - 1;
+    ctx->by_fd = calloc((size_t)by_fd_cap, sizeof(int));
+    ctx->by_fd_cap = by_fd_cap;
+    ctx->dirty = malloc(sizeof(int) * (size_t)max_flows);
+    ctx->ejects = malloc(sizeof(int) * (size_t)max_flows);
+    ctx->timers = malloc(sizeof(int) * (size_t)max_flows);
+    ctx->delacks = malloc(sizeof(int) * (size_t)max_flows);
+    ctx->ev_fd = malloc(sizeof(int) * EVENTS_MAX);
+    ctx->ev_mask = malloc(sizeof(uint32_t) * EVENTS_MAX);
+    if (!ctx->tx || !ctx->flows || !ctx->free_slots || !ctx->buckets || !ctx->by_fd ||
+        !ctx->dirty || !ctx->ejects || !ctx->timers || !ctx->delacks || !ctx->ev_fd ||
+        !ctx->ev_mask) {
+        ns_ctx_free(ctx);
+        return NULL;
+    }
+    for (int i = 0; i < max_flows; i++)
+        ctx->free_slots[i] = max_flows - 1 - i;
+    ctx->nfree = max_flows;
+    ctx->rto_initial = 0.2;
+    ctx->window_max = 1 << 20;
+    ctx->pending_slack = 64 * 1024;
+    ctx->gather_max_segment = 16 * 1024;
+    ctx->delack_delay = 0.001;
+    ctx->delack_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (ctx->delack_fd < 0)
+        ctx->delack_delay = 0; /* no timer: ACKs are not delayed */
+    return ctx;
+}
+
+void ns_ctx_free(struct ns_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    if (ctx->flows)
+        for (int i = 0; i < ctx->max_flows; i++)
+            free(ctx->flows[i].unsent);
+    free(ctx->tx);
+    free(ctx->flows);
+    free(ctx->free_slots);
+    free(ctx->buckets);
+    free(ctx->by_fd);
+    free(ctx->dirty);
+    free(ctx->ejects);
+    free(ctx->timers);
+    free(ctx->delacks);
+    free(ctx->ev_fd);
+    free(ctx->ev_mask);
+    if (ctx->delack_fd >= 0)
+        close(ctx->delack_fd);
+    free(ctx);
+}
+
+struct ns_flow *flow_lookup(struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport,
+                            const uint8_t *rip, uint16_t rport)
+{
+    int s = ctx->buckets[flow_hash(gip, gport, rip, rport) & ctx->bucket_mask];
+    while (s) {
+        struct ns_flow *f = &ctx->flows[s - 1];
+        if (f->guest_port == gport && f->remote_port == rport && !memcmp(f->guest_ip, gip, 16) &&
+            !memcmp(f->remote_ip, rip, 16))
+            return f;
+        s = f->next;
+    }
+    return NULL;
+}
+
+/* A flow slot for an established connection, zeroed but for its addresses and fd (the
+ * caller fills the state); NULL when full, the fd is out of range, or the 4-tuple or
+ * fd is held already. */
+struct ns_flow *ns_flow_open(struct ns_ctx *ctx, int fd, const uint8_t *guest_ip,
+                             uint16_t guest_port, const uint8_t *remote_ip, uint16_t remote_port,
+                             int v6)
+{
+    if (ctx->nfree == 0 || fd < 0 || fd >= ctx->by_fd_cap || ctx->by_fd[fd])
+        return NULL;
+    if (flow_lookup(ctx, guest_ip, guest_port, remote_ip, remote_port))
+        return NULL;
+    int slot = ctx->free_slots[--ctx->nfree];
+    struct ns_flow *f = &ctx->flows[slot];
+    memset(f, 0, sizeof(*f)); /* no buffer: ns_flow_close freed it */
+    f->fd = fd;
+    f->slot = slot;
+    memcpy(f->guest_ip, guest_ip, 16);
+    memcpy(f->remote_ip, remote_ip, 16);
+    f->v6 = v6;
+    f->guest_port = guest_port;
+    f->remote_port = remote_port;
+    f->py_timer_at = INFINITY;
+    unsigned int b = flow_hash(guest_ip, guest_port, remote_ip, remote_port) & ctx->bucket_mask;
+    f->next = ctx->buckets[b];
+    ctx->buckets[b] = slot + 1;
+    ctx->by_fd[fd] = slot + 1;
+    return f;
+}
+
+static void list_remove(int *list, int *n, int slot)
+{
+    for (int i = 0; i < *n; i++)
+        if (list[i] == slot) {
+            list[i] = list[--*n];
+            return;
+        }
+}
+
+void ns_flow_close(struct ns_ctx *ctx, struct ns_flow *f)
+{
+    int slot = f->slot;
+    unsigned int b = flow_hash(f->guest_ip, f->guest_port, f->remote_ip, f->remote_port) &
+                     ctx->bucket_mask;
+    int *link = &ctx->buckets[b];
+    while (*link) {
+        if (*link == slot + 1) {
+            *link = f->next;
+            break;
+        }
+        link = &ctx->flows[*link - 1].next;
+    }
+    if (f->fd >= 0 && f->fd < ctx->by_fd_cap && ctx->by_fd[f->fd] == slot + 1)
+        ctx->by_fd[f->fd] = 0;
+    if (f->dirty)
+        list_remove(ctx->dirty, &ctx->ndirty, slot);
+    list_remove(ctx->ejects, &ctx->nejects, slot);
+    list_remove(ctx->timers, &ctx->ntimers, slot);
+    if (f->delack_listed)
+        list_remove(ctx->delacks, &ctx->ndelacks, slot);
+    f->delack_listed = 0;
+    f->dirty = 0;
+    f->eject = 0;
+    f->unsent_len = 0;
+    free(f->unsent);
+    f->unsent = NULL;
+    f->unsent_cap = 0;
+    f->fd = -1;
+    ctx->free_slots[ctx->nfree++] = slot;
+}
+
+void flow_eject(struct ns_ctx *ctx, struct ns_flow *f, int why, int err)
+{
+    if (f->eject)
+        return;
+    f->eject = why;
+    f->err = err;
+    ctx->ejects[ctx->nejects++] = f->slot;
+}
