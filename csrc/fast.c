@@ -81,6 +81,49 @@ static void put32(uint8_t *p, uint32_t v)
 }
 static void put16le(uint8_t *p, uint16_t v) { p[0] = v & 0xff; p[1] = v >> 8; }
 
+/* The TCP header (20 bytes, or 32 with the timestamp option) at t, checksum zero. */
+static void put_tcp(uint8_t *t, size_t hlen, uint16_t sport, uint16_t dport, uint32_t seq,
+                    uint32_t ack, uint8_t flags, uint16_t window, uint32_t ts_val,
+                    uint32_t ts_ecr)
+{
+    put16(t, sport);
+    put16(t + 2, dport);
+    put32(t + 4, seq);
+    put32(t + 8, ack);
+    t[12] = (uint8_t)((hlen / 4) << 4);
+    t[13] = flags;
+    put16(t + 14, window);
+    put16(t + 16, 0);
+    put16(t + 18, 0);
+    if (hlen == 32) {
+        t[20] = 1; t[21] = 1; t[22] = 8; t[23] = 10;
+        put32(t + 24, ts_val);
+        put32(t + 28, ts_ecr);
+    }
+}
+
+/* The TCP checksum from the pseudo-header sum: left partial for the guest's kernel with
+ * a virtio-net header at v (GSO of gso_type when the payload exceeds gso_size), or
+ * complete. l3_end is where TCP starts, counted from the Ethernet header. */
+static void finish_tcp(uint8_t *v, uint8_t *t, size_t hlen, size_t l4_len, uint32_t pseudo,
+                       int vnet, uint8_t gso_type, uint16_t gso_size, uint16_t l3_end)
+{
+    while (pseudo >> 16)
+        pseudo = (pseudo & 0xffff) + (pseudo >> 16);
+    if (!vnet) {
+        put16(t + 16, ns_checksum(t, l4_len, pseudo));
+        return;
+    }
+    put16(t + 16, (uint16_t)pseudo);
+    int gso = l4_len - hlen > gso_size && gso_size > 0;
+    v[0] = 1;                       /* VIRTIO_NET_HDR_F_NEEDS_CSUM */
+    v[1] = gso ? gso_type : 0;      /* GSO_TCPV4 / GSO_TCPV6, or NONE */
+    put16le(v + 2, gso ? (uint16_t)(l3_end + hlen) : 0);
+    put16le(v + 4, gso ? gso_size : 0);
+    put16le(v + 6, l3_end);         /* csum_start */
+    put16le(v + 8, 16);             /* csum_offset: TCP checksum field */
+}
+
 /* Headers for one TCP/IPv4 segment to the guest, written in front of a payload that is
  * already in place: at `start` a 10-byte virtio-net header, then Ethernet, IPv4 (20
  * bytes, DF, TTL 64), TCP (20 bytes, or 32 with the timestamp option), then
@@ -115,38 +158,9 @@ long ns_tcp4_frame(uint8_t *buf, size_t buflen, size_t start, const uint8_t *eth
     memcpy(ip + 16, ip_dst, 4);
     put16(ip + 10, ns_checksum(ip, 20, 0));
 
-    put16(t, sport);
-    put16(t + 2, dport);
-    put32(t + 4, seq);
-    put32(t + 8, ack);
-    t[12] = (uint8_t)((hlen / 4) << 4);
-    t[13] = flags;
-    put16(t + 14, window);
-    put16(t + 16, 0);
-    put16(t + 18, 0);
-    if (has_ts) {
-        t[20] = 1; t[21] = 1; t[22] = 8; t[23] = 10;
-        put32(t + 24, ts_val);
-        put32(t + 28, ts_ecr);
-    }
-
-    uint32_t pseudo = ((uint32_t)ip_src[0] << 8 | ip_src[1]) + ((uint32_t)ip_src[2] << 8 | ip_src[3])
-                    + ((uint32_t)ip_dst[0] << 8 | ip_dst[1]) + ((uint32_t)ip_dst[2] << 8 | ip_dst[3])
-                    + 6 + (uint32_t)l4_len;
-    while (pseudo >> 16)
-        pseudo = (pseudo & 0xffff) + (pseudo >> 16);
-    if (vnet) {
-        put16(t + 16, (uint16_t)pseudo);
-        int gso = payload_len > gso_size && gso_size > 0;
-        v[0] = 1;                       /* VIRTIO_NET_HDR_F_NEEDS_CSUM */
-        v[1] = gso ? 1 : 0;             /* GSO_TCPV4 or NONE */
-        put16le(v + 2, gso ? (uint16_t)(34 + hlen) : 0);
-        put16le(v + 4, gso ? gso_size : 0);
-        put16le(v + 6, 34);             /* csum_start: Ethernet + IPv4 */
-        put16le(v + 8, 16);             /* csum_offset: TCP checksum field */
-    } else {
-        put16(t + 16, ns_checksum(t, l4_len, pseudo));
-    }
+    put_tcp(t, hlen, sport, dport, seq, ack, flags, window, ts_val, ts_ecr);
+    uint32_t pseudo = ns_sum16(ip + 12, 8, 0) + 6 + (uint32_t)l4_len;
+    finish_tcp(v, t, hlen, l4_len, pseudo, vnet, 1, gso_size, 34);
     return (long)(l4 + l4_len);
 }
 
@@ -178,36 +192,9 @@ long ns_tcp6_frame(uint8_t *buf, size_t buflen, size_t start, const uint8_t *eth
     memcpy(ip + 8, ip_src, 16);
     memcpy(ip + 24, ip_dst, 16);
 
-    put16(t, sport);
-    put16(t + 2, dport);
-    put32(t + 4, seq);
-    put32(t + 8, ack);
-    t[12] = (uint8_t)((hlen / 4) << 4);
-    t[13] = flags;
-    put16(t + 14, window);
-    put16(t + 16, 0);
-    put16(t + 18, 0);
-    if (has_ts) {
-        t[20] = 1; t[21] = 1; t[22] = 8; t[23] = 10;
-        put32(t + 24, ts_val);
-        put32(t + 28, ts_ecr);
-    }
-
+    put_tcp(t, hlen, sport, dport, seq, ack, flags, window, ts_val, ts_ecr);
     uint32_t pseudo = ns_sum16(ip + 8, 32, 0) + (uint32_t)(l4_len >> 16) +
                       (uint32_t)(l4_len & 0xffff) + 6;
-    while (pseudo >> 16)
-        pseudo = (pseudo & 0xffff) + (pseudo >> 16);
-    if (vnet) {
-        put16(t + 16, (uint16_t)pseudo);
-        int gso = payload_len > gso_size && gso_size > 0;
-        v[0] = 1;                       /* VIRTIO_NET_HDR_F_NEEDS_CSUM */
-        v[1] = gso ? 4 : 0;             /* GSO_TCPV6 or NONE */
-        put16le(v + 2, gso ? (uint16_t)(54 + hlen) : 0);
-        put16le(v + 4, gso ? gso_size : 0);
-        put16le(v + 6, 54);             /* csum_start: Ethernet + IPv6 */
-        put16le(v + 8, 16);             /* csum_offset: TCP checksum field */
-    } else {
-        put16(t + 16, ns_checksum(t, l4_len, pseudo));
-    }
+    finish_tcp(v, t, hlen, l4_len, pseudo, vnet, 4, gso_size, 54);
     return (long)(l4 + l4_len);
 }

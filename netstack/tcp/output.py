@@ -129,32 +129,7 @@ class SegmentWriter:
             return self._headers_py(
                 start, flow, seq, ack, flags, window, ts, hlen, payload_len, seg_size
             )
-        if len(flow.guest_ip) == 16:
-            end = _fast.tcp6_frame(
-                self._c_buf,
-                len(self.buf),
-                start,
-                flow.guest_mac,
-                self.src_mac,
-                flow.remote_ip,
-                flow.guest_ip,
-                flow.remote_port,
-                flow.guest_port,
-                seq & 0xFFFFFFFF,
-                ack & 0xFFFFFFFF,
-                flags,
-                window,
-                ts is not None,
-                ts[0] if ts else 0,
-                ts[1] if ts else 0,
-                payload_len,
-                self.link.vnet,
-                seg_size,
-            )
-            if end < 0:
-                raise ValueError("tcp frame does not fit the buffer")
-            return int(end)
-        end = _fast.tcp4_frame(
+        common = (
             self._c_buf,
             len(self.buf),
             start,
@@ -172,10 +147,11 @@ class SegmentWriter:
             ts[0] if ts else 0,
             ts[1] if ts else 0,
             payload_len,
-            next(self._ident) & 0xFFFF,
-            self.link.vnet,
-            seg_size,
         )
+        if len(flow.guest_ip) == 16:
+            end = _fast.tcp6_frame(*common, self.link.vnet, seg_size)
+        else:
+            end = _fast.tcp4_frame(*common, next(self._ident) & 0xFFFF, self.link.vnet, seg_size)
         if end < 0:
             raise ValueError("tcp frame does not fit the buffer")
         return int(end)
