@@ -4,13 +4,17 @@ TAP (one read, one frame, as on a TAP), a loopback TCP connection for the host s
 One flow is held; in-order segments must reach the host socket byte for byte and be
 acknowledged; hypothesis then mutates those segments (any byte, any length) and adds
 garbage: C must hand every frame it does not take back to Python unchanged, never
-fail, and never pass a byte out of order."""
+fail, and never pass a byte out of order. The other way, host data must reach the
+guest in order (MSS frames on a plain link) and leave the host socket once acked."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import select
 import socket
 import struct
+import termios
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -73,6 +77,7 @@ def path(request: pytest.FixtureRequest) -> Iterator[Path]:
     listener = socket.create_server(("127.0.0.1", 0))
     host = socket.create_connection(listener.getsockname())
     host.setblocking(False)
+    host.setsockopt(socket.SOL_SOCKET, 42, 0)  # SO_PEEK_OFF on, as HostTcpStream does
     host_peer, _ = listener.accept()
     listener.close()
     rx_buf = bytearray(FRAME_BUFFER_SIZE)
@@ -215,3 +220,46 @@ def test_mutated_and_garbage_frames_never_break_the_flow(path: Path, edits: list
     assert host_bytes(path, len(sent)) == sent
     assert path.flow.rcv_nxt == (path.seq + len(sent)) & 0xFFFFFFFF
     path.seq = int(path.flow.rcv_nxt)
+
+
+def frames_to_guest(p: Path) -> list[tuple[tcp.TcpHeader, bytes]]:
+    p.guest.setblocking(False)
+    out = []
+    while True:
+        try:
+            frame = p.guest.recv(1 << 17)
+        except BlockingIOError:
+            return out
+        l4 = frame[(10 if p.vnet else 0) + 14 + 20 :]
+        seg = tcp.parse(l4)
+        out.append((seg, l4[seg.header_len :]))
+
+
+def test_host_data_reaches_the_guest_in_order_and_leaves_the_socket_once_acked(
+    path: Path,
+) -> None:
+    host: socket.socket = path._keep[2]  # type: ignore[attr-defined]
+    ep = select.epoll()
+    ep.register(
+        host.fileno(), select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+    )
+    data = os.urandom(200_000)
+    path.host_peer.sendall(data)
+    time.sleep(0.05)
+    got = b""
+    deadline = time.monotonic() + 10
+    while len(got) < len(data) and time.monotonic() < deadline:
+        n = int(path.lib.ns_host_poll(path.ctx, ep.fileno(), time.monotonic()))
+        assert n >= 0
+        for seg, payload in frames_to_guest(path):
+            assert seg.seq == (path.ack + len(got)) & 0xFFFFFFFF  # in order, no gap
+            assert path.vnet or len(payload) <= 1460  # plain frames: one MSS each
+            got += payload
+        # the guest acknowledges what it got: C drops it from the host socket
+        run(path, [segment(path.seq, path.ack + len(got), b"", flags=0x10, window=65535)])
+    ep.close()
+    assert got == data
+    assert path.flow.snd_una == path.flow.snd_nxt == (path.ack + len(data)) & 0xFFFFFFFF
+    time.sleep(0.05)
+    unread = struct.unpack("i", fcntl.ioctl(host.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+    assert unread == 0  # acknowledged bytes left the host socket at once
