@@ -1,0 +1,1 @@
+"""The service directory: names, VIPs and labels; syscall-level bypass through seccomp."""

@@ -1,0 +1,348 @@
+"""netstackd: the per-user service directory and seccomp agent.
+
+Two Unix sockets: the agent socket (an OCI `listenerPath`: runtimes and netstack-run
+hand each container's seccomp listener over it) and the JSON API (docs/directory-
+protocol.md: resolve, the watch stream netstack's DNS and TAP path follow, lists and
+stats). The API socket is created last, once everything can be served. A sweep every
+SWEEP_S asks the kernel which of our sockets still exist, so a service disappears
+within a second of its listening socket closing or its process dying.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from typing import Any
+
+from netstack.directory import oci
+from netstack.directory.registry import Directory
+from netstack.directory.store import MemoryStore
+from netstack.directory.supervisor import Kind, Supervisor
+
+log = logging.getLogger("netstackd")
+
+VERSION = "0.1.0"
+DEFAULT_VIP_CIDR = "198.18.0.0/16"  # RFC 2544 benchmarking: never routed, not 10.0.2.0/24
+DEFAULT_VIP6_CIDR = "fd4e:5344::/64"
+DEFAULT_DOMAIN = "netstack.internal"
+SWEEP_S = 0.25
+AGENT_TIMEOUT_S = 5.0
+MAX_AGENT_CLIENTS = 64
+MAX_API_CLIENTS = 128
+MAX_WATCHERS = 256
+MAX_REQUEST = 65536
+
+
+def default_socket() -> str:
+    if os.geteuid() == 0:
+        return "/run/netstack/netstackd.sock"
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/netstack-{os.geteuid()}"
+    return os.path.join(runtime, "netstack", "netstackd.sock")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="netstackd",
+                                description="netstack's service directory and seccomp agent.")
+    p.add_argument("--socket", default=None, help="the JSON API socket (default: %(default)s "
+                   "-> $XDG_RUNTIME_DIR/netstack/netstackd.sock, /run/netstack for root)")
+    p.add_argument("--agent-socket", default=None,
+                   help="the OCI seccomp listenerPath (default: agent.sock beside --socket)")
+    p.add_argument("--store", default="memory", help="where records live: memory (default)")
+    p.add_argument("--vip-cidr", default=DEFAULT_VIP_CIDR, help="IPv4 block for VIPs")
+    p.add_argument("--vip6-cidr", default=DEFAULT_VIP6_CIDR, help="IPv6 block for VIPs")
+    p.add_argument("--domain", default=DEFAULT_DOMAIN, help="DNS domain of service names")
+    p.add_argument("--connect-wait", type=float, default=10.0, metavar="SECONDS",
+                   help="how long a blocking connect to a name nobody serves yet waits")
+    p.add_argument("--debug", action="store_true")
+    args = p.parse_args(argv)
+    if args.store != "memory":
+        p.error(f"--store {args.store!r}: only 'memory' is available")
+    try:
+        v4 = ipaddress.IPv4Network(args.vip_cidr)
+        v6 = ipaddress.IPv6Network(args.vip6_cidr)
+    except ValueError as e:
+        p.error(f"bad VIP block: {e}")
+    if v4.prefixlen > 30 or v6.prefixlen > 126:
+        p.error("VIP blocks must hold at least a few addresses")
+    if v4.overlaps(ipaddress.IPv4Network("10.0.2.0/24")) or v4.is_loopback:
+        p.error(f"--vip-cidr {v4} collides with netstack's network or loopback")
+    if not 0 <= args.connect_wait <= 3600:
+        p.error("--connect-wait must be between 0 and 3600 seconds")
+    args.socket = args.socket or default_socket()
+    args.agent_socket = args.agent_socket or os.path.join(os.path.dirname(args.socket),
+                                                          "agent.sock")
+    return args
+
+
+def _bind_unix(path: str) -> socket.socket:
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if os.path.exists(path):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # stale
+            else:
+                raise SystemExit(f"netstackd: {path} is in use (another netstackd?)")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
+class Daemon:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.store = MemoryStore(args.vip_cidr, args.vip6_cidr)
+        self.directory = Directory(self.store, args.domain)
+        self.supervisor = Supervisor(self.directory, connect_wait=args.connect_wait)
+        self.watchers: set[asyncio.StreamWriter] = set()
+        self.started = time.time()
+        self._view_pending = False
+        self._agent_clients = 0
+        self._api_clients = 0
+        self.directory.changed.append(self._schedule_view)
+
+    # ---------------------------------------------------------------- agent
+    def _agent_accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except BlockingIOError:
+                return
+            if self._agent_clients >= MAX_AGENT_CLIENTS:
+                conn.close()
+                continue
+            self._agent_clients += 1
+            asyncio.get_running_loop().create_task(self._agent_client(conn))
+
+    async def _agent_client(self, conn: socket.socket) -> None:
+        """One runtime connection: read the state to EOF (in a thread: recvmsg with
+        SCM_RIGHTS has no asyncio form), then supervise its listener."""
+        try:
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                    struct.calcsize("3i"))
+            _pid, uid, _gid = struct.unpack("3i", creds)
+            conn.settimeout(AGENT_TIMEOUT_S)
+            payload, fds = await asyncio.get_running_loop().run_in_executor(
+                None, oci.receive, conn)
+            state = oci.parse(payload, fds)
+        except (oci.BadState, OSError, TimeoutError) as e:
+            log.warning("agent: refused a container state: %s", e)
+            return
+        finally:
+            conn.close()
+            self._agent_clients -= 1
+        try:
+            self.supervisor.adopt(state, uid)
+        except OSError as e:
+            log.warning("agent: cannot supervise pid %d: %s", state.pid, e)
+            os.close(state.listener)
+
+    # ------------------------------------------------------------------ API
+    async def _api_client(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        if self._api_clients >= MAX_API_CLIENTS:
+            writer.close()
+            return
+        self._api_clients += 1
+        try:
+            request = await self._read_request(reader)
+            try:
+                msg = json.loads(request)
+                if not isinstance(msg, dict) or not isinstance(msg.get("execute"), str):
+                    raise ValueError("want {\"execute\": NAME, \"arguments\": {...}}")
+                arguments = msg.get("arguments") or {}
+                if not isinstance(arguments, dict):
+                    raise ValueError("arguments must be an object")
+            except (ValueError, RecursionError) as e:
+                writer.write(_error(f"bad request: {e}"))
+                await writer.drain()
+                return
+            if msg["execute"] == "watch":
+                await self._watch(writer)
+                return
+            writer.write(self.handle(msg["execute"], arguments))
+            await asyncio.wait_for(writer.drain(), 5)
+        except (OSError, TimeoutError) as e:
+            log.debug("api client: %s", e)
+        except Exception:
+            log.exception("api client")
+        finally:
+            self._api_clients -= 1
+            writer.close()
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> bytes:
+        buf = b""
+        while len(buf) < MAX_REQUEST:
+            chunk = await asyncio.wait_for(reader.read(MAX_REQUEST - len(buf)), 5)
+            if not chunk:
+                break
+            buf += chunk
+            if buf.rstrip().endswith(b"}"):
+                try:
+                    json.loads(buf)
+                    break
+                except (ValueError, RecursionError):
+                    continue
+        return buf
+
+    def handle(self, execute: str, arguments: dict[str, Any]) -> bytes:
+        now = time.time()
+        if execute == "info":
+            return _reply({"version": VERSION, "domain": self.directory.domain,
+                           "vip_cidr": str(self.store.block), "vip6_cidr": str(self.store.block6),
+                           "agent_socket": self.args.agent_socket, "store": self.args.store,
+                           "pid": os.getpid()})
+        if execute == "resolve":
+            name = arguments.get("name")
+            if not isinstance(name, str):
+                return _error("resolve: 'name' (a string) is required")
+            rec = self.directory.resolve(name, now)
+            if rec is None:
+                return _error(f"resolve: invalid name {name!r}")
+            return _reply({"name": rec.name, "vip": str(ipaddress.IPv4Address(rec.vip)),
+                           "vip6": str(ipaddress.IPv6Address(rec.vip6))})
+        if execute == "list_services":
+            entries = []
+            for rec in sorted(self.store.records(), key=lambda r: r.name):
+                labels = sorted({(k, v) for i in rec.instances for k, v in i.labels.items()})
+                entries.append({"name": rec.name, "vip": str(ipaddress.IPv4Address(rec.vip)),
+                                "vip6": str(ipaddress.IPv6Address(rec.vip6)),
+                                "ports": sorted({i.port for i in rec.instances}),
+                                "instances": len(rec.instances),
+                                "labels": [list(p) for p in labels]})
+            return _reply({"entries": entries})
+        if execute == "list_instances":
+            return _reply({"entries": [i.to_json() for i in self.directory.instances()]})
+        if execute == "list_clients":
+            return _reply({"entries": self._clients()})
+        if execute == "stats":
+            return _reply({**self.supervisor.stats,
+                           "containers_live": len(self.supervisor.containers),
+                           "names": len(self.store.records()),
+                           "instances": len(self.directory.instances()),
+                           "sockets": len(self.supervisor.sockets),
+                           "watchers": len(self.watchers)})
+        return _error(f"unknown command {execute!r}")
+
+    def _clients(self) -> list[dict[str, Any]]:
+        entries = []
+        for rec in self.supervisor.sockets.values():
+            if rec.kind != Kind.CLIENT or rec.service is None or rec.peer is None:
+                continue
+            assert rec.target is not None
+            entries.append({"client": rec.container, "name": rec.service,
+                            "vip": rec.peer.host, "port": rec.peer.port,
+                            "host": rec.target[0], "host_port": rec.target[1],
+                            "since": rec.since})
+        return entries
+
+    # ---------------------------------------------------------------- watch
+    async def _watch(self, writer: asyncio.StreamWriter) -> None:
+        if len(self.watchers) >= MAX_WATCHERS:
+            writer.write(_error("too many watchers"))
+            return
+        self.watchers.add(writer)
+        try:
+            writer.write(self._view_line())
+            await writer.drain()
+            while not writer.is_closing():
+                await asyncio.sleep(3600)
+        finally:
+            self.watchers.discard(writer)
+
+    def _view_line(self) -> bytes:
+        return json.dumps({"view": self.directory.view()}, separators=(",", ":")).encode() + b"\n"
+
+    def _schedule_view(self) -> None:
+        if not self._view_pending:
+            self._view_pending = True
+            asyncio.get_running_loop().call_soon(self._send_view)
+
+    def _send_view(self) -> None:
+        self._view_pending = False
+        line = self._view_line()
+        for w in list(self.watchers):
+            transport = w.transport
+            if transport.is_closing() or transport.get_write_buffer_size() > 1 << 20:
+                self.watchers.discard(w)  # gone or not reading: it reconnects
+                w.close()
+                continue
+            w.write(line)
+
+    # ---------------------------------------------------------------- upkeep
+    async def _sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            try:
+                self.supervisor.sweep()
+            except Exception:
+                log.exception("sweep")
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        agent = _bind_unix(self.args.agent_socket)
+        loop.add_reader(agent.fileno(), self._agent_accept, agent)
+        api = _bind_unix(self.args.socket)  # last: its existence means "ready"
+        server = await asyncio.start_unix_server(self._api_client, sock=api)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        sweeper = loop.create_task(self._sweeper())
+        log.info("netstackd ready: api %s, agent %s, VIPs %s %s", self.args.socket,
+                 self.args.agent_socket, self.store.block, self.store.block6)
+        try:
+            await stop.wait()
+        finally:
+            sweeper.cancel()
+            server.close()
+            loop.remove_reader(agent.fileno())
+            agent.close()
+            for path in (self.args.socket, self.args.agent_socket):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            self.supervisor.close()
+
+
+def _reply(value: dict[str, Any]) -> bytes:
+    return json.dumps({"return": value}, separators=(",", ":")).encode()
+
+
+def _error(desc: str) -> bytes:
+    return json.dumps({"error": {"desc": desc}}).encode()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="netstackd: %(message)s", stream=sys.stderr)
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    daemon = Daemon(args)
+    runner(daemon.run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Where the directory's records live, behind one small interface.
+
+`MemoryStore` is the embedded default (one host, nothing else to run). A distributed
+store (etcd) implements the same five methods; no directory logic knows which it has.
+Records: a name with its VIPs and owner, and the instances that serve it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass
+class Instance:
+    """One listening socket that serves a name on a port."""
+
+    name: str
+    port: int  # the port clients dial on the VIP (what the server bound)
+    host: str  # where it really listens on the host
+    host_port: int
+    labels: dict[str, str]
+    owner: int  # uid of whoever registered it (owns the name)
+    container: str
+    pid: int
+    cookie: int  # SO_COOKIE of the host listening socket
+    since: float
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "port": self.port,
+            "host": self.host,
+            "host_port": self.host_port,
+            "labels": dict(self.labels),
+            "owner": self.owner,
+            "container": self.container,
+            "pid": self.pid,
+            "since": self.since,
+        }
+
+
+@dataclass
+class NameRecord:
+    name: str
+    vip: bytes
+    vip6: bytes
+    owner: int | None = None  # set by the first registration; None while only reserved
+    expires: float = 0.0  # when it has no instance: the time its reservation ends
+    instances: list[Instance] = field(default_factory=list)
+
+
+class Store(Protocol):
+    def name(self, name: str) -> NameRecord | None: ...
+
+    def reserve(self, name: str, expires: float) -> NameRecord:
+        """The record for name, created with fresh VIPs if there is none."""
+        ...
+
+    def by_vip(self, ip: bytes) -> NameRecord | None: ...
+
+    def records(self) -> list[NameRecord]: ...
+
+    def drop(self, name: str) -> None:
+        """Forget a name (its VIPs may be given out again later)."""
+        ...
+
+
+class VipExhausted(Exception):
+    pass
+
+
+class MemoryStore:
+    """Everything in this process. VIPs are handed out in order, a freed one only once
+    the block is used up, so a VIP a client still caches points at nothing for a while
+    rather than at a new service."""
+
+    def __init__(self, vip_cidr: str, vip6_cidr: str) -> None:
+        self.block = ipaddress.IPv4Network(vip_cidr)
+        self.block6 = ipaddress.IPv6Network(vip6_cidr)
+        self._names: dict[str, NameRecord] = {}
+        self._vips: dict[bytes, NameRecord] = {}
+        self._next = 1
+        self._freed: list[int] = []
+        self._capacity = min(self.block.num_addresses, self.block6.num_addresses) - 2
+
+    def name(self, name: str) -> NameRecord | None:
+        return self._names.get(name)
+
+    def reserve(self, name: str, expires: float) -> NameRecord:
+        rec = self._names.get(name)
+        if rec is not None:
+            return rec
+        if self._next <= self._capacity:
+            index = self._next
+            self._next += 1
+        elif self._freed:
+            index = self._freed.pop(0)
+        else:
+            raise VipExhausted(str(self.block))
+        vip = (self.block.network_address + index).packed
+        vip6 = (self.block6.network_address + index).packed
+        rec = NameRecord(name, vip, vip6, expires=expires)
+        self._names[name] = rec
+        self._vips[vip] = rec
+        self._vips[vip6] = rec
+        return rec
+
+    def by_vip(self, ip: bytes) -> NameRecord | None:
+        return self._vips.get(ip)
+
+    def records(self) -> list[NameRecord]:
+        return list(self._names.values())
+
+    def drop(self, name: str) -> None:
+        rec = self._names.pop(name, None)
+        if rec is None:
+            return
+        self._vips.pop(rec.vip, None)
+        self._vips.pop(rec.vip6, None)
+        self._freed.append(int.from_bytes(rec.vip, "big") - int(self.block.network_address))

@@ -1,0 +1,780 @@
+"""The syscall path: where a trapped socket call is decided and a host socket is made.
+
+One `Container` per seccomp listener. Each notification (connect, bind, listen,
+accept/accept4, getsockname, getpeername) goes: RECV -> pidfd of the calling thread ->
+copy the caller's memory -> ID_VALID -> copy of the socket (pidfd_getfd) -> decide:
+
+  connect  VIP:port      -> the directory picks an instance (labels, round robin); our
+                            own host socket connects to it; ADDFD over the caller's fd;
+                            answer 0 / -EINPROGRESS / -ECONNREFUSED (denied or nobody).
+                            Not served yet: a blocking caller waits (bounded), a
+                            nonblocking one continues into the netns (the TAP stack
+                            waits there).
+           elsewhere     -> the TAP stack's own policy (netstack.stack.policy) decides:
+                            host loopback per --disable-host-loopback, the container's
+                            loopback, subnet and DNS stay in its netns (CONTINUE), the
+                            rest gets a direct host socket (outbound bypass).
+  bind     named process, TCP, a container address or wildcard, port != 0
+                         -> a host socket bound to the publish address, port 0; ADDFD.
+  listen   on that socket -> listen on it and register the instance under the name.
+  accept   on it          -> we accept, install the new socket (ADDFD|SEND) and write the
+                            client's container address as the peer.
+  getsockname/getpeername on our sockets -> container addresses and the VIP, never host
+                            ones.
+
+Sockets are known by SO_COOKIE, so dup2, fork, close_range and exec change nothing.
+We never CONTINUE a connect or bind on a host socket (the sockaddr TOCTOU of
+bypass4netns #22): the address we act on is the copy we validated. Anything we do not
+handle continues into the container's network namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import ipaddress
+import logging
+import os
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from netstack.directory import diag, notify
+from netstack.directory import sockaddr as sa
+from netstack.directory.oci import ContainerState
+from netstack.directory.registry import Directory, Pick, Refused, effective_labels
+from netstack.directory.sockaddr import SockAddr
+from netstack.directory.store import Instance
+from netstack.stack.config import DNS6, NetworkConfig
+from netstack.stack.policy import Policy
+from netstack.tcp.interfaces import Refusal
+
+log = logging.getLogger("netstackd")
+
+SIOCGSKNS = 0x894C
+MAX_IN_FLIGHT = 256  # async notifications per container (waiting connects, accepts)
+CONNECT_TIMEOUT_S = 75.0
+BOUND_GRACE_S = 300.0  # how long a bound, never listening socket is remembered
+_COPIED_OPTIONS = (
+    (socket.SOL_SOCKET, socket.SO_REUSEADDR),
+    (socket.SOL_SOCKET, socket.SO_REUSEPORT),
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+    (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+)
+_REFUSAL_ERRNO = {
+    Refusal.NET_UNREACHABLE: errno.ENETUNREACH,
+    Refusal.HOST_UNREACHABLE: errno.EHOSTUNREACH,
+    Refusal.RESET: errno.ECONNREFUSED,
+}
+
+
+class Kind(Enum):
+    CLIENT = "client"  # connected by us to a service or an outbound destination
+    BOUND = "bound"  # bound by us for a named process, not listening yet
+    LISTENING = "listening"  # registered in the directory
+    ACCEPTED = "accepted"  # accepted by us for the server
+
+
+@dataclass
+class HostSocket:
+    kind: Kind
+    container: str
+    local: SockAddr | None = None  # what getsockname shows (bound/accepted)
+    peer: SockAddr | None = None  # what getpeername shows (client/accepted)
+    service: str | None = None
+    target: tuple[str, int] | None = None  # the host endpoint a client is connected to
+    since: float = field(default_factory=time.time)
+
+
+class _Continue(Exception):
+    """Let the kernel run the call in the caller's network namespace."""
+
+
+class _Fail(Exception):
+    def __init__(self, err: int) -> None:
+        super().__init__(os.strerror(err))
+        self.err = err
+
+
+class Container:
+    """One supervised container (one seccomp listener)."""
+
+    def __init__(self, state: ContainerState, owner: int) -> None:
+        self.state = state
+        self.owner = owner
+        self.labels = effective_labels(state.labels)
+        self.netns = os.stat(f"/proc/{state.pid}/ns/net").st_ino
+        config = NetworkConfig(cidr=ipaddress.IPv4Network(state.cidr),
+                               host_loopback=state.host_loopback, ipv6=state.ipv6)
+        self.config = config
+        self.policy = Policy(config, lambda: [])
+        self.in_flight = 0
+        self.since = time.time()
+        self._addresses: dict[int, bytes] = {}
+
+    @property
+    def listener(self) -> int:
+        return self.state.listener
+
+    def address(self, family: int, pid: int) -> bytes:
+        """The container's own address (as its sockets see it) in `family`."""
+        if family not in self._addresses:
+            self._addresses.update(_container_addresses(pid))
+        ip = self._addresses.get(family)
+        if ip is None and family == socket.AF_INET6 and socket.AF_INET in self._addresses:
+            return bytes(10) + b"\xff\xff" + self._addresses[socket.AF_INET]
+        if ip is None:
+            ip = self.config.guest if family == socket.AF_INET else bytes(16)
+        return ip
+
+
+def _container_addresses(pid: int) -> dict[int, bytes]:
+    """Local non-loopback addresses in the network namespace of pid (/proc/PID/net)."""
+    found: dict[int, bytes] = {}
+    try:
+        with open(f"/proc/{pid}/net/fib_trie") as f:
+            lines = f.read().splitlines()
+        for prev, line in zip(lines, lines[1:], strict=False):
+            if line.strip() == "/32 host LOCAL":
+                ip = ipaddress.IPv4Address(prev.split()[-1])
+                if not ip.is_loopback:
+                    found[socket.AF_INET] = ip.packed
+                    break
+        with open(f"/proc/{pid}/net/if_inet6") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 4 and fields[3] == "00":  # global scope
+                    found[socket.AF_INET6] = bytes.fromhex(fields[0])
+                    break
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def _netns_of(sock: socket.socket) -> int | None:
+    try:
+        nsfd = fcntl.ioctl(sock.fileno(), SIOCGSKNS)
+    except OSError:
+        return None
+    try:
+        return os.fstat(nsfd).st_ino
+    finally:
+        os.close(nsfd)
+
+
+def _blocking(fd: int) -> bool:
+    return not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
+
+
+def _fd_cloexec(pid: int, fd: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("flags:"):
+                    return bool(int(line.split()[1], 8) & 0o2000000)
+    except OSError:
+        pass
+    return False
+
+
+def _copy_options(src: socket.socket, dst: socket.socket) -> None:
+    for level, opt in _COPIED_OPTIONS:
+        try:
+            value = src.getsockopt(level, opt)
+            if value:
+                dst.setsockopt(level, opt, value)
+        except OSError:
+            continue
+    try:
+        linger = src.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8)
+        if linger != bytes(8):
+            dst.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+    except OSError:
+        pass
+
+
+class _Watch:
+    """Calls back when a socket shared with a supervised process is ready. Through a
+    private epoll: the event loop's own add_reader would make the socket O_NONBLOCK
+    (libuv does), and the process shares the open file with us."""
+
+    def __init__(self, fd: int, events: int, callback: Callable[[], None]) -> None:
+        self.epoll = select.epoll(1)
+        self.epoll.register(fd, events | select.EPOLLONESHOT)
+        self.fd = fd
+        self.events = events
+        self.callback = callback
+        asyncio.get_running_loop().add_reader(self.epoll.fileno(), self._ready)
+
+    def _ready(self) -> None:
+        if self.epoll.poll(0):
+            self.epoll.modify(self.fd, self.events | select.EPOLLONESHOT)
+            self.callback()
+
+    def close(self) -> None:
+        if not self.epoll.closed:
+            asyncio.get_running_loop().remove_reader(self.epoll.fileno())
+            self.epoll.close()
+
+
+class Supervisor:
+    def __init__(self, directory: Directory, publish_host: str = "127.0.0.1",
+                 connect_wait: float = 10.0) -> None:
+        self.directory = directory
+        self.publish_host = publish_host
+        self.connect_wait = connect_wait
+        self.containers: dict[int, Container] = {}
+        self.sockets: dict[int, HostSocket] = {}  # by SO_COOKIE
+        self.clients_by_port: dict[int, int] = {}  # client's host port -> cookie
+        self.stats: dict[str, int] = {k: 0 for k in (
+            "traps", "continued", "bypassed_connects", "outbound_bypassed", "denied",
+            "unknown_vip", "waited", "wait_timeouts", "accepts", "registrations",
+            "registrations_refused", "unregistrations", "caller_gone", "errors",
+            "over_limit", "containers")}
+        self.on_container_gone: Callable[[Container], None] = lambda c: None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._host_netns = os.stat("/proc/self/ns/net").st_ino
+        directory.changed.append(self._wake_waiters)
+
+    # ------------------------------------------------------------ listeners
+    def adopt(self, state: ContainerState, owner: int) -> Container:
+        c = Container(state, owner)
+        self.containers[c.listener] = c
+        self.stats["containers"] += 1
+        asyncio.get_running_loop().add_reader(c.listener, self._readable, c)
+        log.info("supervising %s (pid %d, name %s, labels %s)", state.container, state.pid,
+                 state.name, c.labels)
+        return c
+
+    def drop(self, c: Container) -> None:
+        if self.containers.pop(c.listener, None) is None:
+            return
+        asyncio.get_running_loop().remove_reader(c.listener)
+        os.close(c.listener)
+        log.info("container %s gone", c.state.container)
+        self.on_container_gone(c)
+
+    def close(self) -> None:
+        for c in list(self.containers.values()):
+            self.drop(c)
+
+    def _readable(self, c: Container) -> None:
+        events = select.poll()
+        events.register(c.listener, select.POLLIN)
+        for _ in range(64):  # a batch, then back to the loop
+            ready = events.poll(0)
+            if not ready:
+                return
+            if not ready[0][1] & select.POLLIN:  # POLLHUP: no task uses the filter
+                self.drop(c)
+                return
+            n = notify.recv(c.listener)
+            if n is None:
+                continue
+            self.stats["traps"] += 1
+            self._handle(c, n)
+
+    # ------------------------------------------------------------- dispatch
+    def _handle(self, c: Container, n: notify.Notification) -> None:
+        try:
+            pidfd = notify.pidfd_open(n.pid)
+        except OSError:
+            self.stats["caller_gone"] += 1
+            return
+        copies: list[socket.socket] = []  # closed when the call is decided
+        try:
+            if n.nr in (notify.SYS_CONNECT, notify.SYS_BIND):
+                self._connect_or_bind(c, n, pidfd, copies)
+            elif n.nr == notify.SYS_LISTEN:
+                self._listen(c, n, self._socket_copy(n, pidfd, copies))
+            elif n.nr in (notify.SYS_ACCEPT, notify.SYS_ACCEPT4):
+                self._accept(c, n, self._socket_copy(n, pidfd, copies))
+            elif n.nr in (notify.SYS_GETSOCKNAME, notify.SYS_GETPEERNAME):
+                self._name(c, n, self._socket_copy(n, pidfd, copies))
+            else:
+                raise _Continue
+        except _Continue:
+            self.stats["continued"] += 1
+            self._respond(c, n, cont=True)
+        except _Fail as e:
+            self._respond(c, n, error=e.err)
+        except ProcessLookupError:
+            self.stats["caller_gone"] += 1
+        except Exception:
+            self.stats["errors"] += 1
+            log.exception("handling syscall %d of %s", n.nr, c.state.container)
+            self._respond(c, n, cont=True)
+        finally:
+            os.close(pidfd)
+            for copy in copies:
+                copy.close()
+
+    def _respond(self, c: Container, n: notify.Notification, val: int = 0, error: int = 0,
+                 cont: bool = False) -> None:
+        try:
+            if not notify.respond(c.listener, n.id, val, error, cont):
+                self.stats["caller_gone"] += 1
+        except OSError as e:
+            log.warning("respond: %s", e)
+
+    def _socket_copy(self, n: notify.Notification, pidfd: int,
+                     copies: list[socket.socket]) -> socket.socket:
+        """The caller's socket (same open file), closed with `copies` after the call."""
+        try:
+            fd = notify.pidfd_getfd(pidfd, n.args[0] & 0xFFFFFFFF)
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                raise ProcessLookupError from None
+            raise _Continue from None  # EBADF and the like: the kernel says it best
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)
+            raise _Continue from None  # not a socket
+        copies.append(sock)
+        return sock
+
+    def _read(self, c: Container, n: notify.Notification, address: int, length: int) -> bytes:
+        """Caller memory, then ID_VALID (so the bytes are the blocked caller's)."""
+        try:
+            data = notify.read_memory(n.pid, address, length)
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                raise ProcessLookupError from None
+            raise _Fail(errno.EFAULT) from None
+        if not notify.id_valid(c.listener, n.id):
+            raise ProcessLookupError
+        return data
+
+    def _write(self, n: notify.Notification, address: int, data: bytes) -> None:
+        try:
+            notify.write_memory(n.pid, address, data)
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                raise ProcessLookupError from None
+            raise _Fail(errno.EFAULT) from None
+
+    def _ours(self, sock: socket.socket) -> tuple[int, HostSocket | None]:
+        cookie = diag.socket_cookie(sock)
+        return cookie, self.sockets.get(cookie)
+
+    def _in_container(self, c: Container, sock: socket.socket) -> bool:
+        netns = _netns_of(sock)
+        return netns == c.netns
+
+    # -------------------------------------------------------- connect / bind
+    def _connect_or_bind(self, c: Container, n: notify.Notification, pidfd: int,
+                         copies: list[socket.socket]) -> None:
+        length = n.args[2] & 0xFFFFFFFF
+        if length < 2:
+            raise _Continue
+        data = self._read(c, n, n.args[1], min(length, sa.SOCKADDR_MAX))
+        addr = sa.parse(data)
+        if addr is None:
+            raise _Continue  # AF_UNIX and friends
+        if n.nr == notify.SYS_BIND and c.state.name is None:
+            raise _Continue
+        copy = self._socket_copy(n, pidfd, copies)
+        _cookie, rec = self._ours(copy)
+        if rec is not None:
+            self._on_host_socket(c, n, copy, rec, addr)
+            return
+        if (copy.type != socket.SOCK_STREAM or copy.family != addr.family
+                or not self._in_container(c, copy)):
+            raise _Continue
+        if n.nr == notify.SYS_BIND:
+            self._bind(c, n, copy, addr)
+        else:
+            self._connect(c, n, copy, addr)
+
+    def _on_host_socket(self, c: Container, n: notify.Notification, copy: socket.socket,
+                        rec: HostSocket, addr: SockAddr) -> None:
+        """A call on a socket we installed: never CONTINUEd (it is a host socket)."""
+        if n.nr == notify.SYS_BIND:
+            raise _Fail(errno.EINVAL)
+        if rec.kind != Kind.CLIENT or rec.target is None:
+            raise _Fail(errno.EISCONN if rec.kind == Kind.ACCEPTED else errno.EINVAL)
+        # A repeated or restarted (signal) connect: the kernel's answer on our target.
+        err = copy.connect_ex(sa.host_tuple(copy.family, *rec.target))
+        if err == errno.EISCONN and _blocking(copy.fileno()):
+            err = 0
+        if err in (errno.EALREADY, errno.EINPROGRESS) and _blocking(copy.fileno()):
+            self._wait_connected(c, n, copy.dup(), None)
+            return
+        if err:
+            raise _Fail(err)
+        self._respond(c, n)
+
+    def _connect(self, c: Container, n: notify.Notification, copy: socket.socket,
+                 addr: SockAddr) -> None:
+        ip, port = addr.unmapped()
+        if self.directory.is_vip(ip):
+            self._connect_vip(c, n, copy, addr, ip, port)
+            return
+        if ip == c.config.dns or ip == DNS6:
+            raise _Continue  # the TAP stack's DNS
+        decision = c.policy.tcp_target(ip, port)
+        if decision is None:
+            raise _Continue  # the container's own loopback, subnet, martians
+        if isinstance(decision, Refusal):
+            raise _Fail(_REFUSAL_ERRNO[decision])
+        self.stats["outbound_bypassed"] += 1
+        self._bypass(c, n, copy, addr, decision[0], None)
+
+    def _connect_vip(self, c: Container, n: notify.Notification, copy: socket.socket,
+                     addr: SockAddr, vip: bytes, port: int) -> None:
+        pick = self.directory.pick(vip, port, c.labels)
+        if isinstance(pick, Instance):
+            self.stats["bypassed_connects"] += 1
+            self._bypass(c, n, copy, addr, (pick.host, pick.host_port), pick.name)
+        elif pick is Pick.NOT_SERVED:
+            if not _blocking(copy.fileno()):
+                raise _Continue  # EINPROGRESS from the netns; the TAP stack waits
+            if c.in_flight >= MAX_IN_FLIGHT:
+                self.stats["over_limit"] += 1
+                raise _Fail(errno.ECONNREFUSED)
+            self.stats["waited"] += 1
+            c.in_flight += 1
+            asyncio.get_running_loop().create_task(
+                self._wait_for_service(c, n, copy.dup(), addr, vip, port))
+        else:
+            self.stats["denied" if pick is Pick.DENIED else "unknown_vip"] += 1
+            raise _Fail(errno.ECONNREFUSED)
+
+    async def _wait_for_service(self, c: Container, n: notify.Notification,
+                                copy: socket.socket, addr: SockAddr, vip: bytes,
+                                port: int) -> None:
+        try:
+            deadline = time.monotonic() + self.connect_wait
+            while True:
+                pick = self.directory.pick(vip, port, c.labels)
+                if pick is not Pick.NOT_SERVED:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not notify.id_valid(c.listener, n.id):
+                    break
+                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._waiters.append(fut)
+                try:
+                    await asyncio.wait_for(fut, min(remaining, 1.0))
+                except TimeoutError:
+                    pass
+            if isinstance(pick, Instance):
+                self.stats["bypassed_connects"] += 1
+                self._bypass(c, n, copy, addr, (pick.host, pick.host_port), pick.name)
+            else:
+                if pick is Pick.NOT_SERVED:
+                    self.stats["wait_timeouts"] += 1
+                    err = errno.ETIMEDOUT
+                else:
+                    self.stats["denied"] += 1
+                    err = errno.ECONNREFUSED
+                self._respond(c, n, error=err)
+        except _Fail as e:
+            self._respond(c, n, error=e.err)
+        except ProcessLookupError:
+            self.stats["caller_gone"] += 1
+        except Exception:
+            self.stats["errors"] += 1
+            log.exception("waiting connect")
+            self._respond(c, n, error=errno.ECONNREFUSED)
+        finally:
+            c.in_flight -= 1
+            copy.close()
+
+    def _wake_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _bypass(self, c: Container, n: notify.Notification, copy: socket.socket,
+                addr: SockAddr, target: tuple[str, int], service: str | None) -> None:
+        """Our own host socket, connected to target, in place of the caller's fd."""
+        host = socket.socket(copy.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        handed_over = False
+        try:
+            _copy_options(copy, host)
+            host.setblocking(False)
+            err = host.connect_ex(sa.host_tuple(copy.family, *target))
+            if err not in (0, errno.EINPROGRESS):
+                raise _Fail(err)
+            record = HostSocket(Kind.CLIENT, c.state.container, peer=addr, service=service,
+                                target=target)
+            if not _blocking(copy.fileno()):
+                self._install(c, n, host, record)
+                self._respond(c, n, error=errno.EINPROGRESS if err else 0)
+                return
+            if err == 0:
+                host.setblocking(True)
+                self._install(c, n, host, record)
+                self._respond(c, n)
+                return
+            if c.in_flight >= MAX_IN_FLIGHT:
+                self.stats["over_limit"] += 1
+                raise _Fail(errno.EAGAIN)
+            c.in_flight += 1
+            self._wait_connected(c, n, host, record)
+            handed_over = True
+        finally:
+            if not handed_over:
+                host.close()
+
+    def _wait_connected(self, c: Container, n: notify.Notification, host: socket.socket,
+                        record: HostSocket | None) -> None:
+        """Answer a blocking connect once our socket's connect completes; record None:
+        the socket is already installed (a restarted connect)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def writable() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        watch = _Watch(host.fileno(), select.EPOLLOUT, writable)
+
+        async def finish() -> None:
+            try:
+                try:
+                    await asyncio.wait_for(done, CONNECT_TIMEOUT_S)
+                    err = host.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                except TimeoutError:
+                    err = errno.ETIMEDOUT
+                finally:
+                    watch.close()
+                if err:
+                    self._respond(c, n, error=err)
+                    return
+                if record is not None:
+                    host.setblocking(True)
+                    self._install(c, n, host, record)
+                self._respond(c, n)
+            except ProcessLookupError:
+                self.stats["caller_gone"] += 1
+            except _Fail as e:
+                self._respond(c, n, error=e.err)
+            finally:
+                if record is not None:
+                    c.in_flight -= 1
+                host.close()
+
+        loop.create_task(finish())
+
+    def _install(self, c: Container, n: notify.Notification, host: socket.socket,
+                 record: HostSocket, newfd: int | None = None, send: bool = False,
+                 cloexec: bool | None = None) -> int:
+        target_fd = n.args[0] & 0xFFFFFFFF if newfd is None and not send else newfd
+        if cloexec is None:
+            cloexec = _fd_cloexec(n.pid, n.args[0] & 0xFFFFFFFF)
+        cookie = diag.socket_cookie(host)
+        self.sockets[cookie] = record
+        if record.kind == Kind.CLIENT:
+            self.clients_by_port[host.getsockname()[1]] = cookie
+        try:
+            return notify.addfd(c.listener, n.id, host.fileno(), target_fd, cloexec, send)
+        except OSError as e:
+            self.sockets.pop(cookie, None)
+            if e.errno == errno.ENOENT:
+                raise ProcessLookupError from None
+            raise _Fail(e.errno or errno.EBADF) from None
+
+    def _bind(self, c: Container, n: notify.Notification, copy: socket.socket,
+              addr: SockAddr) -> None:
+        ip, port = addr.unmapped()
+        if port == 0 or ipaddress.ip_address(ip).is_loopback:
+            raise _Continue  # ephemeral or container-local: stays in the netns
+        if any(ip) and ip not in (c.address(socket.AF_INET, n.pid),
+                                  c.address(socket.AF_INET6, n.pid)):
+            raise _Continue  # not the container's address: the kernel says EADDRNOTAVAIL
+        host = socket.socket(copy.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            _copy_options(copy, host)
+            if copy.family == socket.AF_INET6:
+                host.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            host.bind(sa.host_tuple(copy.family, self.publish_host, 0))
+            host.setblocking(_blocking(copy.fileno()))
+            self._install(c, n, host, HostSocket(Kind.BOUND, c.state.container, local=addr,
+                                                 service=c.state.name))
+        finally:
+            host.close()
+        self._respond(c, n)
+
+    # ------------------------------------------------------- listen / accept
+    def _listen(self, c: Container, n: notify.Notification, copy: socket.socket) -> None:
+        cookie, rec = self._ours(copy)
+        if rec is None or rec.kind not in (Kind.BOUND, Kind.LISTENING):
+            if rec is None:
+                raise _Continue
+            raise _Fail(errno.EINVAL)
+        backlog = n.args[1] & 0xFFFFFFFF
+        copy.listen(min(backlog, 65535) if backlog < 0x80000000 else 0)
+        if rec.kind == Kind.BOUND:
+            assert rec.local is not None and c.state.name is not None
+            inst = Instance(name=c.state.name, port=rec.local.port, host=self.publish_host,
+                            host_port=copy.getsockname()[1], labels=dict(c.labels),
+                            owner=c.owner, container=c.state.container,
+                            pid=notify.thread_group(n.pid), cookie=cookie, since=time.time())
+            try:
+                self.directory.register(inst, time.time())
+            except Refused as e:
+                self.stats["registrations_refused"] += 1
+                log.warning("registration of %s refused: %s", c.state.name, e)
+                raise _Fail(errno.EADDRINUSE) from None
+            rec.kind = Kind.LISTENING
+            self.stats["registrations"] += 1
+            log.info("%s serves %s:%d at %s:%d", c.state.container, inst.name, inst.port,
+                     inst.host, inst.host_port)
+        self._respond(c, n)
+
+    def _accept(self, c: Container, n: notify.Notification, copy: socket.socket) -> None:
+        _cookie, rec = self._ours(copy)
+        if rec is None or rec.kind != Kind.LISTENING:
+            raise _Continue
+        if self._try_accept(c, n, copy, rec):
+            return
+        if not _blocking(copy.fileno()):
+            raise _Fail(errno.EAGAIN)
+        if c.in_flight >= MAX_IN_FLIGHT:
+            self.stats["over_limit"] += 1
+            raise _Continue  # the kernel accepts (peer shows the host address)
+        c.in_flight += 1
+        copy = copy.dup()  # ours until a connection comes or the caller goes
+
+        def readable() -> None:
+            try:
+                if not notify.id_valid(c.listener, n.id):
+                    raise ProcessLookupError
+                if not self._try_accept(c, n, copy, rec):
+                    return
+            except ProcessLookupError:
+                self.stats["caller_gone"] += 1
+            except _Fail as e:
+                self._respond(c, n, error=e.err)
+            except Exception:
+                self.stats["errors"] += 1
+                log.exception("accept")
+                self._respond(c, n, error=errno.ECONNABORTED)
+            watch.close()
+            c.in_flight -= 1
+            copy.close()
+
+        watch = _Watch(copy.fileno(), select.EPOLLIN, readable)
+        self._reap_with_caller(c, n, copy, readable)
+
+    def _reap_with_caller(self, c: Container, n: notify.Notification, copy: socket.socket,
+                          readable: Callable[[], None]) -> None:
+        """Stop waiting for a connection once the caller is gone (killed)."""
+        loop = asyncio.get_running_loop()
+
+        async def watch() -> None:
+            while copy.fileno() >= 0:
+                await asyncio.sleep(1.0)
+                if copy.fileno() >= 0 and not notify.id_valid(c.listener, n.id):
+                    readable()  # finds the id gone, cleans up
+                    return
+
+        loop.create_task(watch())
+
+    def _try_accept(self, c: Container, n: notify.Notification, copy: socket.socket,
+                    rec: HostSocket) -> bool:
+        flags = n.args[3] & 0xFFFFFFFF if n.nr == notify.SYS_ACCEPT4 else 0
+        fd = copy.fileno()
+        old = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, old | os.O_NONBLOCK)
+        try:
+            conn_fd, peer = copy._accept()  # type: ignore[attr-defined]
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            raise _Fail(e.errno or errno.ECONNABORTED) from None
+        finally:
+            fcntl.fcntl(fd, fcntl.F_SETFL, old)
+        conn = socket.socket(copy.family, socket.SOCK_STREAM, 0, conn_fd)
+        try:
+            conn.setblocking(not flags & socket.SOCK_NONBLOCK)
+            client = self.sockets.get(self.clients_by_port.get(peer[1], -1))
+            peer_view = self._peer_view(c, n, copy.family, client, peer)
+            local = SockAddr(copy.family, c.address(copy.family, n.pid),
+                             rec.local.port if rec.local else 0)
+            if n.args[1]:
+                self._write_sockaddr(c, n, n.args[1], n.args[2], peer_view)
+            self.stats["accepts"] += 1
+            self._install(c, n, conn, HostSocket(Kind.ACCEPTED, c.state.container, local=local,
+                                                 peer=peer_view, service=rec.service),
+                          newfd=None, send=True, cloexec=bool(flags & socket.SOCK_CLOEXEC))
+        finally:
+            conn.close()
+        return True
+
+    def _peer_view(self, c: Container, n: notify.Notification, family: int,
+                   client: HostSocket | None, peer: tuple[str, int]) -> SockAddr:
+        """The client's container address, as the server should see it."""
+        if client is not None:
+            owner = next((x for x in self.containers.values()
+                          if x.state.container == client.container), None)
+            if owner is not None:
+                ip = owner.address(family, owner.state.pid)
+                return sa.in_family(family, ip, peer[1])
+        host = ipaddress.ip_address(peer[0].split("%")[0])
+        return sa.in_family(family, host.packed, peer[1])
+
+    # --------------------------------------------------- getsockname / peername
+    def _name(self, c: Container, n: notify.Notification, copy: socket.socket) -> None:
+        _cookie, rec = self._ours(copy)
+        if rec is None:
+            raise _Continue
+        if n.nr == notify.SYS_GETPEERNAME:
+            try:
+                real = copy.getpeername()
+            except OSError as e:
+                raise _Fail(e.errno or errno.ENOTCONN) from None
+            view = rec.peer or self._peer_view(c, n, copy.family, None, real)
+        elif rec.kind == Kind.CLIENT:
+            port = copy.getsockname()[1]
+            view = SockAddr(copy.family, c.address(copy.family, n.pid), port)
+        else:
+            assert rec.local is not None
+            view = rec.local
+        self._write_sockaddr(c, n, n.args[1], n.args[2], view)
+        self._respond(c, n)
+
+    def _write_sockaddr(self, c: Container, n: notify.Notification, address: int,
+                        len_address: int, view: SockAddr) -> None:
+        """As the kernel does: the address truncated to *len, *len set to its size."""
+        raw_len = self._read(c, n, len_address, 4)
+        room = struct.unpack("=i", raw_len)[0]
+        if room < 0:
+            raise _Fail(errno.EINVAL)
+        data = sa.emit(view)
+        if room:
+            self._write(n, address, data[:room])
+        self._write(n, len_address, struct.pack("=i", len(data)))
+
+    # -------------------------------------------------------------- upkeep
+    def sweep(self) -> None:
+        """Forget sockets that no longer exist; unregister closed listeners."""
+        alive = diag.tcp_cookies()
+        now = time.time()
+        # a bound socket that does not listen yet is in no table sock_diag dumps
+        gone = [k for k, r in self.sockets.items() if k not in alive
+                and (r.kind != Kind.BOUND or now - r.since > BOUND_GRACE_S)]
+        for cookie in gone:
+            rec = self.sockets.pop(cookie)
+            if rec.kind == Kind.LISTENING and self.directory.unregister(cookie, now):
+                self.stats["unregistrations"] += 1
+                log.info("%s stopped serving %s", rec.container, rec.service)
+        self.clients_by_port = {p: k for p, k in self.clients_by_port.items()
+                                if k in self.sockets}
+        self.directory.expire(now)
+
+    def listening_cookies(self) -> list[int]:
+        return [k for k, r in self.sockets.items() if r.kind == Kind.LISTENING]
