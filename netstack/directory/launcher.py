@@ -43,6 +43,7 @@ SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 1
 READY_TIMEOUT_S = 20.0
+PR_SET_PDEATHSIG = 1
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -122,6 +123,7 @@ def _read_line(fd: int, timeout: float) -> bytes:
 def _child(args: argparse.Namespace, resolv: str, to_parent: int, from_parent: int,
            supervised: bool) -> None:
     """In the fork: namespaces, resolv.conf, wait for netstack, filter, exec."""
+    _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
     rootless = os.geteuid() != 0
     flags = CLONE_NEWNET | CLONE_NEWNS | (CLONE_NEWUSER if rootless else 0)
     _check(_libc.unshare(flags), "unshare")

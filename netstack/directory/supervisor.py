@@ -226,6 +226,43 @@ class _Watch:
             self.epoll.close()
 
 
+class _PendingAccept:
+    """A blocking accept on one of our listeners with nothing to accept yet: answered
+    when a connection comes, dropped when the calling thread exits (its pidfd)."""
+
+    def __init__(self, sup: Supervisor, c: Container, n: notify.Notification,
+                 copy: socket.socket, pidfd: int, rec: HostSocket) -> None:
+        self.sup, self.c, self.n, self.copy, self.pidfd, self.rec = sup, c, n, copy, pidfd, rec
+        self.watch = _Watch(copy.fileno(), select.EPOLLIN, self._readable)
+        asyncio.get_running_loop().add_reader(pidfd, self._finish)
+
+    def _readable(self) -> None:
+        sup, c, n = self.sup, self.c, self.n
+        try:
+            if not notify.id_valid(c.listener, n.id):
+                raise ProcessLookupError
+            if not sup._try_accept(c, n, self.copy, self.rec):
+                return  # someone else took it: keep waiting
+        except ProcessLookupError:
+            sup.stats["caller_gone"] += 1
+        except _Fail as e:
+            sup._respond(c, n, error=e.err)
+        except Exception:
+            sup.stats["errors"] += 1
+            log.exception("accept")
+            sup._respond(c, n, error=errno.ECONNABORTED)
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.copy.fileno() < 0:
+            return
+        self.watch.close()
+        asyncio.get_running_loop().remove_reader(self.pidfd)
+        os.close(self.pidfd)
+        self.copy.close()
+        self.c.in_flight -= 1
+
+
 class Supervisor:
     def __init__(self, directory: Directory, publish_host: str = "127.0.0.1",
                  connect_wait: float = 10.0) -> None:
@@ -297,7 +334,7 @@ class Supervisor:
             elif n.nr == notify.SYS_LISTEN:
                 self._listen(c, n, self._socket_copy(n, pidfd, copies))
             elif n.nr in (notify.SYS_ACCEPT, notify.SYS_ACCEPT4):
-                self._accept(c, n, self._socket_copy(n, pidfd, copies))
+                self._accept(c, n, self._socket_copy(n, pidfd, copies), pidfd)
             elif n.nr in (notify.SYS_GETSOCKNAME, notify.SYS_GETPEERNAME):
                 self._name(c, n, self._socket_copy(n, pidfd, copies))
             else:
@@ -510,6 +547,10 @@ class Supervisor:
                 raise _Fail(err)
             record = HostSocket(Kind.CLIENT, c.state.container, peer=addr, service=service,
                                 target=target)
+            # known before the server can accept it, so accept() finds the client
+            cookie = diag.socket_cookie(host)
+            self.sockets[cookie] = record
+            self.clients_by_port[host.getsockname()[1]] = cookie
             if not _blocking(copy.fileno()):
                 self._install(c, n, host, record)
                 self._respond(c, n, error=errno.EINPROGRESS if err else 0)
@@ -577,8 +618,6 @@ class Supervisor:
             cloexec = _fd_cloexec(n.pid, n.args[0] & 0xFFFFFFFF)
         cookie = diag.socket_cookie(host)
         self.sockets[cookie] = record
-        if record.kind == Kind.CLIENT:
-            self.clients_by_port[host.getsockname()[1]] = cookie
         try:
             return notify.addfd(c.listener, n.id, host.fileno(), target_fd, cloexec, send)
         except OSError as e:
@@ -635,7 +674,8 @@ class Supervisor:
                      inst.host, inst.host_port)
         self._respond(c, n)
 
-    def _accept(self, c: Container, n: notify.Notification, copy: socket.socket) -> None:
+    def _accept(self, c: Container, n: notify.Notification, copy: socket.socket,
+                pidfd: int) -> None:
         _cookie, rec = self._ours(copy)
         if rec is None or rec.kind != Kind.LISTENING:
             raise _Continue
@@ -647,42 +687,7 @@ class Supervisor:
             self.stats["over_limit"] += 1
             raise _Continue  # the kernel accepts (peer shows the host address)
         c.in_flight += 1
-        copy = copy.dup()  # ours until a connection comes or the caller goes
-
-        def readable() -> None:
-            try:
-                if not notify.id_valid(c.listener, n.id):
-                    raise ProcessLookupError
-                if not self._try_accept(c, n, copy, rec):
-                    return
-            except ProcessLookupError:
-                self.stats["caller_gone"] += 1
-            except _Fail as e:
-                self._respond(c, n, error=e.err)
-            except Exception:
-                self.stats["errors"] += 1
-                log.exception("accept")
-                self._respond(c, n, error=errno.ECONNABORTED)
-            watch.close()
-            c.in_flight -= 1
-            copy.close()
-
-        watch = _Watch(copy.fileno(), select.EPOLLIN, readable)
-        self._reap_with_caller(c, n, copy, readable)
-
-    def _reap_with_caller(self, c: Container, n: notify.Notification, copy: socket.socket,
-                          readable: Callable[[], None]) -> None:
-        """Stop waiting for a connection once the caller is gone (killed)."""
-        loop = asyncio.get_running_loop()
-
-        async def watch() -> None:
-            while copy.fileno() >= 0:
-                await asyncio.sleep(1.0)
-                if copy.fileno() >= 0 and not notify.id_valid(c.listener, n.id):
-                    readable()  # finds the id gone, cleans up
-                    return
-
-        loop.create_task(watch())
+        _PendingAccept(self, c, n, copy.dup(), os.dup(pidfd), rec)
 
     def _try_accept(self, c: Container, n: notify.Notification, copy: socket.socket,
                     rec: HostSocket) -> bool:
@@ -701,7 +706,7 @@ class Supervisor:
         conn = socket.socket(copy.family, socket.SOCK_STREAM, 0, conn_fd)
         try:
             conn.setblocking(not flags & socket.SOCK_NONBLOCK)
-            client = self.sockets.get(self.clients_by_port.get(peer[1], -1))
+            client = self._client_by_port(peer[1])
             peer_view = self._peer_view(c, n, copy.family, client, peer)
             local = SockAddr(copy.family, c.address(copy.family, n.pid),
                              rec.local.port if rec.local else 0)
@@ -714,6 +719,12 @@ class Supervisor:
         finally:
             conn.close()
         return True
+
+    def _client_by_port(self, port: int) -> HostSocket | None:
+        cookie = self.clients_by_port.get(port)
+        if cookie is None:
+            return None
+        return self.sockets.get(cookie)
 
     def _peer_view(self, c: Container, n: notify.Notification, family: int,
                    client: HostSocket | None, peer: tuple[str, int]) -> SockAddr:
