@@ -5,6 +5,9 @@ netstackctl -a SOCKET connections            live flows with bytes and state
 netstackctl -a SOCKET forwards               port forwards
 netstackctl -a SOCKET add tcp|udp [HOST_ADDR:]HOST_PORT [GUEST_ADDR:]GUEST_PORT
 netstackctl -a SOCKET remove ID
+netstackctl -d SOCKET services|instances|clients   the service directory (netstackd)
+netstackctl [-d SOCKET] seccomp-profile [--base FILE] [--killable]
+                                             an OCI profile handing containers to netstackd
 add --json to print the raw reply
 """
 
@@ -51,7 +54,9 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="netstackctl", description="Query a running netstack.")
-    p.add_argument("-a", "--api-socket", required=True)
+    p.add_argument("-a", "--api-socket", help="a netstack's API socket")
+    p.add_argument("-d", "--directory", default=None,
+                   help="netstackd's socket (default: the per-user one)")
     p.add_argument("--json", action="store_true", help="print the raw JSON reply")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("stats")
@@ -63,7 +68,17 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("guest")
     rm = sub.add_parser("remove")
     rm.add_argument("id", type=int)
+    for name in DIRECTORY_COMMANDS:
+        sub.add_parser(name)
+    prof = sub.add_parser("seccomp-profile")
+    prof.add_argument("--base", help="the runtime's default profile to extend")
+    prof.add_argument("--killable", action="store_true",
+                      help="add SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (runc >= 1.2)")
     a = p.parse_args(argv)
+    if a.command in DIRECTORY_COMMANDS or a.command == "seccomp-profile":
+        return _directory(a)
+    if a.api_socket is None:
+        p.error("-a/--api-socket is required for this command")
 
     if a.command == "stats":
         reply = request(a.api_socket, "get_stats")
@@ -149,6 +164,56 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif a.command == "add":
         print(ret.get("id"))
+    return 0
+
+
+DIRECTORY_COMMANDS = {
+    "services": ("list_services", ["name", "vip", "vip6", "ports", "instances", "labels"]),
+    "instances": ("list_instances", ["name", "port", "host", "host_port", "container", "pid",
+                                     "labels"]),
+    "clients": ("list_clients", ["client", "name", "vip", "port", "host", "host_port"]),
+}
+
+
+def _directory(a: argparse.Namespace) -> int:
+    from netstack.directory import profile
+    from netstack.directory.daemon import default_socket
+
+    path = a.directory or default_socket()
+    if a.command == "seccomp-profile":
+        try:
+            agent = request(path, "info")["return"]["agent_socket"]
+        except (OSError, ValueError, KeyError):
+            import os
+
+            agent = os.path.join(os.path.dirname(path), "agent.sock")
+        try:
+            print(json.dumps(profile.build(profile.load_base(a.base), agent, a.killable),
+                             indent=2))
+        except (OSError, ValueError) as e:
+            print(f"netstackctl: {e}", file=sys.stderr)
+            return 1
+        return 0
+    execute, columns = DIRECTORY_COMMANDS[a.command]
+    try:
+        reply = request(path, execute)
+    except OSError as e:
+        print(f"netstackctl: {path}: {e}", file=sys.stderr)
+        return 1
+    if a.json or "error" in reply:
+        print(json.dumps(reply, indent=2))
+        return 1 if "error" in reply else 0
+    rows = []
+    for entry in reply["return"]["entries"]:
+        labels = entry.get("labels")
+        if isinstance(labels, dict):
+            labels = ",".join(f"{k}={v}" for k, v in labels.items())
+        elif isinstance(labels, list):
+            labels = ",".join(f"{k}={v}" for k, v in labels)
+        ports = entry.get("ports")
+        rows.append({**entry, "labels": labels or "",
+                     **({"ports": ",".join(map(str, ports))} if ports is not None else {})})
+    print(_table(rows, columns))
     return 0
 
 

@@ -20,14 +20,15 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 from typing import Any
 
-from netstack.directory import oci
+from netstack.directory import keeper, notify, oci
 from netstack.directory.registry import Directory
 from netstack.directory.store import MemoryStore
-from netstack.directory.supervisor import Kind, Supervisor
+from netstack.directory.supervisor import Container, Kind, Supervisor
 
 log = logging.getLogger("netstackd")
 
@@ -118,6 +119,94 @@ class Daemon:
         self._agent_clients = 0
         self._api_clients = 0
         self.directory.changed.append(self._schedule_view)
+        self.keeper: socket.socket | None = None
+        self._redo: list[tuple[Container, notify.Notification]] = []
+        self.keeper_path = os.path.join(os.path.dirname(args.socket), "keeper.sock")
+        self.supervisor.on_registrations = self._keep_registrations
+        self.supervisor.on_container_gone = self._forget
+        self.supervisor.on_wait = self._keep_wait
+
+    # --------------------------------------------------------------- keeper
+    def _connect_keeper(self) -> None:
+        """Connect to the keeper (starting one if none runs) and take back what it
+        holds from an earlier netstackd."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(self.keeper_path)
+        except OSError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.keeper_path)
+            subprocess.Popen([sys.executable, "-m", "netstack.directory.keeper",
+                              self.keeper_path], start_new_session=True, close_fds=True)
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    sock.connect(self.keeper_path)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+        sock.settimeout(5)
+        self.keeper = sock
+        keeper.send_message(sock, {"op": "take"})
+        while True:
+            got = keeper.recv_message(sock)
+            if got is None or got[0].get("op") == "end":
+                break
+            msg, fd = got
+            if fd is None:
+                continue
+            try:
+                st = msg["state"]
+                state = oci.ContainerState(
+                    listener=fd, pid=int(st["pid"]), container=str(st["container"]),
+                    name=st.get("name"), labels=dict(st.get("labels") or {}),
+                    host_loopback=bool(st.get("host_loopback")), cidr=str(st["cidr"]),
+                    ipv6=bool(st.get("ipv6")))
+                c = self.supervisor.adopt(state, int(st["owner"]))
+            except (KeyError, ValueError, TypeError, OSError) as e:
+                log.warning("keeper: cannot take back %s: %s", msg.get("key"), e)
+                os.close(fd)
+                continue
+            restored = self.supervisor.restore(c, list(msg.get("records") or []))
+            waiting = [notify.Notification(int(w["id"]), int(w["pid"]), int(w["nr"]),
+                                           notify.AUDIT_ARCH_X86_64, tuple(w["args"]))
+                       for w in msg.get("waiting") or []]
+            log.info("took back %s from the keeper (%d instance(s), %d held call(s))",
+                     state.container, restored, len(waiting))
+            self._redo.extend((c, n) for n in waiting)
+
+    def _keep(self, msg: dict[str, Any], fd: int | None = None) -> None:
+        if self.keeper is None:
+            return
+        try:
+            keeper.send_message(self.keeper, msg, fd)
+        except OSError as e:
+            log.warning("keeper: %s (restarts will lose state)", e)
+            self.keeper.close()
+            self.keeper = None
+
+    def _keep_container(self, c: Container) -> None:
+        st = c.state
+        self._keep({"op": "put", "key": st.container, "state": {
+            "pid": st.pid, "container": st.container, "name": st.name, "labels": st.labels,
+            "host_loopback": st.host_loopback, "cidr": st.cidr, "ipv6": st.ipv6,
+            "owner": c.owner}}, c.listener)
+
+    def _keep_registrations(self, c: Container) -> None:
+        self._keep({"op": "records", "key": c.state.container,
+                    "records": self.supervisor.registrations_of(c)})
+
+    def _keep_wait(self, c: Container, n: notify.Notification, begins: bool) -> None:
+        if begins:
+            self._keep({"op": "wait", "key": c.state.container, "call": {
+                "id": n.id, "pid": n.pid, "nr": n.nr, "args": list(n.args)}})
+        else:
+            self._keep({"op": "answered", "key": c.state.container, "id": n.id})
+
+    def _forget(self, c: Container) -> None:
+        self._keep({"op": "forget", "key": c.state.container})
 
     # ---------------------------------------------------------------- agent
     def _agent_accept(self, server: socket.socket) -> None:
@@ -150,7 +239,8 @@ class Daemon:
             conn.close()
             self._agent_clients -= 1
         try:
-            self.supervisor.adopt(state, uid)
+            c = self.supervisor.adopt(state, uid)
+            self._keep_container(c)
         except OSError as e:
             log.warning("agent: cannot supervise pid %d: %s", state.pid, e)
             os.close(state.listener)
@@ -298,6 +388,13 @@ class Daemon:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        try:
+            self._connect_keeper()
+        except (OSError, ValueError) as e:
+            log.warning("no listener keeper (%s): a restart will not find containers", e)
+        for c, n in self._redo:  # calls the previous netstackd held, answered now
+            self.supervisor.redo(c, n)
+        self._redo.clear()
         agent = _bind_unix(self.args.agent_socket)
         loop.add_reader(agent.fileno(), self._agent_accept, agent)
         api = _bind_unix(self.args.socket)  # last: its existence means "ready"

@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from netstack.directory import diag, notify
 from netstack.directory import sockaddr as sa
@@ -260,7 +261,7 @@ class _PendingAccept:
         asyncio.get_running_loop().remove_reader(self.pidfd)
         os.close(self.pidfd)
         self.copy.close()
-        self.c.in_flight -= 1
+        self.sup.wait_ends(self.c, self.n)
 
 
 class Supervisor:
@@ -278,6 +279,11 @@ class Supervisor:
             "registrations_refused", "unregistrations", "caller_gone", "errors",
             "over_limit", "containers")}
         self.on_container_gone: Callable[[Container], None] = lambda c: None
+        self.on_registrations: Callable[[Container], None] = lambda c: None
+        # a call we hold (waiting for a service, a connect, a connection): kept by the
+        # keeper so that a restarted netstackd answers it
+        self.on_wait: Callable[[Container, notify.Notification, bool], None] = (
+            lambda c, n, begins: None)
         self._waiters: list[asyncio.Future[None]] = []
         self._host_netns = os.stat("/proc/self/ns/net").st_ino
         directory.changed.append(self._wake_waiters)
@@ -301,6 +307,8 @@ class Supervisor:
         self.on_container_gone(c)
 
     def close(self) -> None:
+        """Stop supervising (the keeper, if any, still holds every listener)."""
+        self.on_container_gone = lambda c: None
         for c in list(self.containers.values()):
             self.drop(c)
 
@@ -480,7 +488,7 @@ class Supervisor:
                 self.stats["over_limit"] += 1
                 raise _Fail(errno.ECONNREFUSED)
             self.stats["waited"] += 1
-            c.in_flight += 1
+            self.wait_begins(c, n)
             asyncio.get_running_loop().create_task(
                 self._wait_for_service(c, n, copy.dup(), addr, vip, port))
         else:
@@ -525,7 +533,7 @@ class Supervisor:
             log.exception("waiting connect")
             self._respond(c, n, error=errno.ECONNREFUSED)
         finally:
-            c.in_flight -= 1
+            self.wait_ends(c, n)
             copy.close()
 
     def _wake_waiters(self) -> None:
@@ -563,7 +571,7 @@ class Supervisor:
             if c.in_flight >= MAX_IN_FLIGHT:
                 self.stats["over_limit"] += 1
                 raise _Fail(errno.EAGAIN)
-            c.in_flight += 1
+            self.wait_begins(c, n)
             self._wait_connected(c, n, host, record)
             handed_over = True
         finally:
@@ -605,7 +613,7 @@ class Supervisor:
                 self._respond(c, n, error=e.err)
             finally:
                 if record is not None:
-                    c.in_flight -= 1
+                    self.wait_ends(c, n)
                 host.close()
 
         loop.create_task(finish())
@@ -670,6 +678,7 @@ class Supervisor:
                 raise _Fail(errno.EADDRINUSE) from None
             rec.kind = Kind.LISTENING
             self.stats["registrations"] += 1
+            self.on_registrations(c)
             log.info("%s serves %s:%d at %s:%d", c.state.container, inst.name, inst.port,
                      inst.host, inst.host_port)
         self._respond(c, n)
@@ -686,7 +695,7 @@ class Supervisor:
         if c.in_flight >= MAX_IN_FLIGHT:
             self.stats["over_limit"] += 1
             raise _Continue  # the kernel accepts (peer shows the host address)
-        c.in_flight += 1
+        self.wait_begins(c, n)
         _PendingAccept(self, c, n, copy.dup(), os.dup(pidfd), rec)
 
     def _try_accept(self, c: Container, n: notify.Notification, copy: socket.socket,
@@ -783,9 +792,70 @@ class Supervisor:
             if rec.kind == Kind.LISTENING and self.directory.unregister(cookie, now):
                 self.stats["unregistrations"] += 1
                 log.info("%s stopped serving %s", rec.container, rec.service)
+                owner = self.container_by_id(rec.container)
+                if owner is not None:
+                    self.on_registrations(owner)
         self.clients_by_port = {p: k for p, k in self.clients_by_port.items()
                                 if k in self.sockets}
         self.directory.expire(now)
 
-    def listening_cookies(self) -> list[int]:
-        return [k for k, r in self.sockets.items() if r.kind == Kind.LISTENING]
+    def wait_begins(self, c: Container, n: notify.Notification) -> None:
+        c.in_flight += 1
+        self.on_wait(c, n, True)
+
+    def wait_ends(self, c: Container, n: notify.Notification) -> None:
+        c.in_flight -= 1
+        self.on_wait(c, n, False)
+
+    def redo(self, c: Container, n: notify.Notification) -> None:
+        """Handle again a call an earlier netstackd received and never answered."""
+        if notify.id_valid(c.listener, n.id):
+            self.stats["traps"] += 1
+            self._handle(c, n)
+        else:
+            log.info("held call %d of %s is gone", n.nr, c.state.container)
+
+    def container_by_id(self, container: str) -> Container | None:
+        return next((c for c in self.containers.values() if c.state.container == container),
+                    None)
+
+    # ------------------------------------------- what survives a restart
+    def registrations_of(self, c: Container) -> list[dict[str, Any]]:
+        """c's listening sockets and instances, as the keeper stores them."""
+        out: list[dict[str, Any]] = []
+        instances = {i.cookie: i for i in self.directory.instances()}
+        for cookie, rec in self.sockets.items():
+            if rec.container != c.state.container or rec.kind != Kind.LISTENING:
+                continue
+            inst = instances.get(cookie)
+            if inst is None or rec.local is None:
+                continue
+            out.append({"cookie": cookie, "family": rec.local.family,
+                        "ip": rec.local.ip.hex(), "port": rec.local.port,
+                        "instance": inst.to_json()})
+        return out
+
+    def restore(self, c: Container, records: list[dict[str, Any]]) -> int:
+        """Take back what a previous netstackd registered for c, where the listening
+        socket still exists. Returns how many instances came back."""
+        alive = diag.tcp_cookies(diag.LISTENING)
+        restored = 0
+        for r in records:
+            cookie = int(r["cookie"])
+            if cookie not in alive:
+                continue
+            local = SockAddr(int(r["family"]), bytes.fromhex(str(r["ip"])), int(r["port"]))
+            data = dict(r["instance"])
+            inst = Instance(name=str(data["name"]), port=int(data["port"]),
+                            host=str(data["host"]), host_port=int(data["host_port"]),
+                            labels=dict(data["labels"]),
+                            owner=int(data["owner"]), container=str(data["container"]),
+                            pid=int(data["pid"]), cookie=cookie, since=float(data["since"]))
+            try:
+                self.directory.register(inst, time.time())
+            except Refused:
+                continue
+            self.sockets[cookie] = HostSocket(Kind.LISTENING, c.state.container, local=local,
+                                              service=inst.name)
+            restored += 1
+        return restored

@@ -369,3 +369,55 @@ def test_bad_requests_get_json_errors(dw: DirectoryWorld) -> None:
         assert "error" in json.loads(data), payload[:40]
     assert dw.daemon is not None and dw.daemon.poll() is None
     assert dw.api("info")["vip_cidr"] == "198.18.0.0/16"
+
+
+HOLD = """
+import socket, sys
+s = socket.socket()
+s.connect((sys.argv[1], int(sys.argv[2])))
+print(s.recv(100).decode().split()[0], flush=True)
+for line in sys.stdin:  # echo through the open connection until stdin closes
+    s.sendall(line.encode())
+    print(s.recv(100).decode().strip(), flush=True)
+"""
+
+ECHO_SERVER = """
+import socket, threading
+def echo(c):
+    c.sendall(b"hello\\n")
+    while data := c.recv(100):
+        c.sendall(data)
+    c.close()
+s = socket.socket(); s.bind(("0.0.0.0", 8900)); s.listen()
+print("ready", flush=True)
+while True:
+    threading.Thread(target=echo, args=(s.accept()[0],), daemon=True).start()
+"""
+
+
+def test_a_netstackd_restart_keeps_connections_and_names(dw: DirectoryWorld) -> None:
+    server = dw.spawn(PYTHON, "-c", ECHO_SERVER, name="survivor")
+    assert line(server) == "ready"
+    dw.wait_served("survivor")
+    v4, _ = vip(dw, "survivor")
+    client = subprocess.Popen(dw.run_args(PYTHON, "-c", HOLD, v4, "8900"),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    dw.procs.append(client)
+    assert line(client) == "hello"
+    dw.stop_daemon(signal.SIGKILL)
+    assert client.stdin is not None
+    client.stdin.write(b"while-down\n")
+    client.stdin.flush()
+    assert line(client) == "while-down"  # an open connection never needed netstackd
+    dw.start_daemon("--connect-wait", "8")
+    svc = dw.wait_served("survivor", timeout=5)
+    assert svc["vip"] == v4 or svc["instances"] == 1
+    v4_after, _ = vip(dw, "survivor")
+    r = dw.run(PYTHON, "-c", HOLD, v4_after, "8900", input="")
+    assert r.returncode == 0 and r.stdout.strip() == "hello", r.stderr
+    client.stdin.write(b"after\n")
+    client.stdin.flush()
+    assert line(client) == "after"
+    client.stdin.close()
+    client.wait(10)

@@ -6,7 +6,6 @@ are `netstack-run` processes started there, each in a fresh netns with netstack.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import signal
@@ -61,9 +60,16 @@ class DirectoryWorld:
                 ["ip", "netns", "exec", self.host, NETSTACKD, "--socket", self.socket, *args],
                 stdout=log, stderr=log)
         self.procs.append(self.daemon)
-        wait_until(lambda: os.path.exists(self.socket) or self.daemon.poll() is not None,
-                   10, "netstackd's socket")
+        wait_until(lambda: self._answers() or self.daemon.poll() is not None, 10,
+                   "netstackd's socket")
         assert self.daemon.poll() is None, f"netstackd exited:\n{self.log()}"
+
+    def _answers(self) -> bool:
+        try:
+            self.api("info")
+        except OSError:
+            return False
+        return True
 
     def stop_daemon(self, sig: int = signal.SIGTERM) -> None:
         assert self.daemon is not None
@@ -99,9 +105,12 @@ class DirectoryWorld:
         return {e["name"]: e for e in self.api("list_services")["entries"]}
 
     def wait_served(self, name: str, count: int = 1, timeout: float = 15) -> dict[str, Any]:
-        return dict(wait_until(
-            lambda: (self.services().get(name) or {}).get("instances", 0) >= count
-            and self.services()[name], timeout, f"{count} instance(s) of {name}"))
+        try:
+            return dict(wait_until(
+                lambda: (self.services().get(name) or {}).get("instances", 0) >= count
+                and self.services()[name], timeout, f"{count} instance(s) of {name}"))
+        except AssertionError as e:
+            raise AssertionError(f"{e}; netstackd's log:\n{self.log()}") from None
 
     # ------------------------------------------------------------ containers
     def run_args(self, *cmd: str, name: str | None = None, labels: tuple[str, ...] = (),
