@@ -241,6 +241,66 @@ def test_sigterm_removes_the_api_socket(world: World, api: str) -> None:
     assert not os.path.exists(api)
 
 
+def _watcher_of(pid: int) -> int:
+    """The pid of the stack's socket watcher (a child named netstack-unlink)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat_line = (entry / "stat").read_text()
+            except OSError:
+                continue
+            comm = stat_line[stat_line.index("(") + 1 : stat_line.rindex(")")]
+            ppid = int(stat_line[stat_line.rindex(")") + 2 :].split()[1])
+            if ppid == pid and comm == "netstack-unlink":
+                return int(entry.name)
+    raise AssertionError(f"netstack {pid} has no socket watcher")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("sandbox", "end"),
+    [(True, "exit-fd"), (True, "SIGKILL"), (False, "SIGKILL")],
+)
+def test_the_api_socket_is_removed_however_the_stack_ends(
+    world: World, tmp_path: Path, sandbox: bool, end: str
+) -> None:
+    """The sandbox hides the socket's folder and SIGKILL gives no chance to clean up:
+    the watcher forked before the sandbox removes the file anyway."""
+    path = str(tmp_path / "api.sock")
+    exit_r, exit_w = os.pipe()
+    try:
+        world.start_netstack(
+            "--api-socket",
+            path,
+            "-e",
+            str(exit_r),
+            *(["--enable-sandbox", "--enable-seccomp"] if sandbox else []),
+            extra_fds=(exit_r,),
+        )
+    finally:
+        os.close(exit_r)
+    assert world.netstack is not None
+    watcher = _watcher_of(world.netstack.pid)
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    if end == "exit-fd":
+        os.close(exit_w)  # what conmon's exit does for podman
+        assert world.netstack.wait(10) == 0
+    else:
+        world.netstack.kill()  # what rootlesskit does
+        world.netstack.wait(10)
+        os.close(exit_w)
+    deadline = time.monotonic() + 10
+    while os.path.exists(path) or not _gone(watcher):
+        assert time.monotonic() < deadline, f"socket {os.path.exists(path)}, watcher {watcher}"
+        time.sleep(0.05)
+
+
 ECHO_CLIENT = r"""
 import hashlib, os, socket, sys, threading
 host, port, size, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
