@@ -1,0 +1,205 @@
+"""Rootless podman as a new user would run it, confined to a test's network namespace.
+
+An unprivileged user with subordinate id ranges, /dev/net/tun mode 0666 (as on a normal
+distribution), and every piece of podman state (configuration, storage, run dir) in one
+folder of the test's: containers.conf selects runc (crun 1.8.1 refuses this machine's
+hybrid cgroup layout) and points `network_cmd_path` at netstack; storage is vfs, so no
+fuse-overlayfs is needed.
+
+Every podman command runs under `nsenter --net=NS`, so podman, its pause process, conmon
+and netstack all live in the test's namespace, where only loopback and the test's own
+links exist. Not `ip netns exec`: it mounts a fresh /sys, which hides the cgroup mounts
+runc needs ("no cgroup mount found in mountinfo").
+
+`close()` removes everything, also after a failure: containers, pods, networks and
+storage (`podman system reset`), then any process still running as the user or one of
+its subordinate ids (by pid), then the folder.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+USER = "netstack-podman"
+FALLBACK_SUBIDS = "400000:65536"  # used only when useradd did not assign a range
+
+
+def ensure_user(name: str = USER) -> pwd.struct_passwd:
+    """The user, created if missing, with subuid and subgid ranges."""
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "-M", "-s", "/bin/sh", name], check=True)
+    for f in ("/etc/subuid", "/etc/subgid"):
+        text = Path(f).read_text() if Path(f).exists() else ""
+        if not any(line.startswith(name + ":") for line in text.splitlines()):
+            with open(f, "a") as out:
+                out.write(f"{name}:{FALLBACK_SUBIDS}\n")
+    return pwd.getpwnam(name)
+
+
+def subid_range(name: str, path: str = "/etc/subuid") -> range:
+    for line in Path(path).read_text().splitlines():
+        user, start, count = line.split(":")
+        if user == name:
+            return range(int(start), int(start) + int(count))
+    raise LookupError(f"{name} has no range in {path}")
+
+
+def chown_tree(root: Path, uid: int, gid: int) -> None:
+    os.lchown(root, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, n), uid, gid)
+
+
+def user_pids(uids: set[int] | range) -> list[int]:
+    """Live (not zombie) processes whose real uid is in UIDS."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields["State"].split()[0] in ("Z", "X"):
+            continue
+        if int(fields["Uid"].split()[0]) in uids:
+            pids.append(int(entry.name))
+    return pids
+
+
+def children(pid: int, comm: str) -> list[int]:
+    """Pids of PID's children named COMM."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat_line = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        if stat_line:
+            name = stat_line[stat_line.index("(") + 1 : stat_line.rindex(")")]
+            ppid = int(stat_line[stat_line.rindex(")") + 2 :].split()[1])
+            if ppid == pid and name == comm:
+                found.append(int(entry.name))
+    return found
+
+
+def process_gone(pid: int) -> bool:
+    """Exited: no /proc entry, or a zombie nobody has reaped yet."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status or "\nState:\tX" in status
+
+
+class RootlessPodman:
+    def __init__(self, netns: str, base: Path, netstack: str) -> None:
+        self.netns = netns  # a path: /run/netns/NAME
+        self.base = base
+        self.run_dir = base / "run"  # XDG_RUNTIME_DIR
+        self.netstack = netstack
+        self.user = ensure_user()
+        self.subuids = subid_range(USER)
+        self._tun_mode: int | None = None
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self) -> None:
+        self._tun_mode = stat.S_IMODE(os.stat("/dev/net/tun").st_mode)
+        os.chmod("/dev/net/tun", 0o666)
+        self.base.mkdir(mode=0o755)
+        (self.base / "cfg" / "containers").mkdir(parents=True)
+        self.run_dir.mkdir(mode=0o700)
+        (self.base / "cfg" / "containers" / "containers.conf").write_text(
+            "[containers]\n"
+            'log_driver = "k8s-file"\n'
+            "[engine]\n"
+            'runtime = "runc"\n'
+            f'network_cmd_path = "{self.netstack}"\n'
+            'cgroup_manager = "cgroupfs"\n'
+            'events_logger = "file"\n'
+        )
+        (self.base / "cfg" / "containers" / "storage.conf").write_text(
+            "[storage]\n"
+            'driver = "vfs"\n'
+            f'graphroot = "{self.base}/storage"\n'
+            f'runroot = "{self.run_dir}/storage"\n'
+        )
+        chown_tree(self.base, self.user.pw_uid, self.user.pw_gid)
+
+    def argv(self, *args: str) -> list[str]:
+        return [
+            "nsenter",
+            f"--net={self.netns}",
+            "setpriv",
+            f"--reuid={self.user.pw_uid}",
+            f"--regid={self.user.pw_gid}",
+            "--init-groups",
+            "env",
+            "-i",
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+            f"HOME={self.base}",
+            f"XDG_RUNTIME_DIR={self.run_dir}",
+            f"XDG_CONFIG_HOME={self.base}/cfg",
+            f"XDG_DATA_HOME={self.base}/data",
+            "podman",
+            *args,
+        ]
+
+    def __call__(
+        self, *args: str, timeout: float = 90, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert r.returncode == 0, f"podman {' '.join(args)}: rc {r.returncode}\n{r.stderr}"
+        return r
+
+    def processes(self, needle: str) -> list[tuple[int, str]]:
+        """(pid, command line) of the user's live processes whose command line has NEEDLE."""
+        found = []
+        for pid in user_pids({self.user.pw_uid}):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if needle in cmdline.decode(errors="replace"):
+                found.append((pid, cmdline.decode(errors="replace").strip()))
+        return found
+
+    def close(self) -> None:
+        if (self.run_dir / "libpod").exists():
+            for cmd in (
+                ("pod", "rm", "-af", "-t", "0"),
+                ("rm", "-af", "-t", "0"),
+                ("system", "reset", "-f"),
+            ):
+                try:
+                    self(*cmd, timeout=60, check=False)
+                except subprocess.TimeoutExpired:
+                    pass
+        owners = set(self.subuids) | {self.user.pw_uid}
+        deadline = time.monotonic() + 10
+        while (pids := user_pids(owners)) and time.monotonic() < deadline:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)
+        shutil.rmtree(self.base, ignore_errors=True)
+        if self._tun_mode is not None:
+            os.chmod("/dev/net/tun", self._tun_mode)
