@@ -12,8 +12,9 @@ links exist. Not `ip netns exec`: it mounts a fresh /sys, which hides the cgroup
 runc needs ("no cgroup mount found in mountinfo").
 
 `close()` removes everything, also after a failure: containers, pods, networks and
-storage (`podman system reset`), then any process still running as the user or one of
-its subordinate ids (by pid), then the folder.
+storage (`podman system reset`), then, by pid, any process still in the user namespace
+of this instance's pause process (or the user's in the test's namespace), then the
+folder. Another run's podman, under the same user, is left alone.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import signal
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 USER = "netstack-podman"
@@ -45,14 +47,6 @@ def ensure_user(name: str = USER) -> pwd.struct_passwd:
     return pwd.getpwnam(name)
 
 
-def subid_range(name: str, path: str = "/etc/subuid") -> range:
-    for line in Path(path).read_text().splitlines():
-        user, start, count = line.split(":")
-        if user == name:
-            return range(int(start), int(start) + int(count))
-    raise LookupError(f"{name} has no range in {path}")
-
-
 def chown_tree(root: Path, uid: int, gid: int) -> None:
     os.lchown(root, uid, gid)
     for dirpath, dirnames, filenames in os.walk(root):
@@ -60,9 +54,8 @@ def chown_tree(root: Path, uid: int, gid: int) -> None:
             os.lchown(os.path.join(dirpath, n), uid, gid)
 
 
-def user_pids(uids: set[int] | range) -> list[int]:
-    """Live (not zombie) processes whose real uid is in UIDS."""
-    pids = []
+def live_pids() -> Iterator[tuple[int, dict[str, str]]]:
+    """(pid, /proc/PID/status fields) of every process that is not a zombie."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -70,12 +63,16 @@ def user_pids(uids: set[int] | range) -> list[int]:
             status = (entry / "status").read_text()
         except OSError:
             continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if fields["State"].split()[0] in ("Z", "X"):
-            continue
-        if int(fields["Uid"].split()[0]) in uids:
-            pids.append(int(entry.name))
-    return pids
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if fields.get("State", "Z")[0] not in "ZX":
+            yield int(entry.name), fields
+
+
+def ns_inode(pid: int | str, kind: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+    except OSError:
+        return None
 
 
 def children(pid: int, comm: str) -> list[int]:
@@ -110,7 +107,7 @@ class RootlessPodman:
         self.run_dir = base / "run"  # XDG_RUNTIME_DIR
         self.netstack = netstack
         self.user = ensure_user()
-        self.subuids = subid_range(USER)
+        self.usernses: set[int] = set()  # the user namespaces of this instance's pause process
         self._tun_mode: int | None = None
         try:
             self._build()
@@ -163,15 +160,42 @@ class RootlessPodman:
     def __call__(
         self, *args: str, timeout: float = 90, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout)
+        try:
+            r = subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout)
+        finally:
+            self._note_userns()
         if check:
             assert r.returncode == 0, f"podman {' '.join(args)}: rc {r.returncode}\n{r.stderr}"
         return r
 
+    def _note_userns(self) -> None:
+        """Every process this podman starts lives in its pause process's user namespace."""
+        try:
+            pause = (self.run_dir / "libpod" / "tmp" / "pause.pid").read_text().strip()
+        except OSError:
+            return
+        if (ino := ns_inode(pause, "user")) is not None:
+            self.usernses.add(ino)
+
+    def ours(self) -> list[int]:
+        """Processes of this instance only (another run may use the same user): in one
+        of its user namespaces, or the user's own in the test's network namespace."""
+        try:
+            netns = os.stat(self.netns).st_ino
+        except OSError:
+            netns = -1
+        found = []
+        for pid, fields in live_pids():
+            if ns_inode(pid, "user") in self.usernses or (
+                int(fields["Uid"].split()[0]) == self.user.pw_uid and ns_inode(pid, "net") == netns
+            ):
+                found.append(pid)
+        return found
+
     def processes(self, needle: str) -> list[tuple[int, str]]:
         """(pid, command line) of the user's live processes whose command line has NEEDLE."""
         found = []
-        for pid in user_pids({self.user.pw_uid}):
+        for pid in self.ours():
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
             except OSError:
@@ -191,9 +215,8 @@ class RootlessPodman:
                     self(*cmd, timeout=60, check=False)
                 except subprocess.TimeoutExpired:
                     pass
-        owners = set(self.subuids) | {self.user.pw_uid}
         deadline = time.monotonic() + 10
-        while (pids := user_pids(owners)) and time.monotonic() < deadline:
+        while (pids := self.ours()) and time.monotonic() < deadline:
             for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
