@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from netstack.cli.socket_remover import WATCHER_NAME
+from tests.helpers.procs import children, process_gone
 from tests.netns import PYTHON, World
 
 MiB = 1 << 20
@@ -241,28 +243,6 @@ def test_sigterm_removes_the_api_socket(world: World, api: str) -> None:
     assert not os.path.exists(api)
 
 
-def _watcher_of(pid: int) -> int:
-    """The pid of the stack's socket watcher (a child named netstack-unlink)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat_line = (entry / "stat").read_text()
-            except OSError:
-                continue
-            comm = stat_line[stat_line.index("(") + 1 : stat_line.rindex(")")]
-            ppid = int(stat_line[stat_line.rindex(")") + 2 :].split()[1])
-            if ppid == pid and comm == "netstack-unlink":
-                return int(entry.name)
-    raise AssertionError(f"netstack {pid} has no socket watcher")
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True
-
-
 @pytest.mark.parametrize(
     ("sandbox", "end"),
     [(True, "exit-fd"), (True, "SIGKILL"), (False, "SIGKILL")],
@@ -286,7 +266,7 @@ def test_the_api_socket_is_removed_however_the_stack_ends(
     finally:
         os.close(exit_r)
     assert world.netstack is not None
-    watcher = _watcher_of(world.netstack.pid)
+    (watcher,) = children(world.netstack.pid, WATCHER_NAME)
     assert stat.S_ISSOCK(os.lstat(path).st_mode)
     if end == "exit-fd":
         os.close(exit_w)  # what conmon's exit does for podman
@@ -296,7 +276,7 @@ def test_the_api_socket_is_removed_however_the_stack_ends(
         world.netstack.wait(10)
         os.close(exit_w)
     deadline = time.monotonic() + 10
-    while os.path.exists(path) or not _gone(watcher):
+    while os.path.exists(path) or not process_gone(watcher):
         assert time.monotonic() < deadline, f"socket {os.path.exists(path)}, watcher {watcher}"
         time.sleep(0.05)
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.podman import RootlessPodman, children, chown_tree, process_gone
+from netstack.cli.socket_remover import WATCHER_NAME
+from tests.helpers.podman import RootlessPodman, chown_tree
+from tests.helpers.procs import children, process_gone
 from tests.helpers.rootfs import make_busybox_rootfs
 from tests.netns import HOST_UPLINK_IP, NETSTACK, WORLD_HOST_IP, WORLD_HOST_IP6, World
 
@@ -163,7 +165,7 @@ def test_our_port_handler_shows_the_client_address_and_stop_leaves_nothing(env: 
     api_socket = Path(cmdline.split("--api-socket ", 1)[1].split()[0])
     netns_file = Path(cmdline.split("--netns-type=path ", 1)[1].split()[0])
     assert api_socket.exists() and netns_file.exists()
-    watchers = children(pid, "netstack-unlink")
+    watchers = children(pid, WATCHER_NAME)
     assert watchers
 
     r = p("exec", "web-ours", "sh", "-c", TRAFFIC, "sh", "10.0.2.2")

@@ -26,8 +26,9 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
+
+from tests.helpers.procs import live_pids, ns_inode
 
 USER = "netstack-podman"
 FALLBACK_SUBIDS = "400000:65536"  # used only when useradd did not assign a range
@@ -52,52 +53,6 @@ def chown_tree(root: Path, uid: int, gid: int) -> None:
     for dirpath, dirnames, filenames in os.walk(root):
         for n in dirnames + filenames:
             os.lchown(os.path.join(dirpath, n), uid, gid)
-
-
-def live_pids() -> Iterator[tuple[int, dict[str, str]]]:
-    """(pid, /proc/PID/status fields) of every process that is not a zombie."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-        if fields.get("State", "Z")[0] not in "ZX":
-            yield int(entry.name), fields
-
-
-def ns_inode(pid: int | str, kind: str) -> int | None:
-    try:
-        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
-    except OSError:
-        return None
-
-
-def children(pid: int, comm: str) -> list[int]:
-    """Pids of PID's children named COMM."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat_line = (entry / "stat").read_text() if entry.name.isdigit() else ""
-        except OSError:
-            continue
-        if stat_line:
-            name = stat_line[stat_line.index("(") + 1 : stat_line.rindex(")")]
-            ppid = int(stat_line[stat_line.rindex(")") + 2 :].split()[1])
-            if ppid == pid and name == comm:
-                found.append(int(entry.name))
-    return found
-
-
-def process_gone(pid: int) -> bool:
-    """Exited: no /proc entry, or a zombie nobody has reaped yet."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True
-    return "\nState:\tZ" in status or "\nState:\tX" in status
 
 
 class RootlessPodman:
