@@ -10,7 +10,7 @@ the socket the stack bound (same device and inode: a newer stack may own the pat
 
 The watcher stays outside the sandbox and seccomp but holds no TAP, no socket, no
 namespace handle and runs no network code; it only ever reads one pipe. It is a shell,
-not a forked Python, to cost ~1 MiB instead of a copy of the stack's heap. The other
+not a forked Python, to cost ~0.2 MiB of its own instead of a copy of the stack's heap. The other
 design, keeping a directory fd open across the sandbox and unlinking through it,
 would hand the sandboxed stack a way out (`openat(dirfd, "..")` walks above the
 sandbox's root), so it is not used.
@@ -30,7 +30,9 @@ while read -r _; do :; done
 [ "$(stat -c %d:%i -- "$1" 2>/dev/null)" = "$2" ] && rm -f -- "$1"
 """
 
-_pipe_to_watcher: list[int] = []  # the write end: held, never written, until exit
+# held until exit: the pipe's write end (never written) and the watcher's handle
+_pipe_to_watcher: list[int] = []
+_watchers: list[subprocess.Popen[bytes]] = []
 
 
 def remove_at_exit(path: str) -> int:
@@ -48,4 +50,5 @@ def remove_at_exit(path: str) -> int:
     finally:
         os.close(watcher_end)
     _pipe_to_watcher.append(stack_end)
+    _watchers.append(watcher)
     return watcher.pid
