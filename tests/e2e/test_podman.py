@@ -35,6 +35,9 @@ BLOB_SIZE = 8 << 20
 HTTP_PORT = 18180  # world: files, IPv4 and IPv6
 SINK_PORT = 18181  # world: uploads, answered with their sha256
 LOOP_PORT = 18182  # host loopback: files
+PEER_PORT = 18183  # world, IPv4 and IPv6: tells the client its address
+OUTBOUND_IP = "192.0.2.11"  # second addresses of the host namespace, for outbound_addr*
+OUTBOUND_IP6 = "2001:db8::11"
 
 # busybox httpd runs it for /cgi-bin/peer: the client address the container sees
 PEER_CGI = '#!/bin/sh\necho "Content-Type: text/plain"\necho\necho "$REMOTE_ADDR"\n'
@@ -101,6 +104,8 @@ def env() -> Iterator[Env]:
         world.server("world", "http", str(files), str(HTTP_PORT), "::")
         world.server("world", "sink", str(SINK_PORT), WORLD_HOST_IP)
         world.server("host", "http", str(files), str(LOOP_PORT), "127.0.0.1")
+        world.server("world", "peer", str(PEER_PORT), WORLD_HOST_IP)
+        world.server("world", "peer", str(PEER_PORT), WORLD_HOST_IP6)
         yield Env(world, podman, rootfs, blob)
     finally:
         if podman is not None:
@@ -184,23 +189,39 @@ def test_our_port_handler_shows_the_client_address_and_stop_leaves_nothing(env: 
     p("rm", "web-ours")
 
 
-def test_rootlesskit_port_handler_host_loopback_mtu_and_cidr(env: Env) -> None:
-    """The default port handler (rootlessport), [::1] publishing, and the network options."""
+def test_rootlesskit_port_handler_and_the_network_options(env: Env) -> None:
+    """The default port handler (rootlessport), [::1] publishing, and every option of
+    `--network slirp4netns:...` but the port handler: host loopback, MTU, CIDR and the
+    outbound addresses (the world's server sees them as the source)."""
+    env.world.in_host("ip", "addr", "add", f"{OUTBOUND_IP}/24", "dev", "up0")
+    env.world.in_host("ip", "addr", "add", f"{OUTBOUND_IP6}/64", "dev", "up0", "nodad")
     p = env.podman
+    options = (
+        "allow_host_loopback=true,mtu=1500,cidr=10.41.0.0/24,"
+        f"outbound_addr={OUTBOUND_IP},outbound_addr6={OUTBOUND_IP6}"
+    )
     p(
-        "run", "-d", "--name", "web-rk",
-        "--network", "slirp4netns:allow_host_loopback=true,mtu=1500,cidr=10.41.0.0/24",
+        "run", "-d", "--name", "web-rk", "--network", f"slirp4netns:{options}",
         "-p", "127.0.0.1:18092:8080", "-p", "[::1]:18093:8080",
         "--rootfs", str(env.rootfs), "httpd", "-f", "-p", "8080", "-h", "/www",
     )  # fmt: skip
     try:
         pid, cmdline = env.netstack_for("--cidr")
-        assert "--cidr=10.41.0.0/24" in cmdline and "--mtu=1500" in cmdline, cmdline
+        for flag in (
+            "--cidr=10.41.0.0/24", "--mtu=1500",
+            f"--outbound-addr={OUTBOUND_IP}", f"--outbound-addr6={OUTBOUND_IP6}",
+        ):  # fmt: skip
+            assert flag in cmdline, cmdline
         assert "--disable-host-loopback" not in cmdline
         r = p("exec", "web-rk", "ip", "addr", "show", "tap0")
         assert "mtu 1500" in r.stdout and "inet 10.41.0.100/24" in r.stdout, r.stdout
         r = p("exec", "web-rk", "sh", "-c", TRAFFIC, "sh", "10.41.0.2")
         check_traffic(env, r.stdout, host_loopback=True)
+        r = p("exec", "web-rk", "sh", "-c",
+              f"nc {WORLD_HOST_IP} {PEER_PORT} </dev/null; echo; "
+              f"nc {WORLD_HOST_IP6} {PEER_PORT} </dev/null")  # fmt: skip
+        v4, v6 = r.stdout.split()
+        assert v4.rsplit(":", 1)[0] == OUTBOUND_IP and v6.rsplit(":", 1)[0] == OUTBOUND_IP6
         assert env.curl("host", "http://127.0.0.1:18092/cgi-bin/peer").strip()
         assert env.curl("host", "http://[::1]:18093/cgi-bin/peer").strip()
     finally:
