@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 
 from netstack.cli.socket_remover import WATCHER_NAME
-from tests.helpers.podman import RootlessPodman, chown_tree
+from tests.helpers.podman import RootlessPodman
 from tests.helpers.procs import children, process_gone
 from tests.helpers.rootfs import make_busybox_rootfs
+from tests.helpers.unprivileged import chown_tree
 from tests.netns import HOST_UPLINK_IP, NETSTACK, WORLD_HOST_IP, WORLD_HOST_IP6, World
 
 pytestmark = pytest.mark.skipif(

@@ -20,39 +20,18 @@ folder. Another run's podman, under the same user, is left alone.
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import signal
-import stat
 import subprocess
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from tests.helpers.procs import live_pids, ns_inode
+from tests.helpers.unprivileged import chown_tree, ensure_user, tun_open_to_all
 
 USER = "netstack-podman"
-FALLBACK_SUBIDS = "400000:65536"  # used only when useradd did not assign a range
-
-
-def ensure_user(name: str = USER) -> pwd.struct_passwd:
-    """The user, created if missing, with subuid and subgid ranges."""
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "-M", "-s", "/bin/sh", name], check=True)
-    for f in ("/etc/subuid", "/etc/subgid"):
-        text = Path(f).read_text() if Path(f).exists() else ""
-        if not any(line.startswith(name + ":") for line in text.splitlines()):
-            with open(f, "a") as out:
-                out.write(f"{name}:{FALLBACK_SUBIDS}\n")
-    return pwd.getpwnam(name)
-
-
-def chown_tree(root: Path, uid: int, gid: int) -> None:
-    os.lchown(root, uid, gid)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, n), uid, gid)
+FALLBACK_SUBIDS = "400000:65536"  # only where useradd did not assign a range
 
 
 class RootlessPodman:
@@ -61,9 +40,9 @@ class RootlessPodman:
         self.base = base
         self.run_dir = base / "run"  # XDG_RUNTIME_DIR
         self.netstack = netstack
-        self.user = ensure_user()
+        self.user = ensure_user(USER, FALLBACK_SUBIDS)
         self.usernses: set[int] = set()  # the user namespaces of this instance's pause process
-        self._tun_mode: int | None = None
+        self._restore = ExitStack()  # what close() puts back as it was
         try:
             self._build()
         except BaseException:
@@ -71,8 +50,7 @@ class RootlessPodman:
             raise
 
     def _build(self) -> None:
-        self._tun_mode = stat.S_IMODE(os.stat("/dev/net/tun").st_mode)
-        os.chmod("/dev/net/tun", 0o666)
+        self._restore.enter_context(tun_open_to_all())
         self.base.mkdir(mode=0o755)
         (self.base / "cfg" / "containers").mkdir(parents=True)
         self.run_dir.mkdir(mode=0o700)
@@ -179,5 +157,4 @@ class RootlessPodman:
                     pass
             time.sleep(0.05)
         shutil.rmtree(self.base, ignore_errors=True)
-        if self._tun_mode is not None:
-            os.chmod("/dev/net/tun", self._tun_mode)
+        self._restore.close()
