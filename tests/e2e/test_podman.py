@@ -23,13 +23,16 @@ import pytest
 from netstack.cli.socket_remover import WATCHER_NAME
 from tests.helpers.podman import RootlessPodman
 from tests.helpers.procs import children, process_gone
-from tests.helpers.rootfs import make_busybox_rootfs
+from tests.helpers.rootfs import BUSYBOX, make_busybox_rootfs
 from tests.helpers.unprivileged import chown_tree
 from tests.netns import HOST_UPLINK_IP, NETSTACK, WORLD_HOST_IP, WORLD_HOST_IP6, World
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("podman") is None or shutil.which("runc") is None or os.geteuid() != 0,
-    reason="needs root, podman and runc",
+    os.geteuid() != 0
+    or shutil.which("podman") is None
+    or shutil.which("runc") is None
+    or not os.path.exists(BUSYBOX),
+    reason="needs root, podman, runc and busybox-static (scripts/setup.sh installs them)",
 )
 
 BLOB_SIZE = 8 << 20
