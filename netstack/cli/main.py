@@ -10,6 +10,7 @@ import socket
 import sys
 
 from netstack.cli import args as cli_args
+from netstack.cli import socket_remover
 from netstack.cli.nsenter import InterfaceSetup, TapChild, open_tap_in_namespace, target_for
 from netstack.stack.config import NetworkConfig
 
@@ -156,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as e:
             print(f"netstack: api socket {opts.api_socket}: {e}", file=sys.stderr)
             return 1
+        try:
+            socket_remover.remove_at_exit(opts.api_socket)  # before the sandbox hides it
+        except OSError as e:
+            log.warning("api socket %s stays after exit: no watcher (%s)", opts.api_socket, e)
         runtime.serve_api(api_sock, opts.api_socket)
     if child is not None:
         try:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from netstack.cli.socket_remover import WATCHER_NAME
+from tests.helpers.procs import children, process_gone
 from tests.netns import PYTHON, World
 
 MiB = 1 << 20
@@ -239,6 +241,44 @@ def test_netstackctl_prints_tables(world: World, api: str) -> None:
 def test_sigterm_removes_the_api_socket(world: World, api: str) -> None:
     assert world.stop_netstack() == 0
     assert not os.path.exists(api)
+
+
+@pytest.mark.parametrize(
+    ("sandbox", "end"),
+    [(True, "exit-fd"), (True, "SIGKILL"), (False, "SIGKILL")],
+)
+def test_the_api_socket_is_removed_however_the_stack_ends(
+    world: World, tmp_path: Path, sandbox: bool, end: str
+) -> None:
+    """The sandbox hides the socket's folder and SIGKILL gives no chance to clean up:
+    the watcher forked before the sandbox removes the file anyway."""
+    path = str(tmp_path / "api.sock")
+    exit_r, exit_w = os.pipe()
+    try:
+        world.start_netstack(
+            "--api-socket",
+            path,
+            "-e",
+            str(exit_r),
+            *(["--enable-sandbox", "--enable-seccomp"] if sandbox else []),
+            extra_fds=(exit_r,),
+        )
+    finally:
+        os.close(exit_r)
+    assert world.netstack is not None
+    (watcher,) = children(world.netstack.pid, WATCHER_NAME)
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    if end == "exit-fd":
+        os.close(exit_w)  # what conmon's exit does for podman
+        assert world.netstack.wait(10) == 0
+    else:
+        world.netstack.kill()  # what rootlesskit does
+        world.netstack.wait(10)
+        os.close(exit_w)
+    deadline = time.monotonic() + 10
+    while os.path.exists(path) or not process_gone(watcher):
+        assert time.monotonic() < deadline, f"socket {os.path.exists(path)}, watcher {watcher}"
+        time.sleep(0.05)
 
 
 ECHO_CLIENT = r"""

@@ -5,9 +5,7 @@ rootlesskit runs inside the test's host namespace, so nothing leaves the machine
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
-import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.unprivileged import ensure_user, tun_open_to_all
 from tests.netns import NETSTACK, World
 
 USER = "netstack-test"
@@ -27,25 +26,15 @@ pytestmark = pytest.mark.skipif(shutil.which("rootlesskit") is None, reason="no 
 def user_dir() -> Iterator[Path]:
     """An unprivileged user with subuid/subgid ranges, /dev/net/tun mode 0666 (as on
     a normal distribution), and a scratch folder it owns."""
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "-M", "-s", "/bin/sh", USER], check=True)
-    for f in ("/etc/subuid", "/etc/subgid"):
-        text = Path(f).read_text() if Path(f).exists() else ""
-        if not any(line.startswith(USER + ":") for line in text.splitlines()):
-            with open(f, "a") as out:
-                out.write(f"{USER}:{SUBID_RANGE}\n")
-    tun_mode = stat.S_IMODE(os.stat("/dev/net/tun").st_mode)
-    os.chmod("/dev/net/tun", 0o666)
+    ensure_user(USER, SUBID_RANGE)
     d = Path(f"/tmp/netstack-rk-{os.getpid()}")
-    d.mkdir(mode=0o755)
-    shutil.chown(d, USER, USER)
-    try:
-        yield d
-    finally:
-        os.chmod("/dev/net/tun", tun_mode)
-        shutil.rmtree(d, ignore_errors=True)
+    with tun_open_to_all():
+        d.mkdir(mode=0o755)
+        shutil.chown(d, USER, USER)
+        try:
+            yield d
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 INNER = """
