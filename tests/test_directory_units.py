@@ -1,0 +1,196 @@
+"""The directory's sans-I/O parts: names, VIPs, ownership, policy, round robin, the
+view; the seccomp filter program; sockaddrs; the OCI state parser; the profile."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+
+import pytest
+
+from netstack.directory import notify, oci, profile
+from netstack.directory import sockaddr as sa
+from netstack.directory.registry import Directory, Pick, Refused, allowed, parse_labels
+from netstack.directory.store import Instance, MemoryStore
+
+
+def directory() -> Directory:
+    return Directory(MemoryStore("198.18.0.0/16", "fd4e:5344::/64"))
+
+
+def instance(name: str = "web", port: int = 80, cookie: int = 1, owner: int = 0,
+             labels: dict[str, str] | None = None) -> Instance:
+    return Instance(name=name, port=port, host="127.0.0.1", host_port=40000 + cookie,
+                    labels=labels or {}, owner=owner, container=f"c{cookie}", pid=1,
+                    cookie=cookie, since=0.0)
+
+
+def test_names_are_canonical_and_validated() -> None:
+    d = directory()
+    assert d.canonical("Web.") == "web"
+    assert d.canonical("WEB.NETSTACK.INTERNAL.") == "web"
+    assert d.canonical("db.prod") == "db.prod"
+    for bad in ("", ".", "no/slash", "-lead", "x" * 300, "netstack.internal", "a..b"):
+        assert d.canonical(bad) is None, bad
+
+
+def test_resolve_reserves_stable_vips_and_expiry_frees_them() -> None:
+    d = directory()
+    a = d.resolve("a", now=0)
+    b = d.resolve("b.netstack.internal", now=0)
+    assert a is not None and b is not None
+    assert a.vip == bytes([198, 18, 0, 1]) and b.vip == bytes([198, 18, 0, 2])
+    assert a.vip6[:4] == bytes.fromhex("fd4e5344") and a.vip6[-1] == 1
+    assert d.resolve("A", now=1) is a  # same name, same VIPs
+    d.register(instance("a"), now=1)
+    d.expire(now=1000)  # a has an instance: kept; b's reservation ran out
+    assert d.store.name("a") is not None and d.store.name("b") is None
+    assert d.unregister(1, now=1000) is not None
+    d.expire(now=1059)
+    assert d.store.name("a") is not None  # still reserved for a minute
+    d.expire(now=1061)
+    assert d.store.name("a") is None
+
+
+def test_a_name_belongs_to_the_owner_that_registered_it() -> None:
+    d = directory()
+    d.register(instance(owner=1000), now=0)
+    d.register(instance(cookie=2, owner=1000), now=0)  # more replicas, same owner
+    with pytest.raises(Refused):
+        d.register(instance(cookie=3, owner=1001), now=0)
+    with pytest.raises(Refused):
+        d.register(instance(name="bad/name", cookie=4), now=0)
+
+
+def test_registrations_per_owner_are_bounded() -> None:
+    from netstack.directory.registry import Limits
+
+    d = Directory(MemoryStore("198.18.0.0/16", "fd4e:5344::/64"),
+                  limits=Limits(instances_per_owner=2))
+    d.register(instance(cookie=1), now=0)
+    d.register(instance(cookie=2), now=0)
+    with pytest.raises(Refused):
+        d.register(instance(cookie=3), now=0)
+    d.register(instance(name="other", cookie=4, owner=5), now=0)  # its own budget
+
+
+def test_labels_policy_and_round_robin() -> None:
+    assert allowed({}, {})  # both zone=default
+    assert not allowed({}, {"role": "db"})
+    assert allowed({"role": "db", "x": "y"}, {"role": "db"})
+    assert not allowed({"role": "web"}, {"role": "db"})
+    assert parse_labels("a=1, b=2") == {"a": "1", "b": "2"}
+    for bad in ("novalue", "=x", "a=b c"):
+        with pytest.raises(ValueError):
+            parse_labels(bad)
+    d = directory()
+    d.register(instance(cookie=1), now=0)
+    d.register(instance(cookie=2), now=0)
+    d.register(instance(cookie=3, labels={"role": "db"}), now=0)
+    rec = d.store.name("web")
+    assert rec is not None
+    picks = [d.pick(rec.vip, 80, {}) for _ in range(4)]
+    assert [p.cookie for p in picks if isinstance(p, Instance)] == [1, 2, 1, 2]
+    assert d.pick(rec.vip6, 80, {"role": "db"}).cookie == 3  # type: ignore[union-attr]
+    assert d.pick(rec.vip, 81, {}) is Pick.NOT_SERVED
+    assert d.pick(rec.vip, 80, {"role": "web"}) is Pick.DENIED
+    assert d.pick(bytes([198, 18, 9, 9]), 80, {}) is Pick.UNKNOWN
+    assert d.is_vip(rec.vip) and d.is_vip(rec.vip6) and not d.is_vip(bytes([10, 0, 2, 2]))
+
+
+def test_the_view_follows_every_change() -> None:
+    d = directory()
+    changes: list[int] = []
+    d.changed.append(lambda: changes.append(1))
+    d.resolve("late", now=0)
+    d.register(instance(cookie=7), now=0)
+    view = d.view()
+    assert view["vip_cidr"] == "198.18.0.0/16" and view["domain"] == "netstack.internal"
+    services = {s["name"]: s for s in view["services"]}  # type: ignore[attr-defined]
+    assert services["late"]["instances"] == []
+    assert services["web"]["instances"] == [
+        {"port": 80, "host": "127.0.0.1", "host_port": 40007, "labels": {}}]
+    json.dumps(view)
+    assert len(changes) == 2
+
+
+def test_the_filter_traps_only_x86_64_socket_calls() -> None:
+    prog = notify.socket_filter()
+    insns = [struct.unpack("=HBBI", prog[i:i + 8]) for i in range(0, len(prog), 8)]
+    assert len(insns) == 4 + len(notify.TRAPPED) + 2
+
+    def run(arch: int, nr: int) -> int:  # a tiny cBPF interpreter for this program
+        pc, acc = 0, 0
+        data = {0: nr, 4: arch}
+        while True:
+            code, jt, jf, k = insns[pc]
+            if code == 0x20:
+                acc = data[k]
+            elif code == 0x15:
+                pc += jt if acc == k else jf
+            elif code == 0x35:
+                pc += jt if acc >= k else jf
+            elif code == 0x06:
+                return k
+            pc += 1
+
+    for nr in notify.TRAPPED:
+        assert run(notify.AUDIT_ARCH_X86_64, nr) == notify.SECCOMP_RET_USER_NOTIF
+    for nr in (0, 1, 41, 44, 46, 53, 54, 3, 72, 59):  # read, write, socket, sendto, ...
+        assert run(notify.AUDIT_ARCH_X86_64, nr) == notify.SECCOMP_RET_ALLOW
+    assert run(notify.AUDIT_ARCH_X86_64, 42 | notify.X32_SYSCALL_BIT) == notify.SECCOMP_RET_ALLOW
+    assert run(0x40000003, 42) == notify.SECCOMP_RET_ALLOW  # i386
+
+
+def test_sockaddrs_round_trip_as_the_kernel_lays_them_out() -> None:
+    v4 = sa.SockAddr(socket.AF_INET, bytes([198, 18, 0, 1]), 8080)
+    raw = sa.emit(v4)
+    assert len(raw) == 16 and raw[2:4] == b"\x1f\x90"
+    assert sa.parse(raw) == v4
+    v6 = sa.SockAddr(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, "fd4e:5344::1"), 443,
+                     0, 0)
+    assert len(sa.emit(v6)) == 28 and sa.parse(sa.emit(v6)) == v6
+    mapped = sa.in_family(socket.AF_INET6, bytes([10, 0, 2, 2]), 80)
+    assert mapped.unmapped() == (bytes([10, 0, 2, 2]), 80)
+    assert sa.parse(b"\x01\x00/tmp/x") is None and sa.parse(b"\x02") is None
+    assert sa.host_tuple(socket.AF_INET6, "127.0.0.1", 5) == ("::ffff:127.0.0.1", 5)
+
+
+def test_container_states_from_runc_and_crun() -> None:
+    r, w = os.pipe()
+    runc = json.dumps({"ociVersion": "1.0.2", "fds": ["seccompFd"], "pid": 42, "state": {
+        "id": "abc", "annotations": {"io.netstack.name": "web",
+                                     "io.netstack.labels": "role=db,tier=1"}}})
+    state = oci.parse(runc.encode(), [r])
+    assert (state.listener, state.pid, state.container, state.name) == (r, 42, "abc", "web")
+    assert state.labels == {"role": "db", "tier": "1"} and not state.host_loopback
+    os.close(w)
+    crun = json.dumps({"ociVersion": "0.2.0", "fds": ["seccompFd"], "pid": 7,
+                       "state": {"id": "x", "status": "creating"}}, indent=4)
+    fd = os.dup(r)
+    assert oci.parse(crun.encode(), [fd]).name is None
+    os.close(state.listener)
+    os.close(fd)
+    for bad in (b"{", b"[]", b'{"fds": ["other"], "pid": 1}', b'{"fds": ["seccompFd"]}'):
+        a, b = os.pipe()
+        with pytest.raises(oci.BadState):
+            oci.parse(bad, [a])
+        with pytest.raises(OSError):
+            os.fstat(a)  # closed: nothing leaks on a refusal
+        os.close(b)
+
+
+def test_the_seccomp_profile_puts_our_rule_first() -> None:
+    base = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["connect", "read"], "action": "SCMP_ACT_ALLOW"},
+        {"names": ["bind"], "action": "SCMP_ACT_ALLOW"}]}
+    prof = profile.build(base, "/run/x/agent.sock")
+    assert prof["listenerPath"] == "/run/x/agent.sock"
+    assert prof["syscalls"][0] == {"names": profile.TRAPPED_NAMES, "action": "SCMP_ACT_NOTIFY"}
+    assert prof["syscalls"][1]["names"] == ["read"] and len(prof["syscalls"]) == 2
+    assert "flags" not in prof
+    assert "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV" in profile.build(base, "/a", True)["flags"]
+    with pytest.raises(ValueError):
+        profile.build({**base, "listenerPath": "/other"}, "/a")
