@@ -187,6 +187,28 @@ def _fd_cloexec(pid: int, fd: int) -> bool:
     return False
 
 
+def _in_an_epoll(pid: int, sock: socket.socket) -> bool:
+    """Whether one of the caller's epoll sets watches this socket: swapping the file
+    under it would leave the registration on the old one and the caller waiting
+    forever (the epoll hazard), so such a connect stays in the netns."""
+    ino = os.fstat(sock.fileno()).st_ino
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[eventpoll]":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("tfd:") and f" ino:{ino:x} " in line + " ":
+                        return True
+        except OSError:
+            continue
+    return False
+
+
 def _copy_options(src: socket.socket, dst: socket.socket) -> None:
     for level, opt in _COPIED_OPTIONS:
         try:
@@ -277,7 +299,7 @@ class Supervisor:
             "traps", "continued", "bypassed_connects", "outbound_bypassed", "denied",
             "unknown_vip", "waited", "wait_timeouts", "accepts", "registrations",
             "registrations_refused", "unregistrations", "caller_gone", "errors",
-            "over_limit", "containers")}
+            "over_limit", "containers", "epoll_continued")}
         self.on_container_gone: Callable[[Container], None] = lambda c: None
         self.on_registrations: Callable[[Container], None] = lambda c: None
         # a call we hold (waiting for a service, a connect, a connection): kept by the
@@ -545,6 +567,9 @@ class Supervisor:
     def _bypass(self, c: Container, n: notify.Notification, copy: socket.socket,
                 addr: SockAddr, target: tuple[str, int], service: str | None) -> None:
         """Our own host socket, connected to target, in place of the caller's fd."""
+        if not _blocking(copy.fileno()) and _in_an_epoll(n.pid, copy):
+            self.stats["epoll_continued"] += 1
+            raise _Continue
         host = socket.socket(copy.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         handed_over = False
         try:

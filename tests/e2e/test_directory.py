@@ -421,3 +421,29 @@ def test_a_netstackd_restart_keeps_connections_and_names(dw: DirectoryWorld) -> 
     assert line(client) == "after"
     client.stdin.close()
     client.wait(10)
+
+
+EPOLL_FIRST = """
+import errno, select, socket, sys
+s = socket.socket()
+s.setblocking(False)
+ep = select.epoll()
+ep.register(s.fileno(), select.EPOLLOUT)  # before connect: the hazard
+err = s.connect_ex((sys.argv[1], int(sys.argv[2])))
+assert err in (0, errno.EINPROGRESS), err
+assert ep.poll(20), "epoll never reported the connect"
+assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+s.setblocking(True)
+print(s.recv(100).decode().split()[0])
+"""
+
+
+def test_a_socket_in_an_epoll_before_connect_still_completes(dw: DirectoryWorld) -> None:
+    server = serve(dw, "epollfirst", 9300)
+    dw.wait_served("epollfirst")
+    v4, _ = vip(dw, "epollfirst")
+    before = dw.stats()["epoll_continued"]
+    r = dw.python(EPOLL_FIRST, v4, "9300", timeout=40)
+    assert r.returncode == 0 and r.stdout.strip() == "hello", r.stderr
+    assert dw.stats()["epoll_continued"] == before + 1  # carried by the TAP stack instead
+    accepted(server)
