@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     banner = _banner(opts, config)
     if opts.api_socket:
         banner += f"* API Socket:      {opts.api_socket}\n"
+    if opts.directory:
+        banner += f"* Directory:       {opts.directory}\n"
     if outbound_addr or outbound_addr6:
         banner += f"* Outbound:        {outbound_addr or '-'} {outbound_addr6 or '-'}\n"
     sys.stdout.write(banner)
@@ -143,13 +145,25 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
     link = TapLink(fd, opts.mtu, vnet_on)
+    directory = None
+    if opts.directory:
+        from netstack.directory.client import DirectoryClient
+        from netstack.stack.vips import DirectorySettings
+
+        directory = DirectorySettings(
+            DirectoryClient(opts.directory), opts.directory_labels, opts.directory_wait
+        )
     runtime = Runtime(
         config,
         link,
         outbound_addr=outbound_addr,
         outbound_addr6=outbound_addr6,
         limits=opts.limits,
+        directory=directory,
     )
+    if directory is not None:
+        assert isinstance(directory.names, DirectoryClient)
+        runtime.follow_directory(directory.names)
     if opts.api_socket:
         try:
             api_sock = bind_api_socket(opts.api_socket)

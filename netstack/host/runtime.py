@@ -23,6 +23,8 @@ import uvloop
 
 from netstack.api import commands as api_commands
 from netstack.api.server import ApiServer
+from netstack.directory.client import DirectoryClient
+from netstack.directory.view import View
 from netstack.forward.rules import ForwardRule, Forwards
 from netstack.host.datagrams import HostDatagram
 from netstack.host.listeners import TcpForwardListener, UdpForwardListener
@@ -34,6 +36,7 @@ from netstack.stack.config import DNS6, NetworkConfig, virtual_mac
 from netstack.stack.dispatch import Stack
 from netstack.stack.hostio import DatagramReceiver, HostAddr
 from netstack.stack.limits import Limits
+from netstack.stack.vips import DirectorySettings
 from netstack.tcp import fastpath
 from netstack.tcp.connection import TcpConnection
 from netstack.tcp.fastpath import PYTHON_WORK, FastPath, FlowPathError
@@ -58,13 +61,14 @@ class Runtime:
         outbound_addr: str | None = None,
         outbound_addr6: str | None = None,
         limits: Limits | None = None,
+        directory: DirectorySettings | None = None,
     ) -> None:
         self.config = config
         self.link = link
         self.resolv = ResolvConf(resolv_conf)
         self.epoll = select.epoll()
         self.handlers: dict[int, EventHandler] = {}
-        self.stack = Stack(config, link, self, limits=limits)
+        self.stack = Stack(config, link, self, limits=limits, directory=directory)
         self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
         self.rx_buf = bytearray(FRAME_BUFFER_SIZE)
         self._timer: asyncio.TimerHandle | None = None
@@ -190,6 +194,28 @@ class Runtime:
             "uptime_seconds": api_commands.uptime(self.started),
             "fast_path": self.fastpath.snapshot() if self.fastpath is not None else None,
         }
+
+    # -------------------------------------------------------------- directory
+    def follow_directory(self, client: DirectoryClient) -> None:
+        """Keep client's watch open while the loop runs; each new view goes to the
+        connects that wait for one (the stack was built with client as its names)."""
+        client.on_view = self._directory_view
+        client.start(self.loop)
+
+        def stop_client() -> None:
+            client.close()
+            self.loop.run_until_complete(asyncio.sleep(0))  # let the cancellations land
+
+        self.on_exit.append(stop_client)
+
+    def _directory_view(self, view: View) -> None:
+        if self.stack.vips is not None:
+            try:
+                self.stack.vips.view_changed(time.monotonic())
+            except LinkClosed:
+                self.stop(0)
+                return
+        self._reschedule()
 
     # ----------------------------------------------------------- registration
     def register(self, fd: int, events: int, handler: EventHandler) -> None:

@@ -1,0 +1,1 @@
+"""The service directory: names, VIPs, labels and policy, balancing."""
