@@ -27,6 +27,7 @@ from netstack.directory.client import DirectoryClient
 from netstack.directory.view import View
 from netstack.forward.rules import ForwardRule, Forwards
 from netstack.host.datagrams import HostDatagram
+from netstack.host.dns_tcp import DnsOverTcp
 from netstack.host.listeners import TcpForwardListener, UdpForwardListener
 from netstack.host.resolvconf import ResolvConf
 from netstack.host.streams import HostTcpStream
@@ -77,6 +78,7 @@ class Runtime:
         self._stopping = False
         self.now = time.monotonic
         self.on_exit: list[Callable[[], None]] = []
+        self._dns_ips = (config.dns, DNS6)
         self.outbound: dict[int, str | None] = {
             socket.AF_INET: outbound_addr,
             socket.AF_INET6: outbound_addr6,
@@ -85,6 +87,9 @@ class Runtime:
         self.api: ApiServer | None = None
         self.started = time.monotonic()
         self.fastpath: FastPath | None = None
+        # --directory: TCP to the DNS address ends here, to answer directory names
+        answers = self.stack.dns.directory
+        self.dns_over_tcp = DnsOverTcp(self.loop, answers, self.outbound) if answers else None
         # established TCP flows run in C (csrc/flow.c) unless NETSTACK_FASTPATH=0
         if (
             isinstance(link, TapLink)
@@ -111,6 +116,15 @@ class Runtime:
 
     # --------------------------------------------------------------- HostIO
     def connect_tcp(self, conn: TcpConnection, targets: list[HostAddr], now: float) -> HostStream:
+        f = conn.flow
+        if self.dns_over_tcp is not None and f.remote_port == 53 and f.remote_ip in self._dns_ips:
+            try:
+                host_end = self.dns_over_tcp.open(targets)
+            except OSError as e:
+                log.warning("dns over tcp: %s", e)
+                return HostTcpStream(self, conn, [])  # the guest is refused
+            self.soon(lambda: self.stack.tcp.host_connected(conn, True, 0, self.now()))
+            return HostTcpStream(self, conn, targets, accepted=host_end)
         return HostTcpStream(self, conn, targets)
 
     def open_udp(self, owner: DatagramReceiver, family_of: str) -> HostDatagram:
@@ -439,6 +453,9 @@ class Runtime:
         return self.exit_code
 
     def shutdown(self) -> None:
+        if self.dns_over_tcp is not None:
+            self.dns_over_tcp.close()
+            self.loop.run_until_complete(asyncio.sleep(0))  # let the cancellations land
         for fn in self.on_exit:
             try:
                 fn()

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_api import call
+from tests.e2e.test_datapath import DNS_TCP_QUERY
 from tests.helpers.fake_netstackd import FakeNetstackd
 from tests.netns import PYTHON, World
 
@@ -91,6 +92,8 @@ def test_a_service_is_reached_by_name_and_its_flow_runs_in_c(
     assert r.returncode == 0 and r.stdout.split()[0] in ("198.18.0.1", "fd4e:5344::1")
     r = world.guest_python(ADDRS, "web.netstack.internal")
     assert r.stdout.split() == ["198.18.0.1", "fd4e:5344::1"], r.stderr
+    r = world.guest_python(DNS_TCP_QUERY, "web.netstack.internal")  # DNS over TCP
+    assert r.stdout.strip() == "198.18.0.1", r.stderr + world.log()
     assert fetch(world, "web.netstack.internal") == f"{blob} {16 * MiB}"
     s = stats(api)
     assert s["events"]["directory_connects"] == 1
@@ -177,3 +180,5 @@ def test_without_netstackd_directory_names_fail_fast_and_others_still_resolve(
     for name in ("printer", "service.test"):  # single labels not in the view go upstream
         r = world.in_guest("getent", "ahostsv4", name)
         assert r.returncode == 0 and "192.0.2.123" in r.stdout, r.stderr + world.log()
+        r = world.guest_python(DNS_TCP_QUERY, name)  # over TCP: relayed to the nameserver
+        assert r.stdout.strip() == "192.0.2.123", r.stderr + world.log()
