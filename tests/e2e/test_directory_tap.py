@@ -9,6 +9,8 @@ import hashlib
 import json
 import os
 import select
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,3 +184,29 @@ def test_without_netstackd_directory_names_fail_fast_and_others_still_resolve(
         assert r.returncode == 0 and "192.0.2.123" in r.stdout, r.stderr + world.log()
         r = world.guest_python(DNS_TCP_QUERY, name)  # over TCP: relayed to the nameserver
         assert r.stdout.strip() == "192.0.2.123", r.stderr + world.log()
+
+
+def test_the_directory_in_the_sandbox_follows_a_restarted_netstackd(
+    world: World, blob: str
+) -> None:
+    """The sandbox keeps only /etc and /run: a per-user netstackd's socket under /run
+    stays reachable, also for the watch's reconnects after pivot_root and seccomp."""
+    run_dir = Path(tempfile.mkdtemp(prefix="netstack-test-", dir="/run"))
+    try:
+        fake = FakeNetstackd(run_dir / "netstackd.sock").start()
+        try:
+            fake.add_instance("web", 80, "127.0.0.1", 18080)
+            world.start_netstack("--enable-sandbox", "--enable-seccomp", "--directory", fake.path)
+            assert fetch(world, "web.netstack.internal") == f"{blob} {16 * MiB}"
+        finally:
+            fake.close()
+        with FakeNetstackd(fake.path) as again:  # netstackd restarts: a new VIP for `api`
+            again.add_instance("api", 80, "127.0.0.1", 18080)
+            deadline = time.monotonic() + 15
+            while again.watching() < 1:
+                assert time.monotonic() < deadline, world.log()
+                time.sleep(0.05)
+            assert fetch(world, "api.netstack.internal") == f"{blob} {16 * MiB}"
+        assert world.netstack is not None and world.netstack.poll() is None
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
