@@ -172,13 +172,10 @@ class View:
         block6 = _network(body.get("vip6_cidr", DEFAULT_VIP6_CIDR), 6)
         assert isinstance(block, ipaddress.IPv4Network)
         assert isinstance(block6, ipaddress.IPv6Network)
-        return cls(
-            domain=domain,
-            vip_block=block,
-            vip6_block=block6,
-            services=tuple(_service(s) for s in services),
-            turns=dict(previous.turns) if previous is not None else {},
-        )
+        parsed = tuple(_service(s) for s in services)
+        vips = {s.vip for s in parsed}
+        turns = {k: t for k, t in previous.turns.items() if k[0] in vips} if previous else {}
+        return cls(domain=domain, vip_block=block, vip6_block=block6, services=parsed, turns=turns)
 
     # ------------------------------------------------------------------ names
     def service_name(self, name: str) -> str | None:

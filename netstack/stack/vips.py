@@ -24,6 +24,7 @@ from netstack.stack.timers import TimerQueue
 from netstack.tcp.interfaces import Refusal
 
 WAIT_DEFAULT = 10.0
+MAX_WAITING = 1024  # SYNs held at once; beyond, the oldest is refused (a flood's bound)
 
 _DEFAULT_VIEW = View()
 
@@ -54,11 +55,15 @@ class VipWait:
         return self._deadline
 
     def then(self, decided: Decided, now: float) -> None:
+        routes = self.routes
+        while len(routes.waiting) >= MAX_WAITING:
+            routes.stats.drop("directory_wait_evicted")
+            next(iter(routes.waiting)).finish(Refusal.RESET, now)
         self.decided = decided
-        self._deadline = now + self.routes.wait
-        self.routes.waiting.append(self)
-        self.routes.timers.touch(self)
-        self.routes.stats.count("directory_waits")
+        self._deadline = now + routes.wait
+        routes.waiting[self] = None
+        routes.timers.touch(self)
+        routes.stats.count("directory_waits")
 
     def on_timer(self, now: float) -> None:
         if self._deadline is not None and now >= self._deadline:
@@ -70,8 +75,7 @@ class VipWait:
         self.decided = None
         self._deadline = None
         self.routes.timers.forget(self)
-        if self in self.routes.waiting:
-            self.routes.waiting.remove(self)
+        self.routes.waiting.pop(self, None)
         if decided is not None:
             decided(target, now)
 
@@ -83,7 +87,7 @@ class VipRoutes:
         self.wait = settings.wait
         self.stats = stats
         self.timers = timers
-        self.waiting: list[VipWait] = []
+        self.waiting: dict[VipWait, None] = {}  # oldest first
 
     @property
     def view(self) -> View:

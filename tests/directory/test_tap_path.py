@@ -4,12 +4,14 @@ UDP/ICMP to VIPs dropped."""
 
 from __future__ import annotations
 
+import pytest
 from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from netstack.directory.view import View
+from netstack.stack import vips
 from netstack.stack.config import NetworkConfig
 from netstack.stack.vips import DirectorySettings
 from tests.directory.test_view import DB, WEB, instance, ip, message, service
@@ -233,3 +235,14 @@ def test_without_a_directory_a_vip_is_an_ordinary_address() -> None:
     rig = Rig()
     rig.send(IP(src=GUEST, dst="198.18.0.1") / SYN)
     assert [t for _, t, _ in rig.host.connects] == [[("198.18.0.1", 8080)]]
+
+
+def test_held_syns_are_bounded_the_oldest_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vips, "MAX_WAITING", 2)
+    rig, _ = directory_rig(View.parse(message(WEB, DB)))
+    for sport in (40000, 40001, 40002):
+        rig.send(IP(src=GUEST, dst="198.18.0.2") / TCP(sport=sport, dport=5432, flags="S"))
+    (rst,) = rig.frames()
+    assert (rst[TCP].dport, rst[TCP].flags) == (40000, "RA")
+    assert rig.stack.stats.drops["directory_wait_evicted"] == 1
+    assert rig.stack.vips is not None and len(rig.stack.vips.waiting) == 2

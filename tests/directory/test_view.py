@@ -205,3 +205,11 @@ def test_missing_optional_fields_take_the_defaults() -> None:
     v = View.parse({"view": {}})
     assert v.services == () and v.domain == "netstack.internal"
     assert v.in_vip_block(ip("198.18.0.1"))
+
+
+def test_a_service_gone_from_the_view_takes_its_turns_with_it() -> None:
+    v1 = View.parse(message(WEB, service("old", 2, instance(80, 1))))
+    v1.route(ip("198.18.0.2"), 80, {})
+    v1.route(ip("198.18.0.1"), 8080, {})
+    v2 = View.parse(message(WEB), v1)
+    assert v2.turns == {(ip("198.18.0.1"), 8080): 1}
