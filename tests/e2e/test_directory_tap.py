@@ -20,17 +20,19 @@ import pytest
 
 from tests.e2e.test_api import call
 from tests.e2e.test_datapath import DNS_TCP_QUERY
+from tests.e2e.test_ipv6 import wait_slaac
 from tests.helpers.fake_netstackd import FakeNetstackd
 from tests.netns import PYTHON, World
 
 MiB = 1 << 20
 
-# argv: name port; prints "<sha256> <length>" of what a GET /blob returned, or "refused"
+# argv: name port [6]; prints "<sha256> <length>" of what a GET /blob returned, or "refused"
 FETCH = r"""
 import hashlib, socket, sys
 name, port = sys.argv[1], int(sys.argv[2])
-addr = socket.getaddrinfo(name, port, socket.AF_INET, socket.SOCK_STREAM)[0][4]
-s = socket.socket()
+family = socket.AF_INET6 if sys.argv[3:] == ["6"] else socket.AF_INET
+addr = socket.getaddrinfo(name, port, family, socket.SOCK_STREAM)[0][4]
+s = socket.socket(family)
 s.settimeout(30)
 try:
     s.connect(addr)
@@ -76,8 +78,8 @@ def stats(api: str) -> dict[str, Any]:
     return reply
 
 
-def fetch(world: World, name: str, port: int = 80) -> str:
-    r = world.guest_python(FETCH, name, str(port))
+def fetch(world: World, name: str, port: int = 80, v6: bool = False) -> str:
+    r = world.guest_python(FETCH, name, str(port), *(["6"] if v6 else []))
     assert r.returncode == 0, r.stderr + world.log()
     return r.stdout.strip()
 
@@ -101,6 +103,16 @@ def test_a_service_is_reached_by_name_and_its_flow_runs_in_c(
     assert s["events"]["directory_connects"] == 1
     fast = s["fast_path"]  # the established VIP flow ran in C (csrc/flow.c)
     assert fast["holds"] >= 1 and fast["frames_to_guest_from_c"] > 100, fast
+
+
+def test_a_service_is_reached_over_ipv6_by_its_vip6(
+    world: World, netstackd: FakeNetstackd, blob: str
+) -> None:
+    netstackd.add_instance("web", 80, "127.0.0.1", 18080)
+    world.start_netstack("-6", "--directory", netstackd.path)
+    wait_slaac(world)
+    assert fetch(world, "web.netstack.internal", v6=True) == f"{blob} {16 * MiB}"
+    assert fetch(world, "fd4e:5344::9", v6=True) == "refused fd4e:5344::9"
 
 
 def test_an_instance_without_the_clients_label_is_refused(
