@@ -145,14 +145,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
     link = TapLink(fd, opts.mtu, vnet_on)
-    directory = None
+    client = directory = None
     if opts.directory:
         from netstack.directory.client import DirectoryClient
         from netstack.stack.vips import DirectorySettings
 
-        directory = DirectorySettings(
-            DirectoryClient(opts.directory), opts.directory_labels, opts.directory_wait
-        )
+        client = DirectoryClient(opts.directory)
+        directory = DirectorySettings(client, opts.directory_labels, opts.directory_wait)
     runtime = Runtime(
         config,
         link,
@@ -161,9 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         limits=opts.limits,
         directory=directory,
     )
-    if directory is not None:
-        assert isinstance(directory.names, DirectoryClient)
-        runtime.follow_directory(directory.names)
+    if client is not None:
+        runtime.follow_directory(client)
     if opts.api_socket:
         try:
             api_sock = bind_api_socket(opts.api_socket)

@@ -74,7 +74,7 @@ class DirectoryClient:
         reader, writer = await asyncio.open_unix_connection(self.path, limit=LINE_LIMIT)
         got_view = False
         try:
-            writer.write(b'{"execute": "watch"}\n')
+            writer.write(b'{"execute": "watch", "arguments": {}}\n')
             await writer.drain()
             while line := await reader.readline():
                 try:
