@@ -87,6 +87,7 @@ class Runtime:
         self.api: ApiServer | None = None
         self.started = time.monotonic()
         self.fastpath: FastPath | None = None
+        self.directory_client: DirectoryClient | None = None
         # --directory: TCP to the DNS address ends here, to answer directory names
         answers = self.stack.dns.directory
         self.dns_over_tcp = DnsOverTcp(self.loop, answers, self.outbound) if answers else None
@@ -207,12 +208,27 @@ class Runtime:
             + (self.fastpath.frames_out() if self.fastpath is not None else 0),
             "uptime_seconds": api_commands.uptime(self.started),
             "fast_path": self.fastpath.snapshot() if self.fastpath is not None else None,
+            "directory": self._directory_stats(),
+        }
+
+    def _directory_stats(self) -> dict[str, Any] | None:
+        """--directory: whether netstackd's watch is up, and what the view holds."""
+        client, vips = self.directory_client, self.stack.vips
+        if client is None or vips is None:
+            return None
+        view = client.view
+        return {
+            "watching": client.connected,
+            "services": len(view.services) if view is not None else 0,
+            "instances": sum(len(s.instances) for s in view.services) if view else 0,
+            "connects_waiting": len(vips.waiting),
         }
 
     # -------------------------------------------------------------- directory
     def follow_directory(self, client: DirectoryClient) -> None:
         """Keep client's watch open while the loop runs; each new view goes to the
         connects that wait for one (the stack was built with client as its names)."""
+        self.directory_client = client
         client.on_view = self._directory_view
         client.start(self.loop)
 

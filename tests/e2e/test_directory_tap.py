@@ -22,7 +22,9 @@ from tests.e2e.test_api import call
 from tests.e2e.test_datapath import DNS_TCP_QUERY
 from tests.e2e.test_ipv6 import wait_slaac
 from tests.helpers.fake_netstackd import FakeNetstackd
-from tests.netns import PYTHON, World
+from tests.netns import NETSTACK, PYTHON, World
+
+NETSTACKCTL = NETSTACK + "ctl"
 
 MiB = 1 << 20
 
@@ -101,6 +103,14 @@ def test_a_service_is_reached_by_name_and_its_flow_runs_in_c(
     assert fetch(world, "web.netstack.internal") == f"{blob} {16 * MiB}"
     s = stats(api)
     assert s["events"]["directory_connects"] == 1
+    assert s["directory"] == {
+        "watching": True,
+        "services": 1,
+        "instances": 1,
+        "connects_waiting": 0,
+    }
+    r = world.in_host(NETSTACKCTL, "-a", api, "stats")
+    assert r.returncode == 0 and "watching" in r.stdout, r.stderr
     fast = s["fast_path"]  # the established VIP flow ran in C (csrc/flow.c)
     assert fast["holds"] >= 1 and fast["frames_to_guest_from_c"] > 100, fast
 
