@@ -111,9 +111,13 @@ class FakeNames:
     def __init__(self, view: View | None = None) -> None:
         self.view = view
         self.resolving: list[tuple[str, Callable[[Resolved], None]]] = []
+        self.awaiting: set[bytes] = set()  # VIPs resolve gave out, not in a view yet
 
     def resolve_then(self, name: str, done: Callable[[Resolved], None]) -> None:
         self.resolving.append((name, done))
+
+    def awaited(self, vip: bytes) -> bool:
+        return vip in self.awaiting
 
 
 class Rig:

@@ -5,8 +5,10 @@ The protocol is docs/directory-protocol.md: one JSON request per connection; `wa
 keeps its connection open and streams whole views, one JSON line each. When
 netstackd is absent or goes away, the watch reconnects with a growing pause (0.1 s
 doubling up to 5 s) and the last view stays in use meanwhile (or none, before the
-first). `resolve` gives up after a second. Nothing here blocks the loop; nothing here
-knows about packets.
+first). `resolve` gives up after a second. A VIP that `resolve` gave out is
+"awaited" until a view shows it: the answer and the view that holds the new name
+come on different connections, and a guest that connects at once must not be
+refused in between. Nothing here blocks the loop; nothing here knows about packets.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +29,7 @@ RESOLVE_TIMEOUT = 1.0
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 LINE_LIMIT = 16 << 20  # a view is one line; tables are small, but not tiny
+AWAIT_FOR = 60.0  # netstackd keeps a reservation this long (docs/directory-protocol.md)
 
 
 class DirectoryClient:
@@ -39,6 +43,7 @@ class DirectoryClient:
         self.on_view = on_view
         self.resolve_timeout = resolve_timeout
         self.view: View | None = None
+        self._awaited: dict[bytes, float] = {}  # VIP from resolve -> when, until a view has it
         self.connected = False  # the watch connection is up
         self._watch: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -88,6 +93,8 @@ class DirectoryClient:
                 self.connected = True
                 got_view = True
                 self.view = view
+                for vip in [v for v in self._awaited if view.by_vip(v) is not None]:
+                    del self._awaited[vip]
                 if self.on_view is not None:
                     self.on_view(view)
         finally:
@@ -115,7 +122,16 @@ class DirectoryClient:
         except (KeyError, TypeError, ValueError):
             log.warning("directory %s: resolve %r: bad reply %r", self.path, name, ret)
             return None
+        if self.view is None or self.view.by_vip(vip) is None:
+            now = time.monotonic()
+            for old in [v for v, t in self._awaited.items() if now - t > AWAIT_FOR]:
+                del self._awaited[old]
+            self._awaited[vip] = self._awaited[vip6] = now
         return vip, vip6
+
+    def awaited(self, vip: bytes) -> bool:
+        """vip came from resolve and no view has shown it yet."""
+        return vip in self._awaited
 
     def resolve_then(self, name: str, done: Callable[[tuple[bytes, bytes] | None], None]) -> None:
         """resolve(name), then done(answer) in the loop."""

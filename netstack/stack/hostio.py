@@ -56,3 +56,7 @@ class DirectoryNames(Protocol):
         """Ask netstackd to resolve name (reserving a VIP); done runs later, in the
         loop, with the answer or None (unreachable, timed out, refused)."""
         ...
+
+    def awaited(self, vip: bytes) -> bool:
+        """vip came from resolve, and no view has shown it yet."""
+        ...

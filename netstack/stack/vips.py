@@ -4,8 +4,9 @@ A VIP is never a host address: a guest SYN to an address in the VIP blocks is ro
 by the directory view or refused, never forwarded to the address itself.
   known VIP, port served, an instance allowed -> that instance's host:host_port,
                                                  taking turns among the allowed ones
-  known VIP, port not served yet (or no view) -> the SYN waits, unanswered, for a view
-                                                 that serves it, at most `wait` seconds
+  known VIP, port not served yet              -> the SYN waits, unanswered, for a view
+  (also: no view yet, or a VIP that resolve      that serves it, at most `wait` seconds
+  just gave out and no view has shown yet)
   unknown VIP, labels denied, wait timed out  -> RST (as if nobody listened)
 UDP and ICMP to a VIP are dropped. Each outcome is counted in the stack's stats.
 Before netstackd's first view the blocks are the protocol's defaults. This module
@@ -113,8 +114,8 @@ class VipRoutes:
         if isinstance(route, Instance):
             self.stats.count("directory_connects")
             return [(route.host, route.host_port)]
-        if route is Route.WAIT:
-            return None
+        if route is Route.WAIT or (route is Route.UNKNOWN and self.names.awaited(vip)):
+            return None  # not served yet, or just resolved and not in a view yet
         self.stats.drop("directory_denied" if route is Route.DENIED else "directory_unknown_vip")
         return Refusal.RESET
 

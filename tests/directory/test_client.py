@@ -86,6 +86,23 @@ def test_resolve_answers_with_packed_vips(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_a_resolved_vip_is_awaited_until_a_view_shows_it(tmp_path: Path) -> None:
+    sock = tmp_path / "d.sock"
+
+    async def main() -> None:
+        with FakeNetstackd(sock) as fake:
+            client = DirectoryClient(str(sock))
+            assert await client.resolve("db") == (ip("198.18.0.1"), ip("fd4e:5344::1"))
+            assert client.awaited(ip("198.18.0.1")) and client.awaited(ip("fd4e:5344::1"))
+            client.start(asyncio.get_running_loop())
+            await until(lambda: client.view is not None and client.view.lookup("db") is not None)
+            assert not client.awaited(ip("198.18.0.1")) and not client.awaited(ip("fd4e:5344::1"))
+            assert fake.services["db"]["instances"] == []
+            client.close()
+
+    asyncio.run(main())
+
+
 def test_resolve_gives_up_fast_without_netstackd_and_after_its_timeout(tmp_path: Path) -> None:
     sock = tmp_path / "d.sock"
 

@@ -246,3 +246,16 @@ def test_held_syns_are_bounded_the_oldest_is_refused(monkeypatch: pytest.MonkeyP
     assert (rst[TCP].dport, rst[TCP].flags) == (40000, "RA")
     assert rig.stack.stats.drops["directory_wait_evicted"] == 1
     assert rig.stack.vips is not None and len(rig.stack.vips.waiting) == 2
+
+
+def test_a_vip_just_resolved_but_not_in_the_view_yet_waits_for_it() -> None:
+    """resolve's answer and the view with the new name come on different connections:
+    a guest connecting at once is held, not refused."""
+    rig, names = directory_rig(View.parse(message(WEB)))
+    names.awaiting.add(ip("198.18.0.2"))
+    rig.send(IP(src=GUEST, dst="198.18.0.2") / TCP(sport=40000, dport=5432, flags="S", seq=1000))
+    assert rig.frames() == [] and rig.host.connects == []
+    names.view = View.parse(message(WEB, service("db", 2, instance(5432, 6000))))
+    assert rig.stack.vips is not None
+    rig.stack.vips.view_changed(rig.now)
+    assert [t for _, t, _ in rig.host.connects] == [[("127.0.0.1", 6000)]]
