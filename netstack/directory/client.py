@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 RESOLVE_TIMEOUT = 1.0
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
+FIRST_VIEW_TIMEOUT = 5.0
 LINE_LIMIT = 16 << 20  # a view is one line; tables are small, but not tiny
 AWAIT_FOR = 60.0  # netstackd keeps a reservation this long (docs/directory-protocol.md)
 
@@ -81,7 +82,9 @@ class DirectoryClient:
         try:
             writer.write(b'{"execute": "watch", "arguments": {}}\n')
             await writer.drain()
-            while line := await reader.readline():
+            timeout: float | None = FIRST_VIEW_TIMEOUT  # a netstackd that never answers is left
+            while line := await asyncio.wait_for(reader.readline(), timeout):
+                timeout = None
                 try:
                     msg = json.loads(line)
                     view = View.parse(msg, self.view)

@@ -4,10 +4,14 @@ survives netstackd going away and coming back, and resolve answers or gives up f
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from netstack.directory import client as client_module
 from netstack.directory.client import DirectoryClient
 from netstack.directory.view import View
 from tests.directory.test_view import ip
@@ -132,3 +136,34 @@ def test_resolve_then_calls_back_in_the_loop(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert answers == [(ip("198.18.0.1"), ip("fd4e:5344::1"))]
+
+
+def test_a_netstackd_that_never_answers_the_watch_is_left_and_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "FIRST_VIEW_TIMEOUT", 0.2)
+    path = str(tmp_path / "hung.sock")
+
+    async def main() -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as hung:
+            hung.bind(path)
+            hung.listen(8)
+            hung.setblocking(False)
+            client = DirectoryClient(path)
+            client.start(asyncio.get_running_loop())
+            accepted: list[socket.socket] = []
+
+            def take() -> bool:
+                try:
+                    accepted.append(hung.accept()[0])
+                except BlockingIOError:
+                    pass
+                return len(accepted) >= 2
+
+            await until(take)  # a second watch: the first was given up
+            assert client.view is None and not client.connected
+            client.close()
+            for s in accepted:
+                s.close()
+
+    asyncio.run(main())
