@@ -7,8 +7,9 @@ ends in this process: its host side is one end of a loopback TCP pair (so it is 
 ordinary HostTcpStream, C flow path included), and the other end is served here,
 one length-prefixed message at a time, in order. A query the directory does not
 take goes to the nameservers (tried in order, the connection kept for the next
-query); when none answers, the guest's connection is closed, as a failed proxy
-connect would be. Directory answers come from dns/directory.py.
+query and opened again if the nameserver closed it); when none answers, the guest's
+connection is closed, as a failed proxy connect would be. Directory answers come
+from dns/directory.py.
 """
 
 from __future__ import annotations
@@ -75,9 +76,13 @@ class DnsOverTcp:
                 if query is None:
                     return
                 answer = await self._directory_answer(query)
+                if answer is None and upstream is not None:
+                    answer = await _relay(upstream, query)
+                    if answer is None:  # the nameserver closed an idle connection
+                        upstream[1].close()
+                        upstream = None
                 if answer is None:
-                    if upstream is None:
-                        upstream = await self._open_upstream(nameservers)
+                    upstream = await self._open_upstream(nameservers)
                     answer = await _relay(upstream, query)
                     if answer is None:
                         return  # the nameserver went away: so does the guest's connection
@@ -131,7 +136,11 @@ async def _read_message(reader: asyncio.StreamReader) -> bytes | None:
 async def _relay(
     upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter], query: bytes
 ) -> bytes | None:
+    """The nameserver's answer to query; None if it closed (or reset) the connection."""
     reader, writer = upstream
-    writer.write(len(query).to_bytes(2, "big") + query)
-    await writer.drain()
-    return await asyncio.wait_for(_read_message(reader), UPSTREAM_TIMEOUT)
+    try:
+        writer.write(len(query).to_bytes(2, "big") + query)
+        await writer.drain()
+        return await asyncio.wait_for(_read_message(reader), UPSTREAM_TIMEOUT)
+    except (ConnectionError, asyncio.IncompleteReadError):
+        return None

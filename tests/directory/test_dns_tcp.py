@@ -77,3 +77,30 @@ def test_without_a_nameserver_the_guests_connection_is_closed() -> None:
             writer.close()
 
     asyncio.run(main())
+
+
+async def one_answer_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A nameserver that closes its connection after each answer (an idle timeout)."""
+    head = await reader.readexactly(2)
+    q = DNS(await reader.readexactly(int.from_bytes(head, "big")))
+    a = bytes(DNS(id=q.id, qr=1, ra=1, qd=q.qd, an=DNSRR(rrname=q.qd[0].qname, rdata="192.0.2.7")))
+    writer.write(len(a).to_bytes(2, "big") + a)
+    await writer.drain()
+    writer.close()
+
+
+def test_a_nameserver_that_closed_its_connection_is_connected_again() -> None:
+    async def main() -> None:
+        server = await asyncio.start_server(one_answer_then_close, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        dns_tcp = relay()
+        reader, writer = await asyncio.open_connection(sock=dns_tcp.open([("127.0.0.1", port)]))
+        for ident in (1, 2, 3):
+            writer.write(query("example.test", ident))
+            answer = await read_answer(reader)
+            assert (answer.id, answer.an[0].rdata) == (ident, "192.0.2.7")
+        writer.close()
+        dns_tcp.close()
+        server.close()
+
+    asyncio.run(main())
