@@ -65,20 +65,19 @@ class DirectoryClient:
         pause = BACKOFF_FIRST
         while True:
             try:
-                if await self._watch_once():
-                    pause = BACKOFF_FIRST  # it worked for a while: retry soon
+                await self._watch_once()
             except (OSError, asyncio.IncompleteReadError, ValueError) as e:
                 log.debug("directory %s: %s", self.path, e)
             if self.connected:
                 log.info("directory %s: watch lost; keeping the last view", self.path)
+                pause = BACKOFF_FIRST  # it worked for a while: retry soon
             self.connected = False
             await asyncio.sleep(pause)
             pause = min(pause * 2, BACKOFF_MAX)
 
-    async def _watch_once(self) -> bool:
-        """One watch connection until it ends; True if it brought a view."""
+    async def _watch_once(self) -> None:
+        """One watch connection, until it ends."""
         reader, writer = await asyncio.open_unix_connection(self.path, limit=LINE_LIMIT)
-        got_view = False
         try:
             writer.write(b'{"execute": "watch", "arguments": {}}\n')
             await writer.drain()
@@ -94,15 +93,16 @@ class DirectoryClient:
                 if not self.connected:
                     log.info("directory %s: watching", self.path)
                 self.connected = True
-                got_view = True
                 self.view = view
                 for vip in [v for v in self._awaited if view.by_vip(v) is not None]:
                     del self._awaited[vip]
                 if self.on_view is not None:
-                    self.on_view(view)
+                    try:
+                        self.on_view(view)
+                    except Exception:  # a bug there must not end the watch
+                        log.exception("directory %s: view handler failed", self.path)
         finally:
             writer.close()
-        return got_view
 
     # ---------------------------------------------------------------- resolve
     async def resolve(self, name: str) -> tuple[bytes, bytes] | None:
