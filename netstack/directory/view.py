@@ -174,7 +174,11 @@ class View:
         assert isinstance(block6, ipaddress.IPv6Network)
         parsed = tuple(_service(s) for s in services)
         vips = {s.vip for s in parsed}
-        turns = {k: t for k, t in previous.turns.items() if k[0] in vips} if previous else {}
+        turns = (
+            {k: t for k, t in previous.turns.items() if k[0] in vips}
+            if previous is not None
+            else {}
+        )
         return cls(domain=domain, vip_block=block, vip6_block=block6, services=parsed, turns=turns)
 
     # ------------------------------------------------------------------ names
