@@ -4,13 +4,16 @@ to feed scapy-built frames in and read the stack's frames back as scapy packets.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 
 from scapy.layers.l2 import Ether
 
+from netstack.directory.view import View
 from netstack.link.memory import MemoryLink
 from netstack.stack.config import NetworkConfig
 from netstack.stack.dispatch import Stack
-from netstack.stack.hostio import DatagramReceiver, HostAddr
+from netstack.stack.hostio import DatagramReceiver, HostAddr, Resolved
+from netstack.stack.vips import DirectorySettings
 from netstack.tcp.connection import TcpConnection
 from netstack.wire import vnet
 
@@ -101,16 +104,36 @@ class FakeHost:
         return self.servers
 
 
+class FakeNames:
+    """netstackd for the stack (DirectoryNames): a view set by the test, and resolve
+    requests kept until the test answers them."""
+
+    def __init__(self, view: View | None = None) -> None:
+        self.view = view
+        self.resolving: list[tuple[str, Callable[[Resolved], None]]] = []
+        self.awaiting: set[bytes] = set()  # VIPs resolve gave out, not in a view yet
+
+    def resolve_then(self, name: str, done: Callable[[Resolved], None]) -> None:
+        self.resolving.append((name, done))
+
+    def awaited(self, vip: bytes) -> bool:
+        return vip in self.awaiting
+
+
 class Rig:
     """A stack on a memory link with a fake host."""
 
     def __init__(
-        self, config: NetworkConfig | None = None, vnet_enabled: bool = False, mtu: int = 1500
+        self,
+        config: NetworkConfig | None = None,
+        vnet_enabled: bool = False,
+        mtu: int = 1500,
+        directory: DirectorySettings | None = None,
     ) -> None:
         self.config = config or NetworkConfig(mtu=mtu)
         self.link = MemoryLink(mtu=self.config.mtu, vnet_enabled=vnet_enabled)
         self.host = FakeHost()
-        self.stack = Stack(self.config, self.link, self.host)
+        self.stack = Stack(self.config, self.link, self.host, directory=directory)
         self.now = 1000.0
 
     def send(self, pkt: object, header: vnet.VnetHeader = vnet.PLAIN) -> None:

@@ -33,6 +33,9 @@ HELP_NAMES = (
     "--outbound-addr6",
     "--disable-dns",
     "--macaddress",
+    "--directory",
+    "--directory-label",
+    "--directory-wait",
 )
 
 
@@ -99,6 +102,12 @@ def test_version_keeps_the_config_version_line() -> None:
         ),
         (["-c", "--macaddress=zz:d4:18:d9:38:fb", "1", "tap0"], "invalid MAC address", True),
         (["--netns-type=tapfd"], "FD is required", True),
+        (["--directory=/d", "--directory-label=zone", "1", "tap0"], "must be K=V", True),
+        (["--directory=/d", "--directory-label==x", "1", "tap0"], "must be K=V", True),
+        (["--directory=/d", "--directory-wait=0", "1", "tap0"], "directory-wait must be", True),
+        (["--directory=/d", "--directory-wait=-1", "1", "tap0"], "directory-wait must be", True),
+        (["--directory-label=a=b", "1", "tap0"], "need --directory", True),
+        (["--directory-wait=3", "1", "tap0"], "need --directory", True),
     ],
 )
 def test_bad_arguments_are_refused_with_slirp4netns_messages(
@@ -108,6 +117,26 @@ def test_bad_arguments_are_refused_with_slirp4netns_messages(
     assert r.returncode == 1
     assert message in r.stderr
     assert ("Usage:" in r.stdout) == usage
+
+
+def test_directory_options() -> None:
+    o = args.parse(["1", "tap0"])
+    assert (o.directory, o.directory_labels, o.directory_wait) == (None, {}, 10.0)
+    o = args.parse(
+        [
+            "--directory",
+            "/run/user/1000/netstackd/api.sock",
+            "--directory-label=zone=blue",
+            "--directory-label",
+            "app.kubernetes.io/name=web",
+            "--directory-wait=2.5",
+            "1",
+            "tap0",
+        ]
+    )
+    assert o.directory == "/run/user/1000/netstackd/api.sock"
+    assert o.directory_labels == {"zone": "blue", "app.kubernetes.io/name": "web"}
+    assert o.directory_wait == 2.5
 
 
 def test_gnu_parsing_permutes_bundles_and_takes_prefixes() -> None:

@@ -25,6 +25,8 @@ MTU_DEFAULT = 1500
 MTU_MAX = 65521
 MTU_MIN = 68
 SLIRP_CONFIG_VERSION_MAX = 4
+DIRECTORY_WAIT_DEFAULT = 10.0
+DIRECTORY_WAIT_MAX = 3600.0
 
 SHORT = "ce:r:m:a:6hv"
 LONG = [
@@ -51,6 +53,9 @@ LONG = [
     "max-udp-flows=",
     "icmp-error-rate=",
     "udp-timeout=",
+    "directory=",
+    "directory-label=",
+    "directory-wait=",
     "help",
     "version",
 ]
@@ -79,6 +84,12 @@ User-mode networking for unprivileged network namespaces (a slirp4netns drop-in)
 --max-udp-flows=N        limit UDP flows; the idlest gives way (default=1024)
 --icmp-error-rate=N      limit ICMP errors sent to the guest per second (default=200)
 --udp-timeout=SECONDS    close a UDP flow's host socket after this idle time (default=240)
+--directory=SOCK         reach netstackd's services by name: DNS answers directory names
+                         with their VIPs, TCP to a VIP goes to a live instance
+--directory-label=K=V    a label of this container's clients, for the directory's policy
+                         (repeatable; default=zone=default)
+--directory-wait=SECONDS how long a connect to a service not served yet waits for an
+                         instance before it is refused (default=10)
 -h, --help               show this help and exit
 -v, --version            show version and exit
 """
@@ -118,6 +129,9 @@ class Options:
     disable_dns: bool = False
     macaddress: str | None = None
     limits: Limits = field(default_factory=Limits)
+    directory: str | None = None  # netstackd's API socket
+    directory_labels: dict[str, str] = field(default_factory=dict)
+    directory_wait: float = DIRECTORY_WAIT_DEFAULT
 
     @property
     def pid(self) -> int:
@@ -143,6 +157,7 @@ def _non_negative(value: str, what: str) -> int:
     return int(value)
 
 
+_LABEL = re.compile(r"[A-Za-z0-9._/-]{1,63}")
 _CIDR = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})/(\d{1,2})")
 
 
@@ -241,10 +256,27 @@ def _parse(argv: list[str]) -> Options:
             ):
                 raise UsageError(f"invalid MAC address: {value}")
             opts.macaddress = value.lower()
+        elif name == "--directory":
+            if not value:
+                raise UsageError("directory needs the path of netstackd's socket")
+            opts.directory = value
+        elif name == "--directory-label":
+            key, sep, label = value.partition("=")
+            if not sep or not _LABEL.fullmatch(key) or not _LABEL.fullmatch(label):
+                raise UsageError(f"directory-label must be K=V (letters, digits, ._-): {value}")
+            opts.directory_labels[key] = label
+        elif name == "--directory-wait":
+            if not re.fullmatch(r"\d+(\.\d+)?", value) or not (
+                0 < float(value) <= DIRECTORY_WAIT_MAX
+            ):
+                raise UsageError("directory-wait must be a number of seconds from 0 to 3600")
+            opts.directory_wait = float(value)
         elif name in LIMIT_OPTIONS:
             if not re.fullmatch(r"\d+", value) or not 1 <= int(value) <= 1_000_000:
                 raise UsageError(f"{name[2:]} must be an integer from 1 to 1000000")
             opts.limits = dataclasses.replace(opts.limits, **{LIMIT_OPTIONS[name]: int(value)})
+    if (opts.directory_labels or "--directory-wait" in dict(pairs)) and not opts.directory:
+        raise UsageError("--directory-label and --directory-wait need --directory")
     if opts.macaddress is not None and not opts.configure:
         raise UsageError("--macaddr cannot be specified when --configure or -c is not specified")
     if opts.netns_type == "tapfd":

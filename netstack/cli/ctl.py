@@ -140,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
             ]
             print()
             print(_table(rows, ["fast path", "count"]))
+        directory = ret.get("directory")
+        if directory:  # --directory: netstackd's watch and the view
+            print()
+            rows = [{"directory": k, "value": v} for k, v in directory.items()]
+            print(_table(rows, ["directory", "value"]))
     elif a.command == "connections":
         print(
             _table(

@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     banner = _banner(opts, config)
     if opts.api_socket:
         banner += f"* API Socket:      {opts.api_socket}\n"
+    if opts.directory:
+        banner += f"* Directory:       {opts.directory}\n"
     if outbound_addr or outbound_addr6:
         banner += f"* Outbound:        {outbound_addr or '-'} {outbound_addr6 or '-'}\n"
     sys.stdout.write(banner)
@@ -144,13 +146,23 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
     link = TapLink(fd, opts.mtu, vnet_on)
+    client = directory = None
+    if opts.directory:
+        from netstack.directory.client import DirectoryClient
+        from netstack.stack.vips import DirectorySettings
+
+        client = DirectoryClient(opts.directory)
+        directory = DirectorySettings(client, opts.directory_labels, opts.directory_wait)
     runtime = Runtime(
         config,
         link,
         outbound_addr=outbound_addr,
         outbound_addr6=outbound_addr6,
         limits=opts.limits,
+        directory=directory,
     )
+    if client is not None:
+        runtime.follow_directory(client)
     if opts.api_socket:
         try:
             api_sock = bind_api_socket(opts.api_socket)

@@ -5,14 +5,16 @@ without an answer within PER_SERVER_TIMEOUT it is sent to the next one, until ev
 nameserver has been tried once. The answer comes back to the guest from the DNS
 address. The nameserver list is the host's resolv.conf, re-read when it changes
 (HostIO.nameservers). TCP queries are proxied by the TCP table to the same list.
+With --directory, queries for directory names are answered here (dns/directory.py).
 """
 
 from __future__ import annotations
 
 import logging
 
+from netstack.dns.directory import DirectoryAnswers
 from netstack.stack.guest_output import GuestOutput
-from netstack.stack.hostio import DatagramSocket, HostAddr, HostIO
+from netstack.stack.hostio import DatagramSocket, DirectoryNames, HostAddr, HostIO
 from netstack.stack.stats import Stats
 from netstack.stack.timers import TimerQueue
 from netstack.wire import dns
@@ -95,6 +97,7 @@ class DnsForwarder:
         stats: Stats,
         timers: TimerQueue,
         max_queries: int = MAX_QUERIES,
+        names: DirectoryNames | None = None,
     ) -> None:
         self.max_queries = max_queries
         self.host = host
@@ -103,6 +106,7 @@ class DnsForwarder:
         self.timers = timers
         self.preferred = 0
         self.queries: set[DnsQuery] = set()
+        self.directory = DirectoryAnswers(names, stats) if names is not None else None
 
     def from_guest(
         self,
@@ -121,6 +125,14 @@ class DnsForwarder:
         if hdr.is_response:
             self.stats.drop("dns_not_a_query")
             return
+        if self.directory is not None:
+            answer_from = dns_ip or self.output.config.dns
+
+            def send(reply: bytes) -> None:
+                self.output.send_udp(guest_mac, answer_from, dns.PORT, src, sport, reply)
+
+            if self.directory.take(bytes(payload), send):
+                return
         servers = self.host.nameservers()
         if not servers:
             self.stats.drop("dns_no_nameserver")

@@ -23,8 +23,11 @@ import uvloop
 
 from netstack.api import commands as api_commands
 from netstack.api.server import ApiServer
+from netstack.directory.client import DirectoryClient
+from netstack.directory.view import View
 from netstack.forward.rules import ForwardRule, Forwards
 from netstack.host.datagrams import HostDatagram
+from netstack.host.dns_tcp import DnsOverTcp
 from netstack.host.listeners import TcpForwardListener, UdpForwardListener
 from netstack.host.resolvconf import ResolvConf
 from netstack.host.streams import HostTcpStream
@@ -34,6 +37,7 @@ from netstack.stack.config import DNS6, NetworkConfig, virtual_mac
 from netstack.stack.dispatch import Stack
 from netstack.stack.hostio import DatagramReceiver, HostAddr
 from netstack.stack.limits import Limits
+from netstack.stack.vips import DirectorySettings
 from netstack.tcp import fastpath
 from netstack.tcp.connection import TcpConnection
 from netstack.tcp.fastpath import PYTHON_WORK, FastPath, FlowPathError
@@ -58,13 +62,14 @@ class Runtime:
         outbound_addr: str | None = None,
         outbound_addr6: str | None = None,
         limits: Limits | None = None,
+        directory: DirectorySettings | None = None,
     ) -> None:
         self.config = config
         self.link = link
         self.resolv = ResolvConf(resolv_conf)
         self.epoll = select.epoll()
         self.handlers: dict[int, EventHandler] = {}
-        self.stack = Stack(config, link, self, limits=limits)
+        self.stack = Stack(config, link, self, limits=limits, directory=directory)
         self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
         self.rx_buf = bytearray(FRAME_BUFFER_SIZE)
         self._timer: asyncio.TimerHandle | None = None
@@ -73,6 +78,7 @@ class Runtime:
         self._stopping = False
         self.now = time.monotonic
         self.on_exit: list[Callable[[], None]] = []
+        self._dns_ips = (config.dns, DNS6)
         self.outbound: dict[int, str | None] = {
             socket.AF_INET: outbound_addr,
             socket.AF_INET6: outbound_addr6,
@@ -81,6 +87,10 @@ class Runtime:
         self.api: ApiServer | None = None
         self.started = time.monotonic()
         self.fastpath: FastPath | None = None
+        self.directory_client: DirectoryClient | None = None
+        # --directory: TCP to the DNS address ends here, to answer directory names
+        answers = self.stack.dns.directory
+        self.dns_over_tcp = DnsOverTcp(self.loop, answers, self.outbound) if answers else None
         # established TCP flows run in C (csrc/flow.c) unless NETSTACK_FASTPATH=0
         if (
             isinstance(link, TapLink)
@@ -107,6 +117,15 @@ class Runtime:
 
     # --------------------------------------------------------------- HostIO
     def connect_tcp(self, conn: TcpConnection, targets: list[HostAddr], now: float) -> HostStream:
+        f = conn.flow
+        if self.dns_over_tcp is not None and f.remote_port == 53 and f.remote_ip in self._dns_ips:
+            try:
+                host_end = self.dns_over_tcp.open(targets)
+            except OSError as e:
+                log.warning("dns over tcp: %s", e)
+                return HostTcpStream(self, conn, [])  # the guest is refused
+            self.soon(lambda: self.stack.tcp.host_connected(conn, True, 0, self.now()))
+            return HostTcpStream(self, conn, targets, accepted=host_end)
         return HostTcpStream(self, conn, targets)
 
     def open_udp(self, owner: DatagramReceiver, family_of: str) -> HostDatagram:
@@ -189,7 +208,44 @@ class Runtime:
             + (self.fastpath.frames_out() if self.fastpath is not None else 0),
             "uptime_seconds": api_commands.uptime(self.started),
             "fast_path": self.fastpath.snapshot() if self.fastpath is not None else None,
+            "directory": self._directory_stats(),
         }
+
+    def _directory_stats(self) -> dict[str, Any] | None:
+        """--directory: whether netstackd's watch is up, and what the view holds."""
+        client, vips = self.directory_client, self.stack.vips
+        if client is None or vips is None:
+            return None
+        view = client.view
+        return {
+            "watching": client.connected,
+            "services": len(view.services) if view is not None else 0,
+            "instances": sum(len(s.instances) for s in view.services) if view else 0,
+            "connects_waiting": len(vips.waiting),
+        }
+
+    # -------------------------------------------------------------- directory
+    def follow_directory(self, client: DirectoryClient) -> None:
+        """Keep client's watch open while the loop runs; each new view goes to the
+        connects that wait for one (the stack was built with client as its names)."""
+        self.directory_client = client
+        client.on_view = self._directory_view
+        client.start(self.loop)
+
+        def stop_client() -> None:
+            client.close()
+            self.loop.run_until_complete(asyncio.sleep(0))  # let the cancellations land
+
+        self.on_exit.append(stop_client)
+
+    def _directory_view(self, view: View) -> None:
+        if self.stack.vips is not None:
+            try:
+                self.stack.vips.view_changed(time.monotonic())
+            except LinkClosed:
+                self.stop(0)
+                return
+        self._reschedule()
 
     # ----------------------------------------------------------- registration
     def register(self, fd: int, events: int, handler: EventHandler) -> None:
@@ -413,6 +469,9 @@ class Runtime:
         return self.exit_code
 
     def shutdown(self) -> None:
+        if self.dns_over_tcp is not None:
+            self.dns_over_tcp.close()
+            self.loop.run_until_complete(asyncio.sleep(0))  # let the cancellations land
         for fn in self.on_exit:
             try:
                 fn()

@@ -25,6 +25,7 @@ from netstack.stack.policy import Policy
 from netstack.stack.reassembly import Reassembler
 from netstack.stack.stats import Stats
 from netstack.stack.timers import TimerQueue
+from netstack.stack.vips import DirectorySettings, VipRoutes
 from netstack.tcp.connection import TcpConnection
 from netstack.tcp.output import SegmentWriter
 from netstack.tcp.table import TcpTable
@@ -70,6 +71,7 @@ class Stack:
         host: HostIO,
         stats: Stats | None = None,
         limits: Limits | None = None,
+        directory: DirectorySettings | None = None,
     ) -> None:
         limits = limits or Limits()
         self.limits = limits
@@ -79,7 +81,9 @@ class Stack:
         self.stats = stats or Stats()
         self.timers = TimerQueue()
         self.output = GuestOutput(link, config, limits.icmp_errors_per_second)
-        self.policy = Policy(config, host.nameservers)
+        # directory VIPs (--directory): routed by the view, never forwarded as addresses
+        self.vips = VipRoutes(directory, self.stats, self.timers) if directory else None
+        self.policy = Policy(config, host.nameservers, self.vips)
         self.segments = SegmentWriter(link, config.gateway_mac)
         self.tcp = TcpTable(
             self.segments,
@@ -103,7 +107,12 @@ class Stack:
             idle_timeout=limits.udp_timeout,
         )
         self.dns = DnsForwarder(
-            host, self.output, self.stats, self.timers, max_queries=limits.max_dns_queries
+            host,
+            self.output,
+            self.stats,
+            self.timers,
+            max_queries=limits.max_dns_queries,
+            names=directory.names if directory else None,
         )
         self.ping = PingProxy(
             host, self.output, self.stats, self.timers, max_flows=limits.max_icmp_flows
@@ -281,6 +290,9 @@ class Stack:
             )
             self.stats.count("icmp_echo_answered")
             return
+        if self.policy.is_vip(ip.dst):
+            self.stats.drop("icmp_to_vip")
+            return
         if self.policy.tcp_target(ip.dst, 0) is None or ip.dst == cfg.dns:
             self.stats.drop("icmp_destination_dropped")
             return
@@ -368,6 +380,9 @@ class Stack:
                 eth_src, ip.dst, ip.src, icmpv6.TYPE_ECHO_REPLY, 0, bytes(body[4:])
             )
             self.stats.count("icmp_echo_answered")
+            return
+        if self.policy.is_vip(ip.dst):
+            self.stats.drop("icmp_to_vip")
             return
         if not isinstance(self.policy.tcp_target(ip.dst, 0), list):
             self.stats.drop("icmp_destination_dropped")

@@ -4,12 +4,16 @@ touches a host socket."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
+from netstack.directory.view import View
 from netstack.tcp.connection import TcpConnection
 from netstack.tcp.interfaces import HostStream
 
 HostAddr = tuple[str, int]
+# a directory name's (vip, vip6), packed; None when netstackd gave no answer
+Resolved = tuple[bytes, bytes] | None
 
 
 class DatagramReceiver(Protocol):
@@ -37,4 +41,22 @@ class HostIO(Protocol):
 
     def nameservers(self) -> list[str]:
         """The host resolver's nameservers, current as of at most a second ago."""
+        ...
+
+
+class DirectoryNames(Protocol):
+    """netstackd as the stack sees it (--directory): the newest view and `resolve`."""
+
+    @property
+    def view(self) -> View | None:
+        """The newest view from `watch`; None before the first one."""
+        ...
+
+    def resolve_then(self, name: str, done: Callable[[Resolved], None]) -> None:
+        """Ask netstackd to resolve name (reserving a VIP); done runs later, in the
+        loop, with the answer or None (unreachable, timed out, refused)."""
+        ...
+
+    def awaited(self, vip: bytes) -> bool:
+        """vip came from resolve, and no view has shown it yet."""
         ...

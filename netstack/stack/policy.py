@@ -7,6 +7,8 @@ Outbound (virtual -> host):
                          with --disable-dns, dropped (never forwarded anywhere)
   rest of the subnet, loopback, unspecified, multicast, broadcast, reserved
                       -> dropped
+  directory VIPs      -> TCP: the directory's instance (stack/vips.py); UDP, ICMP:
+                         dropped (with --directory only)
   anything else       -> itself
 Inbound (host -> virtual): 127.0.0.1 -> gateway, everything else unchanged.
 """
@@ -19,6 +21,7 @@ from collections.abc import Callable
 
 from netstack.stack.config import DNS6, HOST6, NetworkConfig
 from netstack.stack.hostio import HostAddr
+from netstack.stack.vips import VipRoutes, VipWait
 from netstack.tcp.interfaces import Refusal
 
 DNS_PORT = 53
@@ -55,9 +58,19 @@ def _ntop(ip: bytes) -> str:
 
 
 class Policy:
-    def __init__(self, config: NetworkConfig, nameservers: Callable[[], list[str]]) -> None:
+    def __init__(
+        self,
+        config: NetworkConfig,
+        nameservers: Callable[[], list[str]],
+        vips: VipRoutes | None = None,
+    ) -> None:
         self.config = config
         self.nameservers = nameservers
+        self.vips = vips
+
+    def is_vip(self, ip: bytes) -> bool:
+        """A directory VIP (--directory): never a host address."""
+        return self.vips is not None and self.vips.in_block(ip)
 
     def _virtual(self, ip: bytes, port: int) -> list[HostAddr] | Refusal | None | bool:
         """Common part: a decision, or False for "not a virtual address"."""
@@ -99,7 +112,9 @@ class Policy:
             return None
         return False
 
-    def tcp_target(self, ip: bytes, port: int) -> list[HostAddr] | Refusal | None:
+    def tcp_target(self, ip: bytes, port: int) -> list[HostAddr] | Refusal | VipWait | None:
+        if self.vips is not None and self.vips.in_block(ip):
+            return self.vips.tcp_target(ip, port)
         decision = self._virtual(ip, port)
         if decision is False:
             return [(_ntop(ip), port)]
@@ -108,6 +123,9 @@ class Policy:
 
     def udp_target(self, ip: bytes, port: int) -> HostAddr | Refusal | None:
         """DNS queries never come here (the forwarder takes them)."""
+        if self.vips is not None and self.vips.in_block(ip):
+            self.vips.dropped("udp_to_vip")
+            return None
         decision = self._virtual(ip, port)
         if decision is False:
             return (_ntop(ip), port)

@@ -40,6 +40,16 @@ class Refusal(enum.Enum):
     HOST_UNREACHABLE = "host_unreachable"
 
 
+class LaterTarget(Protocol):
+    """A destination decided after the guest's SYN (a directory VIP whose service has
+    no instance for the port yet): `then` arranges for decided(host addresses or a
+    refusal, now) to run once, later; the SYN stays unanswered meanwhile."""
+
+    def then(
+        self, decided: Callable[[list[tuple[str, int]] | Refusal, float], None], now: float
+    ) -> None: ...
+
+
 def refusal_for_errno(err: int) -> Refusal:
     if err == errno.ECONNREFUSED:
         return Refusal.RESET

@@ -11,7 +11,7 @@ from netstack.stack.stats import Stats
 from netstack.stack.timers import TimerQueue
 from netstack.tcp.connection import TcpConnection
 from netstack.tcp.fastpath import FastPath
-from netstack.tcp.interfaces import Guest, HostStream, Refusal, TcpState
+from netstack.tcp.interfaces import Guest, HostStream, LaterTarget, Refusal, TcpState
 from netstack.tcp.output import FlowAddrs, SegmentWriter
 from netstack.wire import tcp
 
@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 
 FlowKey = tuple[bytes, int, bytes, int]  # guest ip, guest port, remote ip, remote port
 
-# A host address to connect to (tried in order), a refusal, or None: drop silently.
-Target = list[tuple[str, int]] | Refusal | None
+# A host address to connect to (tried in order), a refusal, None: drop silently, or
+# a destination decided later (a directory VIP waiting for an instance).
+Target = list[tuple[str, int]] | Refusal | None | LaterTarget
 
 
 class HostConnector(Protocol):
@@ -132,8 +133,28 @@ class TcpTable:
         self.conns[key] = conn
         self.half_open[key] = conn
         self.stats.count("tcp_flows_opened")
-        conn.attach_host(self.connector.connect_tcp(conn, target, now))
+        if isinstance(target, list):
+            conn.attach_host(self.connector.connect_tcp(conn, target, now))
+        else:
+            target.then(lambda decided, when: self._decided_late(key, conn, decided, when), now)
         self.timers.touch(conn)
+
+    def _decided_late(
+        self,
+        key: FlowKey,
+        conn: TcpConnection,
+        target: list[tuple[str, int]] | Refusal,
+        now: float,
+    ) -> None:
+        """A destination decided after the SYN: connect, or refuse the guest."""
+        if self.conns.get(key) is not conn or conn.state is not TcpState.CONNECTING:
+            return  # the guest gave up, or the flow gave way meanwhile
+        if isinstance(target, Refusal):
+            self.stats.count("tcp_refused_" + target.value)
+            conn.refuse(target)
+        else:
+            conn.attach_host(self.connector.connect_tcp(conn, target, now))
+        self.after(conn)
 
     def open_to_guest(
         self, flow: FlowAddrs, make_host: Callable[[TcpConnection], HostStream], now: float

@@ -1,9 +1,11 @@
-"""DNS message header and question (RFC 1035). The stack forwards DNS, so it only
-needs the header (id, flags, counts) and, for logging, the first question's name."""
+"""DNS message header and question (RFC 1035). The stack forwards DNS, so it mostly
+needs the header (id, flags, counts) and the first question; for directory names
+(--directory) it also writes a short authoritative reply with address answers."""
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from netstack.wire import WireError
@@ -13,7 +15,29 @@ HEADER_LEN = 12
 PORT = 53
 
 FLAG_QR = 0x8000
+FLAG_AA = 0x0400
+FLAG_TC = 0x0200
+FLAG_RD = 0x0100
+FLAG_RA = 0x0080
+OPCODE_MASK = 0x7800
+RCODE_NOERROR = 0
 RCODE_SERVFAIL = 2
+RCODE_NXDOMAIN = 3
+
+TYPE_A = 1
+TYPE_AAAA = 28
+CLASS_IN = 1
+
+_QUESTION_TAIL = struct.Struct("!HH")  # qtype, qclass
+_ANSWER = struct.Struct("!HHHIH")  # name pointer, type, class, ttl, rdlength
+_POINTER_TO_QUESTION = 0xC000 | HEADER_LEN  # the first question's name
+
+
+class Question(NamedTuple):
+    name: str  # dotted, no trailing dot
+    qtype: int
+    qclass: int
+    end: int  # offset just past the question
 
 
 class DnsHeader(NamedTuple):
@@ -42,6 +66,36 @@ def emit(hdr: DnsHeader, buf: bytearray | memoryview, offset: int = 0) -> int:
 
 def question_name(buf: bytes | bytearray | memoryview) -> str:
     """The first question's name, dotted. Compression pointers are not allowed there."""
+    return _name(buf)[0]
+
+
+def question(buf: bytes | bytearray | memoryview) -> Question:
+    """The first question: name, type, class and where it ends."""
+    name, i = _name(buf)
+    if i + _QUESTION_TAIL.size > len(buf):
+        raise WireError("dns_question", "type and class run past the end")
+    qtype, qclass = _QUESTION_TAIL.unpack_from(buf, i)
+    return Question(name, qtype, qclass, i + _QUESTION_TAIL.size)
+
+
+def reply(
+    query: bytes | bytearray | memoryview,
+    q: Question,
+    rcode: int,
+    answers: Sequence[tuple[int, int, bytes]] = (),
+) -> bytes:
+    """An authoritative reply to query's first question: (type, ttl, rdata) answers
+    for the question's name, the query's id, opcode and RD echoed."""
+    hdr = parse(query)
+    flags = FLAG_QR | FLAG_AA | FLAG_RA | (hdr.flags & (OPCODE_MASK | FLAG_RD)) | rcode
+    out = bytearray(HEADER.pack(hdr.ident, flags, 1, len(answers), 0, 0))
+    out += bytes(query[HEADER_LEN : q.end])
+    for rtype, ttl, rdata in answers:
+        out += _ANSWER.pack(_POINTER_TO_QUESTION, rtype, CLASS_IN, ttl, len(rdata)) + rdata
+    return bytes(out)
+
+
+def _name(buf: bytes | bytearray | memoryview) -> tuple[str, int]:
     labels: list[str] = []
     i = HEADER_LEN
     while True:
@@ -49,7 +103,7 @@ def question_name(buf: bytes | bytearray | memoryview) -> str:
             raise WireError("dns_name", "runs past the end")
         n = buf[i]
         if n == 0:
-            return ".".join(labels)
+            return ".".join(labels), i + 1
         if n & 0xC0:
             raise WireError("dns_name", "pointer in question")
         if i + 1 + n > len(buf) or len(labels) >= 127:
