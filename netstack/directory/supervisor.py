@@ -494,6 +494,8 @@ class Supervisor:
             raise _Continue  # the container's own loopback, subnet, martians
         if isinstance(decision, Refusal):
             raise _Fail(_REFUSAL_ERRNO[decision])
+        if not isinstance(decision, list):
+            raise _Continue  # (VIPs of the TAP path: never here, our policy has none)
         self.stats["outbound_bypassed"] += 1
         self._bypass(c, n, copy, addr, decision[0], None)
 
