@@ -382,6 +382,7 @@ class Daemon:
         while True:
             await asyncio.sleep(SWEEP_S)
             try:
+                self.supervisor.interrupt_signalled()
                 self.supervisor.sweep()
             except Exception:
                 log.exception("sweep")

@@ -447,3 +447,35 @@ def test_a_socket_in_an_epoll_before_connect_still_completes(dw: DirectoryWorld)
     assert r.returncode == 0 and r.stdout.strip() == "hello", r.stderr
     assert dw.stats()["epoll_continued"] == before + 1  # carried by the TAP stack instead
     accepted(server)
+
+
+DEAF = """
+import signal, socket, sys
+s = socket.socket(); s.bind(("0.0.0.0", 9400)); s.listen()
+print("ready", flush=True)
+try:
+    s.accept()  # blocking, nobody comes: netstackd holds the call
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_a_caught_signal_ends_a_blocking_accept(dw: DirectoryWorld) -> None:
+    server = dw.spawn(PYTHON, "-c", DEAF, name="deaf")
+    assert line(server) == "ready"
+    dw.wait_served("deaf")
+    pid = int(wait_until(lambda: [i["pid"] for i in dw.api("list_instances")["entries"]
+                                  if i["name"] == "deaf"], 5, "the instance")[0])
+    before = dw.stats()["interrupted"]
+    wait_until(lambda: dw.stats()["containers_live"] and _in_accept(pid), 5, "accept()")
+    os.kill(pid, signal.SIGINT)
+    assert line(server) == "interrupted"
+    assert dw.stats()["interrupted"] == before + 1
+
+
+def _in_accept(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            return f.read().split()[0] in ("43", "288")
+    except (OSError, IndexError):
+        return False
