@@ -62,16 +62,34 @@ SIOCGSKNS = 0x894C
 MAX_IN_FLIGHT = 256  # async notifications per container (waiting connects, accepts)
 CONNECT_TIMEOUT_S = 75.0
 BOUND_GRACE_S = 300.0  # how long a bound, never listening socket is remembered
-_COPIED_OPTIONS = (
-    (socket.SOL_SOCKET, socket.SO_REUSEADDR),
-    (socket.SOL_SOCKET, socket.SO_REUSEPORT),
-    (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
-    (socket.IPPROTO_TCP, socket.TCP_NODELAY),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
-    (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+# Options a process may set before connect/bind that our host socket must carry:
+# (level, option, bytes to read or 0 for an int). Copied when the value differs from
+# a fresh socket's, so defaults (and buffer autotuning) stay the kernel's.
+_COPIED_OPTIONS: tuple[tuple[int, int, int], ...] = (
+    (socket.SOL_SOCKET, socket.SO_REUSEADDR, 0),
+    (socket.SOL_SOCKET, socket.SO_REUSEPORT, 0),
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0),
+    (socket.SOL_SOCKET, socket.SO_PRIORITY, 0),
+    (socket.SOL_SOCKET, socket.SO_RCVBUF, 0),
+    (socket.SOL_SOCKET, socket.SO_SNDBUF, 0),
+    (socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16),
+    (socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16),
+    (socket.SOL_SOCKET, socket.SO_LINGER, 8),
+    (socket.SOL_SOCKET, socket.SO_OOBINLINE, 0),
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY, 0),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 0),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 0),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 0),
+    (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 0),
+    (socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16),
+    (socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 0),
+    (socket.IPPROTO_TCP, socket.TCP_MAXSEG, 0),
 )
+_FAMILY_OPTIONS: dict[int, tuple[tuple[int, int, int], ...]] = {
+    socket.AF_INET: ((socket.IPPROTO_IP, socket.IP_TOS, 0),),
+    socket.AF_INET6: ((socket.IPPROTO_IPV6, socket.IPV6_TCLASS, 0),),
+}
+_DOUBLED = {(socket.SOL_SOCKET, socket.SO_RCVBUF), (socket.SOL_SOCKET, socket.SO_SNDBUF)}
 _REFUSAL_ERRNO = {
     Refusal.NET_UNREACHABLE: errno.ENETUNREACH,
     Refusal.HOST_UNREACHABLE: errno.EHOSTUNREACH,
@@ -227,20 +245,36 @@ def _caught_signal_pending(tid: int) -> bool:
     return bool(pending & masks.get("SigCgt", 0) & ~masks.get("SigBlk", 0) & ~SIGURG_BIT)
 
 
-def _copy_options(src: socket.socket, dst: socket.socket) -> None:
-    for level, opt in _COPIED_OPTIONS:
+_defaults: dict[int, dict[tuple[int, int], int | bytes]] = {}
+
+
+def _option_values(sock: socket.socket, options: tuple[tuple[int, int, int], ...]
+                   ) -> dict[tuple[int, int], int | bytes]:
+    values: dict[tuple[int, int], int | bytes] = {}
+    for level, opt, size in options:
         try:
-            value = src.getsockopt(level, opt)
-            if value:
-                dst.setsockopt(level, opt, value)
+            values[(level, opt)] = sock.getsockopt(level, opt, size) if size else \
+                sock.getsockopt(level, opt)
         except OSError:
             continue
-    try:
-        linger = src.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8)
-        if linger != bytes(8):
-            dst.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-    except OSError:
-        pass
+    return values
+
+
+def _copy_options(src: socket.socket, dst: socket.socket) -> None:
+    options = _COPIED_OPTIONS + _FAMILY_OPTIONS.get(src.family, ())
+    if src.family not in _defaults:
+        with socket.socket(src.family, socket.SOCK_STREAM) as fresh:
+            _defaults[src.family] = _option_values(fresh, options)
+    defaults = _defaults[src.family]
+    for key, value in _option_values(src, options).items():
+        if key in defaults and value == defaults[key]:
+            continue
+        if key in _DOUBLED and isinstance(value, int):
+            value //= 2  # the kernel doubles what it is given
+        try:
+            dst.setsockopt(key[0], key[1], value)
+        except OSError:
+            continue
 
 
 class _Watch:
