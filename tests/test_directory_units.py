@@ -194,3 +194,18 @@ def test_the_seccomp_profile_puts_our_rule_first() -> None:
     assert "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV" in profile.build(base, "/a", True)["flags"]
     with pytest.raises(ValueError):
         profile.build({**base, "listenerPath": "/other"}, "/a")
+
+
+def test_netstack_follows_the_per_user_netstackd_unless_told_not_to(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from netstack.cli import args
+
+    sock = Path(str(tmp_path)) / "netstackd.sock"
+    monkeypatch.setattr(args, "default_socket", lambda: str(sock))
+    assert args.parse(["1234", "tap0"]).directory is None  # no daemon: nothing changes
+    sock.touch()
+    assert args.parse(["1234", "tap0"]).directory == str(sock)
+    assert args.parse(["--directory=none", "1234", "tap0"]).directory is None
+    assert args.parse(["--directory=/x.sock", "1234", "tap0"]).directory == "/x.sock"

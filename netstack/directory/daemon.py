@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from netstack.directory import keeper, notify, oci
+from netstack.directory.paths import default_socket
 from netstack.directory.registry import Directory
 from netstack.directory.store import MemoryStore
 from netstack.directory.supervisor import Container, Kind, Supervisor
@@ -42,13 +43,6 @@ MAX_AGENT_CLIENTS = 64
 MAX_API_CLIENTS = 128
 MAX_WATCHERS = 256
 MAX_REQUEST = 65536
-
-
-def default_socket() -> str:
-    if os.geteuid() == 0:
-        return "/run/netstack/netstackd.sock"
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/netstack-{os.geteuid()}"
-    return os.path.join(runtime, "netstack", "netstackd.sock")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
