@@ -479,3 +479,38 @@ def _in_accept(pid: int) -> bool:
             return f.read().split()[0] in ("43", "288")
     except (OSError, IndexError):
         return False
+
+
+BY_NAME = """
+import socket, sys
+name, port = sys.argv[1], int(sys.argv[2])
+family = socket.AF_INET6 if len(sys.argv) > 3 else socket.AF_INET
+addr = socket.getaddrinfo(name, port, family, socket.SOCK_STREAM)[0][4]
+s = socket.create_connection((name, port), timeout=20)  # a timeout: nonblocking inside
+print(addr[0], s.getpeername()[0], s.recv(100).decode().split()[0])
+"""
+
+
+def test_names_resolve_through_the_stack_dns(dw: DirectoryWorld) -> None:
+    server = serve(dw, "named", 9500, count=3)
+    svc = dw.wait_served("named")
+    before = dw.stats()["bypassed_connects"]
+    for name in ("named", "named.netstack.internal", "NAMED.netstack.internal."):
+        r = dw.python(BY_NAME, name, "9500")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == [svc["vip"], svc["vip"], "hello"]
+        accepted(server)
+    assert dw.stats()["bypassed_connects"] == before + 3  # host sockets, not the TAP
+
+
+def test_a_nonblocking_connect_to_a_name_served_later_completes(dw: DirectoryWorld) -> None:
+    client = dw.spawn(PYTHON, "-c", BY_NAME, "latecomer", "9600")
+    before = dw.stats()["continued"]
+    wait_until(lambda: "latecomer" in dw.services(), 10, "the name to be resolved")
+    wait_until(lambda: dw.stats()["continued"] > before, 10, "the connect")
+    server = serve(dw, "latecomer", 9600)
+    out, err = client.communicate(timeout=30)
+    assert client.returncode == 0, err
+    vip_, peer, greeting = out.decode().split()
+    assert vip_ == peer == dw.services()["latecomer"]["vip"] and greeting == "hello"
+    accepted(server)
