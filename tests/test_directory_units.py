@@ -209,3 +209,32 @@ def test_netstack_follows_the_per_user_netstackd_unless_told_not_to(
     assert args.parse(["1234", "tap0"]).directory == str(sock)
     assert args.parse(["--directory=none", "1234", "tap0"]).directory is None
     assert args.parse(["--directory=/x.sock", "1234", "tap0"]).directory == "/x.sock"
+
+
+def test_root_of_a_rootless_user_namespace_follows_its_user_s_netstackd(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rootless podman starts netstack as uid 0 of the user's namespace (uid_map
+    "0 1001 1"): the default socket is the user's, under XDG_RUNTIME_DIR, not root's."""
+    import builtins
+    import io
+
+    from netstack.directory import paths
+
+    maps = {"initial": "         0          0 4294967295\n",
+            "rootless": "         0       1001          1\n         1     100000      65536\n"}
+    current = ["initial"]
+    real_open = builtins.open
+
+    def fake_open(path: object, *a: object, **kw: object) -> object:
+        if path == "/proc/self/uid_map":
+            return io.StringIO(maps[current[0]])
+        return real_open(path, *a, **kw)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(paths.os, "geteuid", lambda: 0)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1001")
+    assert paths.default_socket() == "/run/netstack/netstackd.sock"
+    current[0] = "rootless"
+    assert paths.default_socket() == "/run/user/1001/netstack/netstackd.sock"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert paths.default_socket() == "/tmp/netstack-1001/netstack/netstackd.sock"

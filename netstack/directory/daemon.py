@@ -124,6 +124,7 @@ class Daemon:
     def _connect_keeper(self) -> None:
         """Connect to the keeper (starting one if none runs) and take back what it
         holds from an earlier netstackd."""
+        os.makedirs(os.path.dirname(self.keeper_path) or ".", mode=0o700, exist_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.connect(self.keeper_path)
