@@ -843,7 +843,12 @@ class Supervisor:
             owner = next((x for x in self.containers.values()
                           if x.state.container == client.container), None)
             if owner is not None:
-                ip = owner.address(family, owner.state.pid)
+                # what the client's getsockname shows: an IPv4 client of a dual-stack
+                # server is ::ffff:10.0.2.100 there, not the container's IPv6 address
+                mine = client.peer.family if client.peer is not None else family
+                if family == socket.AF_INET:
+                    mine = socket.AF_INET
+                ip = owner.address(mine, owner.state.pid)
                 return sa.in_family(family, ip, peer[1])
         host = ipaddress.ip_address(peer[0].split("%")[0])
         return sa.in_family(family, host.packed, peer[1])
