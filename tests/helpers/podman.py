@@ -35,10 +35,12 @@ FALLBACK_SUBIDS = "400000:65536"  # only where useradd did not assign a range
 
 
 class RootlessPodman:
-    def __init__(self, netns: str, base: Path, netstack: str) -> None:
+    def __init__(self, netns: str, base: Path, netstack: str, run_dir: Path | None = None) -> None:
         self.netns = netns  # a path: /run/netns/NAME
         self.base = base
-        self.run_dir = base / "run"  # XDG_RUNTIME_DIR
+        # XDG_RUNTIME_DIR; under /run (as /run/user/UID is) when netstack, sandboxed
+        # (podman passes --enable-sandbox), must still reach sockets there
+        self.run_dir = run_dir or base / "run"
         self.netstack = netstack
         self.user = ensure_user(USER, FALLBACK_SUBIDS)
         self.usernses: set[int] = set()  # the user namespaces of this instance's pause process
@@ -70,8 +72,13 @@ class RootlessPodman:
             f'runroot = "{self.run_dir}/storage"\n'
         )
         chown_tree(self.base, self.user.pw_uid, self.user.pw_gid)
+        chown_tree(self.run_dir, self.user.pw_uid, self.user.pw_gid)
 
     def argv(self, *args: str) -> list[str]:
+        return self.as_user("podman", *args)
+
+    def as_user(self, *cmd: str) -> list[str]:
+        """CMD as the user, in the test's namespace, with this instance's environment."""
         return [
             "nsenter",
             f"--net={self.netns}",
@@ -86,8 +93,7 @@ class RootlessPodman:
             f"XDG_RUNTIME_DIR={self.run_dir}",
             f"XDG_CONFIG_HOME={self.base}/cfg",
             f"XDG_DATA_HOME={self.base}/data",
-            "podman",
-            *args,
+            *cmd,
         ]
 
     def __call__(
@@ -157,4 +163,5 @@ class RootlessPodman:
                     pass
             time.sleep(0.05)
         shutil.rmtree(self.base, ignore_errors=True)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
         self._restore.close()
