@@ -1,4 +1,11 @@
-"""Shared fixtures. End-to-end tests need root (namespaces, TAP devices)."""
+"""Shared fixtures. End-to-end tests need root (namespaces, TAP devices).
+
+Every test that drives a stack fails on an internal error: the dispatcher catches
+every exception (a bug must not take the stack down) and only counts it, so without
+this check a crash looks exactly like a drop. In-process stacks are checked through
+their Stats; a netstack process through its API stats (when it has an API socket)
+and its log.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,26 @@ from collections.abc import Iterator
 
 import pytest
 
+from netstack.stack.stats import Stats
 from tests.netns import World
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
+
+
+@pytest.fixture(autouse=True)
+def no_internal_errors(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Stats]]:
+    """Fail the test if any Stats made during it counted an internal error."""
+    made: list[Stats] = []
+    real_init = Stats.__init__
+
+    def init(self: Stats) -> None:
+        real_init(self)
+        made.append(self)
+
+    monkeypatch.setattr(Stats, "__init__", init)
+    yield made
+    errors = [s.drops["internal_error"] for s in made if s.drops["internal_error"]]
+    assert not errors, f"the stack counted internal errors {errors} (see the captured log)"
 
 
 @pytest.fixture
@@ -19,5 +43,6 @@ def world() -> Iterator[World]:
     w = World()
     try:
         yield w
+        w.assert_no_internal_errors()
     finally:
         w.close()

@@ -351,3 +351,12 @@ def test_ipv6_is_not_served_without_the_flag() -> None:
         / ICMPv6ND_RS()
     )
     assert rig.frames() == []
+    assert rig.stack.stats.drops["eth_not_for_us"] == 1  # no IPv6 multicast MAC is ours
+    # unicast to the gateway's MAC: the IPv6 ethertype itself is refused
+    rig.send(
+        Ether(src=GUEST_MAC, dst=GW_MAC)
+        / IPv6(src="fd00::100", dst="fd00::2")
+        / TCP(sport=40000, dport=80, flags="S")
+    )
+    assert rig.frames() == [] and rig.host.connects == []
+    assert rig.stack.stats.drops["ipv6_not_served"] == 1
