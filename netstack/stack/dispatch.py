@@ -9,6 +9,7 @@ in the virtual network.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -70,6 +71,7 @@ class Stack:
         host: HostIO,
         stats: Stats | None = None,
         limits: Limits | None = None,
+        clock: Callable[[], float] = time.monotonic,  # what rate limits read
     ) -> None:
         limits = limits or Limits()
         self.limits = limits
@@ -78,7 +80,7 @@ class Stack:
         self.host = host
         self.stats = stats or Stats()
         self.timers = TimerQueue()
-        self.output = GuestOutput(link, config, limits.icmp_errors_per_second)
+        self.output = GuestOutput(link, config, limits.icmp_errors_per_second, clock)
         self.policy = Policy(config, host.nameservers)
         self.segments = SegmentWriter(link, config.gateway_mac)
         self.tcp = TcpTable(
