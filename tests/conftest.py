@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from netstack.stack.stats import Stats
-from tests.netns import World
+from tests.netns import KNOBS, World
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
 
@@ -34,6 +34,14 @@ def no_internal_errors(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Stats]]
     yield made
     errors = [s.drops["internal_error"] for s in made if s.drops["internal_error"]]
     assert not errors, f"the stack counted internal errors {errors} (see the captured log)"
+
+
+@pytest.fixture(autouse=True)
+def no_inherited_knobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """netstack's developer knobs (NETSTACK_FASTPATH, ...) exported in the shell that
+    runs pytest change nothing: a test that wants one sets it."""
+    for name in KNOBS:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

@@ -38,7 +38,8 @@ HOST_UPLINK_IP6 = "2001:db8::1"
 
 # Developer knobs netstack reads from its environment. A test that does not set one
 # gets netstack's default, whatever the shell running pytest exported.
-KNOBS = ("NETSTACK_FASTPATH", "NETSTACK_VNET", "NETSTACK_DELACK_MS", "NETSTACK_PURE_PYTHON")
+KNOBS = ("NETSTACK_FASTPATH", "NETSTACK_VNET", "NETSTACK_DELACK_MS")
+IFF_VNET_HDR = 0x4000  # linux/if_tun.h, as /sys/class/net/<tap>/tun_flags shows it
 # What netstack logs when it catches a bug (dispatcher, host event handlers)
 INTERNAL_ERROR_LOGS = ("internal error", "handler failed", "client failed", "'internal_error'")
 
@@ -214,6 +215,22 @@ class World:
         reply = json.loads(data)
         assert "return" in reply, reply
         return reply["return"]
+
+    def assert_mode(self, vnet: bool, flows_in_c: bool) -> None:
+        """The variant ran as it says: the TAP has the virtio-net header (or not, as the
+        kernel reports it) and established flows ran in C (or C handled no frame)."""
+        r = self.in_guest("cat", "/sys/class/net/tap0/tun_flags")
+        assert r.returncode == 0, r.stderr
+        assert bool(int(r.stdout, 16) & IFF_VNET_HDR) is vnet, f"tun_flags {r.stdout}"
+        fast = self.api("get_stats")["fast_path"]
+        if flows_in_c:
+            assert fast is not None, "the C flow path is off"
+            assert fast["frames_from_guest_in_c"] > 0, fast
+            assert fast["frames_to_guest_from_c"] > 0, fast
+        else:
+            assert fast is None or (
+                fast["frames_from_guest_in_c"] == 0 and fast["frames_to_guest_from_c"] == 0
+            ), fast
 
     def assert_no_internal_errors(self) -> None:
         """netstack caught no bug: its API stats (while it runs) and its log say so."""
