@@ -21,6 +21,7 @@ def test_sandbox_and_seccomp(world: World, tmp_path: Path) -> None:
     api = str(tmp_path / "api.sock")
     world.start_netstack("--enable-sandbox", "--enable-seccomp", "--api-socket", api)
     assert world.netstack is not None
+    assert "WARNING: Support for seccomp is experimental" in world.log()  # as slirp4netns
     pid = world.netstack.pid
     assert sorted(os.listdir(f"/proc/{pid}/root")) == ["etc", "run"]
     status = dict(
