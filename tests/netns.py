@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,18 @@ KNOBS = ("NETSTACK_FASTPATH", "NETSTACK_VNET", "NETSTACK_DELACK_MS")
 IFF_VNET_HDR = 0x4000  # linux/if_tun.h, as /sys/class/net/<tap>/tun_flags shows it
 # What netstack logs when it catches a bug (dispatcher, host event handlers)
 INTERNAL_ERROR_LOGS = ("internal error", "handler failed", "client failed", "'internal_error'")
+
+
+def wait_until(
+    condition: Callable[[], object], timeout: float = 10, what: str = "condition"
+) -> None:
+    """Poll until condition() is true (every 20 ms); fail after timeout seconds. The
+    way tests wait: never a bare sleep standing in for an event."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
 
 
 def sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -192,7 +205,12 @@ class World:
                 if ready:
                     data = os.read(r, 16)
                     assert data == b"1", f"ready-fd gave {data!r}; log:\n{self.log()}"
-                    return time.monotonic() - t0
+                    took = time.monotonic() - t0
+                    # netstack closes the pipe just after the byte: once it has, its
+                    # open files are what it runs with (a baseline for fd counts)
+                    if select.select([r], [], [], 2)[0]:
+                        os.read(r, 16)
+                    return took
                 if self.netstack.poll() is not None:
                     raise AssertionError(
                         f"netstack exited {self.netstack.returncode}:\n{self.log()}"
