@@ -68,11 +68,17 @@ def test_registrations_per_owner_are_bounded() -> None:
     from netstack.directory.registry import Limits
 
     d = Directory(MemoryStore("198.18.0.0/16", "fd4e:5344::/64"),
-                  limits=Limits(instances_per_owner=2))
-    d.register(instance(cookie=1), now=0)
-    d.register(instance(cookie=2), now=0)
+                  limits=Limits(instances_per_owner=3, instances_per_container=2))
+    same_container = [instance(cookie=k) for k in (1, 2, 3)]
+    for inst in same_container:
+        inst.container = "c1"
+    d.register(same_container[0], now=0)
+    d.register(same_container[1], now=0)
     with pytest.raises(Refused):
-        d.register(instance(cookie=3), now=0)
+        d.register(same_container[2], now=0)  # a third in one container
+    d.register(instance(cookie=6), now=0)  # the owner's third, another container
+    with pytest.raises(Refused):
+        d.register(instance(cookie=7), now=0)  # the owner's fourth
     d.register(instance(name="other", cookie=4, owner=5), now=0)  # its own budget
 
 

@@ -886,13 +886,21 @@ class Supervisor:
         self._write(n, len_address, struct.pack("=i", len(data)))
 
     # -------------------------------------------------------------- upkeep
-    def sweep(self) -> None:
-        """Forget sockets that no longer exist; unregister closed listeners."""
-        alive = diag.tcp_cookies()
+    def sweep(self, full: bool) -> None:
+        """Unregister closed listeners (a dump of listening sockets only); with full,
+        also forget every other socket that no longer exists (a dump of all)."""
         now = time.time()
-        # a bound socket that does not listen yet is in no table sock_diag dumps
-        gone = [k for k, r in self.sockets.items() if k not in alive
-                and (r.kind != Kind.BOUND or now - r.since > BOUND_GRACE_S)]
+        if full:
+            alive = diag.tcp_cookies()
+            # a bound socket that does not listen yet is in no table sock_diag dumps
+            gone = [k for k, r in self.sockets.items() if k not in alive
+                    and (r.kind != Kind.BOUND or now - r.since > BOUND_GRACE_S)]
+        else:
+            if not self.directory.instances():
+                return
+            alive = diag.tcp_cookies(diag.LISTENING)
+            gone = [k for k, r in self.sockets.items()
+                    if r.kind == Kind.LISTENING and k not in alive]
         for cookie in gone:
             rec = self.sockets.pop(cookie)
             if rec.kind == Kind.LISTENING and self.directory.unregister(cookie, now):

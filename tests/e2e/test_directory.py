@@ -514,3 +514,69 @@ def test_a_nonblocking_connect_to_a_name_served_later_completes(dw: DirectoryWor
     vip_, peer, greeting = out.decode().split()
     assert vip_ == peer == dw.services()["latecomer"]["vip"] and greeting == "hello"
     accepted(server)
+
+
+LIFECYCLE = """
+import ctypes, errno, json, os, socket, subprocess, sys
+host, port = sys.argv[1], int(sys.argv[2])
+libc = ctypes.CDLL(None, use_errno=True)
+out = {}
+s = socket.create_connection((host, port))
+out["peer"] = s.getpeername()[:2]
+# exec: the socket crosses into a new program and is still the same socket to it
+fd = s.fileno()
+os.set_inheritable(fd, True)
+child = subprocess.run([sys.executable, "-c",
+                        "import json,socket,sys; s=socket.socket(fileno=int(sys.argv[1]));"
+                        "print(json.dumps(s.getpeername()[:2]))", str(fd)],
+                       pass_fds=(fd,), capture_output=True, text=True)
+out["exec_peer"] = json.loads(child.stdout)
+# close_range, then a new socket on the same number: nothing of the old one sticks
+number = s.detach()
+assert libc.syscall(436, number, number, 0) == 0  # close_range
+fresh = socket.socket()
+assert fresh.fileno() == number, (fresh.fileno(), number)
+try:
+    fresh.getpeername()
+    out["fresh"] = "connected?!"
+except OSError as e:
+    out["fresh"] = errno.errorcode[e.errno]
+print(json.dumps(out))
+"""
+
+
+def test_exec_and_close_range(dw: DirectoryWorld) -> None:
+    server = serve(dw, "lifecycle", 9700)
+    dw.wait_served("lifecycle")
+    v4, _ = vip(dw, "lifecycle")
+    r = dw.python(LIFECYCLE, v4, "9700")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out == {"peer": [v4, 9700], "exec_peer": [v4, 9700], "fresh": "ENOTCONN"}
+    accepted(server)
+
+
+CLOSER = """
+import socket, sys
+s = socket.socket(); s.bind(("0.0.0.0", 9800)); s.listen()
+print("ready", flush=True)
+sys.stdin.readline()
+s.close()
+print("closed", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_service_disappears_when_its_listening_socket_closes(dw: DirectoryWorld) -> None:
+    p = subprocess.Popen(dw.run_args(PYTHON, "-c", CLOSER, name="closer"),
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    dw.procs.append(p)
+    assert line(p) == "ready"
+    dw.wait_served("closer")
+    assert p.stdin is not None
+    p.stdin.write(b"close\n")
+    p.stdin.flush()
+    assert line(p) == "closed"
+    wait_until(lambda: dw.services()["closer"]["instances"] == 0, 1.0,
+               "the instance to go within a second")
+    assert p.poll() is None  # the process lives on; only its listener went
