@@ -335,4 +335,18 @@ def test_rootless_netstack_run_joins_the_same_directory(env: Env) -> None:
     server.send_signal(signal.SIGTERM)
     server.wait(10)
     until("files' instance to go", lambda: not env.instances("files"), timeout=2, fail=env.log)
-    assert process_gone(server.pid)
+    until("netstack-run's netstack to exit",
+          lambda: not env.podman.processes(f"{BIN}/netstack -c -r"), timeout=5)
+
+
+def test_netstackd_stops_cleanly_and_its_keeper_follows(env: Env) -> None:
+    """Last: with no container left, SIGTERM ends netstackd, its sockets go, and the
+    keeper it started (a session of its own) exits once nobody needs it."""
+    env.podman("rm", "-af", "-t", "0")
+    keepers = env.keepers()
+    assert keepers
+    assert env.daemon is not None
+    env.daemon.send_signal(signal.SIGTERM)
+    assert env.daemon.wait(10) == 0, env.log()
+    assert not env.socket.exists() and not (env.socket.parent / "agent.sock").exists()
+    until("the keeper to exit", lambda: all(process_gone(k) for k in keepers), timeout=5)
