@@ -211,6 +211,26 @@ def test_the_profile_traps_the_socket_calls_and_names_the_agent(env: Env) -> Non
     assert env.keepers(), "netstackd started no keeper"
 
 
+def test_killable_profile_needs_runc_1_2(env: Env) -> None:
+    """`seccomp-profile --killable` asks for SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
+    runc 1.1 takes no seccomp `flags` at all and says so (runc >= 1.2 runs it)."""
+    r = env.as_user(str(BIN / "netstackctl"), "-d", str(env.socket), "seccomp-profile",
+                    "--killable")
+    assert r.returncode == 0, r.stderr
+    killable = env.base / "killable.json"
+    killable.write_text(r.stdout)
+    os.chown(killable, env.podman.user.pw_uid, env.podman.user.pw_gid)
+    m = re.search(r"runc version (\d+)\.(\d+)", env.as_user("runc", "--version").stdout)
+    assert m
+    run = env.podman("run", "--rm", "--security-opt", f"seccomp={killable}",
+                     "--rootfs", str(env.rootfs), "true", check=False)  # fmt: skip
+    if (int(m.group(1)), int(m.group(2))) < (1, 2):
+        assert run.returncode != 0
+        assert "seccomp flags are not yet supported by runc" in run.stderr, run.stderr
+    else:
+        assert run.returncode == 0, run.stderr
+
+
 # Run in the client container: the served file by both forms of the name, the peer
 # address the server sees (by name, and by the A record: IPv4), the client's own ones.
 CLIENT = f"""
