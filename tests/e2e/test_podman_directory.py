@@ -70,6 +70,8 @@ class Env:
 
     # ------------------------------------------------------------- netstackd
     def start_daemon(self) -> None:
+        if self.daemon is not None:
+            self.procs.append(self.daemon)  # an earlier one: closed with the rest
         with open(self.base / "netstackd.log", "ab") as log:
             self.daemon = subprocess.Popen(
                 self.podman.as_user(str(BIN / "netstackd"), "--connect-wait", "8"),
@@ -412,6 +414,34 @@ def test_rootless_netstack_run_joins_the_same_directory(env: Env) -> None:
     until("files' instance to go", lambda: not env.instances("files"), timeout=2, fail=env.log)
     until("netstack-run's netstack to exit",
           lambda: not env.podman.processes(f"{BIN}/netstack -c -r"), timeout=5)
+
+
+def test_a_killed_netstackd_costs_a_pause(env: Env) -> None:
+    """SIGKILL netstackd while a podman container serves a name: the keeper holds the
+    container's listener and registration, the next netstackd takes them back, and the
+    same container is reached by name again, its data path never having moved."""
+    p = env.podman
+    cid = p("run", "-d", "--annotation", "io.netstack.name=steady",
+            "--security-opt", f"seccomp={env.profile}", "--rootfs", str(env.rootfs),
+            "httpd", "-f", "-p", str(WEB_PORT), "-h", "/www").stdout.strip()  # fmt: skip
+    try:
+        env.wait_served("steady")
+        (before,) = env.instances("steady")
+        assert env.daemon is not None
+        env.daemon.kill()
+        env.daemon.wait(10)
+        env.start_daemon()
+        until("steady to be taken back", lambda: bool(env.instances("steady")), fail=env.log)
+        (after,) = env.instances("steady")
+        assert after["container"] == cid
+        assert (after["host"], after["host_port"]) == (before["host"], before["host_port"])
+        assert "took back" in env.log()
+        r = p("run", "--rm", "--security-opt", f"seccomp={env.profile}",
+              "--rootfs", str(env.rootfs), "sh", "-c",
+              f"wget -q -O - http://steady:{WEB_PORT}/blob | sha256sum")  # fmt: skip
+        assert r.stdout.split()[0] == env.blob_sha, r.stderr
+    finally:
+        p("rm", "-f", "-t", "0", cid)
 
 
 def test_netstackd_stops_cleanly_and_its_keeper_follows(env: Env) -> None:
