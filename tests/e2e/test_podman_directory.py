@@ -323,6 +323,31 @@ def test_podman_containers_reach_a_name_over_host_sockets(env: Env) -> None:
     p("rm", "web")
 
 
+def test_an_unsupervised_container_reaches_a_name_through_the_stack(env: Env) -> None:
+    """No seccomp profile: netstack (following the user's netstackd) answers the name
+    and carries the connection on its TAP path to the instance's host socket."""
+    p = env.podman
+    cid = p("run", "-d", "--annotation", "io.netstack.name=tapweb",
+            "--security-opt", f"seccomp={env.profile}", "--rootfs", str(env.rootfs),
+            "httpd", "-f", "-p", str(WEB_PORT), "-h", "/www").stdout.strip()  # fmt: skip
+    try:
+        env.wait_served("tapweb")
+        before = env.api("stats")
+        r = p("run", "--rm", "--rootfs", str(env.rootfs), "sh", "-c",
+              f"wget -q -O - http://tapweb:{WEB_PORT}/blob | sha256sum; "
+              f"wget -q -O - http://tapweb:{WEB_PORT}/cgi-bin/peer")  # fmt: skip
+        sha, peer = r.stdout.split("\n")[:2]
+        assert sha.split()[0] == env.blob_sha, r.stderr
+        after = env.api("stats")
+        assert after["bypassed_connects"] == before["bypassed_connects"]  # not trapped
+        assert after["accepts"] >= before["accepts"] + 2  # the server's side still is
+        # the connection is netstack's own host socket, which netstackd cannot tie to a
+        # container: the server sees the host side (as with podman's rootlessport)
+        assert peer == "[::ffff:127.0.0.1]", r.stdout
+    finally:
+        p("rm", "-f", "-t", "0", cid)
+
+
 def test_start_order_does_not_matter_and_labels_are_the_firewall(env: Env) -> None:
     """A client container started before its server waits in connect (the name is
     reserved when its DNS asks: a name under the domain, as single labels nobody serves
