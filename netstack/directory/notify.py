@@ -120,16 +120,27 @@ def install_filter(program: bytes, flags: int) -> int:
     )
 
 
+NOTIF_SIZE = _NOTIF.size
+
+
 def recv(listener: int) -> Notification | None:
     """The next notification; None when there is none (EAGAIN) or its caller is gone."""
-    buf = bytearray(_NOTIF.size)
+    return recv_into(listener, bytearray(_NOTIF.size))
+
+
+def recv_into(listener: int, buf: bytearray | memoryview) -> Notification | None:
+    """RECV into buf (zeroed, NOTIF_SIZE bytes: shared memory, for instance)."""
     try:
         fcntl.ioctl(listener, IOCTL_NOTIF_RECV, buf, True)
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.EAGAIN, errno.EINTR):
             return None
         raise
-    nid, pid, _flags, nr, arch, _ip, *args = _NOTIF.unpack(buf)
+    return parse(bytes(buf))
+
+
+def parse(data: bytes) -> Notification:
+    nid, pid, _flags, nr, arch, _ip, *args = _NOTIF.unpack(data[:_NOTIF.size])
     return Notification(nid, pid, nr, arch, tuple(args))
 
 
