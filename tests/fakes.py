@@ -62,11 +62,14 @@ class FakeStream:
 
 
 class FakeSocket:
-    def __init__(self) -> None:
+    def __init__(self, send_errno: int | None = None) -> None:
         self.sent: list[tuple[bytes, HostAddr]] = []
         self.closed = False
+        self.send_errno = send_errno  # every sendto fails with it (no route...)
 
     def sendto(self, data: bytes | bytearray | memoryview, addr: HostAddr) -> None:
+        if self.send_errno:
+            raise OSError(self.send_errno, "fake sendto error")
         self.sent.append((bytes(data), addr))
 
     def close(self) -> None:
@@ -79,6 +82,7 @@ class FakeHost:
         self.udp: list[tuple[DatagramReceiver, FakeSocket]] = []
         self.servers = ["127.0.0.1"]
         self.ping_errno: int | None = None
+        self.send_errno: int | None = None  # sockets opened from now on fail every sendto
 
     def connect_tcp(self, conn: TcpConnection, targets: list[HostAddr], now: float) -> FakeStream:
         stream = FakeStream()
@@ -86,14 +90,17 @@ class FakeHost:
         return stream
 
     def open_udp(self, owner: DatagramReceiver, family_of: str) -> FakeSocket:
-        s = FakeSocket()
+        s = FakeSocket(self.send_errno)
         self.udp.append((owner, s))
         return s
+
+    def open_sockets(self) -> int:
+        return sum(not s.closed for _, s in self.udp)
 
     def open_ping(self, owner: DatagramReceiver, dst: str) -> FakeSocket:
         if self.ping_errno:
             raise OSError(self.ping_errno, "forbidden")
-        s = FakeSocket()
+        s = FakeSocket(self.send_errno)
         self.udp.append((owner, s))
         return s
 

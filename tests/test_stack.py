@@ -175,6 +175,57 @@ def test_dns_is_forwarded_with_failover_to_the_next_nameserver() -> None:
     assert rig.stack.dns.preferred == 1  # the next query starts with the one that answered
 
 
+def test_dns_query_whose_nameservers_all_fail_at_sendto_closes_its_sockets() -> None:
+    rig = Rig()
+    rig.host.servers = ["192.0.2.53", "2001:db8::53"]
+    rig.host.send_errno = errno.ENETUNREACH
+    for i in range(20):
+        query = bytes(DNS(id=i, qd=DNSQR(qname="a.test")))
+        rig.send(IP(src=GUEST, dst="10.0.2.3") / UDP(sport=3000 + i, dport=53) / query)
+    assert len(rig.host.udp) == 40 and rig.host.open_sockets() == 0
+    assert rig.stack.dns.queries == set()
+    assert rig.stack.stats.snapshot()["drops"]["dns_send_failed"] == 20
+
+
+def test_dns_failover_whose_next_nameserver_fails_at_sendto_closes_its_socket() -> None:
+    rig = Rig()
+    rig.host.servers = ["127.0.0.9", "192.0.2.53"]
+    query = bytes(DNS(id=5, qd=DNSQR(qname="a.test")))
+    rig.send(IP(src=GUEST, dst="10.0.2.3") / UDP(sport=3333, dport=53) / query)
+    rig.host.send_errno = errno.ENETUNREACH
+    rig.advance(forwarder.PER_SERVER_TIMEOUT + 0.01)
+    assert rig.host.open_sockets() == 0 and rig.stack.dns.queries == set()
+
+
+def test_udp_flow_whose_first_datagram_fails_closes_its_socket() -> None:
+    rig = Rig()
+    rig.host.send_errno = errno.ENETUNREACH
+    for i in range(10):
+        rig.send(IP(src=GUEST, dst="192.0.2.9") / UDP(sport=4000 + i, dport=9) / b"x")
+    assert len(rig.host.udp) == 10 and rig.host.open_sockets() == 0
+    assert rig.stack.udp.flows == {}
+
+
+def test_udp_flow_whose_later_datagram_fails_still_expires() -> None:
+    rig = Rig()
+    rig.send(IP(src=GUEST, dst="192.0.2.9") / UDP(sport=4000, dport=9) / b"x")
+    _, sock = rig.host.udp[0]
+    sock.send_errno = errno.ENETUNREACH
+    rig.send(IP(src=GUEST, dst="192.0.2.10") / UDP(sport=4000, dport=9) / b"x")
+    rig.advance(rig.stack.udp.idle_timeout + 1)
+    assert sock.closed and rig.stack.udp.flows == {}
+
+
+def test_ping_flow_whose_first_echo_fails_closes_its_socket() -> None:
+    rig = Rig()
+    rig.host.send_errno = errno.ENETUNREACH
+    for i in range(10):
+        rig.send(IP(src=GUEST, dst="192.0.2.9") / ICMP(type=8, id=i, seq=1) / b"abc")
+    assert len(rig.host.udp) == 10 and rig.host.open_sockets() == 0
+    assert rig.stack.ping.flows == {}
+    assert len(rig.frames()) == 10  # each echo got its "unreachable"
+
+
 def test_disabled_dns_drops_everything_to_the_dns_address() -> None:
     rig = Rig(NetworkConfig(dns_enabled=False))
     rig.send(IP(src=GUEST, dst="10.0.2.3") / UDP(sport=3333, dport=53) / b"q")

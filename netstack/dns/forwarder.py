@@ -63,6 +63,9 @@ class DnsQuery:
                 self.sock.sendto(self.query, (server, dns.PORT))
             except OSError as e:
                 log.info("dns: nameserver %s: %s", server, e)
+                if self.sock is not None:  # given up on: closed now, not by a later try
+                    self.sock.close()
+                    self.sock = None
                 continue
             self._deadline = now + PER_SERVER_TIMEOUT
             return True
