@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 from pathlib import Path
 
@@ -402,3 +403,37 @@ def test_ipv6_is_not_served_without_the_flag() -> None:
         / ICMPv6ND_RS()
     )
     assert rig.frames() == []
+
+
+def test_neighbour_table_learns_only_guest_addresses_caps_and_expires() -> None:
+    from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptDstLLAddr, IPv6
+
+    from netstack.stack import neighbours
+
+    rig = Rig(NetworkConfig(ipv6=True, cidr=ipaddress.IPv4Network("10.0.0.0/8")))
+    table = rig.stack.neighbours
+    # fd00::/64 and fe80::/64 may be the guest's; 2001:db8::/64 and fd00:1::/64 may not
+    for i in range(600):
+        src = ("fd00::", "fe80::", "2001:db8::", "fd00:1::")[i % 4] + f"{i + 16:x}"
+        rig.send(
+            Ether(src=GUEST_MAC, dst="33:33:ff:00:00:02")
+            / IPv6(src=src, dst="ff02::1:ff00:2", hlim=255)
+            / ICMPv6ND_NS(tgt="fe80::2")
+        )
+        rig.send(
+            Ether(src=GUEST_MAC, dst="52:56:00:00:00:02")
+            / IPv6(src="fd00::100", dst="fe80::2", hlim=255)
+            / ICMPv6ND_NA(tgt=src.replace("::", ":7::"), R=0, S=0, O=1)
+            / ICMPv6NDOptDstLLAddr(lladdr=GUEST_MAC)
+        )
+    # IPv4: --cidr /8 names 16M addresses; each ARP sender is learned, within the cap
+    for i in range(600):
+        rig.send(
+            Ether(src=GUEST_MAC, dst="ff:ff:ff:ff:ff:ff")
+            / ARP(op=1, hwsrc=GUEST_MAC, psrc=f"10.1.{i // 250}.{i % 250 + 1}", pdst="10.0.0.2")
+        )
+    assert len(table) == neighbours.MAX_NEIGHBOURS
+    assert all(table.may_hold(ip) for ip in table.entries)
+    assert table.mac_of(ipaddress.ip_address("2001:db8::10").packed) is None
+    rig.advance(neighbours.IDLE + 1)
+    assert len(table) == 0

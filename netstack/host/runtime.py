@@ -182,6 +182,7 @@ class Runtime:
                 "udp": len(self.stack.udp.flows),
                 "icmp": len(self.stack.ping.flows),
                 "dns_queries": len(self.stack.dns.queries),
+                "neighbours": len(self.stack.neighbours),
             },
             "forwards": len(self.forwards.rules),
             "frames_to_guest": self.stack.segments.frames_sent

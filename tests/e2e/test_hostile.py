@@ -444,3 +444,31 @@ def test_mutated_frames_of_every_kind_leave_the_stack_serving_at_its_baseline(
     assert flows["udp"] == flows["tcp"] == flows["dns_queries"] == 0
     assert after == base_fds + flows["icmp"]
     assert end_rss < base_rss + 16
+
+
+NEIGHBOUR_FRAMES = 200_000
+
+
+def test_a_flood_of_fresh_ipv6_neighbours_keeps_the_table_and_memory_bounded(
+    world: World, tmp_path: Path
+) -> None:
+    """Solicitations, advertisements and echoes each naming a fresh address, a third
+    of them outside what the guest may hold: the neighbour table stays capped."""
+    api = str(tmp_path / "api.sock")
+    world.start_netstack("-6", "--api-socket", api)
+    assert world.netstack is not None
+    pid = world.netstack.pid
+    time.sleep(0.3)
+    base_rss = rss_mib(pid)
+    sent = hostile(world, "neighbours", str(NEIGHBOUR_FRAMES), "5")
+    time.sleep(0.5)
+    stats = api_call(api, "get_stats")
+    end_rss = rss_mib(pid)
+    print(
+        f"\nneighbours: {sent} frames, {stats['events']['frames_from_guest']} received; "
+        f"table {stats['flows'].get('neighbours')}; RSS {base_rss:.1f} -> {end_rss:.1f} MiB"
+    )
+    assert stats["events"]["frames_from_guest"] > sent * 0.8
+    assert stats["flows"]["neighbours"] <= 256
+    assert end_rss < base_rss + 4
+    assert world.in_guest("ping", "-6", "-c", "1", "-W", "2", "fd00::2").returncode == 0

@@ -5,6 +5,7 @@ namespace. `python hostile.py KIND COUNT [SEED]`; prints how many frames it sent
   mutate    well-formed frames of every kind (ARP, IPv4/IPv6, TCP, UDP, ICMP, DHCP, NDP,
             fragments) with bits flipped, cut short or lying lengths (see `mutate`)
   dnsflood  UDP DNS queries to 10.0.2.3 from distinct source ports
+  neighbours IPv6 NDP and echoes, each naming a fresh address (see `neighbour_frames`)
   synflood  TCP SYNs to 10.0.2.2:PORT (argv[4]) from spoofed source ports
   udpflood  UDP datagrams from distinct source ports to 10.0.2.2:PORT (argv[4])
   pingflood ICMP echo requests to the gateway
@@ -229,6 +230,34 @@ def valid_frames(rng: random.Random) -> list[bytes]:
     ]
 
 
+def neighbour_frames(rng: random.Random, n: int) -> list[bytes]:
+    """Frames that each name a fresh IPv6 address: neighbour and router solicitations
+    from it, advertisements with it as target (in and out of the prefix), echoes from it."""
+    out: list[bytes] = []
+    router6 = socket.inet_pton(socket.AF_INET6, "fe80::2")
+    snm = socket.inet_pton(socket.AF_INET6, "ff02::1:ff00:2")
+    snm_mac = b"\x33\x33\xff\x00\x00\x02"
+    for i in range(n):
+        low = rng.getrandbits(64).to_bytes(8, "big")
+        prefix = (b"\xfd" + bytes(7), b"\xfe\x80" + bytes(6), b"\x20\x01\x0d\xb8" + bytes(4))
+        addr = prefix[i % 3] + low
+        k = i % 4
+        if k == 0:
+            ns = struct.pack("!BBHI16s", 135, 0, 0, 0, router6) + b"\x01\x01" + MY_MAC
+            out.append(v6_frame(58, ns, addr, snm, dst_mac=snm_mac))
+        elif k == 1:
+            rs = struct.pack("!BBHI", 133, 0, 0, 0) + b"\x01\x01" + MY_MAC
+            out.append(v6_frame(58, rs, addr, socket.inet_pton(socket.AF_INET6, "ff02::2"),
+                                dst_mac=b"\x33\x33\x00\x00\x00\x02"))  # fmt: skip
+        elif k == 2:
+            na = struct.pack("!BBHI16s", 136, 0, 0, 0x20000000, addr) + b"\x02\x01" + MY_MAC
+            out.append(v6_frame(58, na, prefix[0] + bytes(7) + b"\x64", router6))
+        else:
+            echo = struct.pack("!BBHHH", 128, 0, 0, 7, i & 0xFFFF) + b"y" * 8
+            out.append(v6_frame(58, echo, addr, router6))
+    return out
+
+
 def mutate(rng: random.Random, frame: bytes) -> bytes:
     """The frame with bits flipped, cut short, or a length field that lies."""
     f = bytearray(frame)
@@ -356,6 +385,9 @@ def main() -> None:
     elif kind == "mutate":
         rng = random.Random(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
         frames = mutated_frames(rng, count)
+    elif kind == "neighbours":
+        seed = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+        frames = neighbour_frames(random.Random(seed), count)
     elif kind == "dnsflood":  # UDP DNS queries to 10.0.2.3 from distinct source ports
         dnsq = b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01a\x04test\x00\x00\x01\x00\x01"
         frames = []
@@ -403,7 +435,7 @@ def main() -> None:
         raise SystemExit(f"unknown kind {kind}")
     # garbage is paced so the stack parses it all, not the ring
     # (each DNS query opens host sockets: slower to serve, so paced harder)
-    pace = {"garbage": 128, "mutate": 32, "dnsflood": 16}.get(kind, 0)
+    pace = {"garbage": 128, "mutate": 32, "dnsflood": 16, "neighbours": 64}.get(kind, 0)
     for i, f in enumerate(frames):
         if pace and i % pace == pace - 1:
             time.sleep(0.002)
