@@ -35,6 +35,7 @@ struct ns_flow {
     uint32_t seg_size;
     uint32_t our_mss;
     uint32_t window_advertised;
+    uint32_t rcv_adv;           /* right edge of the window advertised: nothing past it */
     int guest_wscale;
     int our_wscale;
     int ts_enabled;

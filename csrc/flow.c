@@ -108,7 +108,14 @@ static uint16_t window_field(struct ns_ctx *ctx, struct ns_flow *f, int fresh)
     }
     f->window_advertised = (uint32_t)window;
     int64_t field = window >> f->our_wscale;
-    return (uint16_t)(field > 0xffff ? 0xffff : field);
+    if (field > 0xffff)
+        field = 0xffff;
+    /* twin of TcpConnection.advertise: the right edge moves, never left */
+    int64_t room = (int32_t)(f->rcv_adv - f->rcv_nxt);
+    int64_t adv = field << f->our_wscale;
+    if (room < adv || room > ctx->window_max)
+        f->rcv_adv = f->rcv_nxt + (uint32_t)adv;
+    return (uint16_t)field;
 }
 
 static void send_ack(struct ns_ctx *ctx, struct ns_flow *f, double now)
@@ -433,6 +440,8 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
     uint32_t plen = (uint32_t)(l4_len - hlen);
     if (seq != f->rcv_nxt || seq_lt(f->snd_nxt, ack))
         return 0; /* out of order, a probe, or an ACK of what we never sent */
+    if ((int64_t)plen > (int32_t)(f->rcv_adv - f->rcv_nxt))
+        return 0; /* past the window we advertised: Python takes what fits */
     int progress = seq_lt(f->snd_una, ack);
     if (!progress) {
         if (ack != f->snd_una)

@@ -94,6 +94,7 @@ def path(request: pytest.FixtureRequest) -> Iterator[Path]:
     flow.guest_mac = GUEST_MAC
     flow.snd_una = flow.snd_nxt = 5000
     flow.rcv_nxt = flow.rcv_acked = 1000
+    flow.rcv_adv = 1000 + (1 << 20)  # the window Python advertised before handing it over
     flow.guest_window = 1 << 20
     flow.seg_size = flow.our_mss = 1460
     flow.rto = 0.2
@@ -165,6 +166,15 @@ def test_in_order_segments_reach_the_host_and_are_acknowledged(path: Path) -> No
     assert host_bytes(path, len(data)) == data
     assert acks_to_guest(path)[-1] == path.seq + len(data)
     assert path.flow.rcv_nxt == path.seq + len(data)
+
+
+def test_bytes_past_the_advertised_window_go_back_to_python(path: Path) -> None:
+    path.flow.rcv_adv = path.seq + 1500
+    first = segment(path.seq, path.ack, b"a" * 1000)
+    over = segment(path.seq + 1000, path.ack, b"b" * 1000)  # 500 bytes past the edge
+    assert run(path, [first, over]) == [len(over)]
+    assert host_bytes(path, 1000) == b"a" * 1000
+    assert path.flow.rcv_nxt == path.seq + 1000
 
 
 def test_what_c_does_not_take_goes_back_unchanged(path: Path) -> None:

@@ -404,6 +404,9 @@ class Stack:
         for fn in waiters or ():
             fn()
 
+    def count_drop(self, reason: str) -> None:
+        self.stats.drop(reason)
+
     def send_icmp_unreachable(self, code: int, quoted_ip_packet: bytes) -> None:
         v6 = quoted_ip_packet[0] >> 4 == 6
         guest_ip = quoted_ip_packet[8:24] if v6 else quoted_ip_packet[12:16]

@@ -53,6 +53,7 @@ _SHARED: tuple[tuple[str, type], ...] = (
     ("guest_window", int),
     ("ts_recent", int),
     ("window_advertised", int),
+    ("rcv_adv", int),
     ("retries", int),
     ("rto", float),
     ("acked_in_queue", int),
@@ -176,7 +177,7 @@ class FastPath:
         self._copy_back(conn, c)
         why, err = int(c.eject), int(c.err)
         if c.unsent_len:
-            conn.to_host.pending += self.ffi.buffer(c.unsent, c.unsent_len)
+            conn.to_host.queue(self.ffi.buffer(c.unsent, c.unsent_len))
         del self.held[int(c.slot)]
         self.lib.ns_flow_close(self.ctx, c)
         conn.fast = None
