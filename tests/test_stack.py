@@ -149,6 +149,48 @@ def test_overlapping_fragments_are_dropped() -> None:
     assert r.partials == {} and r.held == 0
 
 
+def _piece(r: Reassembler, ident: int, offset: int, data: bytes, more: bool = True) -> object:
+    from netstack.wire import ipv4
+
+    flags = "MF" if more else 0
+    raw = bytes(IP(src=GUEST, dst="192.0.2.9", id=ident, flags=flags, frag=offset // 8) / data)
+    return r.add(ipv4.parse(raw), memoryview(raw), 0.0)
+
+
+def test_empty_fragments_that_are_not_the_last_are_dropped() -> None:
+    r = Reassembler()
+    for i in range(100):
+        with pytest.raises(ValueError, match="empty"):
+            _piece(r, 7, 8 * i, b"")
+    assert r.partials == {} and r.held == 0
+
+
+def test_fragments_are_charged_an_overhead_and_capped_per_datagram() -> None:
+    from netstack.stack import reassembly
+
+    r = Reassembler()
+    for i in range(reassembly.MAX_PIECES):
+        _piece(r, 8, 8 * i, b"x" * 8)
+    assert r.held == reassembly.MAX_PIECES * (8 + reassembly.PIECE_OVERHEAD)
+    with pytest.raises(ValueError, match="full"):
+        _piece(r, 8, 8 * reassembly.MAX_PIECES, b"x" * 8)
+    assert r.partials == {} and r.held == 0
+
+
+def test_fragments_in_any_order_are_reassembled_in_order() -> None:
+    import random
+
+    r = Reassembler()
+    chunks = [bytes([65 + i]) * 8 for i in range(40)]
+    order = list(range(40))
+    random.Random(3).shuffle(order)
+    out = None
+    for i in order:
+        out = _piece(r, 9, 8 * i, chunks[i], more=i != 39)
+    assert isinstance(out, bytes) and out[20:] == b"".join(chunks)
+    assert r.partials == {} and r.held == 0
+
+
 def test_udp_to_disabled_gateway_gets_net_unreachable() -> None:
     rig = Rig(NetworkConfig(host_loopback=False))
     rig.send(IP(src=GUEST, dst="10.0.2.2") / UDP(sport=4000, dport=5000) / b"x")
