@@ -122,4 +122,5 @@ unsigned int ns_flow_hash(struct ns_ctx *ctx, const uint8_t *guest_ip, uint16_t 
                           const uint8_t *remote_ip, uint16_t remote_port);
 void ns_flow_flush(struct ns_ctx *ctx, struct ns_flow *flow, double now);
 long ns_rx(struct ns_ctx *ctx, double now, int max_frames);
+long ns_rx_flush(struct ns_ctx *ctx, double now);
 long ns_host_poll(struct ns_ctx *ctx, int epfd, double now);

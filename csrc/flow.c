@@ -528,6 +528,17 @@ long ns_rx(struct ns_ctx *ctx, double now, int max_frames)
     return ctx->nejects || ctx->ntimers ? NS_PYTHON_WORK : 0;
 }
 
+/* What ns_rx does when it stops at a drained TAP, for a reader that stops early (after
+ * a frame for Python): gathered bytes to the host, owed ACKs to the guest. Returns 0,
+ * NS_PYTHON_WORK or -errno as ns_rx does. */
+long ns_rx_flush(struct ns_ctx *ctx, double now)
+{
+    flush_dirty(ctx, now);
+    if (ctx->link_errno)
+        return -ctx->link_errno;
+    return ctx->nejects || ctx->ntimers ? NS_PYTHON_WORK : 0;
+}
+
 /* -------------------------------------------------------------- host socket events */
 
 /* Twin of TcpConnection.on_host_writable with nothing pending: a window update when

@@ -250,7 +250,10 @@ class Runtime:
                 stack.receive(buf, n, now)
                 frames += 1
                 if frames == FRAMES_PER_WAKEUP:
-                    break  # the reader fires again: the loop's other work gets a turn
+                    # the reader fires again if frames wait, but not for C's dirty flows:
+                    # their gathered bytes and owed ACKs go now, not at the next frame
+                    fast.rx_flush(now)
+                    break  # the loop's other work gets a turn
                 n = fast.rx(now)
             stack.end_of_batch(now)
             self._after_fast(fast, now)

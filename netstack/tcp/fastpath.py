@@ -223,6 +223,14 @@ class FastPath:
             raise FlowPathError(-n)
         return n
 
+    def rx_flush(self, now: float) -> None:
+        """A reader that stops before the TAP is drained: what C gathered goes to the
+        host and the ACKs it owes go out now (ns_rx does it only when drained). Raises
+        FlowPathError when the link failed."""
+        n = int(self.lib.ns_rx_flush(self.ctx, now))
+        if n < 0:
+            raise FlowPathError(-n)
+
     def frames_in(self) -> int:
         """Frames read from the TAP (those handed to Python included)."""
         return int(self.ctx.frames_in)
