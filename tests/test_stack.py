@@ -269,6 +269,35 @@ def test_ping_flow_whose_first_echo_fails_closes_its_socket() -> None:
     assert len(rig.frames()) == 10  # each echo got its "unreachable"
 
 
+def test_dns_replies_must_repeat_the_query_id_and_question() -> None:
+    rig = Rig()
+    query = bytes(DNS(id=5, qd=DNSQR(qname="a.test")))
+    rig.send(IP(src=GUEST, dst="10.0.2.3") / UDP(sport=3333, dport=53) / query)
+    owner, _ = rig.host.udp[0]
+    server = ("127.0.0.1", 53)
+    forged = [
+        bytes(DNS(id=6, qr=1, qd=DNSQR(qname="a.test"))),  # another ID
+        bytes(DNS(id=5, qr=1, qd=DNSQR(qname="b.test"))),  # another question
+        bytes(DNS(id=5, qr=1, qd=DNSQR(qname="a.test", qtype="AAAA"))),
+        bytes(DNS(id=5, qr=0, qd=DNSQR(qname="a.test"))),  # not a response
+        bytes(DNS(id=5, qr=1, qd=DNSQR(qname="a.test")))[:15],  # cut short
+        b"\x00\x05",
+    ]
+    for reply in forged:
+        owner.on_datagram(reply, server, rig.now)
+    assert rig.frames() == []
+    assert rig.stack.stats.snapshot()["drops"]["dns_reply_mismatch"] == len(forged)
+    owner.on_datagram(bytes(DNS(id=5, qr=1, qd=DNSQR(qname="A.Test"))), server, rig.now)
+    (reply,) = rig.frames()  # the real one still gets through (the case may differ)
+    assert reply[DNS].id == 5
+
+
+def test_nameservers_are_read_in_canonical_form() -> None:
+    text = "nameserver 2001:DB8:0:0::0053\nnameserver 010.1.2.3\nnameserver fe80::1%eth0\n"
+    text += "nameserver 2001:db8::53\n"
+    assert parse_nameservers(text) == ["2001:db8::53", "fe80::1"]
+
+
 def test_disabled_dns_drops_everything_to_the_dns_address() -> None:
     rig = Rig(NetworkConfig(dns_enabled=False))
     rig.send(IP(src=GUEST, dst="10.0.2.3") / UDP(sport=3333, dport=53) / b"q")

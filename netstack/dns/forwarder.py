@@ -1,6 +1,8 @@
 """DNS forwarder for UDP queries to the virtual DNS address, port 53.
 
 Each query gets its own host socket and goes to the nameserver that answered last;
+a reply counts only if it comes from a nameserver's port 53 and repeats the query's ID
+and question (anything else is dropped and counted, and the query waits on);
 without an answer within PER_SERVER_TIMEOUT it is sent to the next one, until every
 nameserver has been tried once. The answer comes back to the guest from the DNS
 address. The nameserver list is the host's resolv.conf, re-read when it changes
@@ -15,7 +17,7 @@ from netstack.stack.guest_output import GuestOutput
 from netstack.stack.hostio import DatagramSocket, HostAddr, HostIO
 from netstack.stack.stats import Stats
 from netstack.stack.timers import TimerQueue
-from netstack.wire import dns
+from netstack.wire import WireError, dns
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ class DnsQuery:
         self.guest_ip = guest_ip
         self.guest_port = guest_port
         self.query = query
+        self.ident = int.from_bytes(query[:2], "big")
+        self.question = dns.question_key(query)  # raises WireError on a mangled one
         self.servers = servers
         self.tried = 0
         self.dns_ip = fwd.output.config.dns  # the address the guest asked (set by the forwarder)
@@ -82,6 +86,18 @@ class DnsQuery:
         if addr[0] not in self.servers or addr[1] != dns.PORT:
             self.fwd.stats.drop("dns_reply_foreign")
             return
+        try:
+            hdr = dns.parse(data)
+            matches = (
+                hdr.ident == self.ident
+                and hdr.is_response
+                and dns.question_key(data) == self.question
+            )
+        except WireError:
+            matches = False
+        if not matches:
+            self.fwd.stats.drop("dns_reply_mismatch")
+            return
         self.fwd.preferred = self.servers.index(addr[0])
         self.fwd.output.send_udp(
             self.guest_mac, self.dns_ip, dns.PORT, self.guest_ip, self.guest_port, data
@@ -123,6 +139,11 @@ class DnsForwarder:
             return
         if hdr.is_response:
             self.stats.drop("dns_not_a_query")
+            return
+        try:
+            dns.question_key(payload)
+        except WireError:
+            self.stats.drop("dns_malformed")
             return
         servers = self.host.nameservers()
         if not servers:

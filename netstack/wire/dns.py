@@ -1,5 +1,6 @@
 """DNS message header and question (RFC 1035). The stack forwards DNS, so it only
-needs the header (id, flags, counts) and, for logging, the first question's name."""
+needs the header (id, flags, counts), the first question (to match a reply to its
+query) and, for logging, that question's name."""
 
 from __future__ import annotations
 
@@ -56,3 +57,26 @@ def question_name(buf: bytes | bytearray | memoryview) -> str:
             raise WireError("dns_name", "label runs past the end")
         labels.append(bytes(buf[i + 1 : i + 1 + n]).decode("ascii", "replace"))
         i += 1 + n
+
+
+def question_key(buf: bytes | bytearray | memoryview) -> bytes:
+    """The first question as a key a reply must repeat: its name lowercased (servers
+    may echo a 0x20-mixed case either way), then type and class. b"" when the message
+    has no question."""
+    if len(buf) < HEADER_LEN:
+        raise WireError("dns_short", f"{len(buf)} bytes")
+    if not HEADER.unpack_from(buf)[2]:
+        return b""
+    i = HEADER_LEN
+    while True:
+        if i >= len(buf):
+            raise WireError("dns_name", "runs past the end")
+        n = buf[i]
+        if n == 0:
+            break
+        if n & 0xC0:
+            raise WireError("dns_name", "pointer in question")
+        i += 1 + n
+    if i + 5 > len(buf):
+        raise WireError("dns_question", "type and class run past the end")
+    return bytes(buf[HEADER_LEN : i + 1]).lower() + bytes(buf[i + 1 : i + 5])
