@@ -81,6 +81,7 @@ class FakeHost:
         self.connects: list[tuple[TcpConnection, list[HostAddr], FakeStream]] = []
         self.udp: list[tuple[DatagramReceiver, FakeSocket]] = []
         self.servers = ["127.0.0.1"]
+        self.host_addresses = {bytes([192, 0, 2, 1])}  # the host's own IPv4 addresses
         self.ping_errno: int | None = None
         self.send_errno: int | None = None  # sockets opened from now on fail every sendto
 
@@ -106,6 +107,9 @@ class FakeHost:
 
     def nameservers(self) -> list[str]:
         return self.servers
+
+    def is_host_address(self, ip: bytes) -> bool:
+        return ip in self.host_addresses
 
 
 class Rig:

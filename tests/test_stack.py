@@ -508,3 +508,35 @@ def test_neighbour_table_learns_only_guest_addresses_caps_and_expires() -> None:
     assert table.mac_of(ipaddress.ip_address("2001:db8::10").packed) is None
     rig.advance(neighbours.IDLE + 1)
     assert len(table) == 0
+
+
+@pytest.mark.parametrize(
+    "dst,allowed,allowed_without_host_loopback",
+    [
+        ("64:ff9b::7f00:1", False, False),  # NAT64 of 127.0.0.1
+        ("64:ff9b::c000:201", False, False),  # NAT64 of the host's own 192.0.2.1
+        ("64:ff9b::a00:202", False, False),  # NAT64 of the gateway 10.0.2.2
+        ("64:ff9b:1:7f00:0:100::", False, False),  # local-use NAT64 of 127.0.0.1
+        ("2002:7f00:1::1", False, False),  # 6to4 of 127.0.0.1
+        ("2002:c000:201::1", False, False),  # 6to4 of the host's own address
+        ("::ffff:0:127.0.0.1", False, False),  # SIIT, IPv4-translated
+        ("2001:0:7f00:1::", False, False),  # Teredo, server 127.0.0.1
+        ("2001:0:c000:209::80ff:fffe", False, False),  # Teredo, client 127.0.0.1
+        ("64:ff9b::c000:209", True, False),  # NAT64 of an ordinary address
+        ("2002:c000:209::1", True, False),
+        ("2001:db8::9", True, True),  # no IPv4 inside
+    ],
+)
+def test_ipv6_destinations_with_ipv4_inside(
+    dst: str, allowed: bool, allowed_without_host_loopback: bool
+) -> None:
+    from scapy.layers.inet6 import IPv6
+
+    for host_loopback, expect in ((True, allowed), (False, allowed_without_host_loopback)):
+        rig = Rig(NetworkConfig(ipv6=True, host_loopback=host_loopback))
+        rig.send(IPv6(src="fd00::100", dst=dst) / TCP(sport=4000, dport=80, flags="S"))
+        rig.send(IPv6(src="fd00::100", dst=dst) / UDP(sport=4000, dport=80) / b"x")
+        reached = [t for _, t, _ in rig.host.connects] + [s.sent for _, s in rig.host.udp]
+        assert bool(reached) == expect, (dst, host_loopback, reached)
+        if expect:
+            assert len(rig.host.connects) == 1 and len(rig.host.udp) == 1

@@ -121,6 +121,15 @@ class Runtime:
     def nameservers(self) -> list[str]:
         return self.resolv.servers()
 
+    def is_host_address(self, ip: bytes) -> bool:
+        """Whether ip is local here: binding to a non-local address fails."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((socket.inet_ntoa(ip), 0))
+            except OSError:
+                return False
+        return True
+
     def bind_outbound(self, sock: socket.socket, family: int) -> None:
         """Bind an outgoing socket to --outbound-addr / --outbound-addr6."""
         addr = self.outbound.get(family)

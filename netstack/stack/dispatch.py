@@ -81,7 +81,7 @@ class Stack:
         self.stats = stats or Stats()
         self.timers = TimerQueue()
         self.output = GuestOutput(link, config, limits.icmp_errors_per_second)
-        self.policy = Policy(config, host.nameservers)
+        self.policy = Policy(config, host.nameservers, host.is_host_address)
         self.segments = SegmentWriter(link, config.gateway_mac)
         self.tcp = TcpTable(
             self.segments,

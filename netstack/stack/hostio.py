@@ -38,3 +38,7 @@ class HostIO(Protocol):
     def nameservers(self) -> list[str]:
         """The host resolver's nameservers, current as of at most a second ago."""
         ...
+
+    def is_host_address(self, ip: bytes) -> bool:
+        """Whether ip (IPv4) is one of the host's own addresses."""
+        ...

@@ -294,7 +294,8 @@ def mutated_frames(rng: random.Random, n: int) -> list[bytes]:
 def v6_loopback_frames(count: int) -> list[bytes]:
     """IPv6 packets from the guest's own address to loopback in every disguise."""
     src = socket.inet_pton(socket.AF_INET6, guest_v6())
-    dsts = ["::1", "::", "::ffff:127.0.0.1", "::127.0.0.1", "fd00::2", "fe80::2", "fd00::7"]
+    dsts = ["::1", "::", "::ffff:127.0.0.1", "::127.0.0.1", "fd00::2", "fe80::2", "fd00::7",
+            "64:ff9b::127.0.0.1", "2002:7f00:1::1", "::ffff:0:127.0.0.1"]  # fmt: skip
     out = []
     for i in range(count):
         dst = socket.inet_pton(socket.AF_INET6, dsts[i % len(dsts)])
