@@ -472,3 +472,36 @@ def test_a_flood_of_fresh_ipv6_neighbours_keeps_the_table_and_memory_bounded(
     assert stats["flows"]["neighbours"] <= 256
     assert end_rss < base_rss + 4
     assert world.in_guest("ping", "-6", "-c", "1", "-W", "2", "fd00::2").returncode == 0
+
+
+def test_a_guest_pushing_past_a_closed_window_gets_nothing_taken(
+    world: World, tmp_path: Path
+) -> None:
+    """16 raw connections to a host peer that accepts and never reads, each pushing
+    2 MiB in order whatever the window: the stack takes at most the window it
+    advertised (what the host socket takes, then 64 KiB of slack), not megabytes per
+    flow. The host's TCP send buffers are kept small (128 KiB) so that the window
+    closes early."""
+    world.in_host("sysctl", "-qw", "net.ipv4.tcp_wmem=4096 16384 131072")
+    world.server("host", "stall", "9200", "127.0.0.1")
+    api = str(tmp_path / "api.sock")
+    world.start_netstack("--api-socket", api)
+    assert world.netstack is not None
+    pid = world.netstack.pid
+    time.sleep(0.3)
+    base_rss = rss_mib(pid)
+    sent = hostile(world, "overrun", "16", "9200", str(2 * MiB))
+    time.sleep(0.5)
+    end_rss = rss_mib(pid)
+    stats = api_call(api, "get_stats")
+    taken = [c["bytes_from_guest"] for c in api_call(api, "list_connections")["connections"]]
+    print(
+        f"\noverrun: {sent} segments of 1400 bytes on 16 flows; beyond the window: "
+        f"{stats['drops'].get('tcp_beyond_window', 0)}; taken per flow {min(taken)} to "
+        f"{max(taken)} bytes; RSS {base_rss:.1f} -> {end_rss:.1f} MiB"
+    )
+    assert len(taken) == 16 and stats["drops"].get("tcp_beyond_window", 0) >= 16
+    # what the host sockets hold (the peer's receive buffer, our send buffer) plus the
+    # 64 KiB slack
+    assert max(taken) < 512 * 1024
+    assert end_rss < base_rss + 8

@@ -10,6 +10,8 @@ namespace. `python hostile.py KIND COUNT [SEED]`; prints how many frames it sent
   udpflood  UDP datagrams from distinct source ports to 10.0.2.2:PORT (argv[4])
   pingflood ICMP echo requests to the gateway
   v6loopback IPv6 SYNs and UDP to ::1, ::, ::ffff:127.0.0.1, fd00::2, fe80::2 port 22
+  overrun   raw connections from a spoofed in-network address to 10.0.2.2:PORT that
+            push bytes in order whatever the window (see `overrun`)
   inflow    odd segments inside a live connection to 10.0.2.2:PORT (argv[3]): its
             ports and numbers are read off the guest's own frames (see `inflow_frames`)
 """
@@ -373,6 +375,52 @@ def inflow_frames(port: int, sport: int, seq: int, ack: int, window: int) -> lis
     ]
 
 
+SPOOFED_IP = socket.inet_aton("10.0.2.77")  # in the network, not the guest kernel's
+
+
+def overrun(sock: socket.socket, port: int, flows: int, per_flow: int) -> int:
+    """Raw connections to 10.0.2.2:port from SPOOFED_IP (the guest kernel drops what
+    comes back to that address, so it never resets them), each pushing per_flow bytes
+    in order whatever window the stack advertises. Returns the segments sent."""
+    rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    rx.bind(("tap0", 0))
+    rx.settimeout(5)
+    seqs: dict[int, int] = {}
+    acks: dict[int, int] = {}
+    for i in range(flows):
+        sport = 30000 + i
+        seqs[sport] = 1000 + i * 10_000_000
+        syn = tcp_header(sport, port, seqs[sport], 0, 0x02, b"\x02\x04\x05\xb4")
+        sock.send(eth(ip_header(6, len(syn), src=SPOOFED_IP) + syn))
+        deadline = time.monotonic() + 5
+        while sport not in acks and time.monotonic() < deadline:
+            frame = rx.recv(65535)
+            ip = frame[14:]
+            if frame[12:14] != b"\x08\x00" or ip[9] != 6 or ip[16:20] != SPOOFED_IP:
+                continue
+            t = ip[(ip[0] & 0xF) * 4 :]
+            src_port, dst_port, seq = struct.unpack_from("!HHI", t)
+            if src_port == port and dst_port == sport and t[13] & 0x12 == 0x12:
+                acks[sport] = (seq + 1) & 0xFFFFFFFF
+        if sport not in acks:
+            raise SystemExit(f"no SYN-ACK for port {sport}")
+        seqs[sport] += 1
+        ack = tcp_header(sport, port, seqs[sport], acks[sport], 0x10)
+        sock.send(eth(ip_header(6, len(ack), src=SPOOFED_IP) + ack))
+    rx.close()
+    chunk = b"o" * 1400
+    sent = 0
+    for _ in range(per_flow // len(chunk)):
+        for sport in seqs:
+            t = tcp_header(sport, port, seqs[sport], acks[sport], 0x18)
+            sock.send(eth(ip_header(6, len(t) + len(chunk), src=SPOOFED_IP) + t + chunk))
+            seqs[sport] = (seqs[sport] + len(chunk)) & 0xFFFFFFFF
+            sent += 1
+            if sent % 32 == 0:
+                time.sleep(0.002)  # paced: the stack reads them, not the TAP queue's overflow
+    return sent
+
+
 def main() -> None:
     kind, count = sys.argv[1], int(sys.argv[2])
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
@@ -397,6 +445,9 @@ def main() -> None:
             u = struct.pack("!HHHH", 1024 + i % 64000, 53, 8 + len(q), 0) + q
             frames.append(eth(ip_header(17, len(u), dst=socket.inet_aton("10.0.2.3")) + u,
                               dst=DNS_MAC))  # fmt: skip
+    elif kind == "overrun":  # overrun FLOWS PORT BYTES_PER_FLOW
+        print(overrun(s, int(sys.argv[3]), count, int(sys.argv[4])))
+        return
     elif kind == "synflood":
         port = int(sys.argv[3])
         frames = [
