@@ -41,22 +41,29 @@ def emit(hdr: DnsHeader, buf: bytearray | memoryview, offset: int = 0) -> int:
     return HEADER_LEN
 
 
-def question_name(buf: bytes | bytearray | memoryview) -> str:
-    """The first question's name, dotted. Compression pointers are not allowed there."""
-    labels: list[str] = []
+def _question_labels(buf: bytes | bytearray | memoryview) -> tuple[list[bytes], int]:
+    """The first question's name as labels, and the offset of its closing zero byte.
+    Compression pointers are not allowed there."""
+    labels: list[bytes] = []
     i = HEADER_LEN
     while True:
         if i >= len(buf):
             raise WireError("dns_name", "runs past the end")
         n = buf[i]
         if n == 0:
-            return ".".join(labels)
+            return labels, i
         if n & 0xC0:
             raise WireError("dns_name", "pointer in question")
         if i + 1 + n > len(buf) or len(labels) >= 127:
             raise WireError("dns_name", "label runs past the end")
-        labels.append(bytes(buf[i + 1 : i + 1 + n]).decode("ascii", "replace"))
+        labels.append(bytes(buf[i + 1 : i + 1 + n]))
         i += 1 + n
+
+
+def question_name(buf: bytes | bytearray | memoryview) -> str:
+    """The first question's name, dotted."""
+    labels, _ = _question_labels(buf)
+    return ".".join(label.decode("ascii", "replace") for label in labels)
 
 
 def question_key(buf: bytes | bytearray | memoryview) -> bytes:
@@ -67,16 +74,7 @@ def question_key(buf: bytes | bytearray | memoryview) -> bytes:
         raise WireError("dns_short", f"{len(buf)} bytes")
     if not HEADER.unpack_from(buf)[2]:
         return b""
-    i = HEADER_LEN
-    while True:
-        if i >= len(buf):
-            raise WireError("dns_name", "runs past the end")
-        n = buf[i]
-        if n == 0:
-            break
-        if n & 0xC0:
-            raise WireError("dns_name", "pointer in question")
-        i += 1 + n
-    if i + 5 > len(buf):
+    _, end = _question_labels(buf)
+    if end + 5 > len(buf):
         raise WireError("dns_question", "type and class run past the end")
-    return bytes(buf[HEADER_LEN : i + 1]).lower() + bytes(buf[i + 1 : i + 5])
+    return bytes(buf[HEADER_LEN : end + 1]).lower() + bytes(buf[end + 1 : end + 5])
