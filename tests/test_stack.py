@@ -540,3 +540,30 @@ def test_ipv6_destinations_with_ipv4_inside(
         assert bool(reached) == expect, (dst, host_loopback, reached)
         if expect:
             assert len(rig.host.connects) == 1 and len(rig.host.udp) == 1
+
+
+def test_tcp_connect_whose_outbound_bind_fails_closes_its_socket() -> None:
+    """--outbound-addr names an address the host no longer has: bind raises; the
+    socket is closed and the failure reported, for every target."""
+    from netstack.host.streams import HostTcpStream
+
+    class NoBindRuntime:
+        def __init__(self) -> None:
+            self.reported: list[tuple[object, ...]] = []
+
+        def bind_outbound(self, sock: object, family: int) -> None:
+            raise OSError(errno.EADDRNOTAVAIL, "gone")
+
+        def register(self, fd: int, events: int, handler: object) -> None:
+            raise AssertionError("nothing to register")
+
+        def soon(self, fn: object, *args: object) -> None:
+            self.reported.append(args)
+
+    rt = NoBindRuntime()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        stream = HostTcpStream(rt, None, [("192.0.2.9", 80), ("2001:db8::9", 80)])  # type: ignore[arg-type]
+        assert stream.sock is None
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert rt.reported == [(errno.EADDRNOTAVAIL,)] * 50
