@@ -547,13 +547,14 @@ static void host_writable(struct ns_ctx *ctx, struct ns_flow *f, double now)
 {
     if (f->window_advertised >= ctx->window_max / 2)
         return;
-    uint32_t before = f->window_advertised;
+    uint32_t before = f->window_advertised, edge_before = f->rcv_adv;
     uint16_t field = window_field(ctx, f, 1);
     if (f->window_advertised >= 2 * (uint64_t)before + f->our_mss) {
         emit(ctx, f, F_ACK, field, 0, now);
         f->ack_needed = 0;
     } else {
         f->window_advertised = before; /* nothing was advertised */
+        f->rcv_adv = edge_before;
     }
 }
 
