@@ -1,0 +1,108 @@
+"""Test clients, run inside a test namespace: `python clients.py KIND [ARGS]`.
+
+  get HOST PORT PATH             HTTP/1.0 GET on a blocking socket; prints the body's
+                                 "sha256hex length"
+  epoll-first HOST PORT PATH S   a C-style event loop: nonblocking socket registered with
+                                 epoll *before* connect, then wait up to S seconds for
+                                 EPOLLOUT; prints one JSON line (see epoll_first)
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import select
+import socket
+import sys
+import time
+
+
+def request(path: str) -> bytes:
+    return f"GET {path} HTTP/1.0\r\nHost: web\r\n\r\n".encode()
+
+
+def body(response: bytes) -> bytes:
+    head, sep, rest = response.partition(b"\r\n\r\n")
+    if not sep or b" 200 " not in head.split(b"\r\n", 1)[0] + b" ":
+        raise SystemExit(f"bad response: {response[:80]!r}")
+    return rest
+
+
+def digest(data: bytes) -> str:
+    return f"{hashlib.sha256(data).hexdigest()} {len(data)}"
+
+
+def read_all(s: socket.socket) -> bytes:
+    chunks = []
+    while chunk := s.recv(1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def get(host: str, port: int, path: str) -> str:
+    with socket.create_connection((host, port), timeout=30) as s:
+        s.sendall(request(path))
+        return digest(body(read_all(s)))
+
+
+def event_names(mask: int) -> list[str]:
+    return [n for n in ("EPOLLIN", "EPOLLOUT", "EPOLLERR", "EPOLLHUP")
+            if mask & getattr(select, n)]
+
+
+def epoll_first(host: str, port: int, path: str, seconds: float) -> dict[str, object]:
+    """A C-style event loop that registers its socket before connecting: wait for
+    EPOLLOUT (`first_events`, `so_error`), switch the registration to EPOLLIN with
+    EPOLL_CTL_MOD (`rearm`: "ok" or the errno name), send the request and read the
+    response on EPOLLIN until EOF (`digest`), all within `seconds`; `stage` is the last
+    step reached: "connect", "rearm", "read" or "done"."""
+    deadline = time.monotonic() + seconds
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setblocking(False)
+    ep = select.epoll()
+    out: dict[str, object] = {"stage": "connect"}
+    try:
+        ep.register(s.fileno(), select.EPOLLOUT)
+        err = s.connect_ex((host, port))
+        out["connect"] = errno.errorcode[err] if err else "0"
+        events = ep.poll(seconds)
+        if not events:
+            return out
+        out["first_events"] = event_names(events[0][1])
+        out["so_error"] = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        out["stage"] = "rearm"
+        try:
+            ep.modify(s.fileno(), select.EPOLLIN)
+        except OSError as e:
+            out["rearm"] = errno.errorcode.get(e.errno or 0, str(e.errno))
+            return out
+        out["rearm"] = "ok"
+        out["stage"] = "read"
+        s.sendall(request(path))  # a few bytes: the send buffer takes them at once
+        chunks = []
+        while time.monotonic() < deadline:
+            if not ep.poll(max(0.0, deadline - time.monotonic())):
+                return out
+            try:
+                while chunk := s.recv(1 << 16):
+                    chunks.append(chunk)
+            except BlockingIOError:
+                continue
+            out["digest"] = digest(body(b"".join(chunks)))
+            out["stage"] = "done"
+            break
+        return out
+    finally:
+        ep.close()
+        s.close()
+
+
+if __name__ == "__main__":
+    kind, args = sys.argv[1], sys.argv[2:]
+    if kind == "get":
+        print(get(args[0], int(args[1]), args[2]))
+    elif kind == "epoll-first":
+        print(json.dumps(epoll_first(args[0], int(args[1]), args[2], float(args[3]))))
+    else:
+        raise SystemExit(f"unknown kind {kind}")
