@@ -1,8 +1,10 @@
 """Real clients through the service directory, each fetching a 2 MiB payload from a
 service by its VIP and checking the bytes (sha256): a static busybox (wget, and nc
-speaking HTTP by hand), a Go program (net.Dial's nonblocking connect on epoll, and
-blocking raw syscalls) under a SIGURG storm, a Go *server* reached by a Python client,
-and a C-style event loop that registers its socket with epoll before connecting.
+speaking HTTP by hand), a Go program (net.Dial's nonblocking connect on epoll, over the
+VIP and the VIP6, and blocking raw syscalls) under a SIGURG storm, a Go *server* reached
+by a Python client, busybox httpd (a C server blocking in accept) reached by Go and
+busybox, and a C-style event loop that registers its socket with epoll before
+connecting.
 
 netstackd's counters must show every connect bypassed (`bypassed_connects`) and every
 connection accepted by the supervisor (`accepts`). The Python clients' own edge cases
@@ -12,10 +14,13 @@ connection accepted by the supervisor (`accepts`). The Python clients' own edge 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
+import select
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +38,8 @@ GOCLIENT_SRC = ROOT / "tests" / "e2e" / "data" / "goclient"
 PAYLOAD_SIZE = 2 << 20
 WEB_PORT = 8080
 WEB_GO_PORT = 8081
+WEB_BB_PORT = 8082
+CLIENT_IP = "10.0.2.100"  # a netstack-run container's address (netstack -c)
 FETCH_TIMEOUT_S = 60
 
 
@@ -42,6 +49,7 @@ class Web:
 
     world: DirectoryWorld
     vip: str
+    vip6: str
     digest: str  # "sha256hex length" of the payload
     payload: Path
 
@@ -59,8 +67,9 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
                              name="web")
         assert line(server) == "ready"
         world.wait_served("web")
-        vip = world.api("resolve", name="web")["vip"]
-        yield Web(world, vip, f"{hashlib.sha256(data).hexdigest()} {len(data)}", payload)
+        vips = world.api("resolve", name="web")
+        yield Web(world, vips["vip"], vips["vip6"],
+                  f"{hashlib.sha256(data).hexdigest()} {len(data)}", payload)
     finally:
         world.close()
 
@@ -90,9 +99,11 @@ def busybox() -> str:
     return path
 
 
-def run_binary(world: DirectoryWorld, *cmd: str) -> subprocess.CompletedProcess[bytes]:
+def run_binary(world: DirectoryWorld, *cmd: str,
+               ipv6: bool = False) -> subprocess.CompletedProcess[bytes]:
     """CMD under netstack-run (supervised), stdout kept as bytes; must exit 0."""
-    r = subprocess.run(world.run_args(*cmd), capture_output=True, timeout=FETCH_TIMEOUT_S)
+    r = subprocess.run(world.run_args(*cmd, ipv6=ipv6), capture_output=True,
+                       timeout=FETCH_TIMEOUT_S)
     assert r.returncode == 0, f"{cmd[0]} exited {r.returncode}: {r.stderr.decode()[-2000:]}"
     return r
 
@@ -144,37 +155,80 @@ def test_busybox_nc_speaks_http_to_web(web: Web, busybox: str) -> None:
 
 
 # ----------------------------------------------------------------------- Go
-@pytest.mark.parametrize("mode", ["get", "rawget"])
-def test_go_client_fetches_web_under_sigurg_storm(web: Web, goclient: str, mode: str) -> None:
-    """get: net.Dial (nonblocking connect, then the fd joins the runtime's epoll);
-    rawget: a blocking connect(2) on the goroutine's thread. Both while every thread
-    gets a SIGURG every 100 µs, so trapped calls are interrupted and restarted."""
+@pytest.mark.parametrize("mode,ipv6", [("get", False), ("get", True), ("rawget", False)],
+                         ids=["net.Dial", "net.Dial-vip6", "blocking-connect"])
+def test_go_client_fetches_web_under_sigurg_storm(web: Web, goclient: str, mode: str,
+                                                  ipv6: bool) -> None:
+    """get: net.Dial (nonblocking connect, then the fd joins the runtime's epoll; it
+    then asks getsockname and getpeername); rawget: a blocking connect(2) on the
+    goroutine's thread. Both while every thread gets a SIGURG every 100 µs."""
     counted = Counted(web.world)
-    r = run_binary(web.world, "env", "URG=1", goclient, mode, web.vip, str(WEB_PORT),
-                   "/payload.bin")
+    vip = web.vip6 if ipv6 else web.vip
+    r = run_binary(web.world, "env", "URG=1", goclient, mode, vip, str(WEB_PORT),
+                   "/payload.bin", ipv6=ipv6)
     assert r.stdout.decode().strip() == web.digest
-    signals = int(r.stderr.decode().split("urg ", 1)[1].split()[0])
-    assert signals > 0  # the storm ran while the client worked
+    report = dict(ln.split(" ", 1) for ln in r.stderr.decode().splitlines() if " " in ln)
+    assert int(report["urg"]) > 0  # the storm ran while the client worked
+    if mode == "get":  # what the Go program believes it is connected to
+        assert report["remote"] == (f"[{vip}]:{WEB_PORT}" if ipv6 else f"{vip}:{WEB_PORT}")
+        local = report["local"].rsplit(":", 1)[0].strip("[]")
+        assert not ipaddress.ip_address(local).is_loopback, report
     assert_bypassed(counted, 1)
 
 
 @pytest.fixture(scope="module")
-def web_go(web: Web, goclient: str) -> str:
+def web_go(web: Web, goclient: str) -> tuple[subprocess.Popen[bytes], str]:
     """A Go server named web-go (net.Listen(":PORT"): a dual-stack AF_INET6 socket on
-    ::, accepting with accept4 on epoll) under its own SIGURG storm; its VIP."""
+    ::, accepting with accept4 on epoll) under its own SIGURG storm; it and its VIP."""
     server = web.world.spawn("env", "URG=1", goclient, "serve", str(WEB_GO_PORT),
                              str(web.payload), name="web-go")
     assert line(server) == "ready"
     web.world.wait_served("web-go")
-    return str(web.world.api("resolve", name="web-go")["vip"])
+    return server, str(web.world.api("resolve", name="web-go")["vip"])
 
 
-def test_python_client_fetches_from_go_server(web: Web, web_go: str) -> None:
+def printed_lines(p: subprocess.Popen[bytes], count: int, timeout: float = 10) -> list[str]:
+    """The next `count` lines p prints (read from the pipe itself, unbuffered)."""
+    assert p.stdout is not None
+    fd, data = p.stdout.fileno(), b""
+    deadline = time.monotonic() + timeout
+    while data.count(b"\n") < count:
+        left = deadline - time.monotonic()
+        assert left > 0 and select.select([fd], [], [], left)[0], f"got only {data!r}"
+        chunk = os.read(fd, 4096)
+        assert chunk, f"{p.args} exited; got {data!r}"
+        data += chunk
+    return data.decode().splitlines()
+
+
+def test_python_client_fetches_from_go_server(web: Web,
+                                              web_go: tuple[subprocess.Popen[bytes], str]) -> None:
+    server, vip = web_go
     counted = Counted(web.world)
     for _ in range(3):  # accept after accept on the Go server's poller
-        r = run_binary(web.world, PYTHON, CLIENTS, "get", web_go, str(WEB_GO_PORT), "/")
+        r = run_binary(web.world, PYTHON, CLIENTS, "get", vip, str(WEB_GO_PORT), "/")
         assert r.stdout.decode().strip() == web.digest
     assert_bypassed(counted, 3)
+    # accept4 wrote the client's container address, never the host socket's 127.0.0.1
+    for peer in printed_lines(server, 3):
+        assert peer.startswith(f"peer {CLIENT_IP}:"), peer
+
+
+def test_go_and_busybox_fetch_from_busybox_httpd(web: Web, goclient: str, busybox: str) -> None:
+    """A C server that blocks in accept(2) (busybox httpd -f) under supervision."""
+    server = web.world.spawn(busybox, "httpd", "-f", "-p", str(WEB_BB_PORT), "-h",
+                             str(web.payload.parent), name="web-bb")
+    web.world.wait_served("web-bb")
+    assert server.poll() is None
+    vip = web.world.api("resolve", name="web-bb")["vip"]
+    counted = Counted(web.world)
+    r = run_binary(web.world, "env", "URG=1", goclient, "get", vip, str(WEB_BB_PORT),
+                   "/payload.bin")
+    assert r.stdout.decode().strip() == web.digest
+    r = run_binary(web.world, busybox, "wget", "-q", "-O-",
+                   f"http://{vip}:{WEB_BB_PORT}/payload.bin")
+    assert digest(r.stdout) == web.digest
+    assert_bypassed(counted, 2)
 
 
 # ------------------------------------------- epoll registered before connect

@@ -4,13 +4,15 @@
 //
 //	goclient get HOST PORT PATH      net.Dial (nonblocking connect, then epoll)
 //	goclient rawget IP PORT PATH     blocking socket/connect/read syscalls, no poller
-//	goclient serve PORT FILE         HTTP/1.0 server: FILE for every GET; prints "ready"
+//	goclient serve PORT FILE         HTTP/1.0 server: FILE for every GET; prints "ready",
+//	                                 then "peer ADDR" for each connection it accepts
 //
-// The clients print "SHA256HEX LENGTH" of the response body. With URG=1 in the
-// environment, a goroutine sends SIGURG (the runtime's preemption signal) to every
-// thread of the process every 100 µs while the command runs, and the clients print
-// "urg N" (signals sent) on stderr: far more interruptions of trapped connects and
-// accepts than the runtime's own preemption makes, which already sends some.
+// The clients print "SHA256HEX LENGTH" of the response body; get also prints "local
+// ADDR" and "remote ADDR" (what getsockname and getpeername said) on stderr. With URG=1
+// in the environment, a goroutine sends SIGURG (the runtime's preemption signal) to
+// every thread of the process every 100 µs while the command runs, and the clients
+// print "urg N" (signals sent) on stderr: far more interruptions of trapped connects
+// and accepts than the runtime's own preemption makes, which already sends some.
 package main
 
 import (
@@ -79,6 +81,7 @@ func get(host, port, path string) ([]byte, error) {
 		return nil, err
 	}
 	defer conn.Close()
+	fmt.Fprintf(os.Stderr, "local %s\nremote %s\n", conn.LocalAddr(), conn.RemoteAddr())
 	if err := conn.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {
 		return nil, err
 	}
@@ -160,6 +163,7 @@ func serve(port, file string) error {
 		if err != nil {
 			return err
 		}
+		fmt.Printf("peer %s\n", conn.RemoteAddr())
 		go func(c net.Conn) {
 			defer c.Close()
 			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
