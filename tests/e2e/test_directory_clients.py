@@ -19,6 +19,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import needs_root
-from tests.helpers.directory import PYTHON, DirectoryWorld, line
+from tests.helpers.directory import PYTHON, DirectoryWorld, line, wait_until
 from tests.netns import ROOT, SERVERS
 
 pytestmark = [needs_root, pytest.mark.timeout(240)]
@@ -259,3 +260,75 @@ def test_epoll_registered_before_connect_works_without_supervision(web: Web) -> 
 def test_epoll_registered_before_connect_completes_under_supervision(web: Web) -> None:
     out = epoll_first(web.world, web.vip, WEB_PORT, supervised=True)
     assert out["stage"] == "done" and out["digest"] == web.digest, out
+
+
+# ------------------------------------- a caught signal while netstackd holds the call
+SIGNAL_GRACE_S = 3.0  # an interrupted blocking call returns at once; 3 s is generous
+HELD_PORT = 9000
+
+
+def sleeping_in(pid: int, call: str) -> str | None:
+    """The task state ("S" interruptible, "D" killable) if pid sleeps in connect/accept."""
+    numbers = {"accept": ("43", "288"), "connect": ("42",)}[call]
+    try:
+        nr = Path(f"/proc/{pid}/syscall").read_text().split()[0]
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+    return state if nr in numbers and state in ("S", "D") else None
+
+
+# netstackd receives these notifications from `clients.py accept` (bind, listen, accept)
+# and `clients.py connect` (connect): once it has them all, the call sleeps in its hands.
+TRAPS = {"accept": 3, "connect": 1}
+
+
+def interrupted_in(world: DirectoryWorld, call: str, *args: str,
+                   name: str | None = None) -> tuple[float | None, str]:
+    """`clients.py CALL ARGS` under netstack-run, SIGINT once netstackd has received the
+    call and it sleeps: the seconds it took to exit and what it printed, or (None, state
+    after the signal) if it was still blocked after SIGNAL_GRACE_S (it is then killed)."""
+    traps = world.stats()["traps"]
+    p = world.spawn(PYTHON, CLIENTS, call, *args, name=name)
+    pid = int(line(p))
+    wait_until(lambda: sleeping_in(pid, call) and world.stats()["traps"] >= traps + TRAPS[call],
+               10, f"{call} sleeping, received by netstackd")
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGINT)
+    try:
+        p.wait(SIGNAL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        state = sleeping_in(pid, call) or "?"
+        os.kill(pid, signal.SIGKILL)
+        p.wait(10)
+        return None, f"still in {call}, state {state}"
+    assert p.stdout is not None
+    return time.monotonic() - t0, p.stdout.read().decode().strip()
+
+
+def test_sigint_interrupts_an_accept_netstackd_does_not_hold(web: Web) -> None:
+    """Without a name the accept runs in the netns: Ctrl-C ends it at once."""
+    took, said = interrupted_in(web.world, "accept", str(HELD_PORT))
+    assert took is not None and said == "interrupted", said
+
+
+HELD_REASON = (
+    "netstack-run installs the filter with SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: a "
+    "signal that comes after netstackd received the notification switches the wait to "
+    "killable (state D), so a caught signal (SIGINT, a SIGTERM handler) stays pending "
+    "until netstackd answers, and it answers a blocking {what} only when {until}")
+
+
+@pytest.mark.xfail(strict=True, reason=HELD_REASON.format(
+    what="accept on a registered socket", until="a connection comes (never, when idle)"))
+def test_sigint_interrupts_a_held_accept(web: Web) -> None:
+    took, said = interrupted_in(web.world, "accept", str(HELD_PORT), name="held-accept")
+    assert took is not None and said == "interrupted", said
+
+
+@pytest.mark.xfail(strict=True, reason=HELD_REASON.format(
+    what="connect to a VIP nobody serves yet", until="it is served or --connect-wait ends"))
+def test_sigint_interrupts_a_connect_waiting_for_its_service(web: Web) -> None:
+    vip = web.world.api("resolve", name="not-yet")["vip"]
+    took, said = interrupted_in(web.world, "connect", vip, "80")
+    assert took is not None and said == "interrupted", said

@@ -5,6 +5,9 @@
   epoll-first HOST PORT PATH S   a C-style event loop: nonblocking socket registered with
                                  epoll *before* connect, then wait up to S seconds for
                                  EPOLLOUT; prints one JSON line (see epoll_first)
+  accept PORT                    listen on PORT, print the pid, block in accept()
+  connect HOST PORT              print the pid, block in connect()
+The last two then print "done", or "interrupted" on SIGINT (KeyboardInterrupt).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
 import select
 import socket
 import sys
@@ -98,11 +102,32 @@ def epoll_first(host: str, port: int, path: str, seconds: float) -> dict[str, ob
         s.close()
 
 
+def blocked(call: str, args: list[str]) -> None:
+    """One blocking call, SIGINT's default handler armed (KeyboardInterrupt)."""
+    s = socket.socket()
+    try:
+        if call == "accept":
+            s.bind(("0.0.0.0", int(args[0])))
+            s.listen()
+        print(os.getpid(), flush=True)
+        if call == "accept":
+            s.accept()
+        else:
+            s.connect((args[0], int(args[1])))
+        print("done", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    except OSError as e:
+        print(errno.errorcode.get(e.errno or 0, str(e)), flush=True)
+
+
 if __name__ == "__main__":
     kind, args = sys.argv[1], sys.argv[2:]
     if kind == "get":
         print(get(args[0], int(args[1]), args[2]))
     elif kind == "epoll-first":
         print(json.dumps(epoll_first(args[0], int(args[1]), args[2], float(args[3]))))
+    elif kind in ("accept", "connect"):
+        blocked(kind, args)
     else:
         raise SystemExit(f"unknown kind {kind}")
