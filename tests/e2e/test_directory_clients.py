@@ -232,6 +232,50 @@ def test_go_and_busybox_fetch_from_busybox_httpd(web: Web, goclient: str, busybo
     assert_bypassed(counted, 2)
 
 
+# ------------------------------------------------- socket options set before connect
+LOST_OPTIONS = ("SO_RCVTIMEO", "SO_SNDTIMEO", "SO_RCVBUF", "SO_SNDBUF", "IP_TOS",
+                "TCP_CONGESTION")
+KEPT_OPTIONS = ("SO_KEEPALIVE", "TCP_NODELAY", "TCP_KEEPIDLE")
+
+
+def options_after_connect(world: DirectoryWorld, host: str, port: int,
+                          supervised: bool) -> dict[str, list[str]]:
+    args = (PYTHON, CLIENTS, "options", host, str(port))
+    if supervised:
+        r = subprocess.run(world.run_args(*args), capture_output=True, text=True, timeout=60)
+    else:
+        r = world.in_host(*args)
+    assert r.returncode == 0, r.stderr
+    return dict(json.loads(r.stdout))
+
+
+@pytest.fixture(scope="module")
+def supervised_options(web: Web) -> dict[str, list[str]]:
+    """[before, after] connect of each option, a client connecting to web's VIP."""
+    return options_after_connect(web.world, web.vip, WEB_PORT, supervised=True)
+
+
+def test_socket_options_survive_connect_without_supervision(web: Web) -> None:
+    inst = next(e for e in web.world.api("list_instances")["entries"] if e["name"] == "web")
+    kept = options_after_connect(web.world, inst["host"], inst["host_port"], supervised=False)
+    assert set(kept) == {*LOST_OPTIONS, *KEPT_OPTIONS}
+    for name, (before, after) in kept.items():
+        assert before == after, name
+
+
+@pytest.mark.parametrize("name", [
+    *KEPT_OPTIONS,
+    *(pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=(
+        "supervisor._copy_options copies only _COPIED_OPTIONS (and SO_LINGER) from the "
+        "caller's socket to the host socket it installs; this option is not among them, "
+        "so the connected socket has the host default"))) for name in LOST_OPTIONS),
+])
+def test_socket_option_set_before_connect_survives_the_bypass(
+        supervised_options: dict[str, list[str]], name: str) -> None:
+    before, after = supervised_options[name]
+    assert after == before
+
+
 # ------------------------------------------- epoll registered before connect
 def epoll_first(world: DirectoryWorld, host: str, port: int,
                 supervised: bool) -> dict[str, object]:

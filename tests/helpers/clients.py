@@ -5,6 +5,8 @@
   epoll-first HOST PORT PATH S   a C-style event loop: nonblocking socket registered with
                                  epoll *before* connect, then wait up to S seconds for
                                  EPOLLOUT; prints one JSON line (see epoll_first)
+  options HOST PORT              set socket options (OPTIONS) before connecting; prints
+                                 JSON: each option's value read back before and after
   accept PORT                    listen on PORT, print the pid, block in accept()
   connect HOST PORT              print the pid, block in connect()
 The last two then print "done", or "interrupted" on SIGINT (KeyboardInterrupt).
@@ -18,6 +20,7 @@ import json
 import os
 import select
 import socket
+import struct
 import sys
 import time
 
@@ -102,6 +105,39 @@ def epoll_first(host: str, port: int, path: str, seconds: float) -> dict[str, ob
         s.close()
 
 
+TIMEVAL_HALF_SECOND = struct.pack("@ll", 0, 500_000)
+# name -> (level, option, value set before connect): what C programs set on purpose
+OPTIONS: dict[str, tuple[int, int, int | bytes]] = {
+    "SO_RCVTIMEO": (socket.SOL_SOCKET, socket.SO_RCVTIMEO, TIMEVAL_HALF_SECOND),
+    "SO_SNDTIMEO": (socket.SOL_SOCKET, socket.SO_SNDTIMEO, TIMEVAL_HALF_SECOND),
+    "SO_RCVBUF": (socket.SOL_SOCKET, socket.SO_RCVBUF, 32768),
+    "SO_SNDBUF": (socket.SOL_SOCKET, socket.SO_SNDBUF, 32768),
+    "SO_KEEPALIVE": (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    "IP_TOS": (socket.IPPROTO_IP, socket.IP_TOS, 0x10),
+    "TCP_NODELAY": (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+    "TCP_KEEPIDLE": (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30),
+    "TCP_CONGESTION": (socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"reno"),
+}
+
+
+def read_option(s: socket.socket, level: int, option: int, value: int | bytes) -> str:
+    if isinstance(value, bytes):
+        return s.getsockopt(level, option, 16).rstrip(b"\0").hex()
+    return str(s.getsockopt(level, option))
+
+
+def options(host: str, port: int) -> dict[str, list[str]]:
+    """Each option in OPTIONS: [value read back before connect, value after]."""
+    with socket.socket() as s:
+        before = {}
+        for name, (level, option, value) in OPTIONS.items():
+            s.setsockopt(level, option, value)
+            before[name] = read_option(s, level, option, value)
+        s.connect((host, port))
+        return {name: [before[name], read_option(s, level, option, value)]
+                for name, (level, option, value) in OPTIONS.items()}
+
+
 def blocked(call: str, args: list[str]) -> None:
     """One blocking call, SIGINT's default handler armed (KeyboardInterrupt)."""
     s = socket.socket()
@@ -127,6 +163,8 @@ if __name__ == "__main__":
         print(get(args[0], int(args[1]), args[2]))
     elif kind == "epoll-first":
         print(json.dumps(epoll_first(args[0], int(args[1]), args[2], float(args[3]))))
+    elif kind == "options":
+        print(json.dumps(options(args[0], int(args[1]))))
     elif kind in ("accept", "connect"):
         blocked(kind, args)
     else:
