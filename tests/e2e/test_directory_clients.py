@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -238,26 +239,31 @@ LOST_OPTIONS = ("SO_RCVTIMEO", "SO_SNDTIMEO", "SO_RCVBUF", "SO_SNDBUF", "IP_TOS"
 KEPT_OPTIONS = ("SO_KEEPALIVE", "TCP_NODELAY", "TCP_KEEPIDLE")
 
 
-def options_after_connect(world: DirectoryWorld, host: str, port: int,
-                          supervised: bool) -> dict[str, list[str]]:
-    args = (PYTHON, CLIENTS, "options", host, str(port))
+def client_json(world: DirectoryWorld, supervised: bool, *args: str) -> dict[str, Any]:
+    """`clients.py ARGS`'s JSON line: under netstack-run, or a plain host process."""
+    cmd = (PYTHON, CLIENTS, *args)
     if supervised:
-        r = subprocess.run(world.run_args(*args), capture_output=True, text=True, timeout=60)
+        r = subprocess.run(world.run_args(*cmd), capture_output=True, text=True, timeout=60)
     else:
-        r = world.in_host(*args)
+        r = world.in_host(*cmd)
     assert r.returncode == 0, r.stderr
     return dict(json.loads(r.stdout))
+
+
+def web_host_socket(web: Web) -> tuple[str, str]:
+    """Where web really listens: its host socket, reachable from the host netns."""
+    inst = next(e for e in web.world.api("list_instances")["entries"] if e["name"] == "web")
+    return inst["host"], str(inst["host_port"])
 
 
 @pytest.fixture(scope="module")
 def supervised_options(web: Web) -> dict[str, list[str]]:
     """[before, after] connect of each option, a client connecting to web's VIP."""
-    return options_after_connect(web.world, web.vip, WEB_PORT, supervised=True)
+    return client_json(web.world, True, "options", web.vip, str(WEB_PORT))
 
 
 def test_socket_options_survive_connect_without_supervision(web: Web) -> None:
-    inst = next(e for e in web.world.api("list_instances")["entries"] if e["name"] == "web")
-    kept = options_after_connect(web.world, inst["host"], inst["host_port"], supervised=False)
+    kept = client_json(web.world, False, "options", *web_host_socket(web))
     assert set(kept) == {*LOST_OPTIONS, *KEPT_OPTIONS}
     for name, (before, after) in kept.items():
         assert before == after, name
@@ -277,21 +283,13 @@ def test_socket_option_set_before_connect_survives_the_bypass(
 
 
 # ------------------------------------------- epoll registered before connect
-def epoll_first(world: DirectoryWorld, host: str, port: int,
-                supervised: bool) -> dict[str, object]:
-    args = (PYTHON, CLIENTS, "epoll-first", host, str(port), "/payload.bin", "3")
-    if supervised:
-        r = subprocess.run(world.run_args(*args), capture_output=True, text=True, timeout=60)
-    else:
-        r = world.in_host(*args)
-    assert r.returncode == 0, r.stderr
-    return dict(json.loads(r.stdout))
+EPOLL_WAIT_S = "3"
 
 
 def test_epoll_registered_before_connect_works_without_supervision(web: Web) -> None:
     """The client itself is right: straight to web's host socket, in the host netns."""
-    inst = next(e for e in web.world.api("list_instances")["entries"] if e["name"] == "web")
-    out = epoll_first(web.world, inst["host"], inst["host_port"], supervised=False)
+    out = client_json(web.world, False, "epoll-first", *web_host_socket(web), "/payload.bin",
+                      EPOLL_WAIT_S)
     assert out["stage"] == "done" and out["digest"] == web.digest, out
     assert out["first_events"] == ["EPOLLOUT"]
 
@@ -302,7 +300,8 @@ def test_epoll_registered_before_connect_works_without_supervision(web: Web) -> 
     "socket's stale EPOLLOUT|EPOLLHUP (unconnected) and EPOLL_CTL_MOD fails with "
     "ENOENT, or, once the old file is released, never hears of the connection"))
 def test_epoll_registered_before_connect_completes_under_supervision(web: Web) -> None:
-    out = epoll_first(web.world, web.vip, WEB_PORT, supervised=True)
+    out = client_json(web.world, True, "epoll-first", web.vip, str(WEB_PORT), "/payload.bin",
+                      EPOLL_WAIT_S)
     assert out["stage"] == "done" and out["digest"] == web.digest, out
 
 
