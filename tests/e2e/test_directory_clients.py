@@ -3,12 +3,15 @@ service by its VIP and checking the bytes (sha256): a static busybox (wget, and 
 speaking HTTP by hand), a Go program (net.Dial's nonblocking connect on epoll, over the
 VIP and the VIP6, and blocking raw syscalls) under a SIGURG storm, a Go *server* reached
 by a Python client, busybox httpd (a C server blocking in accept) reached by Go and
-busybox, and a C-style event loop that registers its socket with epoll before
-connecting.
+busybox. netstackd's counters must show every connect bypassed (`bypassed_connects`)
+and every connection accepted by the supervisor (`accepts`).
 
-netstackd's counters must show every connect bypassed (`bypassed_connects`) and every
-connection accepted by the supervisor (`accepts`). The Python clients' own edge cases
-(waits, balancing, labels, fork, dup2, ...) are in test_directory.py.
+Then what C-style programs do that the bypass does not carry over yet (strict xfails,
+each next to the baseline that shows the client is right): socket options set before
+connect, an epoll registration made before connect, and a caught signal (SIGINT) while
+netstackd holds a blocking accept or a connect waiting for its service. The Python
+clients' own edge cases (waits, balancing, labels, fork, dup2, ...) are in
+test_directory.py.
 """
 
 from __future__ import annotations
@@ -70,8 +73,7 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
         assert line(server) == "ready"
         world.wait_served("web")
         vips = world.api("resolve", name="web")
-        yield Web(world, vips["vip"], vips["vip6"],
-                  f"{hashlib.sha256(data).hexdigest()} {len(data)}", payload)
+        yield Web(world, vips["vip"], vips["vip6"], digest(data), payload)
     finally:
         world.close()
 
