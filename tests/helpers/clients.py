@@ -7,9 +7,14 @@
                                  EPOLLOUT; prints one JSON line (see epoll_first)
   options HOST PORT              set socket options (OPTIONS) before connecting; prints
                                  JSON: each option's value read back before and after
-  accept PORT                    listen on PORT, print the pid, block in accept()
-  connect HOST PORT              print the pid, block in connect()
-The last two then print "done", or "interrupted" on SIGINT (KeyboardInterrupt).
+  connects HOST PORT N MODE      N connects (MODE "blocking", or "timeout": Python's
+                                 nonblocking connect), print "connected", hold them until
+                                 stdin closes
+  accept PORT [gated]            listen on PORT, print the pid, (gated: wait for a line
+                                 on stdin), block in accept(), print "peer IP" for each
+                                 connection, until interrupted
+  connect HOST PORT              print the pid, block in connect(), print "done"
+Both print "interrupted" on SIGINT (KeyboardInterrupt).
 """
 
 from __future__ import annotations
@@ -138,19 +143,38 @@ def options(host: str, port: int) -> dict[str, list[str]]:
                 for name, (level, option, value) in OPTIONS.items()}
 
 
+def connects(host: str, port: int, count: int, mode: str) -> None:
+    held = []
+    for _ in range(count):
+        s = socket.socket()
+        if mode == "timeout":
+            s.settimeout(10)
+        s.connect((host, port))
+        held.append(s)
+    print("connected", flush=True)
+    sys.stdin.read()
+    for s in held:
+        s.close()
+
+
 def blocked(call: str, args: list[str]) -> None:
-    """One blocking call, SIGINT's default handler armed (KeyboardInterrupt)."""
+    """Blocking calls, SIGINT's default handler armed (KeyboardInterrupt)."""
     s = socket.socket()
     try:
         if call == "accept":
             s.bind(("0.0.0.0", int(args[0])))
             s.listen()
         print(os.getpid(), flush=True)
-        if call == "accept":
-            s.accept()
-        else:
+        if args[1:] == ["gated"]:
+            sys.stdin.readline()
+        if call == "connect":
             s.connect((args[0], int(args[1])))
-        print("done", flush=True)
+            print("done", flush=True)
+            return
+        while True:
+            conn, peer = s.accept()
+            print("peer", peer[0], flush=True)
+            conn.close()
     except KeyboardInterrupt:
         print("interrupted", flush=True)
     except OSError as e:
@@ -165,6 +189,8 @@ if __name__ == "__main__":
         print(json.dumps(epoll_first(args[0], int(args[1]), args[2], float(args[3]))))
     elif kind == "options":
         print(json.dumps(options(args[0], int(args[1]))))
+    elif kind == "connects":
+        connects(args[0], int(args[1]), int(args[2]), args[3])
     elif kind in ("accept", "connect"):
         blocked(kind, args)
     else:
