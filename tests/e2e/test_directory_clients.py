@@ -220,6 +220,21 @@ def test_python_client_fetches_from_go_server(web: Web,
         assert peer.startswith(f"peer {CLIENT_IP}:"), peer
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "supervisor._peer_view takes the client container's address in the server socket's "
+    "family (owner.address(AF_INET6)): the client's own IPv6 address when it has one, "
+    "though it connected over IPv4 and sees itself as 10.0.2.100; the kernel would show "
+    "::ffff:10.0.2.100"))
+def test_dual_stack_go_server_sees_an_ipv4_client_as_ipv4(
+        web: Web, web_go: tuple[subprocess.Popen[bytes], str]) -> None:
+    """A client with IPv6 enabled (-6) connecting to the VIP (IPv4)."""
+    server, vip = web_go
+    r = run_binary(web.world, PYTHON, CLIENTS, "get", vip, str(WEB_GO_PORT), "/", ipv6=True)
+    assert r.stdout.decode().strip() == web.digest
+    (peer,) = printed_lines(server, 1)
+    assert peer.startswith(f"peer {CLIENT_IP}:"), peer
+
+
 def test_go_and_busybox_fetch_from_busybox_httpd(web: Web, goclient: str, busybox: str) -> None:
     """A C server that blocks in accept(2) (busybox httpd -f) under supervision."""
     server = web.world.spawn(busybox, "httpd", "-f", "-p", str(WEB_BB_PORT), "-h",
