@@ -47,7 +47,6 @@ PROBE_NAMED_PORT = 7777
 PROBE_HOST_PORT = 7778
 TAP_GATEWAY = "10.0.2.2"  # netstack's (and slirp4netns's) way to host loopback
 SLIRP_MTU = 1500  # netstack-run's netstack runs with the default MTU, 1500
-PATHS = ("by_name", "loopback", "tap", "slirp4netns")
 
 
 def run_json(cmd: list[str], timeout: float) -> dict[str, Any]:
