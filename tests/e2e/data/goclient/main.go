@@ -2,12 +2,13 @@
 // end-to-end tests: a real Go runtime (nonblocking sockets on epoll, SIGURG preemption)
 // under netstackd's seccomp supervision. Standard library only; no network to build.
 //
-//	goclient get HOST PORT PATH      net.Dial (nonblocking connect, then epoll)
+//	goclient get HOST PORT PATH [N]  net.Dial (nonblocking connect, then epoll); N
+//	                                 goroutines fetching at once (default 1)
 //	goclient rawget IP PORT PATH     blocking socket/connect/read syscalls, no poller
 //	goclient serve PORT FILE         HTTP/1.0 server: FILE for every GET; prints "ready",
 //	                                 then "peer ADDR" for each connection it accepts
 //
-// The clients print "SHA256HEX LENGTH" of the response body; get also prints "local
+// The clients print "SHA256HEX LENGTH" of each response body; get also prints "local
 // ADDR" and "remote ADDR" (what getsockname and getpeername said) on stderr. With URG=1
 // in the environment, a goroutine sends SIGURG (the runtime's preemption signal) to
 // every thread of the process every 100 µs while the command runs, and the clients
@@ -93,6 +94,33 @@ func get(host, port, path string) ([]byte, error) {
 		return nil, err
 	}
 	return body(resp)
+}
+
+func printDigest(data []byte) {
+	sum := sha256.Sum256(data)
+	fmt.Printf("%s %d\n", hex.EncodeToString(sum[:]), len(data))
+}
+
+// getMany fetches n times at once, one goroutine each, and prints each body's digest.
+func getMany(host, port, path string, n int) error {
+	bodies := make([][]byte, n)
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func(i int) {
+			var err error
+			bodies[i], err = get(host, port, path)
+			errs <- err
+		}(i)
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			return err
+		}
+	}
+	for _, b := range bodies {
+		printDigest(b)
+	}
+	return nil
 }
 
 // rawget does what a C program with blocking sockets does: no poller, no deadline
@@ -187,8 +215,14 @@ func main() {
 	var data []byte
 	var err error
 	switch {
-	case len(args) == 4 && args[0] == "get":
-		data, err = get(args[1], args[2], args[3])
+	case (len(args) == 4 || len(args) == 5) && args[0] == "get":
+		n := 1
+		if len(args) == 5 {
+			n, err = strconv.Atoi(args[4])
+		}
+		if err == nil {
+			err = getMany(args[1], args[2], args[3], n)
+		}
 	case len(args) == 4 && args[0] == "rawget":
 		data, err = rawget(args[1], args[2], args[3])
 	case len(args) == 3 && args[0] == "serve":
@@ -201,7 +235,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "goclient:", err)
 		os.Exit(1)
 	}
-	sum := sha256.Sum256(data)
-	fmt.Printf("%s %d\n", hex.EncodeToString(sum[:]), len(data))
+	if data != nil {
+		printDigest(data)
+	}
 	fmt.Fprintf(os.Stderr, "urg %d\n", urgSent.Load())
 }
