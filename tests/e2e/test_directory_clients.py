@@ -2,10 +2,10 @@
 service by its VIP and checking the bytes (sha256): a static busybox (wget, and nc
 speaking HTTP by hand), curl, a Go program (net.Dial's nonblocking connect on epoll,
 over the VIP and the VIP6, from 16 goroutines at once, and blocking raw syscalls) under
-a SIGURG storm, a Go *server* reached
-by a Python client, busybox httpd (a C server blocking in accept) reached by Go and
-busybox. netstackd's counters must show every connect bypassed (`bypassed_connects`)
-and every connection accepted by the supervisor (`accepts`).
+a SIGURG storm, a Go *server* reached by a Python client, busybox httpd (a C server
+blocking in accept) reached by Go and busybox. netstackd's counters must show every
+connect bypassed (`bypassed_connects`) and every connection accepted by the supervisor
+(`accepts`).
 
 Then what C-style programs do that the bypass does not carry over yet (strict xfails,
 each next to the baseline that shows the client is right): the client's address a
