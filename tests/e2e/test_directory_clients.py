@@ -12,7 +12,7 @@ each next to the baseline that shows the client is right): the client's address 
 server's accept shows after a blocking connect or once the client has exited, socket
 options set before connect, an epoll registration made before connect, and a caught
 signal (SIGINT) while netstackd holds a blocking accept or a connect waiting for its
-service. The Python
+service; also a dual-stack server's view of an IPv4 client with IPv6 enabled. The Python
 clients' own edge cases (waits, balancing, labels, fork, dup2, ...) are in
 test_directory.py.
 """
