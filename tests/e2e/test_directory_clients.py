@@ -278,10 +278,14 @@ def spawn_with_stdin(world: DirectoryWorld, *cmd: str,
 
 
 def release(p: subprocess.Popen[bytes], text: bytes = b"") -> None:
-    """Write text to p's stdin and close it."""
-    assert p.stdin is not None
-    with p.stdin:
-        p.stdin.write(text)
+    """Write text to p's stdin and close it (once; nothing if p has exited)."""
+    if p.stdin is None or p.stdin.closed:
+        return
+    try:
+        with p.stdin:
+            p.stdin.write(text)
+    except BrokenPipeError:
+        pass
 
 
 def accepting_server(web: Web, name: str, port: int, gated: bool = False
@@ -290,6 +294,8 @@ def accepting_server(web: Web, name: str, port: int, gated: bool = False
     netstackd), after a line on stdin when gated; the server and its VIP."""
     server = spawn_with_stdin(web.world, PYTHON, CLIENTS, "accept", str(port),
                               *(["gated"] if gated else []), name=name)
+    if not gated:
+        release(server)  # it never reads stdin
     line(server)  # its pid
     web.world.wait_served(name)
     return server, str(web.world.api("resolve", name=name)["vip"])
@@ -324,15 +330,19 @@ def test_server_sees_the_client_container_address(web: Web, mode: str) -> None:
     "supervisor._peer_view finds the client's address through its live Container "
     "(self.containers); once the client has exited and netstackd dropped it, the "
     "server's accept falls back to the host socket's 127.0.0.1"))
-def test_server_sees_the_address_of_a_client_that_has_gone(web: Web) -> None:
+def test_server_sees_the_address_of_a_client_that_has_gone(
+        web: Web, request: pytest.FixtureRequest) -> None:
     """Short-lived clients (health checks) are often gone by the time a busy server
     accepts: the kernel still shows the address they connected from."""
     server, vip = accepting_server(web, "peers-late", 9110, gated=True)
     live = web.world.stats()["containers_live"]
+    request.addfinalizer(lambda: release(server))
     client = spawn_with_stdin(web.world, PYTHON, CLIENTS, "connects", vip, "9110",
                               str(PEERS), "timeout")
-    assert line(client) == "connected"
-    release(client)
+    try:
+        assert line(client) == "connected"
+    finally:
+        release(client)
     client.wait(10)
     wait_until(lambda: web.world.stats()["containers_live"] == live, 10, "client dropped")
     release(server, b"accept\n")
