@@ -7,12 +7,12 @@ blocking in accept) reached by Go and busybox. netstackd's counters must show ev
 connect bypassed (`bypassed_connects`) and every connection accepted by the supervisor
 (`accepts`).
 
-Then what C-style programs do that the bypass does not carry over yet (strict xfails,
-each next to the baseline that shows the client is right): the client's address a
-server's accept shows after a blocking connect or once the client has exited, socket
-options set before connect, an epoll registration made before connect, and a caught
-signal (SIGINT) while netstackd holds a blocking accept or a connect waiting for its
-service; also a dual-stack server's view of an IPv4 client with IPv6 enabled. The Python
+Then what C-style programs do that the bypass must carry over, each next to the baseline
+that shows the client is right: the client's address a server's accept shows after a
+blocking connect or once the client has exited, socket options set before connect, an
+epoll registration made before connect, a caught signal (SIGINT) while netstackd holds
+a blocking accept (a connect waiting for its service stays uninterruptible by design: a
+strict xfail), and a dual-stack server's view of an IPv4 client with IPv6 enabled. The Python
 clients' own edge cases (waits, balancing, labels, fork, dup2, ...) are in
 test_directory.py.
 """
@@ -235,11 +235,6 @@ def test_python_client_fetches_from_go_server(web: Web,
         assert peer.startswith(f"peer {CLIENT_IP}:"), peer
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "supervisor._peer_view takes the client container's address in the server socket's "
-    "family (owner.address(AF_INET6)): the client's own IPv6 address when it has one, "
-    "though it connected over IPv4 and sees itself as 10.0.2.100; the kernel would show "
-    "::ffff:10.0.2.100"))
 def test_dual_stack_go_server_sees_an_ipv4_client_as_ipv4(
         web: Web, web_go: tuple[subprocess.Popen[bytes], str]) -> None:
     """A client with IPv6 enabled (-6) connecting to the VIP (IPv4)."""
@@ -306,12 +301,7 @@ PEERS = 5
 
 @pytest.mark.parametrize("mode", [
     "timeout",
-    pytest.param("blocking", marks=pytest.mark.xfail(strict=True, reason=(
-        "supervisor._bypass: for a blocking connect still in progress, the client's "
-        "record (sockets, clients_by_port) is written by _install only in "
-        "_wait_connected's finish task, after the handshake; the server's accept, "
-        "answered from its watch in the same loop turn, finds no client for the port "
-        "and shows the host socket's 127.0.0.1")))])
+    "blocking"])
 def test_server_sees_the_client_container_address(web: Web, mode: str) -> None:
     """A server blocked in accept() and a client connecting by VIP, Python's way with a
     timeout (nonblocking) or plainly blocking: each accepted peer is the client
@@ -326,10 +316,6 @@ def test_server_sees_the_client_container_address(web: Web, mode: str) -> None:
         release(client)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "supervisor._peer_view finds the client's address through its live Container "
-    "(self.containers); once the client has exited and netstackd dropped it, the "
-    "server's accept falls back to the host socket's 127.0.0.1"))
 def test_server_sees_the_address_of_a_client_that_has_gone(
         web: Web, request: pytest.FixtureRequest) -> None:
     """Short-lived clients (health checks) are often gone by the time a busy server
@@ -350,6 +336,8 @@ def test_server_sees_the_address_of_a_client_that_has_gone(
 
 
 # ------------------------------------------------- socket options set before connect
+# kept because _copy_options compares with a fresh socket's defaults (the first three
+# were copied from the start, the rest once this test found them lost)
 LOST_OPTIONS = ("SO_RCVTIMEO", "SO_SNDTIMEO", "SO_RCVBUF", "SO_SNDBUF", "IP_TOS",
                 "TCP_CONGESTION")
 KEPT_OPTIONS = ("SO_KEEPALIVE", "TCP_NODELAY", "TCP_KEEPIDLE")
@@ -387,10 +375,7 @@ def test_socket_options_survive_connect_without_supervision(web: Web) -> None:
 
 @pytest.mark.parametrize("name", [
     *KEPT_OPTIONS,
-    *(pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=(
-        "supervisor._copy_options copies only _COPIED_OPTIONS (and SO_LINGER) from the "
-        "caller's socket to the host socket it installs; this option is not among them, "
-        "so the connected socket has the host default"))) for name in LOST_OPTIONS),
+    *LOST_OPTIONS,
 ])
 def test_socket_option_set_before_connect_survives_the_bypass(
         supervised_options: dict[str, list[str]], name: str) -> None:
@@ -410,11 +395,6 @@ def test_epoll_registered_before_connect_works_without_supervision(web: Web) -> 
     assert out["first_events"] == ["EPOLLOUT"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ADDFD replaces the fd's open file, and epoll keys its registrations on the file: "
-    "the socket registered before connect() is gone, so the loop either sees that "
-    "socket's stale EPOLLOUT|EPOLLHUP (unconnected) and EPOLL_CTL_MOD fails with "
-    "ENOENT, or, once the old file is released, never hears of the connection"))
 def test_epoll_registered_before_connect_completes_under_supervision(web: Web) -> None:
     out = client_json(web.world, True, "epoll-first", web.vip, str(WEB_PORT), "/payload.bin",
                       EPOLL_WAIT_S)
@@ -471,22 +451,15 @@ def test_sigint_interrupts_an_accept_netstackd_does_not_hold(web: Web) -> None:
     assert took is not None and said == "interrupted", said
 
 
-HELD_REASON = (
-    "netstack-run installs the filter with SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: a "
-    "signal that comes after netstackd received the notification switches the wait to "
-    "killable (state D), so a caught signal (SIGINT, a SIGTERM handler) stays pending "
-    "until netstackd answers, and it answers a blocking {what} only when {until}")
-
-
-@pytest.mark.xfail(strict=True, reason=HELD_REASON.format(
-    what="accept on a registered socket", until="a connection comes (never, when idle)"))
 def test_sigint_interrupts_a_held_accept(web: Web) -> None:
     took, said = interrupted_in(web.world, "accept", str(HELD_PORT), name="held-accept")
     assert took is not None and said == "interrupted", said
 
 
-@pytest.mark.xfail(strict=True, reason=HELD_REASON.format(
-    what="connect to a VIP nobody serves yet", until="it is served or --connect-wait ends"))
+@pytest.mark.xfail(strict=True, reason=(
+    "by design: a connect answered EINTR goes on in the background, and there is nothing "
+    "to connect to before the name is served, so this wait is not interruptible; it is "
+    "bounded by --connect-wait instead"))
 def test_sigint_interrupts_a_connect_waiting_for_its_service(web: Web) -> None:
     vip = web.world.api("resolve", name="not-yet")["vip"]
     took, said = interrupted_in(web.world, "connect", vip, "80")
