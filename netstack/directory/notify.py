@@ -98,6 +98,17 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
+def _syscall(number: int, *args: int | ctypes.c_void_p | object) -> int:
+    """syscall(2) with every integer argument widened to a long: syscall() is variadic,
+    and ctypes passes a plain int as 32 bits, leaving whatever the register held above
+    them (a flags argument of 0 then reads as garbage: EINVAL)."""
+    return int(_libc.syscall(ctypes.c_long(number),
+                             *(ctypes.c_long(a) if isinstance(a, int) else a for a in args)))
+
+
+_libc.syscall.restype = ctypes.c_long
+
+
 def _check(ret: int, what: str) -> int:
     if ret < 0:
         err = ctypes.get_errno()
@@ -112,10 +123,7 @@ def install_filter(program: bytes, flags: int) -> int:
     buf = ctypes.create_string_buffer(program, len(program))
     prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
     return _check(
-        _libc.syscall(
-            _SYS_SECCOMP, ctypes.c_ulong(SECCOMP_SET_MODE_FILTER), ctypes.c_ulong(flags),
-            ctypes.byref(prog),
-        ),
+        _syscall(_SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, flags, ctypes.byref(prog)),
         "seccomp",
     )
 
@@ -201,7 +209,7 @@ def thread_group(tid: int) -> int:
 
 def pidfd_getfd(pidfd: int, fd: int) -> int:
     """A copy (CLOEXEC) of the target's fd: the same open file description."""
-    return _check(_libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0), "pidfd_getfd")
+    return _check(_syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0), "pidfd_getfd")
 
 
 class _Iovec(ctypes.Structure):
@@ -213,8 +221,8 @@ def read_memory(pid: int, address: int, length: int) -> bytes:
     local = _Iovec(ctypes.cast(buf, ctypes.c_void_p), length)
     remote = _Iovec(address, length)
     n = _check(
-        _libc.syscall(_SYS_PROCESS_VM_READV, pid, ctypes.byref(local), 1,
-                      ctypes.byref(remote), 1, 0),
+        _syscall(_SYS_PROCESS_VM_READV, pid, ctypes.byref(local), 1, ctypes.byref(remote), 1,
+                 0),
         "process_vm_readv",
     )
     return buf.raw[:n]
@@ -225,8 +233,8 @@ def write_memory(pid: int, address: int, data: bytes) -> None:
     local = _Iovec(ctypes.cast(buf, ctypes.c_void_p), len(data))
     remote = _Iovec(address, len(data))
     n = _check(
-        _libc.syscall(_SYS_PROCESS_VM_WRITEV, pid, ctypes.byref(local), 1,
-                      ctypes.byref(remote), 1, 0),
+        _syscall(_SYS_PROCESS_VM_WRITEV, pid, ctypes.byref(local), 1, ctypes.byref(remote),
+                 1, 0),
         "process_vm_writev",
     )
     if n != len(data):
