@@ -228,14 +228,22 @@ def read_memory(pid: int, address: int, length: int) -> bytes:
     return buf.raw[:n]
 
 
-def write_memory(pid: int, address: int, data: bytes) -> None:
-    buf = ctypes.create_string_buffer(data, len(data))
-    local = _Iovec(ctypes.cast(buf, ctypes.c_void_p), len(data))
-    remote = _Iovec(address, len(data))
+def write_memory(pid: int, *pieces: tuple[int, bytes]) -> None:
+    """Write each (address, data) into the caller's memory, in one system call."""
+    count = len(pieces)
+    total = sum(len(d) for _, d in pieces)
+    buf = ctypes.create_string_buffer(b"".join(d for _, d in pieces), total or 1)
+    local = (_Iovec * count)()
+    remote = (_Iovec * count)()
+    base = ctypes.addressof(buf)
+    for i, (address, data) in enumerate(pieces):
+        local[i].base, local[i].len = base, len(data)
+        remote[i].base, remote[i].len = address, len(data)
+        base += len(data)
     n = _check(
-        _syscall(_SYS_PROCESS_VM_WRITEV, pid, ctypes.byref(local), 1, ctypes.byref(remote),
-                 1, 0),
+        _syscall(_SYS_PROCESS_VM_WRITEV, pid, ctypes.byref(local), count, ctypes.byref(remote),
+                 count, 0),
         "process_vm_writev",
     )
-    if n != len(data):
+    if n != total:
         raise OSError(errno.EFAULT, "short write into the caller")

@@ -148,6 +148,8 @@ class Container:
     def __init__(self, state: ContainerState, owner: int, inflight: InFlight) -> None:
         self.state = state
         self.inflight = inflight
+        self.poll = select.poll()  # is a notification waiting (or no task left: POLLHUP)?
+        self.poll.register(state.listener, select.POLLIN)
         self.owner = owner
         self.labels = effective_labels(state.labels)
         self.netns = os.stat(f"/proc/{state.pid}/ns/net").st_ino
@@ -414,8 +416,7 @@ class Supervisor:
             self.drop(c)
 
     def _readable(self, c: Container) -> None:
-        events = select.poll()
-        events.register(c.listener, select.POLLIN)
+        events = c.poll
         for _ in range(BATCH):  # a batch, then back to the loop
             ready = events.poll(0)
             if not ready:
@@ -544,9 +545,9 @@ class Supervisor:
             raise ProcessLookupError
         return data
 
-    def _write(self, n: notify.Notification, address: int, data: bytes) -> None:
+    def _write(self, n: notify.Notification, *pieces: tuple[int, bytes]) -> None:
         try:
-            notify.write_memory(n.pid, address, data)
+            notify.write_memory(n.pid, *pieces)
         except OSError as e:
             if e.errno == errno.ESRCH:
                 raise ProcessLookupError from None
@@ -950,9 +951,8 @@ class Supervisor:
         if room < 0:
             raise _Fail(errno.EINVAL)
         data = sa.emit(view)
-        if room:
-            self._write(n, address, data[:room])
-        self._write(n, len_address, struct.pack("=i", len(data)))
+        length = (len_address, struct.pack("=i", len(data)))
+        self._write(n, *(((address, data[:room]), length) if room else (length,)))
 
     # -------------------------------------------------------------- upkeep
     def sweep(self, full: bool) -> None:
