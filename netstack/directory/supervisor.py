@@ -480,6 +480,13 @@ class Supervisor:
 
     # ------------------------------------------------------------- dispatch
     def _handle(self, c: Container, n: notify.Notification) -> None:
+        if (n.nr == notify.SYS_BIND and c.state.name is None) or (
+                n.nr not in (notify.SYS_CONNECT, notify.SYS_BIND)
+                and self._socket_inode(n) not in self.sockets):
+            # an anonymous bind; listen, accept or names on a socket not ours
+            self.stats["continued"] += 1
+            self._respond(c, n, cont=True)
+            return
         try:
             pidfd = notify.pidfd_open(n.pid)
         except OSError:
@@ -489,8 +496,6 @@ class Supervisor:
         try:
             if n.nr in (notify.SYS_CONNECT, notify.SYS_BIND):
                 self._connect_or_bind(c, n, pidfd, copies)
-            elif self._socket_inode(n) not in self.sockets:
-                raise _Continue  # listen, accept, names: not ours, the kernel's business
             elif n.nr == notify.SYS_LISTEN:
                 self._listen(c, n, self._socket_copy(n, pidfd, copies))
             elif n.nr in (notify.SYS_ACCEPT, notify.SYS_ACCEPT4):
