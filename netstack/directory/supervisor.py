@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from netstack.directory import diag, notify
+from netstack.directory import diag, notify, publish
 from netstack.directory import sockaddr as sa
 from netstack.directory.oci import ContainerState
 from netstack.directory.registry import Directory, Pick, Refused, effective_labels
@@ -287,6 +287,8 @@ class _PendingAccept:
 
 
 class Supervisor:
+    port_range: tuple[int, int] | None = None  # host ports for services (None: any)
+
     def __init__(self, directory: Directory, publish_host: str = "127.0.0.1",
                  connect_wait: float = 10.0) -> None:
         self.directory = directory
@@ -674,7 +676,7 @@ class Supervisor:
             _copy_options(copy, host)
             if copy.family == socket.AF_INET6:
                 host.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            host.bind(sa.host_tuple(copy.family, self.publish_host, 0))
+            publish.bind(host, self.publish_host, self.port_range)
             host.setblocking(_blocking(copy.fileno()))
             self._install(c, n, host, HostSocket(Kind.BOUND, c.state.container, local=addr,
                                                  service=c.state.name))
