@@ -141,8 +141,7 @@ class GrpcClient:
             self._credentials = grpc.ssl_channel_credentials(
                 root_certificates=read(cacert), private_key=read(key),
                 certificate_chain=read(cert))
-        self._channel: Any = None
-        self._open()
+        self._channel: Any = None  # opened in the running loop (grpc.aio binds to it)
 
     def _open(self) -> None:
         target = self.endpoints[self._next % len(self.endpoints)]
@@ -160,8 +159,7 @@ class GrpcClient:
         log.debug("etcd: using %s", target)
 
     async def reconnect(self) -> None:
-        old = self._channel
-        self._open()
+        old, self._channel = self._channel, None  # the next call opens the next endpoint
         if old is not None:
             await old.close()
 
@@ -170,9 +168,14 @@ class GrpcClient:
             await self._channel.close()
             self._channel = None
 
-    async def _call(self, fn: Any, request: Any) -> Any:
+    def _ready(self) -> None:
+        if self._channel is None:
+            self._open()
+
+    async def _call(self, name: str, fn: str, request: Any) -> Any:
+        self._ready()
         try:
-            return await fn(request, timeout=CALL_TIMEOUT_S)
+            return await getattr(getattr(self, name), fn)(request, timeout=CALL_TIMEOUT_S)
         except self._grpc.RpcError as e:
             raise Unavailable(str(e.code() if hasattr(e, "code") else e)) from None
         except asyncio.CancelledError:
@@ -181,17 +184,18 @@ class GrpcClient:
             raise
 
     async def grant(self, ttl: int) -> int:
-        resp = await self._call(self.lease.LeaseGrant, self._rpc.LeaseGrantRequest(TTL=ttl))
+        resp = await self._call("lease", "LeaseGrant", self._rpc.LeaseGrantRequest(TTL=ttl))
         return int(resp.ID)
 
     async def revoke(self, lease: int) -> None:
         try:
-            await self._call(self.lease.LeaseRevoke, self._rpc.LeaseRevokeRequest(ID=lease))
+            await self._call("lease", "LeaseRevoke", self._rpc.LeaseRevokeRequest(ID=lease))
         except Unavailable as e:
             if "NOT_FOUND" not in str(e):
                 raise
 
     async def keepalive(self, lease: int, interval: float) -> None:
+        self._ready()
         call = self.lease.LeaseKeepAlive()
         try:
             while True:
@@ -213,7 +217,7 @@ class GrpcClient:
             call.cancel()
 
     async def get_prefix(self, prefix: bytes) -> tuple[int, list[KV]]:
-        resp = await self._call(self.kv.Range, self._rpc.RangeRequest(
+        resp = await self._call("kv", "Range", self._rpc.RangeRequest(
             key=prefix, range_end=prefix_end(prefix)))
         return int(resp.header.revision), [self._kv(kv) for kv in resp.kvs]
 
@@ -242,7 +246,7 @@ class GrpcClient:
                 return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=op[1]))
             return rpc.RequestOp(request_range=rpc.RangeRequest(key=op[1]))
 
-        resp = await self._call(self.kv.Txn, rpc.TxnRequest(
+        resp = await self._call("kv", "Txn", rpc.TxnRequest(
             compare=compares, success=[request(o) for o in success],
             failure=[request(o) for o in failure]))
         found = [self._kv(kv) for r in resp.responses
@@ -252,12 +256,22 @@ class GrpcClient:
     async def watch(self, prefix: bytes,
                     start_revision: int) -> AsyncIterator[tuple[int, list[Event]]]:
         rpc = self._rpc
+        self._ready()
         call = self.watcher.Watch()
         try:
-            await call.write(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
-                key=prefix, range_end=prefix_end(prefix), start_revision=start_revision)))
+            # the creation is answered at once, or the stream is no good (etcd still
+            # starting, a half-open connection): bounded like any call
+            await asyncio.wait_for(call.write(rpc.WatchRequest(
+                create_request=rpc.WatchCreateRequest(
+                    key=prefix, range_end=prefix_end(prefix),
+                    start_revision=start_revision))), CALL_TIMEOUT_S)
+            created = False
             while True:
-                resp = await call.read()
+                if created:
+                    resp = await call.read()
+                else:
+                    resp = await asyncio.wait_for(call.read(), CALL_TIMEOUT_S)
+                    created = True
                 if resp is self._grpc.aio.EOF:
                     raise Unavailable("watch stream ended")
                 if resp.compact_revision:
@@ -270,7 +284,7 @@ class GrpcClient:
                 events = [Event("put" if e.type == rpc.Event.PUT else "delete", self._kv(e.kv))
                           for e in resp.events]
                 yield int(resp.header.revision), events
-        except (self._grpc.RpcError, asyncio.InvalidStateError) as e:
+        except (self._grpc.RpcError, asyncio.InvalidStateError, TimeoutError) as e:
             raise Unavailable(f"watch: {e!r}") from None
         except asyncio.CancelledError:
             if _cancelled_by_channel():

@@ -134,6 +134,7 @@ class EtcdStore:
         self._lease_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._down = False  # (for the log: one line per outage)
 
     # ------------------------------------------------------------ reads
     def name(self, name: str) -> NameRecord | None:
@@ -412,6 +413,9 @@ class EtcdStore:
                 async for _rev, events in self.client.watch(self.keys.prefix,
                                                             self._revision + 1):
                     backoff = BACKOFF_MIN_S
+                    if self._down:
+                        log.warning("etcd: reachable again (revision %d)", self._revision)
+                        self._down = False
                     for event in events:
                         self._apply(event)
                         self._revision = max(self._revision, event.kv.mod_revision)
@@ -422,7 +426,7 @@ class EtcdStore:
                 self.stats["etcd_compacted"] += 1
                 need_read = True
             except etcd.Unavailable as e:
-                log.debug("etcd: watch: %s", e)
+                log.info("etcd: watch from revision %d: %s", self._revision + 1, e)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -452,8 +456,11 @@ class EtcdStore:
                 self._lease_ready.clear()
                 continue
             except etcd.Unavailable as e:
-                log.info("etcd: unreachable (%s): retrying", e)
-                self._synced.clear()
+                if not self._down:
+                    log.warning("etcd: unreachable (%s): retrying; lookups use the view", e)
+                    self._down = True
+                else:
+                    log.debug("etcd: still unreachable: %s", e)
                 with contextlib.suppress(Exception):
                     await self.client.reconnect()  # every stream restarts on a new channel
             except asyncio.CancelledError:

@@ -1,0 +1,118 @@
+"""Two "hosts" sharing one directory in etcd: two DirectoryWorld network namespaces on a
+veth (192.0.2.1 and 192.0.2.2, TEST-NET-1, nothing else on that link), a real etcd
+(Debian's etcd-server) listening in host A, and a netstackd in each with
+`--store etcd://192.0.2.1:2379 --publish-addr 192.0.2.N`. Everything stays in the
+namespaces the test made and goes with close(), also when setting up fails."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+from typing import Any
+
+from tests.helpers.directory import DirectoryWorld, wait_until
+from tests.netns import sh
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+ETCD_ADDR = "192.0.2.1"
+ETCD_URL = f"http://{ETCD_ADDR}:2379"
+
+
+class Host(DirectoryWorld):
+    """A DirectoryWorld whose netstackd starts only once the cluster's network is up."""
+
+    def __init__(self, addr: str) -> None:
+        self.addr = addr
+        self._deferred = True
+        super().__init__()
+        self._deferred = False
+        self.daemon_args: list[str] = []
+
+    def start_daemon(self, *args: str) -> None:
+        if self._deferred:
+            return
+        super().start_daemon(*(args or tuple(self.daemon_args)))
+
+
+class Cluster:
+    def __init__(self, ttl: int = 2) -> None:
+        self.hosts: list[Host] = []
+        self.etcd: subprocess.Popen[bytes] | None = None
+        try:
+            self.a = Host("192.0.2.1")
+            self.hosts.append(self.a)
+            self.b = Host("192.0.2.2")
+            self.hosts.append(self.b)
+            self.data = self.a.dir / "etcd-data"
+            self.etcd_log = self.a.dir / "etcd.log"
+            sh("ip", "-n", self.a.host, "link", "add", "veth0", "type", "veth", "peer", "name",
+               "veth0", "netns", self.b.host)
+            for h in self.hosts:
+                sh("ip", "-n", h.host, "addr", "add", f"{h.addr}/24", "dev", "veth0")
+                sh("ip", "-n", h.host, "link", "set", "veth0", "up")
+            self.start_etcd()
+            for h in self.hosts:
+                h.daemon_args = ["--store", f"etcd://{ETCD_ADDR}:2379", "--publish-addr",
+                                 h.addr, "--port-range", "20000-20999", "--etcd-ttl",
+                                 str(ttl), "--node", f"host-{h.addr}", "--connect-wait", "8"]
+                h.start_daemon()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ etcd
+    def start_etcd(self) -> None:
+        with open(self.etcd_log, "ab") as log:
+            self.etcd = subprocess.Popen(
+                ["ip", "netns", "exec", self.a.host, ETCD, "--name", "t",
+                 "--data-dir", str(self.data),
+                 "--listen-client-urls", ETCD_URL, "--advertise-client-urls", ETCD_URL,
+                 "--listen-peer-urls", "http://127.0.0.1:2380",
+                 "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+                 "--initial-cluster", "t=http://127.0.0.1:2380"],
+                stdout=log, stderr=log)
+        wait_until(lambda: self.etcd_healthy() or self.etcd.poll() is not None, 20,
+                   "etcd")
+        assert self.etcd.poll() is None, self.etcd_log.read_text()[-3000:]
+
+    def stop_etcd(self, sig: int = signal.SIGKILL) -> None:
+        assert self.etcd is not None
+        self.etcd.send_signal(sig)
+        self.etcd.wait(10)
+
+    def etcd_call(self, path: str, body: dict[str, Any]) -> Any:
+        """etcd's JSON gateway (/v3/...), from inside host A."""
+        r = self.a.in_host("curl", "-sf", "-m", "3", "-X", "POST", f"{ETCD_URL}{path}",
+                           "-d", json.dumps(body), timeout=10)
+        if r.returncode != 0:
+            raise OSError(f"etcd {path}: curl exited {r.returncode}")
+        return json.loads(r.stdout)
+
+    def etcd_healthy(self) -> bool:
+        try:
+            return bool(self.etcd_call("/v3/kv/range", {"key": "AA=="}))
+        except (OSError, ValueError):
+            return False
+
+    def compact(self) -> int:
+        revision = int(self.etcd_call("/v3/kv/range", {"key": "AA=="})["header"]["revision"])
+        self.etcd_call("/v3/kv/compaction", {"revision": revision, "physical": True})
+        return revision
+
+    def link(self, host: Host, up: bool) -> None:
+        sh("ip", "-n", host.host, "link", "set", "veth0", "up" if up else "down")
+
+    # --------------------------------------------------------------- cleanup
+    def close(self) -> None:
+        for h in self.hosts:  # daemons first: they revoke their leases
+            for p in h.procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+        for h in reversed(self.hosts):
+            h.close()  # (etcd's namespace goes with host A)
+        if self.etcd is not None and self.etcd.poll() is None:
+            self.etcd.kill()
+            self.etcd.wait(5)
+
