@@ -1,3 +1,3 @@
 """Benchmarks: netstack against slirp4netns, pasta and a rootful veth pair, on one
 machine in one run (`bench/run`), plus pytest-benchmark micro-benchmarks
-(bench/test_micro.py)."""
+(bench/bench_micro.py)."""

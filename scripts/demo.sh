@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: a "container" namespace gets its network from netstack, and real traffic
 # goes through it — ping, HTTP, a 64 MiB download and iperf3 both ways — to servers
-# this script starts in its own "host" namespace. Nothing leaves the machine.
+# this script starts in its own "host" namespace; then the service directory: two
+# containers found by name (netstackd, netstack-run). Nothing leaves the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -71,6 +72,31 @@ pids+=($!)
 sleep 0.5
 ip netns exec "$GUEST" iperf3 -c 10.0.2.2 -t 5 | grep -E "sender|receiver"
 ip netns exec "$GUEST" iperf3 -c 10.0.2.2 -t 5 -R | grep -E "sender|receiver"
+
+say "the service directory: containers find each other by name, host socket to host socket"
+ip netns exec "$HOST" .venv/bin/netstackd --socket "$work/netstackd.sock" > "$work/netstackd.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [ -S "$work/netstackd.sock" ] && break; sleep 0.05; done
+run() { ip netns exec "$HOST" .venv/bin/netstack-run --directory "$work/netstackd.sock" "$@"; }
+run --name web -- .venv/bin/python -m http.server 8080 --directory "$work" >/dev/null 2>&1 &
+pids+=($!)
+run --name iperf -- iperf3 -s >/dev/null 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+  [ "$(.venv/bin/netstackctl -d "$work/netstackd.sock" services | grep -c '^web \|^iperf ')" = 2 ] && break
+  sleep 0.1
+done
+.venv/bin/netstackctl -d "$work/netstackd.sock" services
+.venv/bin/netstackctl -d "$work/netstackd.sock" instances
+got=$(run -- curl -sS http://web:8080/blob | sha256sum | cut -d' ' -f1)
+[ "$want" = "$got" ] && echo "by name, http://web:8080/blob: sha256 matches" \
+  || { echo "sha256 MISMATCH by name"; exit 1; }
+run -- curl -sS -o /dev/null \
+  -w 'http://web.netstack.internal:8080/blob: %{size_download} bytes at %{speed_download} bytes/s\n' \
+  http://web.netstack.internal:8080/blob
+echo "iperf3 to the container named iperf (3 s), then host loopback for comparison:"
+run -- iperf3 -c iperf -t 3 | grep -E "receiver"
+ip netns exec "$HOST" iperf3 -c 127.0.0.1 -p 5201 -t 3 -B 127.0.0.1 2>/dev/null | grep -E "receiver" || true
 
 say "netstack's log"
 cat "$work/netstack.log"

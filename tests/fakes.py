@@ -13,6 +13,7 @@ from netstack.link.memory import MemoryLink
 from netstack.stack.config import NetworkConfig
 from netstack.stack.dispatch import Stack
 from netstack.stack.hostio import DatagramReceiver, HostAddr, Resolved
+from netstack.stack.limits import Limits
 from netstack.stack.vips import DirectorySettings
 from netstack.tcp.connection import TcpConnection
 from netstack.wire import vnet
@@ -129,12 +130,18 @@ class Rig:
         vnet_enabled: bool = False,
         mtu: int = 1500,
         directory: DirectorySettings | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.config = config or NetworkConfig(mtu=mtu)
         self.link = MemoryLink(mtu=self.config.mtu, vnet_enabled=vnet_enabled)
         self.host = FakeHost()
-        self.stack = Stack(self.config, self.link, self.host, directory=directory)
         self.now = 1000.0
+        self.stack = Stack(self.config, self.link, self.host, limits=limits, clock=self.clock,
+                           directory=directory)
+
+    def clock(self) -> float:
+        """The stack's clock is the rig's: time moves only with advance()."""
+        return self.now
 
     def send(self, pkt: object, header: vnet.VnetHeader = vnet.PLAIN) -> None:
         """One frame from the guest (a scapy packet, Ethernet added if missing)."""

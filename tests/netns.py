@@ -13,15 +13,19 @@ Tests may use `ip` to build the world; the product itself does not.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 NETSTACK = str(ROOT / ".venv" / "bin" / "netstack")
@@ -32,6 +36,25 @@ WORLD_HOST_IP = "192.0.2.2"
 HOST_UPLINK_IP = "192.0.2.1"
 WORLD_HOST_IP6 = "2001:db8::2"  # documentation prefix, only on the test's own veth
 HOST_UPLINK_IP6 = "2001:db8::1"
+
+# Developer knobs netstack reads from its environment. A test that does not set one
+# gets netstack's default, whatever the shell running pytest exported.
+KNOBS = ("NETSTACK_FASTPATH", "NETSTACK_VNET", "NETSTACK_DELACK_MS")
+IFF_VNET_HDR = 0x4000  # linux/if_tun.h, as /sys/class/net/<tap>/tun_flags shows it
+# What netstack logs when it catches a bug (dispatcher, host event handlers)
+INTERNAL_ERROR_LOGS = ("internal error", "handler failed", "client failed", "'internal_error'")
+
+
+def wait_until(
+    condition: Callable[[], object], timeout: float = 10, what: str = "condition"
+) -> None:
+    """Poll until condition() is true (every 20 ms); fail after timeout seconds. The
+    way tests wait: never a bare sleep standing in for an event."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
 
 
 def sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -48,6 +71,7 @@ class World:
         self.netstack: subprocess.Popen[bytes] | None = None
         self.netstack_log = Path(f"/tmp/netstack-{tag}.log")
         self.etc_dirs = [Path("/etc/netns") / n for n in (self.host, self.guest)]
+        self.api_sockets: list[str] = []  # every --api-socket netstack was given
         try:
             self._build()
         except BaseException:
@@ -157,6 +181,12 @@ class World:
             f"/run/netns/{self.guest}",
             "tap0",
         ]
+        for i, a in enumerate(extra):
+            if a == "--api-socket" and i + 1 < len(extra):
+                self.api_sockets.append(extra[i + 1])
+            elif a.startswith("--api-socket="):
+                self.api_sockets.append(a.split("=", 1)[1])
+        clean_env = {k: v for k, v in os.environ.items() if k not in KNOBS}
         t0 = time.monotonic()
         with open(self.netstack_log, "ab") as log:
             self.netstack = subprocess.Popen(
@@ -164,7 +194,7 @@ class World:
                 pass_fds=(w, *extra_fds),
                 stdout=log,
                 stderr=log,
-                env={**os.environ, **(env or {})},
+                env={**clean_env, **(env or {})},
             )
         self.procs.append(self.netstack)
         os.close(w)
@@ -175,7 +205,12 @@ class World:
                 if ready:
                     data = os.read(r, 16)
                     assert data == b"1", f"ready-fd gave {data!r}; log:\n{self.log()}"
-                    return time.monotonic() - t0
+                    took = time.monotonic() - t0
+                    # netstack closes the pipe just after the byte: once it has, its
+                    # open files are what it runs with (a baseline for fd counts)
+                    if select.select([r], [], [], 2)[0]:
+                        os.read(r, 16)
+                    return took
                 if self.netstack.poll() is not None:
                     raise AssertionError(
                         f"netstack exited {self.netstack.returncode}:\n{self.log()}"
@@ -183,6 +218,55 @@ class World:
             raise AssertionError(f"netstack not ready in {timeout}s:\n{self.log()}")
         finally:
             os.close(r)
+
+    def api(self, execute: str, path: str | None = None) -> Any:
+        """One API command to the running netstack; returns the reply's "return"."""
+        path = path or self.api_sockets[-1]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(path)
+            s.sendall(json.dumps({"execute": execute}).encode())
+            s.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        reply = json.loads(data)
+        assert "return" in reply, reply
+        return reply["return"]
+
+    def assert_mode(self, vnet: bool, flows_in_c: bool) -> None:
+        """The variant ran as it says: the TAP has the virtio-net header (or not, as the
+        kernel reports it) and established flows ran in C (or C handled no frame)."""
+        r = self.in_guest("cat", "/sys/class/net/tap0/tun_flags")
+        assert r.returncode == 0, r.stderr
+        assert bool(int(r.stdout, 16) & IFF_VNET_HDR) is vnet, f"tun_flags {r.stdout}"
+        fast = self.api("get_stats")["fast_path"]
+        if flows_in_c:
+            assert fast is not None, "the C flow path is off"
+            assert fast["frames_from_guest_in_c"] > 0, fast
+            assert fast["frames_to_guest_from_c"] > 0, fast
+        else:
+            assert fast is None or (
+                fast["frames_from_guest_in_c"] == 0 and fast["frames_to_guest_from_c"] == 0
+            ), fast
+
+    def assert_no_internal_errors(self) -> None:
+        """netstack caught no bug: its API stats (while it runs) and its log say so."""
+        if self.netstack is None:
+            return
+        if (
+            self.netstack.poll() is None
+            and self.api_sockets
+            and os.path.exists(self.api_sockets[-1])
+        ):
+            drops = self.api("get_stats")["drops"]
+            assert drops.get("internal_error", 0) == 0, f"{drops}\n{self.log()}"
+        try:
+            text = self.netstack_log.read_text(errors="replace")
+        except OSError:
+            return
+        bad = [line for line in text.splitlines() if any(m in line for m in INTERNAL_ERROR_LOGS)]
+        assert not bad, "netstack caught internal errors:\n" + text[-4000:]
 
     def log(self) -> str:
         try:

@@ -149,9 +149,16 @@ def test_gnu_parsing_permutes_bundles_and_takes_prefixes() -> None:
     assert o.configure and o.exit_fd == 7
 
 
-def test_deprecated_aliases_warn_and_work() -> None:
+def test_deprecated_aliases_warn_and_work(capsys: pytest.CaptureFixture[str]) -> None:
     o = args.parse(["--no-host-loopback", "--create-sandbox", "1", "tap0"])
     assert o.disable_host_loopback and o.enable_sandbox
+    assert capsys.readouterr().out.splitlines() == [
+        "WARNING: --no-host-loopback is deprecated, use --disable-host-loopback",
+        "WARNING: --create-sandbox is deprecated, use --enable-sandbox",
+    ]
+    o = args.parse(["--disable-host-loopback", "--enable-sandbox", "1", "tap0"])
+    assert o.disable_host_loopback and o.enable_sandbox
+    assert capsys.readouterr().out == ""  # the current names say nothing
 
 
 def test_target_process_that_does_not_exist_fails_before_ready() -> None:
@@ -201,6 +208,9 @@ def test_macaddress_and_mtu_are_applied(world: World) -> None:
 
 
 def test_enable_ipv6_prints_slirp4netns_warning_and_keeps_ipv4(world: World) -> None:
+    world.start_netstack()
+    assert "IPv6 is experimental" not in world.log()
+    world.stop_netstack()
     world.start_netstack("-6")
     assert "WARNING: Support for IPv6 is experimental" in world.log()
     assert world.in_guest("ping", "-c", "1", "-W", "2", "10.0.2.2").returncode == 0

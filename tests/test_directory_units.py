@@ -68,11 +68,17 @@ def test_registrations_per_owner_are_bounded() -> None:
     from netstack.directory.registry import Limits
 
     d = Directory(MemoryStore("198.18.0.0/16", "fd4e:5344::/64"),
-                  limits=Limits(instances_per_owner=2))
-    d.register(instance(cookie=1), now=0)
-    d.register(instance(cookie=2), now=0)
+                  limits=Limits(instances_per_owner=3, instances_per_container=2))
+    same_container = [instance(cookie=k) for k in (1, 2, 3)]
+    for inst in same_container:
+        inst.container = "c1"
+    d.register(same_container[0], now=0)
+    d.register(same_container[1], now=0)
     with pytest.raises(Refused):
-        d.register(instance(cookie=3), now=0)
+        d.register(same_container[2], now=0)  # a third in one container
+    d.register(instance(cookie=6), now=0)  # the owner's third, another container
+    with pytest.raises(Refused):
+        d.register(instance(cookie=7), now=0)  # the owner's fourth
     d.register(instance(name="other", cookie=4, owner=5), now=0)  # its own budget
 
 
@@ -194,3 +200,18 @@ def test_the_seccomp_profile_puts_our_rule_first() -> None:
     assert "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV" in profile.build(base, "/a", True)["flags"]
     with pytest.raises(ValueError):
         profile.build({**base, "listenerPath": "/other"}, "/a")
+
+
+def test_netstack_follows_the_per_user_netstackd_unless_told_not_to(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from netstack.cli import args
+
+    sock = Path(str(tmp_path)) / "netstackd.sock"
+    monkeypatch.setattr(args, "default_socket", lambda: str(sock))
+    assert args.parse(["1234", "tap0"]).directory is None  # no daemon: nothing changes
+    sock.touch()
+    assert args.parse(["1234", "tap0"]).directory == str(sock)
+    assert args.parse(["--directory=none", "1234", "tap0"]).directory is None
+    assert args.parse(["--directory=/x.sock", "1234", "tap0"]).directory == "/x.sock"

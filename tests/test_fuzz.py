@@ -82,15 +82,16 @@ def ipv4_frames(draw: st.DrawFn) -> bytes:
     proto = draw(st.sampled_from([1, 6, 17, draw(st.integers(0, 255))]))
     payload = draw(st.binary(max_size=120))
     if proto == 6 and draw(st.booleans()):
-        flags = draw(st.integers(0, 255))
-        off = draw(st.integers(0, 15))
+        # mostly well-formed (a SYN opens a flow the rest can reach), sometimes anything
+        flags = draw(st.sampled_from([0x02, 0x10, 0x18, 0x11, 0x04, draw(st.integers(0, 255))]))
+        off = draw(st.sampled_from([5, draw(st.integers(0, 15))]))
         opts = draw(st.binary(max_size=40))
         payload = (
             struct.pack(
                 "!HHIIBBHHH",
-                draw(st.integers(0, 65535)),
-                draw(st.sampled_from([53, 80, 7000])),
-                draw(st.integers(0, 2**32 - 1)),
+                draw(st.sampled_from([SYN_PORT, draw(st.integers(0, 65535))])),
+                draw(st.sampled_from([80, 53, 7000])),
+                draw(st.sampled_from([2, draw(st.integers(0, 2**32 - 1))])),  # 2: SYN_FRAME's next
                 draw(st.integers(0, 2**32 - 1)),
                 off << 4,
                 flags,
@@ -131,6 +132,22 @@ def ipv4_frames(draw: st.DrawFn) -> bytes:
     return GW_MAC + GUEST_MAC + b"\x08\x00" + h + payload
 
 
+SYN_PORT = 40000
+
+
+def _syn_frame(flags: int = 0x02, seq: int = 1, ack: int = 0) -> bytes:
+    """The guest's SYN 10.0.2.100:40000 -> 10.0.2.2:80 (or another segment of it)."""
+    seg = struct.pack("!HHIIBBHHH", SYN_PORT, 80, seq, ack, 5 << 4, flags, 1000, 0, 0)
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(seg), 1, 0x4000, 64, 6, 0, GUEST_IP, GW_IP)
+    h = h[:10] + struct.pack("!H", _csum(h)) + h[12:]
+    return GW_MAC + GUEST_MAC + b"\x08\x00" + h + seg
+
+
+GUEST_IP = b"\x0a\x00\x02\x64"
+GW_IP = b"\x0a\x00\x02\x02"
+SYN_FRAME = _syn_frame()
+
+
 @FUZZ
 @given(
     frames=st.lists(st.one_of(ipv4_frames(), st.binary(max_size=200)), max_size=20),
@@ -138,10 +155,26 @@ def ipv4_frames(draw: st.DrawFn) -> bytes:
 )
 def test_dispatcher_survives_anything(frames: list[bytes], vnet_hdr: bytes) -> None:
     rig = Rig()
+    frames = [SYN_FRAME, *frames]  # one flow at least, which the fuzzed frames may hit
     for frame in frames:
         buf = bytearray(vnet_hdr + frame)
         rig.stack.receive(buf, len(buf), rig.now)
     rig.stack.end_of_batch(rig.now)
+    # the host side of every flow connects (or fails), then the same frames come again:
+    # now they meet flows past CONNECTING, with host data waiting for the guest
+    for i, (conn, _, stream) in enumerate(rig.host.connects):
+        stream.to_guest += b"h" * 3000
+        rig.stack.tcp.host_connected(conn, i % 3 != 2, 111, rig.now)
+        if conn.flow.guest_port == SYN_PORT:  # the guest completes the handshake
+            ack = bytearray(vnet_hdr + _syn_frame(0x10, 2, (conn.iss + 1) & 0xFFFFFFFF))
+            rig.stack.receive(ack, len(ack), rig.now)
+    for frame in frames:
+        buf = bytearray(vnet_hdr + frame)
+        rig.stack.receive(buf, len(buf), rig.now)
+    rig.stack.end_of_batch(rig.now)
+    for conn, _, _ in rig.host.connects:
+        conn.on_host_readable(rig.now)
+        rig.stack.tcp.after(conn)
     rig.advance(1.0)
     assert rig.stack.stats.drops["internal_error"] == 0
 

@@ -15,6 +15,7 @@ from scapy.layers.l2 import ARP, Ether
 from netstack.dns import forwarder
 from netstack.host.resolvconf import ResolvConf, parse_nameservers
 from netstack.stack.config import NetworkConfig
+from netstack.stack.limits import Limits
 from netstack.stack.reassembly import Reassembler
 from tests.fakes import GUEST_MAC, GW_MAC, Rig
 
@@ -351,3 +352,34 @@ def test_ipv6_is_not_served_without_the_flag() -> None:
         / ICMPv6ND_RS()
     )
     assert rig.frames() == []
+    assert rig.stack.stats.drops["eth_not_for_us"] == 1  # no IPv6 multicast MAC is ours
+    # unicast to the gateway's MAC: the IPv6 ethertype itself is refused
+    rig.send(
+        Ether(src=GUEST_MAC, dst=GW_MAC)
+        / IPv6(src="fd00::100", dst="fd00::2")
+        / TCP(sport=40000, dport=80, flags="S")
+    )
+    assert rig.frames() == [] and rig.host.connects == []
+    assert rig.stack.stats.drops["ipv6_not_served"] == 1
+
+
+@pytest.mark.parametrize("rate", [200, 7])
+def test_icmp_errors_are_limited_to_the_documented_rate(rate: int) -> None:
+    """A burst of `rate` bad packets at one instant gets exactly `rate` errors; the
+    next waits for a token, which comes back 1/rate seconds later."""
+    rig = Rig(limits=Limits(icmp_errors_per_second=rate))
+    bad = IP(src=GUEST, dst="192.0.2.9", proto=253) / (b"\0" * 8)  # protocol unreachable
+    for _ in range(rate + 5):
+        rig.send(bad)
+    errors = rig.frames()
+    assert len(errors) == rate
+    assert all((e[ICMP].type, e[ICMP].code) == (3, 2) for e in errors)
+    assert rig.stack.output.icmp_errors_suppressed == 5
+    rig.now += 1.01 / rate  # (a hair over: float time)
+    rig.send(bad)
+    rig.send(bad)
+    assert len(rig.frames()) == 1
+    rig.now += 1.0  # a quiet second refills the bucket, no further
+    for _ in range(rate + 1):
+        rig.send(bad)
+    assert len(rig.frames()) == rate

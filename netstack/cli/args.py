@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from netstack import __version__
+from netstack.directory.paths import default_socket
 from netstack.stack.limits import Limits
 
 PROG = "netstack"
@@ -85,7 +86,8 @@ User-mode networking for unprivileged network namespaces (a slirp4netns drop-in)
 --icmp-error-rate=N      limit ICMP errors sent to the guest per second (default=200)
 --udp-timeout=SECONDS    close a UDP flow's host socket after this idle time (default=240)
 --directory=SOCK         reach netstackd's services by name: DNS answers directory names
-                         with their VIPs, TCP to a VIP goes to a live instance
+                         with their VIPs, TCP to a VIP goes to a live instance (default:
+                         the per-user netstackd's socket when it exists; "none": off)
 --directory-label=K=V    a label of this container's clients, for the directory's policy
                          (repeatable; default=zone=default)
 --directory-wait=SECONDS how long a connect to a service not served yet waits for an
@@ -275,6 +277,12 @@ def _parse(argv: list[str]) -> Options:
             if not re.fullmatch(r"\d+", value) or not 1 <= int(value) <= 1_000_000:
                 raise UsageError(f"{name[2:]} must be an integer from 1 to 1000000")
             opts.limits = dataclasses.replace(opts.limits, **{LIMIT_OPTIONS[name]: int(value)})
+    if opts.directory == "none":
+        opts.directory = None
+    elif opts.directory is None and not opts.directory_labels:
+        default = default_socket()  # netstackd runs for this user: follow it
+        if os.path.exists(default):
+            opts.directory = default
     if (opts.directory_labels or "--directory-wait" in dict(pairs)) and not opts.directory:
         raise UsageError("--directory-label and --directory-wait need --directory")
     if opts.macaddress is not None and not opts.configure:

@@ -182,7 +182,7 @@ DIRECTORY_COMMANDS = {
 
 def _directory(a: argparse.Namespace) -> int:
     from netstack.directory import profile
-    from netstack.directory.daemon import default_socket
+    from netstack.directory.paths import default_socket
 
     path = a.directory or default_socket()
     if a.command == "seccomp-profile":

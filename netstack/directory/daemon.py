@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from netstack.directory import cluster, keeper, notify, oci
+from netstack.directory.paths import default_socket
 from netstack.directory.registry import Directory
 from netstack.directory.supervisor import Container, Kind, Supervisor
 
@@ -35,19 +36,14 @@ VERSION = "0.1.0"
 DEFAULT_VIP_CIDR = "198.18.0.0/16"  # RFC 2544 benchmarking: never routed, not 10.0.2.0/24
 DEFAULT_VIP6_CIDR = "fd4e:5344::/64"
 DEFAULT_DOMAIN = "netstack.internal"
-SWEEP_S = 0.25
+SWEEP_S = 0.25  # listeners: a service disappears within a second
+FULL_SWEEP_EVERY = 8  # every socket we made (a dump of all TCP sockets): every 2 s
+MAX_CONTAINERS = 4096
 AGENT_TIMEOUT_S = 5.0
 MAX_AGENT_CLIENTS = 64
 MAX_API_CLIENTS = 128
 MAX_WATCHERS = 256
 MAX_REQUEST = 65536
-
-
-def default_socket() -> str:
-    if os.geteuid() == 0:
-        return "/run/netstack/netstackd.sock"
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/netstack-{os.geteuid()}"
-    return os.path.join(runtime, "netstack", "netstackd.sock")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -238,6 +234,11 @@ class Daemon:
         finally:
             conn.close()
             self._agent_clients -= 1
+        if len(self.supervisor.containers) >= MAX_CONTAINERS:
+            log.warning("agent: %d containers supervised already; %s refused",
+                        MAX_CONTAINERS, state.container)
+            os.close(state.listener)
+            return
         try:
             c = self.supervisor.adopt(state, uid)
             self._keep_container(c)
@@ -382,10 +383,13 @@ class Daemon:
 
     # ---------------------------------------------------------------- upkeep
     async def _sweeper(self) -> None:
+        rounds = 0
         while True:
             await asyncio.sleep(SWEEP_S)
+            rounds += 1
             try:
-                self.supervisor.sweep()
+                self.supervisor.interrupt_signalled()
+                self.supervisor.sweep(full=rounds % FULL_SWEEP_EVERY == 0)
             except Exception:
                 log.exception("sweep")
 

@@ -30,7 +30,7 @@ import tempfile
 import time
 
 from netstack.directory import notify, oci
-from netstack.directory.daemon import default_socket
+from netstack.directory.paths import default_socket
 from netstack.directory.registry import parse_labels
 
 CLONE_NEWNS = 0x00020000
@@ -249,12 +249,6 @@ def _prepare(args: argparse.Namespace, pid: int, p_read: int, p_write: int,
         os.close(p_read)
 
 
-def _netstack_supports_directory() -> bool:
-    from netstack.cli import args as netstack_args
-
-    return "directory" in getattr(netstack_args.Options, "__dataclass_fields__", {})
-
-
 def _start_netstack(args: argparse.Namespace, pid: int, directory: str | None) -> int:
     r, w = os.pipe()
     cmd = [args.netstack, "-c", "-r", str(w)]
@@ -262,9 +256,11 @@ def _start_netstack(args: argparse.Namespace, pid: int, directory: str | None) -
         cmd.append("--enable-ipv6")
     if args.disable_host_loopback:
         cmd.append("--disable-host-loopback")
-    if directory is not None and _netstack_supports_directory():
+    if directory is not None:
         cmd.append(f"--directory={directory}")
         cmd += [f"--directory-label={k}={v}" for k, v in args.labels.items()]
+    else:
+        cmd.append("--directory=none")
     cmd += [str(pid), "tap0"]
     netstack = os.fork()
     if netstack == 0:

@@ -57,6 +57,7 @@ def allowed(client: dict[str, str], server: dict[str, str]) -> bool:
 @dataclass(frozen=True)
 class Limits:
     instances_per_owner: int = 1024
+    instances_per_container: int = 64
     names: int = 16384
 
 
@@ -117,7 +118,10 @@ class Directory:
             raise Refused(f"name {canonical!r} is held by another owner")
         owned = sum(1 for i in self._by_cookie.values() if i.owner == inst.owner)
         if owned >= self.limits.instances_per_owner:
-            raise Refused("too many registrations")
+            raise Refused("too many registrations for this owner")
+        mine = sum(1 for i in self._by_cookie.values() if i.container == inst.container)
+        if mine >= self.limits.instances_per_container:
+            raise Refused("too many registrations for this container")
         rec = existing or self.store.reserve(canonical, now + RESERVATION_S)
         rec.owner = inst.owner
         self.store.add(rec, inst)

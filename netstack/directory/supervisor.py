@@ -37,10 +37,11 @@ import ipaddress
 import logging
 import os
 import select
+import signal
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -61,16 +62,34 @@ SIOCGSKNS = 0x894C
 MAX_IN_FLIGHT = 256  # async notifications per container (waiting connects, accepts)
 CONNECT_TIMEOUT_S = 75.0
 BOUND_GRACE_S = 300.0  # how long a bound, never listening socket is remembered
-_COPIED_OPTIONS = (
-    (socket.SOL_SOCKET, socket.SO_REUSEADDR),
-    (socket.SOL_SOCKET, socket.SO_REUSEPORT),
-    (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
-    (socket.IPPROTO_TCP, socket.TCP_NODELAY),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
-    (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+# Options a process may set before connect/bind that our host socket must carry:
+# (level, option, bytes to read or 0 for an int). Copied when the value differs from
+# a fresh socket's, so defaults (and buffer autotuning) stay the kernel's.
+_COPIED_OPTIONS: tuple[tuple[int, int, int], ...] = (
+    (socket.SOL_SOCKET, socket.SO_REUSEADDR, 0),
+    (socket.SOL_SOCKET, socket.SO_REUSEPORT, 0),
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0),
+    (socket.SOL_SOCKET, socket.SO_PRIORITY, 0),
+    (socket.SOL_SOCKET, socket.SO_RCVBUF, 0),
+    (socket.SOL_SOCKET, socket.SO_SNDBUF, 0),
+    (socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16),
+    (socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16),
+    (socket.SOL_SOCKET, socket.SO_LINGER, 8),
+    (socket.SOL_SOCKET, socket.SO_OOBINLINE, 0),
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY, 0),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 0),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 0),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 0),
+    (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 0),
+    (socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16),
+    (socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 0),
+    (socket.IPPROTO_TCP, socket.TCP_MAXSEG, 0),
 )
+_FAMILY_OPTIONS: dict[int, tuple[tuple[int, int, int], ...]] = {
+    socket.AF_INET: ((socket.IPPROTO_IP, socket.IP_TOS, 0),),
+    socket.AF_INET6: ((socket.IPPROTO_IPV6, socket.IPV6_TCLASS, 0),),
+}
+_DOUBLED = {(socket.SOL_SOCKET, socket.SO_RCVBUF), (socket.SOL_SOCKET, socket.SO_SNDBUF)}
 _REFUSAL_ERRNO = {
     Refusal.NET_UNREACHABLE: errno.ENETUNREACH,
     Refusal.HOST_UNREACHABLE: errno.EHOSTUNREACH,
@@ -209,20 +228,53 @@ def _in_an_epoll(pid: int, sock: socket.socket) -> bool:
     return False
 
 
-def _copy_options(src: socket.socket, dst: socket.socket) -> None:
-    for level, opt in _COPIED_OPTIONS:
+SIGURG_BIT = 1 << (signal.SIGURG - 1)  # Go's preemption signal: restarted, never EINTR
+
+
+def _caught_signal_pending(tid: int) -> bool:
+    masks: dict[str, int] = {}
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("SigPnd", "ShdPnd", "SigBlk", "SigCgt"):
+                    masks[key] = int(value, 16)
+    except (OSError, ValueError):
+        return False
+    pending = masks.get("SigPnd", 0) | masks.get("ShdPnd", 0)
+    return bool(pending & masks.get("SigCgt", 0) & ~masks.get("SigBlk", 0) & ~SIGURG_BIT)
+
+
+_defaults: dict[int, dict[tuple[int, int], int | bytes]] = {}
+
+
+def _option_values(sock: socket.socket, options: tuple[tuple[int, int, int], ...]
+                   ) -> dict[tuple[int, int], int | bytes]:
+    values: dict[tuple[int, int], int | bytes] = {}
+    for level, opt, size in options:
         try:
-            value = src.getsockopt(level, opt)
-            if value:
-                dst.setsockopt(level, opt, value)
+            values[(level, opt)] = sock.getsockopt(level, opt, size) if size else \
+                sock.getsockopt(level, opt)
         except OSError:
             continue
-    try:
-        linger = src.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8)
-        if linger != bytes(8):
-            dst.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-    except OSError:
-        pass
+    return values
+
+
+def _copy_options(src: socket.socket, dst: socket.socket) -> None:
+    options = _COPIED_OPTIONS + _FAMILY_OPTIONS.get(src.family, ())
+    if src.family not in _defaults:
+        with socket.socket(src.family, socket.SOCK_STREAM) as fresh:
+            _defaults[src.family] = _option_values(fresh, options)
+    defaults = _defaults[src.family]
+    for key, value in _option_values(src, options).items():
+        if key in defaults and value == defaults[key]:
+            continue
+        if key in _DOUBLED and isinstance(value, int):
+            value //= 2  # the kernel doubles what it is given
+        try:
+            dst.setsockopt(key[0], key[1], value)
+        except OSError:
+            continue
 
 
 class _Watch:
@@ -285,6 +337,11 @@ class _PendingAccept:
         self.copy.close()
         self.sup.wait_ends(self.c, self.n)
 
+    def interrupt(self) -> None:
+        """accept() interrupted by a signal: nothing happened, EINTR."""
+        self._finish()
+        self.sup._respond(self.c, self.n, error=errno.EINTR)
+
 
 class Supervisor:
     port_range: tuple[int, int] | None = None  # host ports for services (None: any)
@@ -301,7 +358,7 @@ class Supervisor:
             "traps", "continued", "bypassed_connects", "outbound_bypassed", "denied",
             "unknown_vip", "waited", "wait_timeouts", "accepts", "registrations",
             "registrations_refused", "unregistrations", "caller_gone", "errors",
-            "over_limit", "containers", "epoll_continued")}
+            "over_limit", "containers", "epoll_continued", "interrupted")}
         self.on_container_gone: Callable[[Container], None] = lambda c: None
         self.on_registrations: Callable[[Container], None] = lambda c: None
         # a call we hold (waiting for a service, a connect, a connection): kept by the
@@ -309,6 +366,9 @@ class Supervisor:
         self.on_wait: Callable[[Container, notify.Notification, bool], None] = (
             lambda c, n, begins: None)
         self._waiters: list[asyncio.Future[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.held: dict[int, tuple[Container, notify.Notification,
+                                   Callable[[], None] | None]] = {}
         self._host_netns = os.stat("/proc/self/ns/net").st_ino
         directory.changed.append(self._wake_waiters)
 
@@ -514,9 +574,10 @@ class Supervisor:
                 self.stats["over_limit"] += 1
                 raise _Fail(errno.ECONNREFUSED)
             self.stats["waited"] += 1
-            self.wait_begins(c, n)
-            asyncio.get_running_loop().create_task(
-                self._wait_for_service(c, n, copy.dup(), addr, vip, port))
+            self._spawn(self._wait_for_service(c, n, copy.dup(), addr, vip, port))
+            # not interruptible: a connect answered EINTR must go on in the background,
+            # and there is nothing to connect to yet (the wait is bounded instead)
+            self.wait_begins(c, n, None)
         else:
             self.stats["denied" if pick is Pick.DENIED else "unknown_vip"] += 1
             raise _Fail(errno.ECONNREFUSED)
@@ -554,6 +615,8 @@ class Supervisor:
             self._respond(c, n, error=e.err)
         except ProcessLookupError:
             self.stats["caller_gone"] += 1
+        except asyncio.CancelledError:
+            pass  # answered by whoever cancelled
         except Exception:
             self.stats["errors"] += 1
             log.exception("waiting connect")
@@ -600,7 +663,6 @@ class Supervisor:
             if c.in_flight >= MAX_IN_FLIGHT:
                 self.stats["over_limit"] += 1
                 raise _Fail(errno.EAGAIN)
-            self.wait_begins(c, n)
             self._wait_connected(c, n, host, record)
             handed_over = True
         finally:
@@ -640,12 +702,24 @@ class Supervisor:
                 self.stats["caller_gone"] += 1
             except _Fail as e:
                 self._respond(c, n, error=e.err)
+            except asyncio.CancelledError:
+                pass  # answered by whoever cancelled
             finally:
-                if record is not None:
-                    self.wait_ends(c, n)
+                self.wait_ends(c, n)
                 host.close()
 
-        loop.create_task(finish())
+        task = self._spawn(finish())
+
+        def interrupt() -> None:
+            """As the kernel does: EINTR, and the connect goes on in the background
+            (on our socket, installed now)."""
+            task.cancel()
+            if record is not None:
+                host.setblocking(True)
+                self._install(c, n, host, record)
+            self._respond(c, n, error=errno.EINTR)
+
+        self.wait_begins(c, n, interrupt)
 
     def _install(self, c: Container, n: notify.Notification, host: socket.socket,
                  record: HostSocket, newfd: int | None = None, send: bool = False,
@@ -724,8 +798,8 @@ class Supervisor:
         if c.in_flight >= MAX_IN_FLIGHT:
             self.stats["over_limit"] += 1
             raise _Continue  # the kernel accepts (peer shows the host address)
-        self.wait_begins(c, n)
-        _PendingAccept(self, c, n, copy.dup(), os.dup(pidfd), rec)
+        pending = _PendingAccept(self, c, n, copy.dup(), os.dup(pidfd), rec)
+        self.wait_begins(c, n, pending.interrupt)
 
     def _try_accept(self, c: Container, n: notify.Notification, copy: socket.socket,
                     rec: HostSocket) -> bool:
@@ -809,13 +883,21 @@ class Supervisor:
         self._write(n, len_address, struct.pack("=i", len(data)))
 
     # -------------------------------------------------------------- upkeep
-    def sweep(self) -> None:
-        """Forget sockets that no longer exist; unregister closed listeners."""
-        alive = diag.tcp_cookies()
+    def sweep(self, full: bool) -> None:
+        """Unregister closed listeners (a dump of listening sockets only); with full,
+        also forget every other socket that no longer exists (a dump of all)."""
         now = time.time()
-        # a bound socket that does not listen yet is in no table sock_diag dumps
-        gone = [k for k, r in self.sockets.items() if k not in alive
-                and (r.kind != Kind.BOUND or now - r.since > BOUND_GRACE_S)]
+        if full:
+            alive = diag.tcp_cookies()
+            # a bound socket that does not listen yet is in no table sock_diag dumps
+            gone = [k for k, r in self.sockets.items() if k not in alive
+                    and (r.kind != Kind.BOUND or now - r.since > BOUND_GRACE_S)]
+        else:
+            if not self.directory.instances():
+                return
+            alive = diag.tcp_cookies(diag.LISTENING)
+            gone = [k for k, r in self.sockets.items()
+                    if r.kind == Kind.LISTENING and k not in alive]
         for cookie in gone:
             rec = self.sockets.pop(cookie)
             if rec.kind == Kind.LISTENING and self.directory.unregister(cookie, now):
@@ -828,13 +910,38 @@ class Supervisor:
                                 if k in self.sockets}
         self.directory.expire(now)
 
-    def wait_begins(self, c: Container, n: notify.Notification) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task we keep a reference to until it ends (the loop keeps only weak ones)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def wait_begins(self, c: Container, n: notify.Notification,
+                    interrupt: Callable[[], None] | None) -> None:
+        """A call we hold. `interrupt`, if any, answers it as a signal would (EINTR)
+        and stops its waiter."""
         c.in_flight += 1
+        self.held[n.id] = (c, n, interrupt)
         self.on_wait(c, n, True)
 
     def wait_ends(self, c: Container, n: notify.Notification) -> None:
-        c.in_flight -= 1
-        self.on_wait(c, n, False)
+        if self.held.pop(n.id, None) is not None:
+            c.in_flight -= 1
+            self.on_wait(c, n, False)
+
+    def interrupt_signalled(self) -> None:
+        """A held caller with a caught signal pending gets EINTR, as a blocking call
+        would (the filter's WAIT_KILLABLE_RECV keeps signals from doing it, which
+        spares Go's SIGURG storms but would make a server in accept() deaf to ^C)."""
+        for c, n, interrupt in list(self.held.values()):
+            if interrupt is not None and _caught_signal_pending(n.pid):
+                self.stats["interrupted"] += 1
+                try:
+                    interrupt()
+                except (ProcessLookupError, _Fail):
+                    pass
+                self.wait_ends(c, n)
 
     def redo(self, c: Container, n: notify.Notification) -> None:
         """Handle again a call an earlier netstackd received and never answered."""

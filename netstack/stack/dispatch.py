@@ -9,6 +9,7 @@ in the virtual network.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -72,6 +73,7 @@ class Stack:
         stats: Stats | None = None,
         limits: Limits | None = None,
         directory: DirectorySettings | None = None,
+        clock: Callable[[], float] = time.monotonic,  # what rate limits read
     ) -> None:
         limits = limits or Limits()
         self.limits = limits
@@ -80,7 +82,7 @@ class Stack:
         self.host = host
         self.stats = stats or Stats()
         self.timers = TimerQueue()
-        self.output = GuestOutput(link, config, limits.icmp_errors_per_second)
+        self.output = GuestOutput(link, config, limits.icmp_errors_per_second, clock)
         # directory VIPs (--directory): routed by the view, never forwarded as addresses
         self.vips = VipRoutes(directory, self.stats, self.timers) if directory else None
         self.policy = Policy(config, host.nameservers, self.vips)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import struct
+import time
+from collections.abc import Callable
 
 from netstack.link.base import VNET_HEADROOM, LinkEndpoint
 from netstack.stack.config import HOST6, NetworkConfig
@@ -20,11 +22,15 @@ L3_OFFSET = VNET_HEADROOM + ethernet.HEADER_LEN
 
 class GuestOutput:
     def __init__(
-        self, link: LinkEndpoint, config: NetworkConfig, icmp_errors_per_second: int = 200
+        self,
+        link: LinkEndpoint,
+        config: NetworkConfig,
+        icmp_errors_per_second: int = 200,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.link = link
         self.config = config
-        self.icmp_errors = TokenBucket(icmp_errors_per_second)
+        self.icmp_errors = TokenBucket(icmp_errors_per_second, clock)
         self.icmp_errors_suppressed = 0
         self._ident = itertools.count(0x4000)
         self.frames_sent = 0
@@ -189,9 +195,6 @@ class GuestOutput:
             return
         if quote[0] >> 4 == 6:
             self._send_icmp6_error(dst_mac, type_, code, quote)
-            return
-        if not self.icmp_errors.take():
-            self.icmp_errors_suppressed += 1  # a flood of bad packets gets no flood back
             return
         if not self.icmp_errors.take():
             self.icmp_errors_suppressed += 1  # a flood of bad packets gets no flood back

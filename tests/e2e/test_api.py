@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from netstack.cli.socket_remover import WATCHER_NAME
+from tests.e2e.test_datapath import HOLD_OPEN
 from tests.helpers.procs import children, process_gone
 from tests.netns import PYTHON, World
 
@@ -187,8 +188,31 @@ def test_tcp_forward_carries_data_both_ways_and_shows_the_client_address(
     assert r.stdout.strip().startswith("192.0.2.2:"), r.stdout + r.stderr
     r = world.in_host(PYTHON, "-c", PEER_CLIENT, "127.0.0.1", "17001")
     assert r.stdout.strip().startswith("10.0.2.2:"), r.stdout + r.stderr
-    conns = json.loads(call(api, b'{"execute":"list_connections"}'))["return"]["connections"]
-    assert isinstance(conns, list)
+
+
+def test_list_connections_shows_an_open_flow_with_its_byte_counts(world: World, api: str) -> None:
+    world.server("host", "echo", "7000", "127.0.0.1")
+    client = subprocess.Popen(
+        ["ip", "netns", "exec", world.guest, PYTHON, "-c", HOLD_OPEN, "30"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert client.stdout is not None and client.stdout.readline().strip() == "echoed"
+        conns = json.loads(call(api, b'{"execute":"list_connections"}'))["return"]["connections"]
+        (tcp,) = [c for c in conns if c["proto"] == "tcp"]
+        assert (tcp["state"], tcp["direction"], tcp["remote"]) == (
+            "established",
+            "outbound",
+            "10.0.2.2:7000",
+        )
+        assert tcp["guest"].startswith("10.0.2.100:")
+        echoed = 70000 + 5000 + 300
+        assert (tcp["bytes_from_guest"], tcp["bytes_to_guest"]) == (echoed, echoed)
+        assert 0 <= tcp["age_seconds"] < 30
+    finally:
+        client.kill()
+        client.wait()
 
 
 def test_tcp_forward_to_a_closed_guest_port_closes_the_client(world: World, api: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.netns import NETSTACK as NETSTACK_BIN
 from tests.netns import PYTHON as PYTHON_BIN
-from tests.netns import WORLD_HOST_IP, World
+from tests.netns import WORLD_HOST_IP, World, wait_until
 
 MiB = 1 << 20
 
@@ -30,11 +30,20 @@ def _sha256_file(path: Path) -> str:
 @pytest.fixture(params=["vnet", "plain", "vnet-python", "plain-python"])
 def frames(request: pytest.FixtureRequest) -> dict[str, str]:
     """Both frame kinds: TAP offloads on (virtio-net header) and plain frames; each with
-    established flows in C (csrc/flow.c) and in Python only, its twin."""
+    established flows in C (csrc/flow.c) and in Python only, its twin. The test ends
+    with world.assert_mode(**mode(frames)): the variant ran as it says."""
     kind = str(request.param)
     return {
         "NETSTACK_VNET": "1" if kind.startswith("vnet") else "0",
         "NETSTACK_FASTPATH": "0" if kind.endswith("python") else "1",
+    }
+
+
+def mode(env: dict[str, str]) -> dict[str, bool]:
+    """What a variant's environment asks for (netstack's defaults: vnet on, C on)."""
+    return {
+        "vnet": env.get("NETSTACK_VNET", "1") != "0",
+        "flows_in_c": env.get("NETSTACK_FASTPATH", "1") != "0",
     }
 
 
@@ -43,10 +52,11 @@ def test_http_download_32mib_via_gateway(world: World, frames: dict[str, str]) -
         blob = Path(d) / "blob"
         blob.write_bytes(os.urandom(32 * MiB))
         world.server("host", "http", d, "8080", "127.0.0.1")
-        world.start_netstack(env=frames)
+        world.start_netstack("--api-socket", f"{d}/api.sock", env=frames)
         r = world.in_guest("sh", "-c", "curl -sS -m 60 http://10.0.2.2:8080/blob | sha256sum")
         assert r.returncode == 0, r.stderr
         assert r.stdout.split()[0] == _sha256_file(blob)
+        world.assert_mode(**mode(frames))
 
 
 UPLOAD = r"""
@@ -69,14 +79,15 @@ print(h.hexdigest(), reply.decode().strip())
 """
 
 
-def test_upload_64mib_with_half_close(world: World, frames: dict[str, str]) -> None:
+def test_upload_64mib_with_half_close(world: World, frames: dict[str, str], tmp_path: Path) -> None:
     world.server("host", "sink", "9000", "127.0.0.1")
-    world.start_netstack(env=frames)
+    world.start_netstack("--api-socket", str(tmp_path / "api.sock"), env=frames)
     r = world.guest_python(UPLOAD, str(64 * MiB))
     assert r.returncode == 0, r.stderr
     sent_hash, server_hash, server_count = r.stdout.split()
     assert server_hash == sent_hash
     assert int(server_count) == 64 * MiB
+    world.assert_mode(**mode(frames))
 
 
 ECHO_MANY = r"""
@@ -179,9 +190,12 @@ def test_dns_failover_and_resolv_conf_reload(world: World) -> None:
     assert r.returncode == 0, r.stderr + world.log()
     assert "192.0.2.11" in r.stdout
     world.set_host_resolv_conf("nameserver 127.0.0.2\n")
-    time.sleep(1.2)  # the stack re-checks resolv.conf at most once a second
-    r = world.in_guest("getent", "ahostsv4", "b.test")
-    assert "192.0.2.22" in r.stdout, r.stdout + r.stderr
+    # the stack re-checks resolv.conf at most once a second: the new server answers soon
+    wait_until(
+        lambda: "192.0.2.22" in world.in_guest("getent", "ahostsv4", "b.test").stdout,
+        timeout=5,
+        what="the reloaded resolv.conf's nameserver",
+    )
 
 
 def test_ping_gateway_dns_and_world_host(world: World) -> None:
@@ -250,8 +264,7 @@ def test_disable_host_loopback_makes_gateway_unreachable(world: World) -> None:
 
 def test_no_host_sockets_linger_after_flows_close(world: World) -> None:
     world.server("host", "echo", "7000", "127.0.0.1")
-    world.start_netstack()
-    time.sleep(0.3)  # the ready pipe is closed just after the byte is written
+    world.start_netstack()  # returns once the ready pipe is closed too
     baseline = world.netstack_fds()
     r = world.guest_python(ECHO_MANY, "50", "20000")
     assert r.stdout.split()[0] == "50", r.stderr
@@ -277,24 +290,33 @@ time.sleep(float(sys.argv[1]))  # the connection stays open, idle
 
 
 @pytest.mark.parametrize("fastpath", ["1", "0"])
-def test_acknowledged_host_bytes_leave_the_socket_at_once(world: World, fastpath: str) -> None:
+def test_acknowledged_host_bytes_leave_the_socket_at_once(
+    world: World, fastpath: str, tmp_path: Path
+) -> None:
     """Host data stays in the host socket until the guest acknowledges it, then it is
     read away at once: only a read moves the socket's receive window, so bytes held back
     could stall the host's sender for good (a 16 KiB batching of these reads did)."""
     world.server("host", "echo", "7000", "127.0.0.1")
-    world.start_netstack(env={"NETSTACK_FASTPATH": fastpath})
+    env = {"NETSTACK_FASTPATH": fastpath}
+    world.start_netstack("--api-socket", str(tmp_path / "api.sock"), env=env)
     client = subprocess.Popen(
-        ["ip", "netns", "exec", world.guest, PYTHON_BIN, "-c", HOLD_OPEN, "5"],
+        ["ip", "netns", "exec", world.guest, PYTHON_BIN, "-c", HOLD_OPEN, "10"],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert client.stdout is not None and client.stdout.readline().strip() == "echoed"
-        time.sleep(0.5)  # the guest's last ACK arrives (delayed ACKs included)
-        # netstack's socket toward the echo server: nothing left unread
-        out = world.in_host("ss", "-tnH", "dst", "127.0.0.1:7000").stdout
-        queues = [int(line.split()[1]) for line in out.splitlines() if line.strip()]
+        # netstack's socket toward the echo server: nothing left unread once the guest's
+        # last (maybe delayed) ACK is in, well before the idle client's 10 s are up
+        deadline = time.monotonic() + 3
+        while True:
+            out = world.in_host("ss", "-tnH", "dst", "127.0.0.1:7000").stdout
+            queues = [int(line.split()[1]) for line in out.splitlines() if line.strip()]
+            if queues == [0] or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert queues == [0], out
+        world.assert_mode(**mode(env))
     finally:
         client.kill()
         client.wait()

@@ -447,3 +447,136 @@ def test_a_socket_in_an_epoll_before_connect_still_completes(dw: DirectoryWorld)
     assert r.returncode == 0 and r.stdout.strip() == "hello", r.stderr
     assert dw.stats()["epoll_continued"] == before + 1  # carried by the TAP stack instead
     accepted(server)
+
+
+DEAF = """
+import signal, socket, sys
+s = socket.socket(); s.bind(("0.0.0.0", 9400)); s.listen()
+print("ready", flush=True)
+try:
+    s.accept()  # blocking, nobody comes: netstackd holds the call
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_a_caught_signal_ends_a_blocking_accept(dw: DirectoryWorld) -> None:
+    server = dw.spawn(PYTHON, "-c", DEAF, name="deaf")
+    assert line(server) == "ready"
+    dw.wait_served("deaf")
+    pid = int(wait_until(lambda: [i["pid"] for i in dw.api("list_instances")["entries"]
+                                  if i["name"] == "deaf"], 5, "the instance")[0])
+    before = dw.stats()["interrupted"]
+    wait_until(lambda: dw.stats()["containers_live"] and _in_accept(pid), 5, "accept()")
+    os.kill(pid, signal.SIGINT)
+    assert line(server) == "interrupted"
+    assert dw.stats()["interrupted"] == before + 1
+
+
+def _in_accept(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            return f.read().split()[0] in ("43", "288")
+    except (OSError, IndexError):
+        return False
+
+
+BY_NAME = """
+import socket, sys
+name, port = sys.argv[1], int(sys.argv[2])
+family = socket.AF_INET6 if len(sys.argv) > 3 else socket.AF_INET
+addr = socket.getaddrinfo(name, port, family, socket.SOCK_STREAM)[0][4]
+s = socket.create_connection((name, port), timeout=20)  # a timeout: nonblocking inside
+print(addr[0], s.getpeername()[0], s.recv(100).decode().split()[0])
+"""
+
+
+def test_names_resolve_through_the_stack_dns(dw: DirectoryWorld) -> None:
+    server = serve(dw, "named", 9500, count=3)
+    svc = dw.wait_served("named")
+    before = dw.stats()["bypassed_connects"]
+    for name in ("named", "named.netstack.internal", "NAMED.netstack.internal."):
+        r = dw.python(BY_NAME, name, "9500")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == [svc["vip"], svc["vip"], "hello"]
+        accepted(server)
+    assert dw.stats()["bypassed_connects"] == before + 3  # host sockets, not the TAP
+
+
+def test_a_nonblocking_connect_to_a_name_served_later_completes(dw: DirectoryWorld) -> None:
+    client = dw.spawn(PYTHON, "-c", BY_NAME, "latecomer", "9600")
+    before = dw.stats()["continued"]
+    wait_until(lambda: "latecomer" in dw.services(), 10, "the name to be resolved")
+    wait_until(lambda: dw.stats()["continued"] > before, 10, "the connect")
+    server = serve(dw, "latecomer", 9600)
+    out, err = client.communicate(timeout=30)
+    assert client.returncode == 0, err
+    vip_, peer, greeting = out.decode().split()
+    assert vip_ == peer == dw.services()["latecomer"]["vip"] and greeting == "hello"
+    accepted(server)
+
+
+LIFECYCLE = """
+import ctypes, errno, json, os, socket, subprocess, sys
+host, port = sys.argv[1], int(sys.argv[2])
+libc = ctypes.CDLL(None, use_errno=True)
+out = {}
+s = socket.create_connection((host, port))
+out["peer"] = s.getpeername()[:2]
+# exec: the socket crosses into a new program and is still the same socket to it
+fd = s.fileno()
+os.set_inheritable(fd, True)
+child = subprocess.run([sys.executable, "-c",
+                        "import json,socket,sys; s=socket.socket(fileno=int(sys.argv[1]));"
+                        "print(json.dumps(s.getpeername()[:2]))", str(fd)],
+                       pass_fds=(fd,), capture_output=True, text=True)
+out["exec_peer"] = json.loads(child.stdout)
+# close_range, then a new socket on the same number: nothing of the old one sticks
+number = s.detach()
+assert libc.syscall(436, number, number, 0) == 0  # close_range
+fresh = socket.socket()
+assert fresh.fileno() == number, (fresh.fileno(), number)
+try:
+    fresh.getpeername()
+    out["fresh"] = "connected?!"
+except OSError as e:
+    out["fresh"] = errno.errorcode[e.errno]
+print(json.dumps(out))
+"""
+
+
+def test_exec_and_close_range(dw: DirectoryWorld) -> None:
+    server = serve(dw, "lifecycle", 9700)
+    dw.wait_served("lifecycle")
+    v4, _ = vip(dw, "lifecycle")
+    r = dw.python(LIFECYCLE, v4, "9700")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out == {"peer": [v4, 9700], "exec_peer": [v4, 9700], "fresh": "ENOTCONN"}
+    accepted(server)
+
+
+CLOSER = """
+import socket, sys
+s = socket.socket(); s.bind(("0.0.0.0", 9800)); s.listen()
+print("ready", flush=True)
+sys.stdin.readline()
+s.close()
+print("closed", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_service_disappears_when_its_listening_socket_closes(dw: DirectoryWorld) -> None:
+    p = subprocess.Popen(dw.run_args(PYTHON, "-c", CLOSER, name="closer"),
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    dw.procs.append(p)
+    assert line(p) == "ready"
+    dw.wait_served("closer")
+    assert p.stdin is not None
+    p.stdin.write(b"close\n")
+    p.stdin.flush()
+    assert line(p) == "closed"
+    wait_until(lambda: dw.services()["closer"]["instances"] == 0, 1.0,
+               "the instance to go within a second")
+    assert p.poll() is None  # the process lives on; only its listener went

@@ -10,7 +10,7 @@ import subprocess
 import time
 
 from tests.e2e.test_hostile import fd_count, rss_mib
-from tests.netns import PYTHON, World
+from tests.netns import PYTHON, World, wait_until
 
 GiB_BLOCKS = 1024  # of 1 MiB
 
@@ -95,7 +95,7 @@ def test_ten_thousand_sequential_connections_leave_nothing_behind(world: World) 
     # for reuse); the second must then add nothing
     warm = world.guest_python(SEQUENTIAL, "10000", timeout=600)
     assert warm.stdout.strip() == "10000"
-    time.sleep(2.5)  # TIME_WAIT lingers 2 s
+    time.sleep(2.5)  # TIME_WAIT lingers 2 s (a product timer, no event to wait for)
     base_rss, base_fds = rss_mib(pid), fd_count(pid)
     t0 = time.monotonic()
     r = world.guest_python(SEQUENTIAL, "10000", timeout=600)
@@ -145,7 +145,6 @@ def test_soak_mixed_traffic(world: World) -> None:
     world.start_netstack("--udp-timeout=2")
     assert world.netstack is not None
     pid = world.netstack.pid
-    time.sleep(0.3)
     base_rss, base_fds = rss_mib(pid), fd_count(pid)
     clients = [
         subprocess.Popen(
@@ -179,7 +178,8 @@ def test_soak_mixed_traffic(world: World) -> None:
         time.sleep(1)
     rounds = [int(c.communicate()[0] or 0) for c in clients]
     pinger.wait(10)
-    time.sleep(3)  # UDP flows expire after 2 s idle, TIME_WAIT after 2 s
+    # UDP flows expire after 2 s idle, TIME_WAIT after 2 s: their sockets go
+    wait_until(lambda: fd_count(pid) == base_fds, timeout=15, what="the flows' sockets closed")
     end = (round(rss_mib(pid), 1), fd_count(pid))
     print(
         f"\nsoak {seconds:.0f} s, rounds per client {rounds}; (s, RSS MiB, fds): {samples}; "

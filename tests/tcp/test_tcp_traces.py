@@ -4,15 +4,18 @@ socket on the other side, the stack's segments checked field by field."""
 from __future__ import annotations
 
 import errno
+import struct
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, IPerror, TCPerror
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import ARP, Ether
 
+from netstack import _fast
 from netstack.stack.config import NetworkConfig
 from netstack.tcp import connection as tcpconn
 from netstack.tcp import to_host
 from netstack.tcp.interfaces import TcpState
+from netstack.tcp.output import FlowAddrs
 from netstack.wire import vnet
 from tests.fakes import GUEST_MAC, GW_MAC, FakeStream, Rig
 
@@ -214,12 +217,14 @@ def test_three_duplicate_acks_retransmit() -> None:
     assert tcp_of(resent[0]).seq == iss + 1 + 1448
 
 
-def test_zero_window_probe_is_answered() -> None:
+def test_keepalive_is_answered_with_our_window() -> None:
     rig = Rig()
     stream, iss = established(rig)
-    rig.send(seg("A", ISN, iss + 1))  # seq one below rcv_nxt, no data: a probe
+    rig.send(seg("A", ISN, iss + 1))  # seq one below rcv_nxt, no data: a keepalive
     (ack,) = rig.frames()
+    assert tcp_of(ack).flags == "A" and tcp_of(ack).seq == iss + 1
     assert tcp_of(ack).ack == ISN + 1 and tcp_of(ack).window > 0
+    assert stream.written == b""
 
 
 def test_half_close_both_ways_then_time_wait_then_gone() -> None:
@@ -282,8 +287,13 @@ def test_silent_guest_is_given_up_on() -> None:
     assert conn.state is TcpState.CLOSED and stream.closed == "reset"
 
 
-def test_vnet_link_sends_one_gso_frame_with_partial_checksum() -> None:
+@pytest.mark.parametrize("builder", ["c", "python"])
+def test_vnet_link_sends_one_gso_frame_with_partial_checksum(builder: str) -> None:
     rig = Rig(vnet_enabled=True)
+    if builder == "python":
+        rig.stack.segments._c_buf = None  # the C frame builder's pure-Python twin
+    elif not _fast.FAST:
+        pytest.skip("C fast path not built")
     stream, iss = established(rig)
     conn = rig.host.connects[0][0]
     rig.link.sent.clear()
@@ -295,6 +305,32 @@ def test_vnet_link_sends_one_gso_frame_with_partial_checksum() -> None:
     assert hdr.flags == vnet.F_NEEDS_CSUM
     assert (hdr.csum_start, hdr.csum_offset) == (34, 16)
     assert len(frame) == 14 + 20 + 32 + 60000
+    assert_partial_checksum(bytes(frame), hdr)
+
+
+def assert_partial_checksum(frame: bytes, hdr: vnet.VnetHeader) -> None:
+    """F_NEEDS_CSUM: the checksum field holds the pseudo-header sum (not inverted), so
+    that the kernel (or NIC) finishing it, by summing from csum_start and storing the
+    complement at csum_start + csum_offset, makes the segment's checksum right."""
+    start, at = hdr.csum_start, hdr.csum_start + hdr.csum_offset
+    ip_layer = Ether(frame)[IP]
+    tcp_len = len(frame) - start
+    pseudo = bytes(map(int, ip_layer.src.split("."))) + bytes(map(int, ip_layer.dst.split(".")))
+    pseudo += bytes([0, 6]) + tcp_len.to_bytes(2, "big")
+    assert int.from_bytes(frame[at : at + 2], "big") == fold(pseudo)
+    finished = bytearray(frame)  # what the kernel does: the field is part of the sum
+    struct.pack_into("!H", finished, at, 0xFFFF - fold(frame[start:]))
+    assert_valid_checksums(Ether(bytes(finished)))
+
+
+def fold(data: bytes) -> int:
+    """The ones'-complement sum of data, folded to 16 bits (not inverted)."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
 
 
 def test_guest_tso_super_segment_is_accepted() -> None:
@@ -361,3 +397,511 @@ def test_small_segments_of_a_batch_are_written_with_one_send() -> None:
     assert bytes(stream.written) == b"".join(bytes([65 + i]) * 100 for i in range(5))
     (ack,) = rig.frames()
     assert tcp_of(ack).ack == ISN + 501
+
+
+# ------------------------------------------------------------------------------------
+# The rules of RFC 9293 / RFC 5961, one trace each, grouped by state.
+
+
+def host_readable(rig: Rig, conn: tcpconn.TcpConnection) -> None:
+    """The host socket has data: what the runtime does (the event, then bookkeeping)."""
+    conn.on_host_readable(rig.now)
+    rig.stack.tcp.after(conn)
+
+
+def conn_of(rig: Rig, index: int = -1) -> tcpconn.TcpConnection:
+    return rig.host.connects[index][0]
+
+
+def in_flight(rig: Rig, stream: FakeStream, nbytes: int) -> tuple[tcpconn.TcpConnection, list]:
+    conn = conn_of(rig)
+    stream.to_guest += bytes(range(256)) * (nbytes // 256) + bytes(nbytes % 256)
+    host_readable(rig, conn)
+    return conn, rig.frames()
+
+
+# --- CONNECTING: the host connect() is in progress
+
+
+def test_connect_that_never_completes_times_out_as_host_unreachable() -> None:
+    rig = Rig()
+    rig.send(SYN)
+    conn, _, stream = rig.host.connects[0]
+    rig.advance(tcpconn.CONNECT_TIMEOUT - 1)
+    assert rig.frames() == [] and conn.state is TcpState.CONNECTING
+    rig.advance(1.01)
+    (icmp,) = rig.frames()
+    assert (icmp[ICMP].type, icmp[ICMP].code) == (3, 1)
+    assert icmp[IPerror][TCPerror].seq == ISN
+    assert conn.state is TcpState.CLOSED and stream.closed == "reset"
+    assert rig.stack.tcp.conns == {}
+
+
+def test_segments_before_our_synack_are_ignored() -> None:
+    rig = Rig()
+    rig.send(SYN)
+    conn = conn_of(rig)
+    rig.send(seg("PA", ISN + 1, 12345, b"early"))
+    assert rig.frames() == [] and conn.state is TcpState.CONNECTING
+    assert rig.host.connects[0][2].written == b""
+
+
+# --- SYN_RECEIVED: our SYN-ACK is out, the guest's ACK is awaited
+
+
+def test_lost_synack_is_retransmitted_then_the_handshake_is_given_up() -> None:
+    rig = Rig()
+    rig.send(SYN)
+    stream = rig.connect_ok()
+    conn = conn_of(rig)
+    (first,) = rig.frames()
+    iss = tcp_of(first).seq
+    rto = tcpconn.RTO_INITIAL
+    for _ in range(tcpconn.SYNACK_RETRIES):
+        rig.advance(rto * 0.9)
+        assert rig.frames() == []  # not before the timeout
+        rig.advance(rto * 0.1 + 0.001)
+        (again,) = rig.frames()
+        t = tcp_of(again)
+        assert (t.flags, t.seq, t.ack) == ("SA", iss, ISN + 1)
+        assert dict(t.options)["MSS"] == 1460
+        rto *= 2  # exponential backoff
+    assert conn.state is TcpState.SYN_RECEIVED
+    rig.advance(rto + 0.001)
+    assert rig.frames() == []
+    assert conn.state is TcpState.CLOSED and stream.closed == "reset"
+    assert rig.stack.tcp.conns == {} and rig.stack.tcp.half_open == {}
+
+
+def test_retransmitted_syn_gets_the_synack_again_at_once() -> None:
+    rig = Rig()
+    rig.send(SYN)
+    rig.connect_ok()
+    (first,) = rig.frames()
+    rig.send(SYN)
+    (again,) = rig.frames()
+    assert (tcp_of(again).flags, tcp_of(again).seq) == ("SA", tcp_of(first).seq)
+
+
+def test_handshake_ack_of_the_wrong_number_is_reset() -> None:
+    rig = Rig()
+    rig.send(SYN)
+    rig.connect_ok()
+    (synack,) = rig.frames()
+    iss = tcp_of(synack).seq
+    rig.send(seg("A", ISN + 1, iss + 5))
+    (rst,) = rig.frames()
+    assert (tcp_of(rst).flags, tcp_of(rst).seq) == ("R", iss + 5)
+    assert conn_of(rig).state is TcpState.SYN_RECEIVED
+
+
+# --- the guest's SYN options: MSS, window scaling, timestamps
+
+
+def test_syn_without_timestamps_or_window_scaling() -> None:
+    rig = Rig()
+    rig.send(
+        IP(src=GUEST, dst=GW)
+        / TCP(sport=SPORT, dport=80, seq=ISN, flags="S", window=65535, options=[("MSS", 1460)])
+    )
+    stream = rig.connect_ok()
+    (synack,) = rig.frames()
+    opts = dict(tcp_of(synack).options)
+    assert opts == {"MSS": 1460}  # neither offered: neither answered
+    iss = tcp_of(synack).seq
+    rig.send(
+        IP(src=GUEST, dst=GW) / TCP(sport=SPORT, dport=80, seq=ISN + 1, ack=iss + 1, flags="A")
+    )
+    rig.send(
+        IP(src=GUEST, dst=GW)
+        / TCP(sport=SPORT, dport=80, seq=ISN + 1, ack=iss + 1, flags="PA", window=65535)
+        / b"data"
+    )
+    (ack,) = rig.frames()
+    assert tcp_of(ack).options == []
+    # an unscaled window: the host's space plus the slack, capped at 16 bits
+    assert tcp_of(ack).window == 0xFFFF
+    stream.to_guest += b"w" * 3000
+    host_readable(rig, conn_of(rig))
+    frames = rig.frames()
+    assert [len(tcp_of(f).payload) for f in frames] == [1460, 1460, 80]  # no 12-byte TS
+    assert all(tcp_of(f).options == [] for f in frames)
+
+
+@pytest.mark.parametrize(
+    "mtu,guest_mss,our_mss,seg_size",
+    [
+        (1500, 1460, 1460, 1448),
+        (1280, 1460, 1240, 1228),  # our MTU is the smaller: the guest's MSS is cut to it
+        (9000, 8960, 8960, 8948),
+        (9000, 1460, 8960, 1448),  # the guest's MSS is the smaller
+        (1500, None, 1460, 536 - 12),  # no MSS option: 536 (RFC 9293 3.7.1)
+    ],
+)
+def test_mss_comes_from_the_mtu(
+    mtu: int, guest_mss: int | None, our_mss: int, seg_size: int
+) -> None:
+    rig = Rig(mtu=mtu)
+    opts = [("Timestamp", (5000, 0))] + ([("MSS", guest_mss)] if guest_mss else [])
+    rig.send(IP(src=GUEST, dst=GW) / TCP(sport=SPORT, dport=80, seq=ISN, flags="S", options=opts))
+    stream = rig.connect_ok()
+    (synack,) = rig.frames()
+    assert dict(tcp_of(synack).options)["MSS"] == our_mss
+    iss = tcp_of(synack).seq
+    rig.send(seg("A", ISN + 1, iss + 1, window=60000))
+    stream.to_guest += b"m" * (seg_size * 2 + 1)
+    host_readable(rig, conn_of(rig))
+    frames = rig.frames()
+    assert [len(tcp_of(f).payload) for f in frames] == [seg_size, seg_size, 1]
+    assert all(len(f[IP]) <= mtu for f in frames)
+
+
+# --- ESTABLISHED: acknowledgements
+
+
+def test_fast_retransmit_needs_three_duplicate_acks() -> None:
+    rig = Rig()
+    stream, iss = established(rig)
+    conn, sent = in_flight(rig, stream, 4 * 1448)
+    assert len(sent) == 4
+    data = bytes(stream.to_guest)
+    rig.send(seg("A", ISN + 1, iss + 1 + 1448))  # advances: not a duplicate
+    assert rig.frames() == []
+    for dup in (1, 2):
+        rig.send(seg("A", ISN + 1, iss + 1 + 1448))
+        assert rig.frames() == [], f"retransmitted after {dup} duplicate ACK(s)"
+    rig.send(seg("A", ISN + 1, iss + 1 + 1448))
+    resent = rig.frames()
+    assert [tcp_of(f).seq for f in resent] == [iss + 1 + 1448 * k for k in (1, 2, 3)]
+    assert bytes(tcp_of(resent[0]).payload) == data[1448 : 2 * 1448]
+
+
+def test_acks_carrying_data_or_a_new_window_are_not_duplicates() -> None:
+    rig = Rig()
+    stream, iss = established(rig)
+    conn, _ = in_flight(rig, stream, 4 * 1448)
+    for i in range(3):  # same ack, but each carries data (RFC 5681's definition)
+        rig.send(seg("PA", ISN + 1 + i, iss + 1, b"d"))
+    for w in (2001, 2002, 2003):  # same ack, but each moves the window
+        rig.send(seg("A", ISN + 4, iss + 1, window=w))
+    assert all(len(tcp_of(f).payload) == 0 for f in rig.frames())
+
+
+def test_ack_of_unsent_data_is_answered_and_changes_nothing() -> None:
+    rig = Rig()
+    stream, iss = established(rig)
+    conn, _ = in_flight(rig, stream, 100)
+    rig.send(seg("A", ISN + 1, iss + 1 + 5000))  # acknowledges bytes never sent
+    (ack,) = rig.frames()
+    assert (tcp_of(ack).flags, tcp_of(ack).seq, tcp_of(ack).ack) == ("A", iss + 101, ISN + 1)
+    assert conn.snd_una == iss + 1 and len(stream.to_guest) == 100  # nothing dropped
+    rig.advance(tcpconn.RTO_INITIAL + 0.01)  # and the 100 bytes are still retransmitted
+    (again,) = rig.frames()
+    assert tcp_of(again).seq == iss + 1 and len(tcp_of(again).payload) == 100
+
+
+@pytest.mark.xfail(strict=True, reason="RFC 9293 3.10.7.4: the segment is not dropped")
+def test_data_with_an_ack_of_unsent_data_is_dropped() -> None:
+    rig = Rig()
+    stream, iss = established(rig)
+    rig.send(seg("PA", ISN + 1, iss + 1 + 5000, b"bogus"))
+    assert stream.written == b""
+
+
+# --- ESTABLISHED: RST and SYN (RFC 5961)
+
+
+def test_reset_at_the_expected_sequence_number_closes() -> None:
+    rig = Rig()
+    stream, iss = established(rig)
+    conn = conn_of(rig)
+    rig.send(seg("R", ISN + 1, 0))
+    assert conn.state is TcpState.CLOSED and stream.closed == "reset"
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [-1, -1000, (1 << 20) + to_host.PENDING_SLACK + 1, 1 << 31, -(1 << 31)],
+    ids=["one-below", "old", "past-window", "half-space", "minus-half-space"],
+)
+def test_reset_outside_the_window_is_ignored(offset: int) -> None:
+    rig = Rig()
+    stream, iss = established(rig)
+    conn = conn_of(rig)
+    rig.send(seg("R", (ISN + 1 + offset) & 0xFFFFFFFF, 0))
+    rig.send(seg("RA", (ISN + 1 + offset) & 0xFFFFFFFF, iss + 1))
+    assert conn.state is TcpState.ESTABLISHED and stream.closed is None
+    rig.send(seg("PA", ISN + 1, iss + 1, b"still here"))
+    assert bytes(stream.written) == b"still here"
+
+
+@pytest.mark.xfail(strict=True, reason="RFC 5961 3.2: in-window RST closes instead")
+def test_reset_in_the_window_but_not_exact_gets_a_challenge_ack() -> None:
+    rig = Rig()
+    stream, iss = established(rig)
+    rig.send(seg("R", ISN + 100, 0))
+    (challenge,) = rig.frames()
+    assert tcp_of(challenge).ack == ISN + 1 and conn_of(rig).state is TcpState.ESTABLISHED
+
+
+@pytest.mark.parametrize("syn_seq", [ISN, ISN + 1, ISN + 5000, ISN - 5000])
+def test_syn_in_established_gets_a_challenge_ack(syn_seq: int) -> None:
+    rig = Rig()
+    stream, iss = established(rig)
+    conn = conn_of(rig)
+    rig.send(replace_tcp(SYN, seq=syn_seq & 0xFFFFFFFF))
+    (challenge,) = rig.frames()
+    t = tcp_of(challenge)
+    assert (t.flags, t.seq, t.ack) == ("A", iss + 1, ISN + 1)
+    assert conn.state is TcpState.ESTABLISHED and stream.closed is None
+    assert len(rig.host.connects) == 1  # no second connection either
+    rig.send(seg("PA", ISN + 1, iss + 1, b"go on"))
+    assert bytes(stream.written) == b"go on"
+
+
+def replace_tcp(pkt: IP, **fields: object) -> IP:
+    out = pkt.copy()
+    for k, v in fields.items():
+        setattr(out[TCP], k, v)
+    return out
+
+
+# --- ESTABLISHED: windows
+
+
+def test_zero_window_from_the_guest_is_probed_until_it_opens() -> None:
+    rig = Rig()
+    stream, iss = established(rig)
+    conn = conn_of(rig)
+    rig.send(seg("A", ISN + 1, iss + 1, window=0))
+    stream.to_guest += b"p" * 100
+    host_readable(rig, conn)
+    assert rig.frames() == []  # nothing may be sent into a zero window
+    rto = tcpconn.RTO_INITIAL
+    for _ in range(3):
+        rig.advance(rto + 0.001)
+        (probe,) = rig.frames()
+        t = tcp_of(probe)
+        # a segment just below the window: the guest must answer with its window
+        assert (t.flags, t.seq, t.ack, len(t.payload)) == ("A", iss, ISN + 1, 0)
+        rig.send(seg("A", ISN + 1, iss + 1, window=0))  # still closed
+        assert rig.frames() == []
+        rto *= 2
+    assert conn.retries == 0  # an answered probe is not a failed retransmission
+    rig.send(seg("A", ISN + 1, iss + 1, window=2000))  # opens
+    (data,) = rig.frames()
+    assert (tcp_of(data).seq, bytes(tcp_of(data).payload)) == (iss + 1, b"p" * 100)
+
+
+def test_our_zero_window_is_advertised_and_reopened_with_an_update() -> None:
+    rig = Rig()
+    stream, iss = established(rig)
+    conn = conn_of(rig)
+    stream.accept_limit = 0  # the host socket is full
+    stream.space = 0
+    big = b"f" * to_host.PENDING_SLACK
+    for off in range(0, len(big), 1448):
+        rig.send(seg("PA", ISN + 1 + off, iss + 1, big[off : off + 1448]))
+    acks = rig.frames()
+    assert tcp_of(acks[-1]).ack == ISN + 1 + len(big) and tcp_of(acks[-1]).window == 0
+    # the guest probes our zero window with one byte: answered, still zero
+    rig.send(seg("PA", ISN + 1 + len(big), iss + 1, b"?"))
+    (answer,) = rig.frames()
+    assert tcp_of(answer).window == 0
+    assert stream.written == b""
+    stream.accept_limit = None  # the host reads: what waited is written, the window reopens
+    stream.space = 1 << 20
+    conn.on_host_writable(rig.now)
+    rig.stack.tcp.after(conn)
+    assert bytes(stream.written) == big + b"?"[: tcp_of(answer).ack - (ISN + 1 + len(big))]
+    (update,) = rig.frames()
+    assert tcp_of(update).window > 0 and tcp_of(update).ack == tcp_of(answer).ack
+
+
+# --- closing
+
+
+def test_unacknowledged_fin_is_retransmitted() -> None:
+    rig = Rig()
+    stream, iss = established(rig)
+    conn = conn_of(rig)
+    stream.eof = True
+    host_readable(rig, conn)
+    (fin,) = rig.frames()
+    assert (tcp_of(fin).flags, tcp_of(fin).seq) == ("FA", iss + 1)
+    rto = tcpconn.RTO_INITIAL
+    for _ in range(2):
+        rig.advance(rto + 0.001)
+        (again,) = rig.frames()
+        assert (tcp_of(again).flags, tcp_of(again).seq) == ("FA", iss + 1)
+        rto *= 2
+    rig.send(seg("A", ISN + 1, iss + 2))
+    rig.advance(rto + 0.001)
+    assert rig.frames() == []  # acknowledged: no more
+
+
+def test_fin_retransmitted_in_time_wait_is_acked_again() -> None:
+    rig = Rig()
+    stream, iss = established(rig)
+    conn = conn_of(rig)
+    rig.send(seg("FA", ISN + 1, iss + 1))
+    stream.eof = True
+    host_readable(rig, conn)
+    rig.frames()
+    rig.send(seg("A", ISN + 2, iss + 2))
+    assert conn.state is TcpState.TIME_WAIT
+    rig.advance(tcpconn.TIME_WAIT / 2)
+    rig.send(seg("FA", ISN + 1, iss + 2))  # our ACK of its FIN was lost
+    (ack,) = rig.frames()
+    t = tcp_of(ack)
+    assert (t.flags, t.seq, t.ack) == ("A", iss + 2, ISN + 2)
+    rig.advance(tcpconn.TIME_WAIT)
+    assert rig.stack.tcp.conns == {}
+
+
+# --- the active open: a port forward, netstack sends the SYN
+
+
+def forward(rig: Rig, guest: str = GUEST) -> tuple[tcpconn.TcpConnection, FakeStream]:
+    stream = FakeStream()
+    flow = FlowAddrs(bytes(6), packed(guest), 8080, packed("10.0.2.2"), 50000)
+    conn = rig.stack.tcp.open_to_guest(flow, lambda _: stream, rig.now)  # type: ignore[arg-type,return-value]
+    assert conn is not None
+    return conn, stream
+
+
+def packed(ip: str) -> bytes:
+    import ipaddress
+
+    return ipaddress.ip_address(ip).packed
+
+
+def test_forward_asks_for_the_guest_mac_then_sends_the_syn() -> None:
+    rig = Rig()
+    conn, stream = forward(rig)
+    (arp_req,) = rig.frames()
+    assert arp_req[ARP].op == 1 and arp_req[ARP].pdst == GUEST
+    rig.send(
+        Ether(src=GUEST_MAC, dst=GW_MAC)
+        / ARP(op=2, hwsrc=GUEST_MAC, psrc=GUEST, hwdst=GW_MAC, pdst="10.0.2.2")
+    )
+    (syn,) = rig.frames()
+    t = tcp_of(syn)
+    assert syn[Ether].dst == GUEST_MAC and (syn[IP].src, syn[IP].dst) == ("10.0.2.2", GUEST)
+    assert (t.sport, t.dport, t.flags) == (50000, 8080, "S")
+    opts = dict(t.options)
+    assert opts["MSS"] == 1460 and opts["WScale"] == 7 and "Timestamp" in opts
+    assert_valid_checksums(syn)
+    # the guest accepts: our ACK, then the client's bytes flow
+    stream.to_guest += b"hello guest"
+    rig.send(
+        IP(src=GUEST, dst=GW)
+        / TCP(
+            sport=8080,
+            dport=50000,
+            seq=7000,
+            ack=t.seq + 1,
+            flags="SA",
+            window=1000,
+            options=[("MSS", 1460), ("WScale", 2), ("Timestamp", (9, opts["Timestamp"][0]))],
+        )
+    )
+    ack, data = rig.frames()
+    assert (tcp_of(ack).flags, tcp_of(ack).ack) == ("A", 7001)
+    assert (tcp_of(data).seq, bytes(tcp_of(data).payload)) == (t.seq + 1, b"hello guest")
+    # a SYN's window is never scaled (RFC 7323 2.2); later ones are, by 2
+    assert conn.state is TcpState.ESTABLISHED and conn.guest_window == 1000
+    rig.send(replace_tcp(seg("A", 7001, t.seq + 12, window=1000), sport=8080, dport=50000))
+    assert conn.guest_window == 1000 << 2
+
+
+def test_forward_syn_is_retransmitted_then_given_up() -> None:
+    rig = Rig()
+    rig.send(IP(src=GUEST, dst="10.0.2.2") / ICMP())  # the guest's MAC is known
+    rig.frames()
+    conn, stream = forward(rig)
+    (syn,) = rig.frames()
+    rig.advance(tcpconn.RTO_INITIAL + 0.001)
+    (again,) = rig.frames()
+    assert (tcp_of(again).flags, tcp_of(again).seq) == ("S", tcp_of(syn).seq)
+    rig.advance(tcpconn.CONNECT_TIMEOUT)
+    assert conn.state is TcpState.CLOSED and stream.closed == "close"
+    assert rig.stack.tcp.conns == {}
+
+
+def test_forward_refused_by_the_guest_closes_and_a_bad_synack_is_reset() -> None:
+    rig = Rig()
+    rig.send(IP(src=GUEST, dst="10.0.2.2") / ICMP())
+    rig.frames()
+    conn, stream = forward(rig)
+    (syn,) = rig.frames()
+    iss = tcp_of(syn).seq
+    bad = IP(src=GUEST, dst=GW) / TCP(sport=8080, dport=50000, seq=1, ack=iss + 9, flags="SA")
+    rig.send(bad)
+    (rst,) = rig.frames()
+    assert (tcp_of(rst).flags, tcp_of(rst).seq) == ("R", iss + 9)
+    assert conn.state is TcpState.SYN_SENT
+    rig.send(IP(src=GUEST, dst=GW) / TCP(sport=8080, dport=50000, seq=0, ack=iss + 1, flags="RA"))
+    assert conn.state is TcpState.CLOSED and stream.closed == "close"
+
+
+# --- IPv6
+
+
+GUEST6 = "fd00::100"
+
+
+def test_ipv6_trace_handshake_data_both_ways_and_close() -> None:
+    from scapy.layers.inet6 import IPv6
+
+    rig = Rig(NetworkConfig(ipv6=True))
+
+    def seg6(flags: str, seq: int, ack: int, data: bytes = b"", **kw: object) -> IPv6:
+        return (
+            IPv6(src=GUEST6, dst="2001:db8::9")
+            / TCP(sport=SPORT, dport=443, seq=seq, ack=ack, flags=flags, window=2000, **kw)
+            / data
+        )
+
+    rig.send(seg6("S", ISN, 0, options=[("MSS", 1440), ("WScale", 7), ("Timestamp", (1, 0))]))
+    conn, targets, _ = rig.host.connects[0]
+    assert targets == [("2001:db8::9", 443)]
+    stream = rig.connect_ok()
+    (synack,) = rig.frames()
+    t = tcp_of(synack)
+    assert (synack[IPv6].src, synack[IPv6].dst) == ("2001:db8::9", GUEST6)
+    assert (t.flags, t.ack, dict(t.options)["MSS"]) == ("SA", ISN + 1, 1440)  # 1500 - 60
+    want = t.chksum
+    del t.chksum
+    assert IPv6(bytes(synack[IPv6]))[TCP].chksum == want
+    iss = t.seq
+    rig.send(seg6("A", ISN + 1, iss + 1))
+    rig.send(seg6("PA", ISN + 1, iss + 1, b"v6 data"))
+    assert bytes(stream.written) == b"v6 data"
+    (ack,) = rig.frames()
+    assert tcp_of(ack).ack == ISN + 8
+    stream.to_guest += b"r" * 3000
+    stream.eof = True
+    host_readable(rig, conn)
+    frames = rig.frames()
+    assert [len(tcp_of(f).payload) for f in frames] == [1428, 1428, 144, 0]  # 1440 - 12
+    assert tcp_of(frames[-1]).flags == "FA"
+    assert all(len(f[IPv6]) <= 1500 for f in frames)
+    rig.send(seg6("FA", ISN + 8, iss + 3002))
+    assert conn.state is TcpState.TIME_WAIT and stream.shut_write
+
+
+def test_ipv6_syn_in_established_gets_a_challenge_ack() -> None:
+    from scapy.layers.inet6 import IPv6
+
+    rig = Rig(NetworkConfig(ipv6=True))
+    base = IPv6(src=GUEST6, dst="2001:db8::9")
+    rig.send(base / TCP(sport=SPORT, dport=443, seq=ISN, flags="S"))
+    stream = rig.connect_ok()
+    (synack,) = rig.frames()
+    iss = tcp_of(synack).seq
+    rig.send(base / TCP(sport=SPORT, dport=443, seq=ISN + 1, ack=iss + 1, flags="A"))
+    rig.send(base / TCP(sport=SPORT, dport=443, seq=ISN + 77, flags="S"))
+    (challenge,) = rig.frames()
+    assert (tcp_of(challenge).flags, tcp_of(challenge).ack) == ("A", ISN + 1)
+    assert conn_of(rig).state is TcpState.ESTABLISHED and stream.closed is None
