@@ -594,3 +594,4 @@ class EtcdStore:
                 return
             self._taken.add(index)  # that VIP went to a name we have not seen yet
         log.warning("etcd: no VIP for %r after %d attempts", name, CLAIM_ATTEMPTS)
+        raise etcd.Unavailable("no VIP agreed")  # (the writer backs off and tries again)

@@ -100,8 +100,9 @@ class Directory:
             self.store.extend(rec, now + RESERVATION_S)
         return rec
 
-    async def settle(self, name: str, now: float, timeout: float = 5.0) -> NameRecord | None:
-        """resolve, once the name's VIPs are final (a shared store agreed on them)."""
+    async def settle(self, name: str, now: float, timeout: float = 0.5) -> NameRecord | None:
+        """resolve, once the name's VIPs are final (a shared store agreed on them; an
+        unreachable one: None after timeout, well within the 1 s netstack's DNS waits)."""
         rec = self.resolve(name, now)
         if rec is None:
             return None

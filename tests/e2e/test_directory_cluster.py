@@ -203,3 +203,18 @@ def test_etcd_down_lookups_answer_from_the_view_and_registrations_retry(
         raise
     got = fetch(cl.a, svc["vip"], 7070)
     assert str(got["data"]).startswith("hello ")
+
+
+def test_etcd_over_tls_with_client_certificates() -> None:
+    if os.geteuid() != 0 or not shutil.which("etcd") or not shutil.which("openssl"):
+        pytest.skip("needs root, etcd and openssl")
+    c = Cluster(ttl=TTL, tls=True)
+    try:
+        server = serve(c.a, "secure", 4433)
+        svc = c.b.wait_served("secure")
+        got = fetch(c.b, "secure.netstack.internal", 4433)
+        assert got["peer"] == [svc["vip"], 4433]
+        assert str(got["data"]).startswith("hello ")
+        assert line(server).startswith("accepted")
+    finally:
+        c.close()

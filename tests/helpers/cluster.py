@@ -17,7 +17,20 @@ from tests.netns import sh
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCD_ADDR = "192.0.2.1"
-ETCD_URL = f"http://{ETCD_ADDR}:2379"
+
+# a CA, a server certificate (also for clientAuth: etcd dials its own gateway with it)
+# and a client certificate
+TLS_SCRIPT = """set -e
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=test-ca
+printf 'subjectAltName=IP:{addr}\\nextendedKeyUsage=serverAuth,clientAuth\\n' > server.ext
+openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=etcd
+openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt \\
+  -days 2 -extfile server.ext
+printf 'extendedKeyUsage=clientAuth\\n' > client.ext
+openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=netstackd
+openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out client.crt \\
+  -days 2 -extfile client.ext
+"""
 
 
 class Host(DirectoryWorld):
@@ -37,9 +50,12 @@ class Host(DirectoryWorld):
 
 
 class Cluster:
-    def __init__(self, ttl: int = 2) -> None:
+    def __init__(self, ttl: int = 2, tls: bool = False) -> None:
+        """tls: etcd serves HTTPS and wants client certificates (a CA made here)."""
         self.hosts: list[Host] = []
         self.etcd: subprocess.Popen[bytes] | None = None
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://{ETCD_ADDR}:2379"
         try:
             self.a = Host("192.0.2.1")
             self.hosts.append(self.a)
@@ -47,6 +63,11 @@ class Cluster:
             self.hosts.append(self.b)
             self.data = self.a.dir / "etcd-data"
             self.etcd_log = self.a.dir / "etcd.log"
+            self.pki = self.a.dir / "pki"
+            if tls:
+                self.pki.mkdir()
+                subprocess.run(["sh", "-c", TLS_SCRIPT.replace("{addr}", ETCD_ADDR)],
+                               cwd=self.pki, check=True, capture_output=True, timeout=60)
             sh("ip", "-n", self.a.host, "link", "add", "veth0", "type", "veth", "peer", "name",
                "veth0", "netns", self.b.host)
             for h in self.hosts:
@@ -57,6 +78,10 @@ class Cluster:
                 h.daemon_args = ["--store", f"etcd://{ETCD_ADDR}:2379", "--publish-addr",
                                  h.addr, "--port-range", "20000-20999", "--etcd-ttl",
                                  str(ttl), "--node", f"host-{h.addr}", "--connect-wait", "8"]
+                if tls:
+                    h.daemon_args += ["--etcd-cacert", str(self.pki / "ca.crt"),
+                                      "--etcd-cert", str(self.pki / "client.crt"),
+                                      "--etcd-key", str(self.pki / "client.key")]
                 h.start_daemon()
         except BaseException:
             self.close()
@@ -64,14 +89,19 @@ class Cluster:
 
     # ------------------------------------------------------------------ etcd
     def start_etcd(self) -> None:
+        tls = []
+        if self.tls:
+            tls = ["--cert-file", str(self.pki / "server.crt"),
+                   "--key-file", str(self.pki / "server.key"),
+                   "--client-cert-auth", "--trusted-ca-file", str(self.pki / "ca.crt")]
         with open(self.etcd_log, "ab") as log:
             self.etcd = subprocess.Popen(
                 ["ip", "netns", "exec", self.a.host, ETCD, "--name", "t",
                  "--data-dir", str(self.data),
-                 "--listen-client-urls", ETCD_URL, "--advertise-client-urls", ETCD_URL,
+                 "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
                  "--listen-peer-urls", "http://127.0.0.1:2380",
                  "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-                 "--initial-cluster", "t=http://127.0.0.1:2380"],
+                 "--initial-cluster", "t=http://127.0.0.1:2380", *tls],
                 stdout=log, stderr=log)
         wait_until(lambda: self.etcd_healthy() or self.etcd.poll() is not None, 20,
                    "etcd")
@@ -84,7 +114,11 @@ class Cluster:
 
     def etcd_call(self, path: str, body: dict[str, Any]) -> Any:
         """etcd's JSON gateway (/v3/...), from inside host A."""
-        r = self.a.in_host("curl", "-sf", "-m", "3", "-X", "POST", f"{ETCD_URL}{path}",
+        tls = []
+        if self.tls:
+            tls = ["--cacert", str(self.pki / "ca.crt"), "--cert", str(self.pki / "client.crt"),
+                   "--key", str(self.pki / "client.key")]
+        r = self.a.in_host("curl", "-sf", "-m", "3", *tls, "-X", "POST", f"{self.url}{path}",
                            "-d", json.dumps(body), timeout=10)
         if r.returncode != 0:
             raise OSError(f"etcd {path}: curl exited {r.returncode}")
