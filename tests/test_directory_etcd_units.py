@@ -227,3 +227,50 @@ def test_a_name_deleted_under_a_live_instance_is_claimed_again() -> None:
 
     run(main())
 
+
+
+def test_a_remote_instance_on_loopback_is_not_taken() -> None:
+    async def main() -> None:
+        server = FakeEtcd()
+        a, b = store(server, "A"), store(server, "B")
+        await a.start()
+        await b.start()
+        Directory(a).register(inst("lo", 1, host="127.0.0.1"), time.time())
+        Directory(a).register(inst("ok", 2, host="192.0.2.1"), time.time())
+        await until(lambda: b.name("ok") and b.name("ok").instances, "ok on B")  # type: ignore[union-attr]
+        rec = b.name("lo")
+        assert rec is not None and rec.instances == []  # its VIP, but nothing to reach
+        await a.close()
+        await b.close()
+
+    run(main())
+
+
+def test_published_ports_come_from_the_range_and_peers_from_here() -> None:
+    import errno
+    import socket
+
+    from netstack.directory import publish
+
+    held = []
+    try:
+        for _ in range(3):
+            s = socket.socket()
+            publish.bind(s, "127.0.0.1", (42101, 42103))
+            assert 42101 <= s.getsockname()[1] <= 42103
+            held.append(s)
+        assert len({s.getsockname()[1] for s in held}) == 3
+        with socket.socket() as s, pytest.raises(OSError) as e:
+            publish.bind(s, "127.0.0.1", (42101, 42103))
+        assert e.value.errno == errno.EADDRINUSE
+        with socket.socket(socket.AF_INET6) as s:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            publish.bind(s, "127.0.0.1", None)
+            assert s.getsockname()[0] == "::ffff:127.0.0.1"
+    finally:
+        for s in held:
+            s.close()
+    assert publish.from_here("127.0.0.1", "192.0.2.1")
+    assert publish.from_here("::ffff:192.0.2.1", "192.0.2.1")
+    assert not publish.from_here("192.0.2.2", "192.0.2.1")
+    assert not publish.from_here("::ffff:192.0.2.2", "192.0.2.1")

@@ -97,6 +97,15 @@ def parse_instance(value: bytes) -> Instance:
                     since=float(d.get("since", 0.0)), node=str(d["node"]))
 
 
+def _reachable(host: str) -> bool:
+    """Whether another host's published address can be reached from here at all."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not (ip.is_loopback or ip.is_unspecified or ip.is_multicast)
+
+
 class EtcdStore:
     def __init__(self, client: etcd.Client, vip_cidr: str, vip6_cidr: str, node: str,
                  ttl: int = DEFAULT_TTL, prefix: str = DEFAULT_PREFIX,
@@ -135,6 +144,7 @@ class EtcdStore:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._down = False  # (for the log: one line per outage)
+        self._unreachable_nodes: set[str] = set()
 
     # ------------------------------------------------------------ reads
     def name(self, name: str) -> NameRecord | None:
@@ -212,6 +222,10 @@ class EtcdStore:
     # -------------------------------------------------------- lifecycle
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        addr = str(self.host_info.get("addr", ""))
+        if addr and not _reachable(addr):
+            log.warning("etcd: this host publishes its services on %s: other hosts cannot "
+                        "reach them (set --publish-addr)", addr)
         self._tasks = [loop.create_task(self._lease_loop()),
                        loop.create_task(self._watch_loop()),
                        loop.create_task(self._writer())]
@@ -333,6 +347,13 @@ class EtcdStore:
                 inst = parse_instance(value)
             except (ValueError, KeyError, TypeError):
                 log.warning("etcd: ignoring a bad instance at %r", key)
+                return
+            if not _reachable(inst.host):
+                if node not in self._unreachable_nodes:
+                    self._unreachable_nodes.add(node)
+                    log.warning("etcd: node %s publishes on %s, which no other host can "
+                                "reach: ignoring its services (its --publish-addr?)",
+                                node, inst.host)
                 return
             self._remote[key] = inst
             name = inst.name

@@ -4,6 +4,7 @@ from --port-range (any free port without one)."""
 from __future__ import annotations
 
 import errno
+import ipaddress
 import random
 import socket
 
@@ -25,3 +26,15 @@ def bind(sock: socket.socket, host: str, port_range: tuple[int, int] | None) -> 
             if e.errno != errno.EADDRINUSE:
                 raise
     raise OSError(errno.EADDRINUSE, f"no free port in {lo}-{hi}")
+
+
+def from_here(peer_ip: str, publish_host: str) -> bool:
+    """Whether a connection to a published service comes from this host (so it may be
+    one of our clients' host sockets) rather than from another host's."""
+    try:
+        ip = ipaddress.ip_address(peer_ip.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or str(ip) == publish_host

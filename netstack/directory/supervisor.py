@@ -818,7 +818,8 @@ class Supervisor:
         conn = socket.socket(copy.family, socket.SOCK_STREAM, 0, conn_fd)
         try:
             conn.setblocking(not flags & socket.SOCK_NONBLOCK)
-            client = self._client_by_port(peer[1])
+            client = (self._client_by_port(peer[1])
+                      if publish.from_here(peer[0], self.publish_host) else None)
             peer_view = self._peer_view(c, n, copy.family, client, peer)
             local = SockAddr(copy.family, c.address(copy.family, n.pid),
                              rec.local.port if rec.local else 0)
