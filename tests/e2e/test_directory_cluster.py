@@ -101,6 +101,19 @@ def test_a_service_on_one_host_is_reached_by_name_from_another(cl: Cluster) -> N
     assert rows[0]["instances"] == 1
 
 
+def test_a_connect_on_one_host_waits_for_a_listen_on_another(cl: Cluster) -> None:
+    vip = cl.b.api("resolve", name="later")["vip"]
+    assert cl.a.api("resolve", name="later")["vip"] == vip
+    waited = cl.b.stats()["waited"]
+    client = cl.b.spawn(PYTHON, APPS, "fetch", vip, "6060")
+    wait_until(lambda: cl.b.stats()["waited"] > waited, 10, "B holding the connect")
+    server = serve(cl.a, "later", 6060, count=1)
+    out, err = client.communicate(timeout=30)
+    got = json.loads(out.decode().strip().splitlines()[-1])
+    assert got["peer"] == [vip, 6060] and got["data"].startswith("hello "), err
+    assert line(server).startswith("accepted")
+
+
 def test_vip_allocation_races_between_two_daemons(cl: Cluster) -> None:
     names = {cl.a: [f"ra{i}" for i in range(25)] + [f"rs{i}" for i in range(15)],
              cl.b: [f"rb{i}" for i in range(25)] + [f"rs{i}" for i in range(15)]}
