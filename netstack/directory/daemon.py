@@ -332,7 +332,7 @@ class Daemon:
                            "names": len(self.store.records()),
                            "instances": len(self.directory.instances()),
                            "sockets": len(self.supervisor.sockets),
-                           **getattr(self.store, "stats", {}),
+                           **self.store.stats,
                            "watchers": len(self.watchers)})
         return _error(f"unknown command {execute!r}")
 

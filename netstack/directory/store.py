@@ -63,6 +63,7 @@ class Store(Protocol):
     block: ipaddress.IPv4Network
     block6: ipaddress.IPv6Network
     changed: list[Callable[[], None]]  # called after another host's changes reached the view
+    stats: dict[str, int]  # the store's own counters (the API's stats show them)
 
     def name(self, name: str) -> NameRecord | None: ...
 
@@ -118,6 +119,7 @@ class MemoryStore:
         self._freed: list[int] = []
         self._capacity = min(self.block.num_addresses, self.block6.num_addresses) - 2
         self.changed: list[Callable[[], None]] = []  # (no other hosts)
+        self.stats: dict[str, int] = {}
 
     def name(self, name: str) -> NameRecord | None:
         return self._names.get(name)
