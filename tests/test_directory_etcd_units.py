@@ -274,3 +274,29 @@ def test_published_ports_come_from_the_range_and_peers_from_here() -> None:
     assert publish.from_here("::ffff:192.0.2.1", "192.0.2.1")
     assert not publish.from_here("192.0.2.2", "192.0.2.1")
     assert not publish.from_here("::ffff:192.0.2.2", "192.0.2.1")
+
+
+def test_churn_while_etcd_is_away_does_not_pile_up_writes() -> None:
+    async def main() -> None:
+        server = FakeEtcd()
+        a, b = store(server, "A"), store(server, "B")
+        await a.start()
+        await b.start()
+        da = Directory(a)
+        da.register(inst("web", 1), time.time())
+        await until(lambda: b.name("web") and b.name("web").instances, "web on B")  # type: ignore[union-attr]
+        server.up = False
+        server.break_streams()
+        for cookie in range(100, 300):
+            da.register(inst("web", cookie), time.time())
+            da.unregister(cookie, time.time())
+        da.unregister(1, time.time())
+        da.register(inst("web", 7), time.time())
+        assert len(a._ops) <= 3, a._ops
+        server.up = True
+        await until(lambda: [i.cookie for i in b.name("web").instances] == [7],  # type: ignore[union-attr]
+                    "only 7 on B")
+        await a.close()
+        await b.close()
+
+    run(main())

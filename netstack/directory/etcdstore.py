@@ -145,6 +145,7 @@ class EtcdStore:
         self._closing = False
         self._down = False  # (for the log: one line per outage)
         self._unreachable_nodes: set[str] = set()
+        self._written: set[bytes] = set()  # our instance keys etcd has (as we know)
 
     # ------------------------------------------------------------ reads
     def name(self, name: str) -> NameRecord | None:
@@ -403,6 +404,7 @@ class EtcdStore:
             self._apply_name(name, kv.value, kv.mod_revision)
         for name in self._names:
             self._names[name].instances = self._instances_of(name)
+        self._written = mine
         if self._lease:  # ours that etcd lost (while our lease lived): write them again
             for key, inst in self._local.items():
                 if key not in mine:
@@ -499,6 +501,17 @@ class EtcdStore:
 
     # ---------------------------------------------------------- writes
     def _queue(self, op: tuple[Any, ...]) -> None:
+        """Add a write; while etcd is away the queue holds no more than the state that
+        changed: a put not done yet and then its delete cancel out, repeats are one."""
+        if op[0] == "delete":
+            queued = [o for o in self._ops if o[0] == "put" and o[1] == op[1]]
+            for o in queued:
+                self._ops.remove(o)
+            if queued and op[1] not in self._written:
+                self.stats["etcd_pending_writes"] = len(self._ops)
+                return
+        elif op[0] != "drop" and op in self._ops:
+            return
         self._ops.append(op)
         self.stats["etcd_pending_writes"] = len(self._ops)
         self._wake.set()
@@ -558,7 +571,9 @@ class EtcdStore:
                 [("version", nk, ">", 0)],
                 [("put", nk, self._name_value(rec), 0),
                  ("put", key, instance_value(inst, self.node), lease)])
-            if not ok:  # the name went away under us: claim it again, then this
+            if ok:
+                self._written.add(key)
+            else:  # the name went away under us: claim it again, then this
                 self._pending.add(inst.name)
                 self._ops.appendleft(op)
                 self._ops.appendleft(("claim", inst.name))
@@ -566,6 +581,7 @@ class EtcdStore:
             if op[1] in self._local:
                 return  # registered again meanwhile
             await self.client.txn([], [("delete", op[1])])
+            self._written.discard(op[1])
         elif kind == "touch":
             rec = self._names.get(op[1])
             if rec is None or op[1] in self._pending:
