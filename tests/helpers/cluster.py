@@ -75,7 +75,11 @@ class Cluster:
                 sh("ip", "-n", h.host, "link", "set", "veth0", "up")
             self.start_etcd()
             for h in self.hosts:
-                h.daemon_args = ["--store", f"etcd://{ETCD_ADDR}:2379", "--publish-addr",
+                # B's first endpoint has no etcd: B fails over to the next one
+                store = f"etcd://{ETCD_ADDR}:2379"
+                if h is self.b:
+                    store = f"etcd://{ETCD_ADDR}:2390,{ETCD_ADDR}:2379"
+                h.daemon_args = ["--store", store, "--publish-addr",
                                  h.addr, "--port-range", "20000-20999", "--etcd-ttl",
                                  str(ttl), "--node", f"host-{h.addr}", "--connect-wait", "8"]
                 if tls:
