@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.e2e.test_directory import EPOLL_FIRST
 from tests.helpers.cluster import Cluster, Host
 from tests.helpers.directory import line, wait_until
 from tests.netns import PYTHON, ROOT
@@ -99,6 +100,16 @@ def test_a_service_on_one_host_is_reached_by_name_from_another(cl: Cluster) -> N
     assert after["bypassed_connects"] >= before["bypassed_connects"] + 1
     rows = [e for e in cl.b.api("list_services")["entries"] if e["name"] == "web"]
     assert rows[0]["instances"] == 1
+
+
+def test_the_tap_path_reaches_another_hosts_service(cl: Cluster) -> None:
+    """A socket already in an epoll set is not swapped: its connect is carried by
+    netstack's TAP stack, which routes the VIP by the watch view (A's instance)."""
+    svc = cl.b.wait_served("web")
+    before = cl.b.stats()["epoll_continued"]
+    r = cl.b.python(EPOLL_FIRST, svc["vip"], "8080")
+    assert r.returncode == 0 and r.stdout.strip() == "hello", f"{r.stdout}{r.stderr}"
+    assert cl.b.stats()["epoll_continued"] == before + 1
 
 
 def test_a_connect_on_one_host_waits_for_a_listen_on_another(cl: Cluster) -> None:
