@@ -35,6 +35,7 @@ struct ns_flow {
     uint32_t seg_size;
     uint32_t our_mss;
     uint32_t window_advertised;
+    uint32_t rcv_adv;           /* right edge of the window advertised: nothing past it */
     int guest_wscale;
     int our_wscale;
     int ts_enabled;
@@ -83,6 +84,7 @@ struct ns_ctx {
     int nfree;
     int *buckets;
     unsigned int bucket_mask;
+    uint64_t hash_key[2];   /* SipHash key, random per context (so per process) */
     int *by_fd;
     int by_fd_cap;
     int *dirty;
@@ -116,6 +118,9 @@ struct ns_flow *ns_flow_open(struct ns_ctx *ctx, int fd, const uint8_t *guest_ip
                              uint16_t guest_port, const uint8_t *remote_ip, uint16_t remote_port,
                              int v6);
 void ns_flow_close(struct ns_ctx *ctx, struct ns_flow *flow);
+unsigned int ns_flow_hash(struct ns_ctx *ctx, const uint8_t *guest_ip, uint16_t guest_port,
+                          const uint8_t *remote_ip, uint16_t remote_port);
 void ns_flow_flush(struct ns_ctx *ctx, struct ns_flow *flow, double now);
 long ns_rx(struct ns_ctx *ctx, double now, int max_frames);
+long ns_rx_flush(struct ns_ctx *ctx, double now);
 long ns_host_poll(struct ns_ctx *ctx, int epfd, double now);

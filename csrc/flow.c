@@ -108,7 +108,14 @@ static uint16_t window_field(struct ns_ctx *ctx, struct ns_flow *f, int fresh)
     }
     f->window_advertised = (uint32_t)window;
     int64_t field = window >> f->our_wscale;
-    return (uint16_t)(field > 0xffff ? 0xffff : field);
+    if (field > 0xffff)
+        field = 0xffff;
+    /* twin of TcpConnection.advertise: the right edge moves, never left */
+    int64_t room = (int32_t)(f->rcv_adv - f->rcv_nxt);
+    int64_t adv = field << f->our_wscale;
+    if (room < adv || room > ctx->window_max)
+        f->rcv_adv = f->rcv_nxt + (uint32_t)adv;
+    return (uint16_t)field;
 }
 
 static void send_ack(struct ns_ctx *ctx, struct ns_flow *f, double now)
@@ -433,6 +440,8 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
     uint32_t plen = (uint32_t)(l4_len - hlen);
     if (seq != f->rcv_nxt || seq_lt(f->snd_nxt, ack))
         return 0; /* out of order, a probe, or an ACK of what we never sent */
+    if ((int64_t)plen > (int32_t)(f->rcv_adv - f->rcv_nxt))
+        return 0; /* past the window we advertised: Python takes what fits */
     int progress = seq_lt(f->snd_una, ack);
     if (!progress) {
         if (ack != f->snd_una)
@@ -519,6 +528,17 @@ long ns_rx(struct ns_ctx *ctx, double now, int max_frames)
     return ctx->nejects || ctx->ntimers ? NS_PYTHON_WORK : 0;
 }
 
+/* What ns_rx does when it stops at a drained TAP, for a reader that stops early (after
+ * a frame for Python): gathered bytes to the host, owed ACKs to the guest. Returns 0,
+ * NS_PYTHON_WORK or -errno as ns_rx does. */
+long ns_rx_flush(struct ns_ctx *ctx, double now)
+{
+    flush_dirty(ctx, now);
+    if (ctx->link_errno)
+        return -ctx->link_errno;
+    return ctx->nejects || ctx->ntimers ? NS_PYTHON_WORK : 0;
+}
+
 /* -------------------------------------------------------------- host socket events */
 
 /* Twin of TcpConnection.on_host_writable with nothing pending: a window update when
@@ -527,13 +547,14 @@ static void host_writable(struct ns_ctx *ctx, struct ns_flow *f, double now)
 {
     if (f->window_advertised >= ctx->window_max / 2)
         return;
-    uint32_t before = f->window_advertised;
+    uint32_t before = f->window_advertised, edge_before = f->rcv_adv;
     uint16_t field = window_field(ctx, f, 1);
     if (f->window_advertised >= 2 * (uint64_t)before + f->our_mss) {
         emit(ctx, f, F_ACK, field, 0, now);
         f->ack_needed = 0;
     } else {
         f->window_advertised = before; /* nothing was advertised */
+        f->rcv_adv = edge_before;
     }
 }
 

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
@@ -10,18 +11,48 @@
 
 /* ------------------------------------------------------------------ the table */
 
-/* Addresses are 16 bytes: an IPv4 one as ::ffff:a.b.c.d. */
-static unsigned int flow_hash(const uint8_t *gip, uint16_t gport, const uint8_t *rip,
-                              uint16_t rport)
+/* SipHash-1-3 of the 4-tuple under the context's random key: a guest that picks its
+ * ports and addresses cannot aim them at one bucket without knowing the key (an
+ * unkeyed hash lets it chain every flow it opens into one list). Addresses are 16
+ * bytes, an IPv4 one as ::ffff:a.b.c.d; 36 bytes in all. */
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                       \
+    do {                                                                               \
+        v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);                      \
+        v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                                          \
+        v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                                          \
+        v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                      \
+    } while (0)
+
+static unsigned int flow_hash(const struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport,
+                              const uint8_t *rip, uint16_t rport)
 {
-    uint32_t h = ((uint32_t)gport << 16 | rport) * 0xc2b2ae3du;
-    for (int i = 0; i < 16; i += 4) {
-        uint32_t a, b;
-        memcpy(&a, gip + i, 4);
-        memcpy(&b, rip + i, 4);
-        h = (h ^ a * 0x9e3779b1u ^ b * 0x85ebca77u) * 0x27d4eb2fu;
+    uint64_t k0 = ctx->hash_key[0], k1 = ctx->hash_key[1];
+    uint64_t v0 = k0 ^ 0x736f6d6570736575ull, v1 = k1 ^ 0x646f72616e646f6dull;
+    uint64_t v2 = k0 ^ 0x6c7967656e657261ull, v3 = k1 ^ 0x7465646279746573ull;
+    uint64_t m[5];
+    memcpy(&m[0], gip, 8);
+    memcpy(&m[1], gip + 8, 8);
+    memcpy(&m[2], rip, 8);
+    memcpy(&m[3], rip + 8, 8);
+    m[4] = (uint64_t)36 << 56 | (uint64_t)gport << 16 | rport;
+    for (int i = 0; i < 5; i++) {
+        v3 ^= m[i];
+        SIPROUND;
+        v0 ^= m[i];
     }
-    return h ^ (h >> 15);
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    uint64_t h = v0 ^ v1 ^ v2 ^ v3;
+    return (unsigned int)(h ^ (h >> 32));
+}
+
+unsigned int ns_flow_hash(struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport,
+                          const uint8_t *rip, uint16_t rport)
+{
+    return flow_hash(ctx, gip, gport, rip, rport);
 }
 
 const uint8_t V4_MAPPED[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
@@ -33,6 +64,10 @@ struct ns_ctx *ns_ctx_new(int tap_fd, int vnet, uint8_t *rx, size_t rx_cap, int 
     if (!ctx)
         return NULL;
     ctx->delack_fd = -1;
+    if (getrandom(ctx->hash_key, sizeof(ctx->hash_key), 0) != (ssize_t)sizeof(ctx->hash_key)) {
+        free(ctx); /* no secret, no table: the caller runs without the flow path */
+        return NULL;
+    }
     unsigned int buckets = 64;
     while (buckets < (unsigned int)max_flows * 2)
         buckets <<= 1;
@@ -101,7 +136,7 @@ void ns_ctx_free(struct ns_ctx *ctx)
 struct ns_flow *flow_lookup(struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport,
                             const uint8_t *rip, uint16_t rport)
 {
-    int s = ctx->buckets[flow_hash(gip, gport, rip, rport) & ctx->bucket_mask];
+    int s = ctx->buckets[flow_hash(ctx, gip, gport, rip, rport) & ctx->bucket_mask];
     while (s) {
         struct ns_flow *f = &ctx->flows[s - 1];
         if (f->guest_port == gport && f->remote_port == rport && !memcmp(f->guest_ip, gip, 16) &&
@@ -134,7 +169,8 @@ struct ns_flow *ns_flow_open(struct ns_ctx *ctx, int fd, const uint8_t *guest_ip
     f->guest_port = guest_port;
     f->remote_port = remote_port;
     f->py_timer_at = INFINITY;
-    unsigned int b = flow_hash(guest_ip, guest_port, remote_ip, remote_port) & ctx->bucket_mask;
+    unsigned int b =
+        flow_hash(ctx, guest_ip, guest_port, remote_ip, remote_port) & ctx->bucket_mask;
     f->next = ctx->buckets[b];
     ctx->buckets[b] = slot + 1;
     ctx->by_fd[fd] = slot + 1;
@@ -153,7 +189,7 @@ static void list_remove(int *list, int *n, int slot)
 void ns_flow_close(struct ns_ctx *ctx, struct ns_flow *f)
 {
     int slot = f->slot;
-    unsigned int b = flow_hash(f->guest_ip, f->guest_port, f->remote_ip, f->remote_port) &
+    unsigned int b = flow_hash(ctx, f->guest_ip, f->guest_port, f->remote_ip, f->remote_port) &
                      ctx->bucket_mask;
     int *link = &ctx->buckets[b];
     while (*link) {

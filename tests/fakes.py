@@ -66,11 +66,14 @@ class FakeStream:
 
 
 class FakeSocket:
-    def __init__(self) -> None:
+    def __init__(self, send_errno: int | None = None) -> None:
         self.sent: list[tuple[bytes, HostAddr]] = []
         self.closed = False
+        self.send_errno = send_errno  # every sendto fails with it (no route...)
 
     def sendto(self, data: bytes | bytearray | memoryview, addr: HostAddr) -> None:
+        if self.send_errno:
+            raise OSError(self.send_errno, "fake sendto error")
         self.sent.append((bytes(data), addr))
 
     def close(self) -> None:
@@ -82,7 +85,9 @@ class FakeHost:
         self.connects: list[tuple[TcpConnection, list[HostAddr], FakeStream]] = []
         self.udp: list[tuple[DatagramReceiver, FakeSocket]] = []
         self.servers = ["127.0.0.1"]
+        self.host_addresses = {bytes([192, 0, 2, 1])}  # the host's own IPv4 addresses
         self.ping_errno: int | None = None
+        self.send_errno: int | None = None  # sockets opened from now on fail every sendto
 
     def connect_tcp(self, conn: TcpConnection, targets: list[HostAddr], now: float) -> FakeStream:
         stream = FakeStream()
@@ -90,19 +95,25 @@ class FakeHost:
         return stream
 
     def open_udp(self, owner: DatagramReceiver, family_of: str) -> FakeSocket:
-        s = FakeSocket()
+        s = FakeSocket(self.send_errno)
         self.udp.append((owner, s))
         return s
+
+    def open_sockets(self) -> int:
+        return sum(not s.closed for _, s in self.udp)
 
     def open_ping(self, owner: DatagramReceiver, dst: str) -> FakeSocket:
         if self.ping_errno:
             raise OSError(self.ping_errno, "forbidden")
-        s = FakeSocket()
+        s = FakeSocket(self.send_errno)
         self.udp.append((owner, s))
         return s
 
     def nameservers(self) -> list[str]:
         return self.servers
+
+    def is_host_address(self, ip: bytes) -> bool:
+        return ip in self.host_addresses
 
 
 class FakeNames:

@@ -221,3 +221,27 @@ def test_api_socket_path_too_long_fails_before_ready(world: World) -> None:
         world.start_netstack("--api-socket", "/tmp/" + "x" * 120)
     assert world.netstack is not None and world.netstack.wait(5) == 1
     assert "API socket path too long" in world.log()
+
+
+def test_the_namespace_entering_child_is_not_dumpable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before it joins the container's namespaces, the child makes itself non-dumpable:
+    the container's root cannot ptrace it from inside its user namespace."""
+    import ctypes
+
+    from netstack.cli import nsenter
+
+    if os.geteuid() != 0:
+        pytest.skip("setns needs root")
+    r, w = os.pipe()
+
+    def report(tapname: str, want_vnet: bool) -> tuple[int, bool]:
+        libc = ctypes.CDLL(None, use_errno=True)
+        os.write(w, b"%d" % libc.prctl(3, 0, 0, 0, 0))  # PR_GET_DUMPABLE, after setns
+        raise OSError("stop here")
+
+    monkeypatch.setattr(nsenter, "open_tap", report)
+    with pytest.raises(RuntimeError):
+        nsenter.open_tap_in_namespace(nsenter.Target("/proc/self/ns/net", None), "x", None)
+    os.close(w)
+    assert os.read(r, 16) == b"0"
+    os.close(r)

@@ -215,3 +215,23 @@ def test_netstack_follows_the_per_user_netstackd_unless_told_not_to(
     assert args.parse(["1234", "tap0"]).directory == str(sock)
     assert args.parse(["--directory=none", "1234", "tap0"]).directory is None
     assert args.parse(["--directory=/x.sock", "1234", "tap0"]).directory == "/x.sock"
+
+
+def test_calls_in_flight_live_in_memory_a_successor_can_read() -> None:
+    from netstack.directory.inflight import SLOT, InFlight
+
+    first = InFlight(4)
+    raw = struct.pack("<QIIiIQ6Q", 77, 1234, 0, notify.SYS_ACCEPT, notify.AUDIT_ARCH_X86_64,
+                      0, 5, 0, 0, 0, 0, 0)
+    first.map[SLOT:SLOT + len(raw)] = raw  # as RECV would have written slot 1
+    first.save_flags(1, os.O_RDWR)
+    successor = InFlight(0, os.dup(first.fd))  # what the keeper hands over
+    assert successor.slots == 4
+    ((slot, n),) = successor.left_over()
+    assert slot == 1 and (n.id, n.pid, n.nr, n.args[0]) == (77, 1234, notify.SYS_ACCEPT, 5)
+    assert successor.saved_flags(1) == os.O_RDWR
+    successor.flags_restored(1)
+    successor.release(1)
+    assert first.left_over() == [] and first.saved_flags(1) is None
+    first.close()
+    successor.close()

@@ -94,6 +94,7 @@ def path(request: pytest.FixtureRequest) -> Iterator[Path]:
     flow.guest_mac = GUEST_MAC
     flow.snd_una = flow.snd_nxt = 5000
     flow.rcv_nxt = flow.rcv_acked = 1000
+    flow.rcv_adv = 1000 + (1 << 20)  # the window Python advertised before handing it over
     flow.guest_window = 1 << 20
     flow.seg_size = flow.our_mss = 1460
     flow.rto = 0.2
@@ -180,6 +181,15 @@ def test_in_order_segments_reach_the_host_and_are_acknowledged(path: Path) -> No
     assert host_bytes(path, len(data)) == data
     assert acks_to_guest(path)[-1] == path.seq + len(data)
     assert path.flow.rcv_nxt == path.seq + len(data)
+
+
+def test_bytes_past_the_advertised_window_go_back_to_python(path: Path) -> None:
+    path.flow.rcv_adv = path.seq + 1500
+    first = segment(path.seq, path.ack, b"a" * 1000)
+    over = segment(path.seq + 1000, path.ack, b"b" * 1000)  # 500 bytes past the edge
+    assert run(path, [first, over]) == [len(over)]
+    assert host_bytes(path, 1000) == b"a" * 1000
+    assert path.flow.rcv_nxt == path.seq + 1000
 
 
 def test_what_c_does_not_take_goes_back_unchanged(path: Path) -> None:
@@ -281,3 +291,112 @@ def test_host_data_reaches_the_guest_in_order_and_leaves_the_socket_once_acked(
     assert path.flow.snd_una == path.flow.snd_nxt == (path.ack + len(data)) & 0xFFFFFFFF
     unread = struct.unpack("i", fcntl.ioctl(host.fileno(), termios.FIONREAD, b"\0" * 4))[0]
     assert unread == 0  # acknowledged bytes left the host socket at once
+
+
+def test_the_flow_table_hash_is_keyed_with_a_secret_per_context() -> None:
+    """The same 4-tuples hash differently in two contexts (two processes): a guest
+    cannot choose ports that chain into one bucket everywhere."""
+    from netstack._fastc import ffi, lib
+
+    rx = bytearray(FRAME_BUFFER_SIZE)
+    ref = ffi.from_buffer(rx)
+    a = lib.ns_ctx_new(-1, 0, ref, len(rx), 16, 64)
+    b = lib.ns_ctx_new(-1, 0, ref, len(rx), 16, 64)
+    try:
+        assert bytes(ffi.buffer(a.hash_key)) != bytes(ffi.buffer(b.hash_key))
+        tuples = [(MAPPED + GUEST_IP, 1024 + i, MAPPED + GW_IP, 80) for i in range(64)]
+        in_a = [lib.ns_flow_hash(a, *t) for t in tuples]
+        in_b = [lib.ns_flow_hash(b, *t) for t in tuples]
+        assert in_a == [lib.ns_flow_hash(a, *t) for t in tuples]  # stable within one
+        assert sum(x != y for x, y in zip(in_a, in_b, strict=True)) > 60
+    finally:
+        lib.ns_ctx_free(a)
+        lib.ns_ctx_free(b)
+
+
+class _QuietStack:
+    """What the runtime's TAP reader needs of a stack: frames for Python are counted."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.tcp = self
+        self.timers = self
+
+    def receive(self, buf: bytearray, n: int, now: float) -> None:
+        self.frames += 1
+
+    def end_of_batch(self, now: float) -> None: ...
+
+    def after(self, conn: object) -> None: ...
+
+    def next_deadline(self) -> float | None:
+        return None
+
+
+def test_a_long_python_batch_still_flushes_what_c_gathered_and_owes() -> None:
+    """The TAP reader stops after FRAMES_PER_WAKEUP frames for Python; segments C took
+    meanwhile must reach the host and be acknowledged before it returns, since an
+    empty TAP does not wake it again."""
+    from netstack.host import runtime
+    from netstack.tcp.fastpath import FastPath
+
+    tap_ours, tap_guest = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    tap_ours.setblocking(False)
+    listener = socket.create_server(("127.0.0.1", 0))
+    host = socket.create_connection(listener.getsockname())
+    host.setblocking(False)
+    host.setsockopt(socket.SOL_SOCKET, 42, 0)
+    host_peer, _ = listener.accept()
+    listener.close()
+    rx_buf = bytearray(FRAME_BUFFER_SIZE)
+    fast = FastPath(tap_ours.fileno(), True, rx_buf, GW_MAC, DNS_MAC, 16)
+    try:
+        fast.ctx.delack_delay = 0
+        flow = fast.lib.ns_flow_open(
+            fast.ctx, host.fileno(), MAPPED + GUEST_IP, GUEST_PORT, MAPPED + GW_IP,
+            REMOTE_PORT, 0,
+        )  # fmt: skip
+        flow.guest_mac = GUEST_MAC
+        flow.snd_una = flow.snd_nxt = 5000
+        flow.rcv_nxt = flow.rcv_acked = 1000
+        flow.rcv_adv = 1000 + (1 << 20)
+        flow.guest_window = 1 << 20
+        flow.seg_size = flow.our_mss = 1460
+        flow.rto = 0.2
+        flow.space_known = 1 << 20
+        arp = bytes(10) + b"\xff" * 6 + GUEST_MAC + b"\x08\x06" + bytes(28)  # for Python
+        frames = [arp] * (runtime.FRAMES_PER_WAKEUP - 2)
+        frames += [segment(1000, 5000, b"a" * 100), segment(1100, 5000, b"b" * 100)]
+        frames += [arp, arp]  # the 256th frame for Python ends the batch, one stays queued
+        for f in frames:
+            tap_guest.send(f)
+        rt = runtime.Runtime.__new__(runtime.Runtime)
+        rt.fastpath = fast
+        rt.stack = _QuietStack()  # type: ignore[assignment]
+        rt.rx_buf = rx_buf
+        rt._timer_at = None
+        rt._on_link_readable_fast()
+        assert rt.stack.frames == runtime.FRAMES_PER_WAKEUP  # type: ignore[attr-defined]
+        host_peer.settimeout(1)
+        got = b""
+        while len(got) < 200:
+            try:
+                chunk = host_peer.recv(65536)
+            except TimeoutError:
+                break
+            got += chunk
+        assert got == b"a" * 100 + b"b" * 100
+        tap_guest.setblocking(False)
+        acks = []
+        while True:
+            try:
+                frame = tap_guest.recv(65536)
+            except BlockingIOError:
+                break
+            acks.append(tcp.parse(frame[10 + 14 + 20 :]).ack)
+        assert acks and acks[-1] == 1200
+        fast.lib.ns_flow_close(fast.ctx, flow)
+    finally:
+        fast.close()
+        for s in (tap_ours, tap_guest, host, host_peer):
+            s.close()

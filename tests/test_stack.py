@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 from pathlib import Path
 
@@ -149,6 +150,48 @@ def test_overlapping_fragments_are_dropped() -> None:
     assert r.partials == {} and r.held == 0
 
 
+def _piece(r: Reassembler, ident: int, offset: int, data: bytes, more: bool = True) -> object:
+    from netstack.wire import ipv4
+
+    flags = "MF" if more else 0
+    raw = bytes(IP(src=GUEST, dst="192.0.2.9", id=ident, flags=flags, frag=offset // 8) / data)
+    return r.add(ipv4.parse(raw), memoryview(raw), 0.0)
+
+
+def test_empty_fragments_that_are_not_the_last_are_dropped() -> None:
+    r = Reassembler()
+    for i in range(100):
+        with pytest.raises(ValueError, match="empty"):
+            _piece(r, 7, 8 * i, b"")
+    assert r.partials == {} and r.held == 0
+
+
+def test_fragments_are_charged_an_overhead_and_capped_per_datagram() -> None:
+    from netstack.stack import reassembly
+
+    r = Reassembler()
+    for i in range(reassembly.MAX_PIECES):
+        _piece(r, 8, 8 * i, b"x" * 8)
+    assert r.held == reassembly.MAX_PIECES * (8 + reassembly.PIECE_OVERHEAD)
+    with pytest.raises(ValueError, match="full"):
+        _piece(r, 8, 8 * reassembly.MAX_PIECES, b"x" * 8)
+    assert r.partials == {} and r.held == 0
+
+
+def test_fragments_in_any_order_are_reassembled_in_order() -> None:
+    import random
+
+    r = Reassembler()
+    chunks = [bytes([65 + i]) * 8 for i in range(40)]
+    order = list(range(40))
+    random.Random(3).shuffle(order)
+    out = None
+    for i in order:
+        out = _piece(r, 9, 8 * i, chunks[i], more=i != 39)
+    assert isinstance(out, bytes) and out[20:] == b"".join(chunks)
+    assert r.partials == {} and r.held == 0
+
+
 def test_udp_to_disabled_gateway_gets_net_unreachable() -> None:
     rig = Rig(NetworkConfig(host_loopback=False))
     rig.send(IP(src=GUEST, dst="10.0.2.2") / UDP(sport=4000, dport=5000) / b"x")
@@ -174,6 +217,86 @@ def test_dns_is_forwarded_with_failover_to_the_next_nameserver() -> None:
     assert (reply[IP].src, reply[UDP].sport, reply[UDP].dport) == ("10.0.2.3", 53, 3333)
     assert second.closed
     assert rig.stack.dns.preferred == 1  # the next query starts with the one that answered
+
+
+def test_dns_query_whose_nameservers_all_fail_at_sendto_closes_its_sockets() -> None:
+    rig = Rig()
+    rig.host.servers = ["192.0.2.53", "2001:db8::53"]
+    rig.host.send_errno = errno.ENETUNREACH
+    for i in range(20):
+        query = bytes(DNS(id=i, qd=DNSQR(qname="a.test")))
+        rig.send(IP(src=GUEST, dst="10.0.2.3") / UDP(sport=3000 + i, dport=53) / query)
+    assert len(rig.host.udp) == 40 and rig.host.open_sockets() == 0
+    assert rig.stack.dns.queries == set()
+    assert rig.stack.stats.snapshot()["drops"]["dns_send_failed"] == 20
+
+
+def test_dns_failover_whose_next_nameserver_fails_at_sendto_closes_its_socket() -> None:
+    rig = Rig()
+    rig.host.servers = ["127.0.0.9", "192.0.2.53"]
+    query = bytes(DNS(id=5, qd=DNSQR(qname="a.test")))
+    rig.send(IP(src=GUEST, dst="10.0.2.3") / UDP(sport=3333, dport=53) / query)
+    rig.host.send_errno = errno.ENETUNREACH
+    rig.advance(forwarder.PER_SERVER_TIMEOUT + 0.01)
+    assert rig.host.open_sockets() == 0 and rig.stack.dns.queries == set()
+
+
+def test_udp_flow_whose_first_datagram_fails_closes_its_socket() -> None:
+    rig = Rig()
+    rig.host.send_errno = errno.ENETUNREACH
+    for i in range(10):
+        rig.send(IP(src=GUEST, dst="192.0.2.9") / UDP(sport=4000 + i, dport=9) / b"x")
+    assert len(rig.host.udp) == 10 and rig.host.open_sockets() == 0
+    assert rig.stack.udp.flows == {}
+
+
+def test_udp_flow_whose_later_datagram_fails_still_expires() -> None:
+    rig = Rig()
+    rig.send(IP(src=GUEST, dst="192.0.2.9") / UDP(sport=4000, dport=9) / b"x")
+    _, sock = rig.host.udp[0]
+    sock.send_errno = errno.ENETUNREACH
+    rig.send(IP(src=GUEST, dst="192.0.2.10") / UDP(sport=4000, dport=9) / b"x")
+    rig.advance(rig.stack.udp.idle_timeout + 1)
+    assert sock.closed and rig.stack.udp.flows == {}
+
+
+def test_ping_flow_whose_first_echo_fails_closes_its_socket() -> None:
+    rig = Rig()
+    rig.host.send_errno = errno.ENETUNREACH
+    for i in range(10):
+        rig.send(IP(src=GUEST, dst="192.0.2.9") / ICMP(type=8, id=i, seq=1) / b"abc")
+    assert len(rig.host.udp) == 10 and rig.host.open_sockets() == 0
+    assert rig.stack.ping.flows == {}
+    assert len(rig.frames()) == 10  # each echo got its "unreachable"
+
+
+def test_dns_replies_must_repeat_the_query_id_and_question() -> None:
+    rig = Rig()
+    query = bytes(DNS(id=5, qd=DNSQR(qname="a.test")))
+    rig.send(IP(src=GUEST, dst="10.0.2.3") / UDP(sport=3333, dport=53) / query)
+    owner, _ = rig.host.udp[0]
+    server = ("127.0.0.1", 53)
+    forged = [
+        bytes(DNS(id=6, qr=1, qd=DNSQR(qname="a.test"))),  # another ID
+        bytes(DNS(id=5, qr=1, qd=DNSQR(qname="b.test"))),  # another question
+        bytes(DNS(id=5, qr=1, qd=DNSQR(qname="a.test", qtype="AAAA"))),
+        bytes(DNS(id=5, qr=0, qd=DNSQR(qname="a.test"))),  # not a response
+        bytes(DNS(id=5, qr=1, qd=DNSQR(qname="a.test")))[:15],  # cut short
+        b"\x00\x05",
+    ]
+    for reply in forged:
+        owner.on_datagram(reply, server, rig.now)
+    assert rig.frames() == []
+    assert rig.stack.stats.snapshot()["drops"]["dns_reply_mismatch"] == len(forged)
+    owner.on_datagram(bytes(DNS(id=5, qr=1, qd=DNSQR(qname="A.Test"))), server, rig.now)
+    (reply,) = rig.frames()  # the real one still gets through (the case may differ)
+    assert reply[DNS].id == 5
+
+
+def test_nameservers_are_read_in_canonical_form() -> None:
+    text = "nameserver 2001:DB8:0:0::0053\nnameserver 010.1.2.3\nnameserver fe80::1%eth0\n"
+    text += "nameserver 2001:db8::53\n"
+    assert parse_nameservers(text) == ["2001:db8::53", "fe80::1"]
 
 
 def test_disabled_dns_drops_everything_to_the_dns_address() -> None:
@@ -383,3 +506,96 @@ def test_icmp_errors_are_limited_to_the_documented_rate(rate: int) -> None:
     for _ in range(rate + 1):
         rig.send(bad)
     assert len(rig.frames()) == rate
+
+
+def test_neighbour_table_learns_only_guest_addresses_caps_and_expires() -> None:
+    from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptDstLLAddr, IPv6
+
+    from netstack.stack import neighbours
+
+    rig = Rig(NetworkConfig(ipv6=True, cidr=ipaddress.IPv4Network("10.0.0.0/8")))
+    table = rig.stack.neighbours
+    # fd00::/64 and fe80::/64 may be the guest's; 2001:db8::/64 and fd00:1::/64 may not
+    for i in range(600):
+        src = ("fd00::", "fe80::", "2001:db8::", "fd00:1::")[i % 4] + f"{i + 16:x}"
+        rig.send(
+            Ether(src=GUEST_MAC, dst="33:33:ff:00:00:02")
+            / IPv6(src=src, dst="ff02::1:ff00:2", hlim=255)
+            / ICMPv6ND_NS(tgt="fe80::2")
+        )
+        rig.send(
+            Ether(src=GUEST_MAC, dst="52:56:00:00:00:02")
+            / IPv6(src="fd00::100", dst="fe80::2", hlim=255)
+            / ICMPv6ND_NA(tgt=src.replace("::", ":7::"), R=0, S=0, O=1)
+            / ICMPv6NDOptDstLLAddr(lladdr=GUEST_MAC)
+        )
+    # IPv4: --cidr /8 names 16M addresses; each ARP sender is learned, within the cap
+    for i in range(600):
+        rig.send(
+            Ether(src=GUEST_MAC, dst="ff:ff:ff:ff:ff:ff")
+            / ARP(op=1, hwsrc=GUEST_MAC, psrc=f"10.1.{i // 250}.{i % 250 + 1}", pdst="10.0.0.2")
+        )
+    assert len(table) == neighbours.MAX_NEIGHBOURS
+    assert all(table.may_hold(ip) for ip in table.entries)
+    assert table.mac_of(ipaddress.ip_address("2001:db8::10").packed) is None
+    rig.advance(neighbours.IDLE + 1)
+    assert len(table) == 0
+
+
+@pytest.mark.parametrize(
+    "dst,allowed,allowed_without_host_loopback",
+    [
+        ("64:ff9b::7f00:1", False, False),  # NAT64 of 127.0.0.1
+        ("64:ff9b::c000:201", False, False),  # NAT64 of the host's own 192.0.2.1
+        ("64:ff9b::a00:202", False, False),  # NAT64 of the gateway 10.0.2.2
+        ("64:ff9b:1:7f00:0:100::", False, False),  # local-use NAT64 of 127.0.0.1
+        ("2002:7f00:1::1", False, False),  # 6to4 of 127.0.0.1
+        ("2002:c000:201::1", False, False),  # 6to4 of the host's own address
+        ("::ffff:0:127.0.0.1", False, False),  # SIIT, IPv4-translated
+        ("2001:0:7f00:1::", False, False),  # Teredo, server 127.0.0.1
+        ("2001:0:c000:209::80ff:fffe", False, False),  # Teredo, client 127.0.0.1
+        ("64:ff9b::c000:209", True, False),  # NAT64 of an ordinary address
+        ("2002:c000:209::1", True, False),
+        ("2001:db8::9", True, True),  # no IPv4 inside
+    ],
+)
+def test_ipv6_destinations_with_ipv4_inside(
+    dst: str, allowed: bool, allowed_without_host_loopback: bool
+) -> None:
+    from scapy.layers.inet6 import IPv6
+
+    for host_loopback, expect in ((True, allowed), (False, allowed_without_host_loopback)):
+        rig = Rig(NetworkConfig(ipv6=True, host_loopback=host_loopback))
+        rig.send(IPv6(src="fd00::100", dst=dst) / TCP(sport=4000, dport=80, flags="S"))
+        rig.send(IPv6(src="fd00::100", dst=dst) / UDP(sport=4000, dport=80) / b"x")
+        reached = [t for _, t, _ in rig.host.connects] + [s.sent for _, s in rig.host.udp]
+        assert bool(reached) == expect, (dst, host_loopback, reached)
+        if expect:
+            assert len(rig.host.connects) == 1 and len(rig.host.udp) == 1
+
+
+def test_tcp_connect_whose_outbound_bind_fails_closes_its_socket() -> None:
+    """--outbound-addr names an address the host no longer has: bind raises; the
+    socket is closed and the failure reported, for every target."""
+    from netstack.host.streams import HostTcpStream
+
+    class NoBindRuntime:
+        def __init__(self) -> None:
+            self.reported: list[tuple[object, ...]] = []
+
+        def bind_outbound(self, sock: object, family: int) -> None:
+            raise OSError(errno.EADDRNOTAVAIL, "gone")
+
+        def register(self, fd: int, events: int, handler: object) -> None:
+            raise AssertionError("nothing to register")
+
+        def soon(self, fn: object, *args: object) -> None:
+            self.reported.append(args)
+
+    rt = NoBindRuntime()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        stream = HostTcpStream(rt, None, [("192.0.2.9", 80), ("2001:db8::9", 80)])  # type: ignore[arg-type]
+        assert stream.sock is None
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert rt.reported == [(errno.EADDRNOTAVAIL,)] * 50

@@ -15,11 +15,14 @@ list_hostfwd carries the entries twice: slirp4netns really answers with a top-le
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 from typing import Any, Protocol
 
 from netstack.forward.rules import BadRequest, Forwards
+
+log = logging.getLogger(__name__)
 
 MAX_REQUEST = 4096
 
@@ -49,13 +52,22 @@ def parse_complete(buf: bytes) -> object | None:
         return None
     try:
         value, _ = json.JSONDecoder().raw_decode(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting ("[[[[...") exhausts the stack
         return None
     return value
 
 
 def handle(buf: bytes, forwards: Forwards, source: StatsSource) -> bytes:
-    """The reply to one request (its bytes as received)."""
+    """The reply to one request (its bytes as received): always a JSON reply, an error
+    one for anything that goes wrong."""
+    try:
+        return _handle(buf, forwards, source)
+    except Exception:  # a bug must not leave a client without a reply
+        log.exception("api: request failed")
+        return error("internal error")
+
+
+def _handle(buf: bytes, forwards: Forwards, source: StatsSource) -> bytes:
     if len(buf) >= MAX_REQUEST:
         return error("too large message")
     req = parse_complete(buf)
@@ -87,7 +99,10 @@ def handle(buf: bytes, forwards: Forwards, source: StatsSource) -> bytes:
 
 
 def addr(ip: bytes, port: int) -> str:
-    return f"{socket.inet_ntoa(ip)}:{port}"
+    """'a.b.c.d:port' or '[v6]:port', for any address a flow can hold."""
+    if len(ip) == 16:
+        return f"[{socket.inet_ntop(socket.AF_INET6, ip)}]:{port}"
+    return f"{socket.inet_ntop(socket.AF_INET, ip)}:{port}"
 
 
 def uptime(since: float) -> float:

@@ -145,6 +145,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"netstack: sandbox: {e}", file=sys.stderr)
             return 1
 
+    if opts.enable_seccomp:  # before the loop exists: libuv must not set up io_uring
+        from netstack.sandbox import seccomp
+
+        try:
+            seccomp.refuse_io_uring()
+        except OSError as e:
+            print(f"netstack: seccomp: {e}", file=sys.stderr)
+            return 1
     link = TapLink(fd, opts.mtu, vnet_on)
     client = directory = None
     if opts.directory:

@@ -4,7 +4,10 @@ opens /dev/net/tun, optionally configures the interface, and passes the fd back 
 a socketpair. The parent never changes namespace, so its sockets are the host's.
 
 The fork happens before any thread exists (setns(CLONE_NEWUSER) refuses threaded
-callers). Python 3.11 has no os.setns, hence ctypes.
+callers). Python 3.11 has no os.setns, hence ctypes. The child makes itself
+non-dumpable before it joins anything: inside the container's user namespace its
+root would otherwise be allowed to ptrace it (and so reach the parent's memory the
+child was forked with, and its host-side fds).
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import traceback
 from dataclasses import dataclass
 
 from netstack.link.tap import open_tap
+from netstack.sandbox import _libc as _sandbox_libc
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
+PR_SET_DUMPABLE = 4
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -115,6 +120,7 @@ def open_tap_in_namespace(
 def _child(
     target: Target, tapname: str, setup: InterfaceSetup | None, want_vnet: bool, sock: socket.socket
 ) -> None:
+    _sandbox_libc.prctl(PR_SET_DUMPABLE, 0)  # no ptrace from the container's root
     if target.userns_path is not None:
         try:
             setns(target.userns_path, CLONE_NEWUSER)

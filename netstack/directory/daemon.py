@@ -25,7 +25,8 @@ import sys
 import time
 from typing import Any
 
-from netstack.directory import cluster, keeper, notify, oci
+from netstack.directory import cluster, keeper, oci
+from netstack.directory.inflight import InFlight
 from netstack.directory.paths import default_socket
 from netstack.directory.registry import Directory
 from netstack.directory.supervisor import Container, Kind, Supervisor
@@ -116,11 +117,10 @@ class Daemon:
         self._api_clients = 0
         self.directory.changed.append(self._schedule_view)
         self.keeper: socket.socket | None = None
-        self._redo: list[tuple[Container, notify.Notification]] = []
+        self._taken_back: list[Container] = []
         self.keeper_path = os.path.join(os.path.dirname(args.socket), "keeper.sock")
         self.supervisor.on_registrations = self._keep_registrations
         self.supervisor.on_container_gone = self._forget
-        self.supervisor.on_wait = self._keep_wait
 
     # --------------------------------------------------------------- keeper
     def _connect_keeper(self) -> None:
@@ -150,9 +150,12 @@ class Daemon:
             got = keeper.recv_message(sock)
             if got is None or got[0].get("op") == "end":
                 break
-            msg, fd = got
-            if fd is None:
+            msg, fds = got
+            if len(fds) != 2:
+                for fd in fds:
+                    os.close(fd)
                 continue
+            fd, memory = fds
             try:
                 st = msg["state"]
                 state = oci.ContainerState(
@@ -160,24 +163,22 @@ class Daemon:
                     name=st.get("name"), labels=dict(st.get("labels") or {}),
                     host_loopback=bool(st.get("host_loopback")), cidr=str(st["cidr"]),
                     ipv6=bool(st.get("ipv6")))
-                c = self.supervisor.adopt(state, int(st["owner"]))
+                c = self.supervisor.adopt(state, int(st["owner"]), InFlight(0, memory))
             except (KeyError, ValueError, TypeError, OSError) as e:
                 log.warning("keeper: cannot take back %s: %s", msg.get("key"), e)
                 os.close(fd)
+                os.close(memory)
                 continue
             restored = self.supervisor.restore(c, list(msg.get("records") or []))
-            waiting = [notify.Notification(int(w["id"]), int(w["pid"]), int(w["nr"]),
-                                           notify.AUDIT_ARCH_X86_64, tuple(w["args"]))
-                       for w in msg.get("waiting") or []]
-            log.info("took back %s from the keeper (%d instance(s), %d held call(s))",
-                     state.container, restored, len(waiting))
-            self._redo.extend((c, n) for n in waiting)
+            log.info("took back %s from the keeper (%d instance(s))", state.container,
+                     restored)
+            self._taken_back.append(c)
 
-    def _keep(self, msg: dict[str, Any], fd: int | None = None) -> None:
+    def _keep(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
         if self.keeper is None:
             return
         try:
-            keeper.send_message(self.keeper, msg, fd)
+            keeper.send_message(self.keeper, msg, fds)
         except OSError as e:
             log.warning("keeper: %s (restarts will lose state)", e)
             self.keeper.close()
@@ -188,18 +189,11 @@ class Daemon:
         self._keep({"op": "put", "key": st.container, "state": {
             "pid": st.pid, "container": st.container, "name": st.name, "labels": st.labels,
             "host_loopback": st.host_loopback, "cidr": st.cidr, "ipv6": st.ipv6,
-            "owner": c.owner}}, c.listener)
+            "owner": c.owner}}, [c.listener, c.inflight.fd])
 
     def _keep_registrations(self, c: Container) -> None:
         self._keep({"op": "records", "key": c.state.container,
                     "records": self.supervisor.registrations_of(c)})
-
-    def _keep_wait(self, c: Container, n: notify.Notification, begins: bool) -> None:
-        if begins:
-            self._keep({"op": "wait", "key": c.state.container, "call": {
-                "id": n.id, "pid": n.pid, "nr": n.nr, "args": list(n.args)}})
-        else:
-            self._keep({"op": "answered", "key": c.state.container, "id": n.id})
 
     def _forget(self, c: Container) -> None:
         self._keep({"op": "forget", "key": c.state.container})
@@ -400,9 +394,12 @@ class Daemon:
         except (OSError, ValueError) as e:
             log.warning("no listener keeper (%s): a restart will not find containers", e)
         await self.store.start()  # (a shared store: its view is read before we serve)
-        for c, n in self._redo:  # calls the previous netstackd held, answered now
-            self.supervisor.redo(c, n)
-        self._redo.clear()
+        for c in self._taken_back:  # calls the previous netstackd never answered
+            count = self.supervisor.answer_left_over(c)
+            if count:
+                log.info("%s: %d call(s) left unanswered by the previous netstackd, "
+                         "answered now", c.state.container, count)
+        self._taken_back.clear()
         agent = _bind_unix(self.args.agent_socket)
         loop.add_reader(agent.fileno(), self._agent_accept, agent)
         api = _bind_unix(self.args.socket)  # last: its existence means "ready"

@@ -7,11 +7,10 @@ throughout: those are plain host sockets.
 
 Protocol on keeper.sock (AF_UNIX stream, beside the API socket), one JSON object per
 message, fds by SCM_RIGHTS:
-  {"op": "put", "key": K, "state": {...}} + listener fd   keep (replacing K)
-  {"op": "records", "key": K, "records": [...]}             what K registered
-  {"op": "wait", "key": K, "call": {id, pid, nr, args}}     a call netstackd holds
-  {"op": "answered", "key": K, "id": N}                     ... and has answered
-  {"op": "take"}   -> one {"key", "state", "records", "waiting"} + fd per container,
+  {"op": "put", "key": K, "state": {...}} + listener, in-flight memory   keep K
+  {"op": "records", "key": K, "records": [...]}   what K registered
+  {"op": "forget", "key": K}
+  {"op": "take"}   -> one {"key", "state", "records"} + both fds per container,
                       then {"op": "end"}
 The keeper drops a listener once no task uses its filter (POLLHUP), and exits when it
 holds none and no netstackd is connected.
@@ -33,30 +32,42 @@ MAX_MESSAGE = 1 << 20
 
 @dataclass
 class Kept:
-    listener: int
+    fds: list[int]  # the listener, then the in-flight memory (netstack.directory.inflight)
     state: dict[str, Any]
     records: list[dict[str, Any]] = field(default_factory=list)
-    waiting: dict[int, dict[str, Any]] = field(default_factory=dict)  # held calls by id
+
+    @property
+    def listener(self) -> int:
+        return self.fds[0]
 
 
-def send_message(sock: socket.socket, msg: dict[str, Any], fd: int | None = None) -> None:
+MAX_FDS = 2
+
+
+def send_message(sock: socket.socket, msg: dict[str, Any], fds: list[int] | None = None
+                 ) -> None:
     data = json.dumps(msg).encode()
     header = len(data).to_bytes(4, "big")
-    if fd is None:
+    if not fds:
         sock.sendall(header + data)
     else:
         sock.sendmsg([header + data],
-                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
 
 
-def recv_message(sock: socket.socket) -> tuple[dict[str, Any], int | None] | None:
-    """One message and the fd it carried; None at EOF."""
-    fd: int | None = None
-    header, ancdata, _flags, _ = sock.recvmsg(4, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
+def recv_message(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
+    """One message and the fds it carried; None at EOF."""
+    fds: list[int] = []
+    header, ancdata, _flags, _ = sock.recvmsg(4, socket.CMSG_SPACE(4 * MAX_FDS),
+                                              socket.MSG_CMSG_CLOEXEC)
     for level, kind, cdata in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(cdata) >= 4:
-            fd = int.from_bytes(cdata[:4], sys.byteorder, signed=True)
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            got = array.array("i")
+            got.frombytes(cdata[: len(cdata) - len(cdata) % 4])
+            fds.extend(got)
     if not header:
+        for fd in fds:
+            os.close(fd)
         return None
     while len(header) < 4:
         more = sock.recv(4 - len(header))
@@ -72,7 +83,7 @@ def recv_message(sock: socket.socket) -> tuple[dict[str, Any], int | None] | Non
         if not chunk:
             return None
         data += chunk
-    return json.loads(data), fd
+    return json.loads(data), fds
 
 
 class Keeper:
@@ -117,7 +128,8 @@ class Keeper:
     def _drop(self, key: str) -> None:
         kept = self.kept.pop(key, None)
         if kept is not None:
-            os.close(kept.listener)
+            for fd in kept.fds:
+                os.close(fd)
 
     def _serve_one(self, client: socket.socket) -> bool:
         try:
@@ -126,27 +138,22 @@ class Keeper:
             return False
         if got is None:
             return False
-        msg, fd = got
+        msg, fds = got
         op, key = msg.get("op"), str(msg.get("key"))
-        if op == "put" and fd is not None:
+        if op == "put" and len(fds) == 2:
             self._drop(key)
-            self.kept[key] = Kept(fd, dict(msg.get("state") or {}))
+            self.kept[key] = Kept(fds, dict(msg.get("state") or {}))
+            return True
         elif op == "records" and key in self.kept:
             self.kept[key].records = list(msg.get("records") or [])
-        elif op == "wait" and key in self.kept:
-            call = dict(msg.get("call") or {})
-            if len(self.kept[key].waiting) < 4096:
-                self.kept[key].waiting[int(call.get("id", 0))] = call
-        elif op == "answered" and key in self.kept:
-            self.kept[key].waiting.pop(int(msg.get("id", 0)), None)
         elif op == "forget":
             self._drop(key)
         elif op == "take":
             for k, kept in self.kept.items():
-                send_message(client, {"key": k, "state": kept.state, "records": kept.records,
-                                      "waiting": list(kept.waiting.values())}, kept.listener)
+                send_message(client, {"key": k, "state": kept.state, "records": kept.records},
+                             kept.fds)
             send_message(client, {"op": "end"})
-        elif fd is not None:
+        for fd in fds:
             os.close(fd)
         return True
 

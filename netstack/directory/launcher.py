@@ -123,7 +123,9 @@ def _read_line(fd: int, timeout: float) -> bytes:
 def _child(args: argparse.Namespace, resolv: str, to_parent: int, from_parent: int,
            supervised: bool) -> None:
     """In the fork: namespaces, resolv.conf, wait for netstack, filter, exec."""
-    _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
+    # prctl is variadic: every argument as the unsigned long it reads
+    _check(_libc.prctl(PR_SET_PDEATHSIG, *(ctypes.c_ulong(a) for a in (signal.SIGKILL, 0, 0, 0))),
+           "prctl")
     rootless = os.geteuid() != 0
     flags = CLONE_NEWNET | CLONE_NEWNS | (CLONE_NEWUSER if rootless else 0)
     _check(_libc.unshare(flags), "unshare")

@@ -98,6 +98,17 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
+def _syscall(number: int, *args: int | ctypes.c_void_p | object) -> int:
+    """syscall(2) with every integer argument widened to a long: syscall() is variadic,
+    and ctypes passes a plain int as 32 bits, leaving whatever the register held above
+    them (a flags argument of 0 then reads as garbage: EINVAL)."""
+    return int(_libc.syscall(ctypes.c_long(number),
+                             *(ctypes.c_long(a) if isinstance(a, int) else a for a in args)))
+
+
+_libc.syscall.restype = ctypes.c_long
+
+
 def _check(ret: int, what: str) -> int:
     if ret < 0:
         err = ctypes.get_errno()
@@ -112,24 +123,32 @@ def install_filter(program: bytes, flags: int) -> int:
     buf = ctypes.create_string_buffer(program, len(program))
     prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
     return _check(
-        _libc.syscall(
-            _SYS_SECCOMP, ctypes.c_ulong(SECCOMP_SET_MODE_FILTER), ctypes.c_ulong(flags),
-            ctypes.byref(prog),
-        ),
+        _syscall(_SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, flags, ctypes.byref(prog)),
         "seccomp",
     )
 
 
+NOTIF_SIZE = _NOTIF.size
+
+
 def recv(listener: int) -> Notification | None:
     """The next notification; None when there is none (EAGAIN) or its caller is gone."""
-    buf = bytearray(_NOTIF.size)
+    return recv_into(listener, bytearray(_NOTIF.size))
+
+
+def recv_into(listener: int, buf: bytearray | memoryview) -> Notification | None:
+    """RECV into buf (zeroed, NOTIF_SIZE bytes: shared memory, for instance)."""
     try:
         fcntl.ioctl(listener, IOCTL_NOTIF_RECV, buf, True)
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.EAGAIN, errno.EINTR):
             return None
         raise
-    nid, pid, _flags, nr, arch, _ip, *args = _NOTIF.unpack(buf)
+    return parse(bytes(buf))
+
+
+def parse(data: bytes) -> Notification:
+    nid, pid, _flags, nr, arch, _ip, *args = _NOTIF.unpack(data[:_NOTIF.size])
     return Notification(nid, pid, nr, arch, tuple(args))
 
 
@@ -190,7 +209,7 @@ def thread_group(tid: int) -> int:
 
 def pidfd_getfd(pidfd: int, fd: int) -> int:
     """A copy (CLOEXEC) of the target's fd: the same open file description."""
-    return _check(_libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0), "pidfd_getfd")
+    return _check(_syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0), "pidfd_getfd")
 
 
 class _Iovec(ctypes.Structure):
@@ -202,21 +221,29 @@ def read_memory(pid: int, address: int, length: int) -> bytes:
     local = _Iovec(ctypes.cast(buf, ctypes.c_void_p), length)
     remote = _Iovec(address, length)
     n = _check(
-        _libc.syscall(_SYS_PROCESS_VM_READV, pid, ctypes.byref(local), 1,
-                      ctypes.byref(remote), 1, 0),
+        _syscall(_SYS_PROCESS_VM_READV, pid, ctypes.byref(local), 1, ctypes.byref(remote), 1,
+                 0),
         "process_vm_readv",
     )
     return buf.raw[:n]
 
 
-def write_memory(pid: int, address: int, data: bytes) -> None:
-    buf = ctypes.create_string_buffer(data, len(data))
-    local = _Iovec(ctypes.cast(buf, ctypes.c_void_p), len(data))
-    remote = _Iovec(address, len(data))
+def write_memory(pid: int, *pieces: tuple[int, bytes]) -> None:
+    """Write each (address, data) into the caller's memory, in one system call."""
+    count = len(pieces)
+    total = sum(len(d) for _, d in pieces)
+    buf = ctypes.create_string_buffer(b"".join(d for _, d in pieces), total or 1)
+    local = (_Iovec * count)()
+    remote = (_Iovec * count)()
+    base = ctypes.addressof(buf)
+    for i, (address, data) in enumerate(pieces):
+        local[i].base, local[i].len = base, len(data)
+        remote[i].base, remote[i].len = address, len(data)
+        base += len(data)
     n = _check(
-        _libc.syscall(_SYS_PROCESS_VM_WRITEV, pid, ctypes.byref(local), 1,
-                      ctypes.byref(remote), 1, 0),
+        _syscall(_SYS_PROCESS_VM_WRITEV, pid, ctypes.byref(local), count, ctypes.byref(remote),
+                 count, 0),
         "process_vm_writev",
     )
-    if n != len(data):
+    if n != total:
         raise OSError(errno.EFAULT, "short write into the caller")

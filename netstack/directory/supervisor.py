@@ -48,6 +48,7 @@ from typing import Any
 
 from netstack.directory import diag, notify, publish
 from netstack.directory import sockaddr as sa
+from netstack.directory.inflight import InFlight
 from netstack.directory.oci import ContainerState
 from netstack.directory.registry import Directory, Pick, Refused, effective_labels
 from netstack.directory.sockaddr import SockAddr
@@ -62,6 +63,7 @@ SIOCGSKNS = 0x894C
 MAX_IN_FLIGHT = 256  # async notifications per container (waiting connects, accepts)
 CONNECT_TIMEOUT_S = 75.0
 BOUND_GRACE_S = 300.0  # how long a bound, never listening socket is remembered
+BATCH = 64  # notifications taken per wakeup
 # Options a process may set before connect/bind that our host socket must carry:
 # (level, option, bytes to read or 0 for an int). Copied when the value differs from
 # a fresh socket's, so defaults (and buffer autotuning) stay the kernel's.
@@ -112,7 +114,22 @@ class HostSocket:
     peer: SockAddr | None = None  # what getpeername shows (client/accepted)
     service: str | None = None
     target: tuple[str, int] | None = None  # the host endpoint a client is connected to
+    # a client's own container address, as it sees it (the family of the destination it
+    # asked for), and its IPv4 one: what the server it reaches is shown, even once the
+    # client's container is gone
+    own: bytes | None = None
+    own4: bytes | None = None
     since: float = field(default_factory=time.time)
+
+    def own_in(self, family: int) -> bytes:
+        """The client's address as a socket of `family` shows it."""
+        ip = self.own or bytes(4)
+        if family == socket.AF_INET and len(ip) == 16:
+            ip = ip[12:] if ip[:12] == _V4MAPPED else (self.own4 or bytes(4))
+        return sa.in_family(family, ip, 0).ip
+
+
+_V4MAPPED = bytes(10) + b"\xff\xff"
 
 
 class _Continue(Exception):
@@ -128,8 +145,11 @@ class _Fail(Exception):
 class Container:
     """One supervised container (one seccomp listener)."""
 
-    def __init__(self, state: ContainerState, owner: int) -> None:
+    def __init__(self, state: ContainerState, owner: int, inflight: InFlight) -> None:
         self.state = state
+        self.inflight = inflight
+        self.poll = select.poll()  # is a notification waiting (or no task left: POLLHUP)?
+        self.poll.register(state.listener, select.POLLIN)
         self.owner = owner
         self.labels = effective_labels(state.labels)
         self.netns = os.stat(f"/proc/{state.pid}/ns/net").st_ino
@@ -361,20 +381,20 @@ class Supervisor:
             "over_limit", "containers", "epoll_continued", "interrupted")}
         self.on_container_gone: Callable[[Container], None] = lambda c: None
         self.on_registrations: Callable[[Container], None] = lambda c: None
-        # a call we hold (waiting for a service, a connect, a connection): kept by the
-        # keeper so that a restarted netstackd answers it
-        self.on_wait: Callable[[Container, notify.Notification, bool], None] = (
-            lambda c, n, begins: None)
         self._waiters: list[asyncio.Future[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.held: dict[int, tuple[Container, notify.Notification,
                                    Callable[[], None] | None]] = {}
+        self._slots: dict[int, tuple[Container, int]] = {}  # in-flight memory, by call id
         self._host_netns = os.stat("/proc/self/ns/net").st_ino
         directory.changed.append(self._wake_waiters)
 
     # ------------------------------------------------------------ listeners
-    def adopt(self, state: ContainerState, owner: int) -> Container:
-        c = Container(state, owner)
+    def adopt(self, state: ContainerState, owner: int,
+              inflight: InFlight | None = None) -> Container:
+        """Supervise a container's listener; inflight: the memory of calls an earlier
+        netstackd received (from the keeper), else fresh."""
+        c = Container(state, owner, inflight or InFlight(MAX_IN_FLIGHT + BATCH))
         self.containers[c.listener] = c
         self.stats["containers"] += 1
         asyncio.get_running_loop().add_reader(c.listener, self._readable, c)
@@ -387,6 +407,7 @@ class Supervisor:
             return
         asyncio.get_running_loop().remove_reader(c.listener)
         os.close(c.listener)
+        c.inflight.close()
         log.info("container %s gone", c.state.container)
         self.on_container_gone(c)
 
@@ -397,20 +418,62 @@ class Supervisor:
             self.drop(c)
 
     def _readable(self, c: Container) -> None:
-        events = select.poll()
-        events.register(c.listener, select.POLLIN)
-        for _ in range(64):  # a batch, then back to the loop
+        events = c.poll
+        for _ in range(BATCH):  # a batch, then back to the loop
             ready = events.poll(0)
             if not ready:
                 return
             if not ready[0][1] & select.POLLIN:  # POLLHUP: no task uses the filter
                 self.drop(c)
                 return
-            n = notify.recv(c.listener)
-            if n is None:
+            got = c.inflight.receive(c.listener)
+            if got is None:
                 continue
             self.stats["traps"] += 1
+            self._handle_in_slot(c, *got)
+
+    def _handle_in_slot(self, c: Container, slot: int, n: notify.Notification) -> None:
+        """Handle a call received into slot; the slot is free once it is answered."""
+        self._slots[n.id] = (c, slot)
+        try:
             self._handle(c, n)
+        finally:
+            if n.id not in self.held:
+                self._slots.pop(n.id, None)
+                c.inflight.release(slot)
+
+    def _restore_flags(self, c: Container, slot: int, n: notify.Notification) -> None:
+        """Put back the file flags an earlier netstackd changed and died with."""
+        flags = c.inflight.saved_flags(slot)
+        if flags is None:
+            return
+        try:
+            pidfd = notify.pidfd_open(n.pid)
+            try:
+                fd = notify.pidfd_getfd(pidfd, n.args[0] & 0xFFFFFFFF)
+            finally:
+                os.close(pidfd)
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.warning("could not restore the flags of a listener: %s", e)
+        c.inflight.flags_restored(slot)
+
+    def answer_left_over(self, c: Container) -> int:
+        """Calls an earlier netstackd received and never answered: handled now (the
+        ones still waiting). Returns how many."""
+        count = 0
+        for slot, n in c.inflight.left_over():
+            self._restore_flags(c, slot, n)
+            if notify.id_valid(c.listener, n.id):
+                count += 1
+                self.stats["traps"] += 1
+                self._handle_in_slot(c, slot, n)
+            else:
+                c.inflight.release(slot)
+        return count
 
     # ------------------------------------------------------------- dispatch
     def _handle(self, c: Container, n: notify.Notification) -> None:
@@ -484,9 +547,9 @@ class Supervisor:
             raise ProcessLookupError
         return data
 
-    def _write(self, n: notify.Notification, address: int, data: bytes) -> None:
+    def _write(self, n: notify.Notification, *pieces: tuple[int, bytes]) -> None:
         try:
-            notify.write_memory(n.pid, address, data)
+            notify.write_memory(n.pid, *pieces)
         except OSError as e:
             if e.errno == errno.ESRCH:
                 raise ProcessLookupError from None
@@ -496,8 +559,16 @@ class Supervisor:
         cookie = diag.socket_cookie(sock)
         return cookie, self.sockets.get(cookie)
 
-    def _in_container(self, c: Container, sock: socket.socket) -> bool:
+    def _in_container(self, c: Container, n: notify.Notification, sock: socket.socket) -> bool:
+        """Whether the socket lives in the container's own netns (not the host's, not
+        a nested one: bypass4netns #65). SIOCGSKNS needs CAP_NET_ADMIN over the netns;
+        without it, the calling thread's netns has to do."""
         netns = _netns_of(sock)
+        if netns is None:
+            try:
+                netns = os.stat(f"/proc/{n.pid}/ns/net").st_ino
+            except OSError:
+                return False
         return netns == c.netns
 
     # -------------------------------------------------------- connect / bind
@@ -518,7 +589,7 @@ class Supervisor:
             self._on_host_socket(c, n, copy, rec, addr)
             return
         if (copy.type != socket.SOCK_STREAM or copy.family != addr.family
-                or not self._in_container(c, copy)):
+                or not self._in_container(c, n, copy)):
             raise _Continue
         if n.nr == notify.SYS_BIND:
             self._bind(c, n, copy, addr)
@@ -645,8 +716,11 @@ class Supervisor:
             err = host.connect_ex(sa.host_tuple(copy.family, *target))
             if err not in (0, errno.EINPROGRESS):
                 raise _Fail(err)
+            dest_ip, _ = addr.unmapped()
+            own4 = c.address(socket.AF_INET, n.pid)
+            own = c.address(socket.AF_INET6, n.pid) if len(dest_ip) == 16 else own4
             record = HostSocket(Kind.CLIENT, c.state.container, peer=addr, service=service,
-                                target=target)
+                                target=target, own=own, own4=own4)
             # known before the server can accept it, so accept() finds the client
             cookie = diag.socket_cookie(host)
             self.sockets[cookie] = record
@@ -806,6 +880,9 @@ class Supervisor:
         flags = n.args[3] & 0xFFFFFFFF if n.nr == notify.SYS_ACCEPT4 else 0
         fd = copy.fileno()
         old = fcntl.fcntl(fd, fcntl.F_GETFL)
+        where = self._slots.get(n.id)
+        if where is not None:  # so that a successor puts them back if we die right here
+            where[0].inflight.save_flags(where[1], old)
         fcntl.fcntl(fd, fcntl.F_SETFL, old | os.O_NONBLOCK)
         try:
             conn_fd, peer = copy._accept()  # type: ignore[attr-defined]
@@ -815,6 +892,8 @@ class Supervisor:
             raise _Fail(e.errno or errno.ECONNABORTED) from None
         finally:
             fcntl.fcntl(fd, fcntl.F_SETFL, old)
+            if where is not None:
+                where[0].inflight.flags_restored(where[1])
         conn = socket.socket(copy.family, socket.SOCK_STREAM, 0, conn_fd)
         try:
             conn.setblocking(not flags & socket.SOCK_NONBLOCK)
@@ -842,12 +921,8 @@ class Supervisor:
     def _peer_view(self, c: Container, n: notify.Notification, family: int,
                    client: HostSocket | None, peer: tuple[str, int]) -> SockAddr:
         """The client's container address, as the server should see it."""
-        if client is not None:
-            owner = next((x for x in self.containers.values()
-                          if x.state.container == client.container), None)
-            if owner is not None:
-                ip = owner.address(family, owner.state.pid)
-                return sa.in_family(family, ip, peer[1])
+        if client is not None and client.own is not None:
+            return SockAddr(family, client.own_in(family), peer[1])
         host = ipaddress.ip_address(peer[0].split("%")[0])
         return sa.in_family(family, host.packed, peer[1])
 
@@ -864,7 +939,7 @@ class Supervisor:
             view = rec.peer or self._peer_view(c, n, copy.family, None, real)
         elif rec.kind == Kind.CLIENT:
             port = copy.getsockname()[1]
-            view = SockAddr(copy.family, c.address(copy.family, n.pid), port)
+            view = SockAddr(copy.family, rec.own_in(copy.family), port)
         else:
             assert rec.local is not None
             view = rec.local
@@ -879,9 +954,8 @@ class Supervisor:
         if room < 0:
             raise _Fail(errno.EINVAL)
         data = sa.emit(view)
-        if room:
-            self._write(n, address, data[:room])
-        self._write(n, len_address, struct.pack("=i", len(data)))
+        length = (len_address, struct.pack("=i", len(data)))
+        self._write(n, *(((address, data[:room]), length) if room else (length,)))
 
     # -------------------------------------------------------------- upkeep
     def sweep(self, full: bool) -> None:
@@ -924,12 +998,13 @@ class Supervisor:
         and stops its waiter."""
         c.in_flight += 1
         self.held[n.id] = (c, n, interrupt)
-        self.on_wait(c, n, True)
 
     def wait_ends(self, c: Container, n: notify.Notification) -> None:
         if self.held.pop(n.id, None) is not None:
             c.in_flight -= 1
-            self.on_wait(c, n, False)
+            where = self._slots.pop(n.id, None)
+            if where is not None:
+                where[0].inflight.release(where[1])
 
     def interrupt_signalled(self) -> None:
         """A held caller with a caught signal pending gets EINTR, as a blocking call
@@ -943,14 +1018,6 @@ class Supervisor:
                 except (ProcessLookupError, _Fail):
                     pass
                 self.wait_ends(c, n)
-
-    def redo(self, c: Container, n: notify.Notification) -> None:
-        """Handle again a call an earlier netstackd received and never answered."""
-        if notify.id_valid(c.listener, n.id):
-            self.stats["traps"] += 1
-            self._handle(c, n)
-        else:
-            log.info("held call %d of %s is gone", n.nr, c.state.container)
 
     def container_by_id(self, container: str) -> Container | None:
         return next((c for c in self.containers.values() if c.state.container == container),

@@ -1,6 +1,8 @@
 """DNS forwarder for UDP queries to the virtual DNS address, port 53.
 
 Each query gets its own host socket and goes to the nameserver that answered last;
+a reply counts only if it comes from a nameserver's port 53 and repeats the query's ID
+and question (anything else is dropped and counted, and the query waits on);
 without an answer within PER_SERVER_TIMEOUT it is sent to the next one, until every
 nameserver has been tried once. The answer comes back to the guest from the DNS
 address. The nameserver list is the host's resolv.conf, re-read when it changes
@@ -17,7 +19,7 @@ from netstack.stack.guest_output import GuestOutput
 from netstack.stack.hostio import DatagramSocket, DirectoryNames, HostAddr, HostIO
 from netstack.stack.stats import Stats
 from netstack.stack.timers import TimerQueue
-from netstack.wire import dns
+from netstack.wire import WireError, dns
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ class DnsQuery:
         self.guest_ip = guest_ip
         self.guest_port = guest_port
         self.query = query
+        self.ident = int.from_bytes(query[:2], "big")
+        self.question = dns.question_key(query)  # raises WireError on a mangled one
         self.servers = servers
         self.tried = 0
         self.dns_ip = fwd.output.config.dns  # the address the guest asked (set by the forwarder)
@@ -65,6 +69,9 @@ class DnsQuery:
                 self.sock.sendto(self.query, (server, dns.PORT))
             except OSError as e:
                 log.info("dns: nameserver %s: %s", server, e)
+                if self.sock is not None:  # given up on: closed now, not by a later try
+                    self.sock.close()
+                    self.sock = None
                 continue
             self._deadline = now + PER_SERVER_TIMEOUT
             return True
@@ -80,6 +87,18 @@ class DnsQuery:
     def on_datagram(self, data: bytes, addr: HostAddr, now: float) -> None:
         if addr[0] not in self.servers or addr[1] != dns.PORT:
             self.fwd.stats.drop("dns_reply_foreign")
+            return
+        try:
+            hdr = dns.parse(data)
+            matches = (
+                hdr.ident == self.ident
+                and hdr.is_response
+                and dns.question_key(data) == self.question
+            )
+        except WireError:
+            matches = False
+        if not matches:
+            self.fwd.stats.drop("dns_reply_mismatch")
             return
         self.fwd.preferred = self.servers.index(addr[0])
         self.fwd.output.send_udp(
@@ -124,6 +143,11 @@ class DnsForwarder:
             return
         if hdr.is_response:
             self.stats.drop("dns_not_a_query")
+            return
+        try:
+            dns.question_key(payload)
+        except WireError:
+            self.stats.drop("dns_malformed")
             return
         if self.directory is not None:
             answer_from = dns_ip or self.output.config.dns

@@ -18,9 +18,8 @@ def parse_nameservers(text: str) -> list[str]:
     for line in text.splitlines():
         fields = line.split()
         if len(fields) >= 2 and fields[0] == "nameserver":
-            addr = fields[1].split("%", 1)[0]
-            try:
-                ipaddress.ip_address(addr)
+            try:  # canonical form: replies come from the address as the kernel writes it
+                addr = str(ipaddress.ip_address(fields[1].split("%", 1)[0]))
             except ValueError:
                 continue
             if addr not in servers:

@@ -140,6 +140,15 @@ class Runtime:
     def nameservers(self) -> list[str]:
         return self.resolv.servers()
 
+    def is_host_address(self, ip: bytes) -> bool:
+        """Whether ip is local here: binding to a non-local address fails."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((socket.inet_ntoa(ip), 0))
+            except OSError:
+                return False
+        return True
+
     def bind_outbound(self, sock: socket.socket, family: int) -> None:
         """Bind an outgoing socket to --outbound-addr / --outbound-addr6."""
         addr = self.outbound.get(family)
@@ -201,6 +210,7 @@ class Runtime:
                 "udp": len(self.stack.udp.flows),
                 "icmp": len(self.stack.ping.flows),
                 "dns_queries": len(self.stack.dns.queries),
+                "neighbours": len(self.stack.neighbours),
             },
             "forwards": len(self.forwards.rules),
             "frames_to_guest": self.stack.segments.frames_sent
@@ -305,7 +315,10 @@ class Runtime:
                 stack.receive(buf, n, now)
                 frames += 1
                 if frames == FRAMES_PER_WAKEUP:
-                    break  # the reader fires again: the loop's other work gets a turn
+                    # the reader fires again if frames wait, but not for C's dirty flows:
+                    # their gathered bytes and owed ACKs go now, not at the next frame
+                    fast.rx_flush(now)
+                    break  # the loop's other work gets a turn
                 n = fast.rx(now)
             stack.end_of_batch(now)
             self._after_fast(fast, now)

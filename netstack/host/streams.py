@@ -69,14 +69,21 @@ class HostTcpStream:
             host, port = self.targets[self.next_target]
             self.next_target += 1
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-            self._tune(sock)
-            self.runtime.bind_outbound(sock, family)
-            err = sock.connect_ex((host, port))
-            if err in (0, errno.EINPROGRESS):
-                self.sock = sock
-                self.runtime.register(sock.fileno(), STREAM_EVENTS, self)
-                return
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            except OSError as e:  # out of fds, for one
+                last_err = e.errno or errno.EMFILE
+                continue
+            try:
+                self._tune(sock)
+                self.runtime.bind_outbound(sock, family)
+                err = sock.connect_ex((host, port))
+                if err in (0, errno.EINPROGRESS):
+                    self.runtime.register(sock.fileno(), STREAM_EVENTS, self)
+                    self.sock = sock
+                    return
+            except OSError as e:  # --outbound-addr gone, for one
+                err = e.errno or errno.EADDRNOTAVAIL
             sock.close()
             last_err = err
         self.runtime.soon(self._report_failure, last_err)

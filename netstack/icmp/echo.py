@@ -107,6 +107,7 @@ class PingProxy:
     ) -> None:
         key = (src, hdr.ident, dst)
         flow = self.flows.get(key)
+        fresh = flow is None
         if flow is None:
             if len(self.flows) >= self.max_flows:
                 self.stats.drop("icmp_flow_limit")
@@ -134,6 +135,10 @@ class PingProxy:
                 else icmpv4.CODE_HOST_UNREACHABLE
             )
             self.output.send_icmp_error(guest_mac, icmpv4.TYPE_DEST_UNREACHABLE, code, quote)
+            if fresh:  # nothing sent, nothing to wait for: the socket goes now
+                self.expire(flow)
+            else:
+                self.timers.touch(flow)
             return
         self.stats.count("icmp_echo_proxied")
         self.timers.touch(flow)

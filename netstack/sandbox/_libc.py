@@ -66,7 +66,9 @@ def setns(fd: int, nstype: int) -> None:
 
 def pivot_root(new_root: str, put_old: str) -> None:
     SYS_pivot_root = {"x86_64": 155, "aarch64": 41}[os.uname().machine]
-    check(libc.syscall(SYS_pivot_root, new_root.encode(), put_old.encode()), "pivot_root")
+    # syscall() is variadic: the number as the long it reads
+    check(libc.syscall(ctypes.c_long(SYS_pivot_root), new_root.encode(), put_old.encode()),
+          "pivot_root")
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:

@@ -2,8 +2,9 @@
 and goes to ARP, ICMP, DHCP, DNS, UDP or TCP. A malformed frame is dropped and counted
 under its reason; no exception leaves `receive`.
 
-Guest MACs are learned from the source of IPv4 and ARP frames whose sender address is
-in the virtual network.
+Guest MACs are learned from the source of ARP, IPv4 and IPv6 frames and from NDP, for
+addresses the guest can hold, into a bounded table whose idle entries expire
+(stack/neighbours.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from netstack.stack.guest_output import GuestOutput
 from netstack.stack.hostio import HostIO
 from netstack.stack.limits import Limits
 from netstack.stack.ndp import Ndp
+from netstack.stack.neighbours import Neighbours
 from netstack.stack.policy import Policy
 from netstack.stack.reassembly import Reassembler
 from netstack.stack.stats import Stats
@@ -85,7 +87,7 @@ class Stack:
         self.output = GuestOutput(link, config, limits.icmp_errors_per_second, clock)
         # directory VIPs (--directory): routed by the view, never forwarded as addresses
         self.vips = VipRoutes(directory, self.stats, self.timers) if directory else None
-        self.policy = Policy(config, host.nameservers, self.vips)
+        self.policy = Policy(config, host.nameservers, self.vips, host.is_host_address)
         self.segments = SegmentWriter(link, config.gateway_mac)
         self.tcp = TcpTable(
             self.segments,
@@ -121,7 +123,7 @@ class Stack:
         )
         self.dhcp = DhcpServer(config)
         self.reassembler = Reassembler()
-        self.guest_macs: dict[bytes, bytes] = {}
+        self.neighbours = Neighbours(config)
         self.mac_waiters: dict[bytes, list[Callable[[], None]]] = {}
         # forwarded UDP: (guest ip, guest port, client's virtual ip, port) -> its route back
         self.udp_routes_to_host: dict[tuple[bytes, int, bytes, int], UdpRouteToHost] = {}
@@ -162,7 +164,7 @@ class Stack:
             # IP header checksum; L4 checksums are never verified (a local link)
             self._ipv4(eth_src, l3, frame[0] & vnet.F_NEEDS_CSUM, now)
         elif ethertype == ethernet.ETHERTYPE_ARP:
-            self._arp(eth_src, l3)
+            self._arp(eth_src, l3, now)
         elif ethertype == ethernet.ETHERTYPE_IPV6:
             if self.ndp is None:
                 self.stats.drop("ipv6_not_served")
@@ -171,18 +173,13 @@ class Stack:
         else:
             self.stats.drop("ethertype_unknown")
 
-    def _arp(self, eth_src: bytes, l3: memoryview) -> None:
+    def _arp(self, eth_src: bytes, l3: memoryview, now: float) -> None:
         pkt = arp.parse(l3)
         cfg = self.config
         if pkt.sender_mac != eth_src:
             self.stats.drop("arp_spoofed_sender")
             return
-        if (
-            pkt.sender_ip != _ZERO_IP
-            and cfg.in_network(pkt.sender_ip)
-            and pkt.sender_ip not in (cfg.gateway, cfg.dns)
-        ):
-            self._learn_mac(pkt.sender_ip, pkt.sender_mac)
+        self._learn_mac(pkt.sender_ip, pkt.sender_mac, now)
         if pkt.op != arp.OP_REQUEST:
             return
         if pkt.target_ip == cfg.gateway:
@@ -214,8 +211,7 @@ class Stack:
         if not cfg.in_network(src) or src in (cfg.gateway, cfg.dns):
             self.stats.drop("ipv4_source_outside")
             return
-        if self.guest_macs.get(src) != eth_src:
-            self._learn_mac(src, eth_src)
+        self._learn_mac(src, eth_src, now)
         proto = ip.proto
         if proto == ipv4.PROTO_TCP:
             payload = l3[ip.ihl : ip.total_length]
@@ -319,7 +315,7 @@ class Stack:
         src = ip.src
         if ul.proto == ipv6.NEXT_ICMPV6:
             hdr = icmpv6.parse(body)
-            if self.ndp.on_message(eth_src, ip, hdr, body):
+            if self.ndp.on_message(eth_src, ip, hdr, body, now):
                 return
         link_local_echo = ipv6.is_link_local(src) and (
             ul.proto == ipv6.NEXT_ICMPV6  # echo to fe80::2
@@ -328,8 +324,7 @@ class Stack:
         if (not self.config.in_prefix6(src) and not link_local_echo) or src in self.ndp.virtual:
             self.stats.drop("ipv6_source_outside")
             return
-        if self.guest_macs.get(src) != eth_src:
-            self._learn_mac(src, eth_src)
+        self._learn_mac(src, eth_src, now)
         quote = bytes(l3[: ul.offset + 8])
         if ul.proto == ipv6.NEXT_TCP:
             seg = tcp.parse(body)
@@ -404,7 +399,7 @@ class Stack:
     ) -> bytes | None:
         """The guest's MAC for ip, or None after asking with ARP; when_known then runs
         once the reply comes (at most MAX_MAC_WAITERS wait per address)."""
-        mac = self.guest_macs.get(ip)
+        mac = self.neighbours.mac_of(ip)
         if mac is None:
             waiters = self.mac_waiters.setdefault(ip, [])
             if when_known is not None and len(waiters) < MAX_MAC_WAITERS:
@@ -418,16 +413,21 @@ class Stack:
             self.stats.count("neighbour_requests")
         return mac
 
-    def _learn_mac(self, ip: bytes, mac: bytes) -> None:
-        self.guest_macs[ip] = mac
+    def _learn_mac(self, ip: bytes, mac: bytes, now: float) -> None:
+        if not self.neighbours.seen(ip, mac, now):
+            return
+        self.timers.touch(self.neighbours)
         waiters = self.mac_waiters.pop(ip, None)
         for fn in waiters or ():
             fn()
 
+    def count_drop(self, reason: str) -> None:
+        self.stats.drop(reason)
+
     def send_icmp_unreachable(self, code: int, quoted_ip_packet: bytes) -> None:
         v6 = quoted_ip_packet[0] >> 4 == 6
         guest_ip = quoted_ip_packet[8:24] if v6 else quoted_ip_packet[12:16]
-        mac = self.guest_macs.get(guest_ip)
+        mac = self.neighbours.mac_of(guest_ip)
         if mac is None:
             return
         self.output.send_icmp_error(mac, icmpv4.TYPE_DEST_UNREACHABLE, code, quoted_ip_packet)

@@ -43,6 +43,10 @@ class HostIO(Protocol):
         """The host resolver's nameservers, current as of at most a second ago."""
         ...
 
+    def is_host_address(self, ip: bytes) -> bool:
+        """Whether ip (IPv4) is one of the host's own addresses."""
+        ...
+
 
 class DirectoryNames(Protocol):
     """netstackd as the stack sees it (--directory): the newest view and `resolve`."""

@@ -42,7 +42,7 @@ class Ndp:
         config: NetworkConfig,
         output: GuestOutput,
         stats: Stats,
-        learn: Callable[[bytes, bytes], None],
+        learn: Callable[[bytes, bytes, float], None],
     ) -> None:
         self.config = config
         self.output = output
@@ -67,13 +67,18 @@ class Ndp:
             self.next_ra = now + random.uniform(*RA_INTERVAL)
 
     def on_message(
-        self, eth_src: bytes, ip: ipv6.Ipv6Header, hdr: icmpv6.Icmpv6Header, msg: memoryview
+        self,
+        eth_src: bytes,
+        ip: ipv6.Ipv6Header,
+        hdr: icmpv6.Icmpv6Header,
+        msg: memoryview,
+        now: float,
     ) -> bool:
         """Handle an NDP message; False if it is not one of ours to handle."""
         if hdr.type == icmpv6.TYPE_ROUTER_SOLICIT:
             self._check_ndp(ip)
             opts = icmpv6.parse_options(msg[8:])
-            self._learn(ip.src, opts.get(icmpv6.OPT_SOURCE_LL), eth_src)
+            self._learn(ip.src, opts.get(icmpv6.OPT_SOURCE_LL), eth_src, now)
             self.send_ra(ALL_NODES_MAC, ALL_NODES)
             self.stats.count("ndp_router_adverts")
             return True
@@ -83,7 +88,7 @@ class Ndp:
                 raise WireError("ndp_short")
             target = bytes(msg[8:24])
             opts = icmpv6.parse_options(msg[24:])
-            self._learn(ip.src, opts.get(icmpv6.OPT_SOURCE_LL), eth_src)
+            self._learn(ip.src, opts.get(icmpv6.OPT_SOURCE_LL), eth_src, now)
             mac = self.virtual.get(target)
             if mac is None:
                 return True  # not ours (the guest's own DAD, another guest address)
@@ -112,7 +117,7 @@ class Ndp:
             self._check_ndp(ip)
             if len(msg) >= 24:
                 opts = icmpv6.parse_options(msg[24:])
-                self._learn(bytes(msg[8:24]), opts.get(icmpv6.OPT_TARGET_LL), eth_src)
+                self._learn(bytes(msg[8:24]), opts.get(icmpv6.OPT_TARGET_LL), eth_src, now)
             return True
         return False
 
@@ -120,12 +125,13 @@ class Ndp:
         if ip.hop_limit != 255:  # RFC 4861: NDP from off-link is forged
             raise WireError("ndp_hop_limit")
 
-    def _learn(self, ip: bytes, ll: bytes | None, eth_src: bytes) -> None:
+    def _learn(self, ip: bytes, ll: bytes | None, eth_src: bytes, now: float) -> None:
+        """The learner keeps only addresses the guest can hold (stack/neighbours.py)."""
         if ip == UNSPECIFIED or ip in self.virtual:
             return
         mac = ll[:6] if ll and len(ll) >= 6 else eth_src
         if mac == eth_src:  # an option naming someone else's MAC is not believed
-            self.learn(ip, mac)
+            self.learn(ip, mac, now)
 
     def solicit(self, target: bytes) -> None:
         """Ask for the guest's MAC for target (its answer reaches us as an NA)."""

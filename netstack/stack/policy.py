@@ -9,6 +9,11 @@ Outbound (virtual -> host):
                       -> dropped
   directory VIPs      -> TCP: the directory's instance (stack/vips.py); UDP, ICMP:
                          dropped (with --directory only)
+  IPv6 with an IPv4 address inside (NAT64 64:ff9b::/96 and 64:ff9b:1::/48, 6to4
+  2002::/16, SIIT ::ffff:0:a.b.c.d, Teredo 2001::/32)
+                      -> dropped when the IPv4 one would be (loopback, martian, the
+                         subnet) or is the host's own; all of them dropped with
+                         --disable-host-loopback; else itself
   anything else       -> itself
 Inbound (host -> virtual): 127.0.0.1 -> gateway, everything else unchanged.
 """
@@ -53,6 +58,27 @@ def is_martian6(ip: bytes) -> bool:
     )
 
 
+_NAT64 = bytes.fromhex("0064ff9b0000000000000000")  # 64:ff9b::/96 (RFC 6052)
+_NAT64_LOCAL = bytes.fromhex("0064ff9b0001")  # 64:ff9b:1::/48 (RFC 8215)
+_SIIT = bytes(8) + b"\xff\xff\0\0"  # ::ffff:0:0/96, IPv4-translated (RFC 2765)
+_SIX_TO_FOUR = b"\x20\x02"  # 2002::/16 (RFC 3056)
+_TEREDO = bytes.fromhex("20010000")  # 2001::/32 (RFC 4380)
+
+
+def embedded_ipv4(ip: bytes) -> tuple[bytes, ...]:
+    """The IPv4 addresses an IPv6 address carries in a translation or tunnel format
+    (a relay or translator on the host's side may turn it into that IPv4 address)."""
+    if ip[:12] in (_NAT64, _SIIT):
+        return (ip[12:],)
+    if ip[:6] == _NAT64_LOCAL:  # a /48: the IPv4 address around the "u" octet
+        return (ip[6:8] + ip[9:11],)
+    if ip[:2] == _SIX_TO_FOUR:
+        return (ip[2:6],)
+    if ip[:4] == _TEREDO:  # the server, and the client's (obfuscated) address
+        return (ip[4:8], bytes(b ^ 0xFF for b in ip[12:]))
+    return ()
+
+
 def _ntop(ip: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET6 if len(ip) == 16 else socket.AF_INET, ip)
 
@@ -63,10 +89,12 @@ class Policy:
         config: NetworkConfig,
         nameservers: Callable[[], list[str]],
         vips: VipRoutes | None = None,
+        is_host_address: Callable[[bytes], bool] = lambda ip: False,
     ) -> None:
         self.config = config
         self.nameservers = nameservers
         self.vips = vips
+        self.is_host_address = is_host_address  # an IPv4 address of the host's own
 
     def is_vip(self, ip: bytes) -> bool:
         """A directory VIP (--directory): never a host address."""
@@ -109,6 +137,15 @@ class Policy:
             ordered = [s for s in servers if ":" in s] + [s for s in servers if ":" not in s]
             return [(s, DNS_PORT) for s in ordered] if ordered else Refusal.HOST_UNREACHABLE
         if is_martian6(ip) or cfg.in_prefix6(ip):
+            return None
+        embedded = embedded_ipv4(ip)
+        if embedded and (
+            not cfg.host_loopback
+            or any(
+                is_martian(v4) or cfg.in_network(v4) or self.is_host_address(v4)
+                for v4 in embedded
+            )
+        ):
             return None
         return False
 

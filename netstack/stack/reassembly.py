@@ -1,13 +1,22 @@
-"""IPv4 fragment reassembly, bounded: at most MAX_DATAGRAMS in progress, MAX_BYTES held
-in all, REASSEMBLY_TIMEOUT seconds each. Overlapping fragments (the teardrop family)
-discard the whole datagram. What does not fit is dropped and counted by the caller."""
+"""IPv4 and IPv6 fragment reassembly, bounded: at most MAX_DATAGRAMS in progress,
+MAX_PIECES fragments each, MAX_BYTES held in all (each piece charged PIECE_OVERHEAD on
+top of its bytes, so tiny fragments cannot hold more than they are charged for),
+REASSEMBLY_TIMEOUT seconds each. A fragment that is not the last must carry a non-empty
+multiple of 8 bytes. Pieces are kept sorted by offset, so a new one is checked against
+its two neighbours only; any overlap (the teardrop family) discards the whole datagram.
+What does not fit is dropped and counted by the caller."""
 
 from __future__ import annotations
+
+from bisect import bisect_left
 
 from netstack.wire import WireError, ipv4
 
 MAX_DATAGRAMS = 64
 MAX_BYTES = 1 << 20
+# 64 > 52 = 65535 / 1280 + 1: a largest datagram cut at IPv6's minimum MTU still fits
+MAX_PIECES = 64
+PIECE_OVERHEAD = 96  # what holding a piece costs beyond its bytes (a bytes object, list slots)
 REASSEMBLY_TIMEOUT = 30.0
 MAX_PACKET = 65535
 
@@ -15,11 +24,13 @@ Key = tuple[bytes, bytes, int, int]  # src, dst, proto (0 for IPv6), ident
 
 
 class _Partial:
-    __slots__ = ("pieces", "size", "total", "header", "expires")
+    __slots__ = ("offsets", "pieces", "size", "charged", "total", "header", "expires")
 
     def __init__(self, expires: float) -> None:
-        self.pieces: dict[int, bytes] = {}  # offset -> payload
-        self.size = 0
+        self.offsets: list[int] = []  # sorted; pieces[i] starts at offsets[i]
+        self.pieces: list[bytes] = []
+        self.size = 0  # payload bytes held
+        self.charged = 0  # what they count against MAX_BYTES
         self.total: int | None = None  # payload length, known once the last fragment came
         self.header = b""  # the first fragment's IP header
         self.expires = expires
@@ -75,6 +86,8 @@ class Reassembler:
         self._expire(now)
         if offset + len(data) > MAX_PACKET - ipv4.HEADER_LEN:
             raise WireError("ipv4_fragment_too_big")
+        if more and not data:  # would cost a slot and nothing against MAX_BYTES
+            raise WireError("ipv4_fragment_empty")
         if more and len(data) % 8:
             raise WireError("ipv4_fragment_unaligned")
         part = self.partials.get(key)
@@ -82,16 +95,20 @@ class Reassembler:
             if len(self.partials) >= MAX_DATAGRAMS:
                 raise WireError("ipv4_reassembly_full")
             part = self.partials[key] = _Partial(now + REASSEMBLY_TIMEOUT)
-        if self.held + len(data) > MAX_BYTES:
+        cost = len(data) + PIECE_OVERHEAD
+        if self.held + cost > MAX_BYTES or len(part.pieces) >= MAX_PIECES:
             self._discard(key)
             raise WireError("ipv4_reassembly_full")
         end = offset + len(data)
-        for off, piece in part.pieces.items():
-            if offset < off + len(piece) and off < end:
-                self._discard(key)
-                raise WireError("ipv4_fragment_overlap")
+        offsets, pieces = part.offsets, part.pieces
+        i = bisect_left(offsets, offset)
+        if (i > 0 and offsets[i - 1] + len(pieces[i - 1]) > offset) or (
+            i < len(offsets) and offsets[i] < end
+        ):
+            self._discard(key)
+            raise WireError("ipv4_fragment_overlap")
         if not more:
-            if part.total is not None or any(o + len(p) > end for o, p in part.pieces.items()):
+            if part.total is not None or (pieces and offsets[-1] + len(pieces[-1]) > end):
                 self._discard(key)
                 raise WireError("ipv4_fragment_overlap")
             part.total = end
@@ -100,18 +117,20 @@ class Reassembler:
             raise WireError("ipv4_fragment_overlap")
         if offset == 0:
             part.header = header
-        part.pieces[offset] = data
+        offsets.insert(i, offset)
+        pieces.insert(i, data)
         part.size += len(data)
-        self.held += len(data)
+        part.charged += cost
+        self.held += cost
         if part.total is None or part.size != part.total or not part.header:
             return None
         self._discard(key)
-        return part.header, b"".join(part.pieces[o] for o in sorted(part.pieces))
+        return part.header, b"".join(pieces)
 
     def _discard(self, key: Key) -> None:
         part = self.partials.pop(key, None)
         if part is not None:
-            self.held -= part.size
+            self.held -= part.charged
 
     def _expire(self, now: float) -> None:
         if not self.partials:

@@ -29,7 +29,7 @@ from netstack.tcp.params import (
     SYNACK_RETRIES,
     TIME_WAIT,
 )
-from netstack.tcp.to_host import GATHER_MAX_SEGMENT, WINDOW_MAX, ToHost
+from netstack.tcp.to_host import GATHER_MAX_SEGMENT, WINDOW_MAX, PendingBudget, ToHost
 from netstack.wire import icmpv4, tcp
 from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, seq_diff, seq_lt
 
@@ -46,6 +46,7 @@ class TcpConnection:
         mtu: int,
         now: float,
         guest: Guest,
+        budget: PendingBudget | None = None,
     ) -> None:
         self.flow = flow
         self.writer = writer
@@ -75,7 +76,7 @@ class TcpConnection:
         self.snd_una = self.iss
         self.snd_nxt = self.iss
 
-        self.to_host = ToHost()
+        self.to_host = ToHost(budget)
         self.acked_in_queue = 0  # acknowledged bytes still at the head of the host queue
         self.fin_from_guest = False
         self.host_write_shut = False
@@ -85,6 +86,9 @@ class TcpConnection:
         self.host_readable = False
         self.ack_needed = False
         self.window_advertised = 0
+        # the right edge of the window we advertised (a sequence number): nothing past
+        # it is taken, and it never moves left (RFC 9293 3.8.6)
+        self.rcv_adv = self.rcv_nxt
 
         self.rto = RTO_INITIAL
         self.rto_deadline: float | None = None
@@ -291,6 +295,12 @@ class TcpConnection:
                     self.ack_needed = True
                     return
             payload = payload[offset:]
+        room = seq_diff(self.rcv_adv, self.rcv_nxt)
+        if len(payload) > room:  # past the window we advertised: not taken, not ACKed
+            payload = payload[: max(0, room)]
+            fin = False
+            self.ack_needed = True
+            self.guest.count_drop("tcp_beyond_window")
         if payload and not self.fin_from_guest:
             taken = self._data_to_host(payload, now)
             if taken < len(payload):
@@ -543,7 +553,15 @@ class TcpConnection:
     def _window_field(self) -> int:
         window = self._receive_window()
         self.window_advertised = window
-        return min(window >> self.our_wscale, 0xFFFF)
+        field = min(window >> self.our_wscale, 0xFFFF)
+        self.advertise(field << self.our_wscale)
+        return field
+
+    def advertise(self, window: int) -> None:
+        """window goes to the guest with ACK rcv_nxt: move the right edge, never left."""
+        room = seq_diff(self.rcv_adv, self.rcv_nxt)
+        if room < window or room > WINDOW_MAX:  # (beyond any window: never set yet)
+            self.rcv_adv = (self.rcv_nxt + window) & 0xFFFFFFFF
 
     def _ts_val(self, now: float) -> int:
         return int(now * 1000) & 0xFFFFFFFF

@@ -53,6 +53,7 @@ _SHARED: tuple[tuple[str, type], ...] = (
     ("guest_window", int),
     ("ts_recent", int),
     ("window_advertised", int),
+    ("rcv_adv", int),
     ("retries", int),
     ("rto", float),
     ("acked_in_queue", int),
@@ -176,7 +177,7 @@ class FastPath:
         self._copy_back(conn, c)
         why, err = int(c.eject), int(c.err)
         if c.unsent_len:
-            conn.to_host.pending += self.ffi.buffer(c.unsent, c.unsent_len)
+            conn.to_host.queue(self.ffi.buffer(c.unsent, c.unsent_len))
         del self.held[int(c.slot)]
         self.lib.ns_flow_close(self.ctx, c)
         conn.fast = None
@@ -221,6 +222,14 @@ class FastPath:
         if n < 0:
             raise FlowPathError(-n)
         return n
+
+    def rx_flush(self, now: float) -> None:
+        """A reader that stops before the TAP is drained: what C gathered goes to the
+        host and the ACKs it owes go out now (ns_rx does it only when drained). Raises
+        FlowPathError when the link failed."""
+        n = int(self.lib.ns_rx_flush(self.ctx, now))
+        if n < 0:
+            raise FlowPathError(-n)
 
     def frames_in(self) -> int:
         """Frames read from the TAP (those handed to Python included)."""

@@ -50,6 +50,7 @@ def send_synack(conn: TcpConnection, now: float) -> None:
     )
     window = min(conn._receive_window(), 0xFFFF)  # a SYN's window is never scaled
     conn.window_advertised = window
+    conn.advertise(window)
     conn.writer.send_syn(conn.flow, conn.iss, conn.rcv_nxt, SYN | ACK, window, opts)
 
 
@@ -94,6 +95,7 @@ def on_synack(conn: TcpConnection, seg: tcp.TcpHeader, now: float) -> None:
         return
     take_syn_options(conn, seg)
     conn.rcv_nxt = (seg.seq + 1) & 0xFFFFFFFF
+    conn.rcv_adv = (conn.rcv_nxt + conn.window_advertised) & 0xFFFFFFFF  # our SYN's window
     conn.snd_una = seg.ack
     conn.retries = 0
     conn.rto = RTO_INITIAL

@@ -65,6 +65,8 @@ class Guest(Protocol):
 
     def send_icmp_unreachable(self, code: int, quoted_ip_packet: bytes) -> None: ...
 
+    def count_drop(self, reason: str) -> None: ...
+
     def guest_mac_for(
         self, ip: bytes, when_known: Callable[[], None] | None = None
     ) -> bytes | None:

@@ -13,6 +13,7 @@ from netstack.tcp.connection import TcpConnection
 from netstack.tcp.fastpath import FastPath
 from netstack.tcp.interfaces import Guest, HostStream, LaterTarget, Refusal, TcpState
 from netstack.tcp.output import FlowAddrs, SegmentWriter
+from netstack.tcp.to_host import PendingBudget
 from netstack.wire import tcp
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class TcpTable:
         max_half_open: int = 512,
     ) -> None:
         self.writer = writer
+        self.pending_budget = PendingBudget()  # guest bytes waiting for host sockets, all flows
         self.mtu = mtu
         self.connector = connector
         self.resolve = resolve
@@ -116,7 +118,9 @@ class TcpTable:
         if target is None:
             self.stats.drop("tcp_destination_dropped")
             return
-        conn = TcpConnection(flow, self.writer, seg, quote, self.mtu, now, self.guest)
+        conn = TcpConnection(
+            flow, self.writer, seg, quote, self.mtu, now, self.guest, self.pending_budget
+        )
         if isinstance(target, Refusal):
             self.stats.count("tcp_refused_" + target.value)
             conn.refuse(target)
@@ -171,7 +175,9 @@ class TcpTable:
         if not self._room():
             self.stats.drop("tcp_flow_limit")
             return None
-        conn = TcpConnection(flow, self.writer, None, b"", self.mtu, now, self.guest)
+        conn = TcpConnection(
+            flow, self.writer, None, b"", self.mtu, now, self.guest, self.pending_budget
+        )
         conn.attach_host(make_host(conn))
         self.conns[key] = conn
         self.stats.count("tcp_forwards_opened")

@@ -106,6 +106,7 @@ class UdpProxy:
             self.output.send_icmp_error(guest_mac, icmpv4.TYPE_DEST_UNREACHABLE, code, quote)
             return
         flow = self.flows.get((src, sport))
+        fresh = flow is None
         if flow is None:
             if len(self.flows) >= self.max_flows:
                 self.stats.drop("udp_flow_evicted")
@@ -128,6 +129,10 @@ class UdpProxy:
         except OSError as e:
             self.stats.drop("udp_send_error")
             log.debug("udp sendto %s: %s", target, e)
+            if fresh:  # nothing sent, nothing to wait for: the socket goes now
+                self.expire(flow)
+            else:
+                self.timers.touch(flow)
             return
         self.stats.count("udp_datagrams_from_guest")
         self.timers.touch(flow)

@@ -65,7 +65,9 @@ def parse(buf: bytes | bytearray | memoryview) -> DhcpMessage:
         raise WireError("dhcp_hardware", f"htype {htype} hlen {hlen}")
     if bytes(buf[HEADER_LEN : HEADER_LEN + 4]) != MAGIC:
         raise WireError("dhcp_magic")
-    options: dict[int, bytes] = {}
+    # a repeated option's values are concatenated (RFC 3396): gathered in lists and
+    # joined once, so a message of many repeats costs linear time, not quadratic
+    parts: dict[int, list[bytes | bytearray | memoryview]] = {}
     i, n = HEADER_LEN + 4, len(buf)
     while i < n:
         code = buf[i]
@@ -77,8 +79,9 @@ def parse(buf: bytes | bytearray | memoryview) -> DhcpMessage:
         if i + 1 >= n or i + 2 + buf[i + 1] > n:
             raise WireError("dhcp_option", f"option {code} runs past the end")
         length = buf[i + 1]
-        options[code] = options.get(code, b"") + bytes(buf[i + 2 : i + 2 + length])
+        parts.setdefault(code, []).append(buf[i + 2 : i + 2 + length])
         i += 2 + length
+    options = {code: b"".join(values) for code, values in parts.items()}
     return DhcpMessage(op, xid, flags, ci, yi, si, bytes(ch[:6]), options)
 
 

@@ -1,6 +1,7 @@
 """DNS message header and question (RFC 1035). The stack forwards DNS, so it mostly
-needs the header (id, flags, counts) and the first question; for directory names
-(--directory) it also writes a short authoritative reply with address answers."""
+needs the header (id, flags, counts) and the first question (to match a reply to its
+query); for directory names (--directory) it also writes a short authoritative reply
+with address answers."""
 
 from __future__ import annotations
 
@@ -95,18 +96,40 @@ def reply(
     return bytes(out)
 
 
-def _name(buf: bytes | bytearray | memoryview) -> tuple[str, int]:
-    labels: list[str] = []
+def _question_labels(buf: bytes | bytearray | memoryview) -> tuple[list[bytes], int]:
+    """The first question's name as labels, and the offset of its closing zero byte.
+    Compression pointers are not allowed there."""
+    labels: list[bytes] = []
     i = HEADER_LEN
     while True:
         if i >= len(buf):
             raise WireError("dns_name", "runs past the end")
         n = buf[i]
         if n == 0:
-            return ".".join(labels), i + 1
+            return labels, i
         if n & 0xC0:
             raise WireError("dns_name", "pointer in question")
         if i + 1 + n > len(buf) or len(labels) >= 127:
             raise WireError("dns_name", "label runs past the end")
-        labels.append(bytes(buf[i + 1 : i + 1 + n]).decode("ascii", "replace"))
+        labels.append(bytes(buf[i + 1 : i + 1 + n]))
         i += 1 + n
+
+
+def _name(buf: bytes | bytearray | memoryview) -> tuple[str, int]:
+    """The first question's name, dotted, and the offset just past it."""
+    labels, end = _question_labels(buf)
+    return ".".join(label.decode("ascii", "replace") for label in labels), end + 1
+
+
+def question_key(buf: bytes | bytearray | memoryview) -> bytes:
+    """The first question as a key a reply must repeat: its name lowercased (servers
+    may echo a 0x20-mixed case either way), then type and class. b"" when the message
+    has no question."""
+    if len(buf) < HEADER_LEN:
+        raise WireError("dns_short", f"{len(buf)} bytes")
+    if not HEADER.unpack_from(buf)[2]:
+        return b""
+    _, end = _question_labels(buf)
+    if end + 5 > len(buf):
+        raise WireError("dns_question", "type and class run past the end")
+    return bytes(buf[HEADER_LEN : end + 1]).lower() + bytes(buf[end + 1 : end + 5])

@@ -375,3 +375,49 @@ try:
 except ConnectionRefusedError:
     print("refused")
 """
+
+
+HOLD_V6_FLOWS = r"""
+import socket, sys, time
+t = socket.create_connection(("fd00::2", 7000), timeout=10)
+u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+u.sendto(b"x", ("fd00::2", 5353))
+t.sendall(b"hi")
+assert t.recv(2) == b"hi"
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_every_reply_copes_with_ipv6_flows(world: World, tmp_path: Path) -> None:
+    world.server("host", "echo", "7000", "::1")
+    world.server("host", "udpecho", "5353", "::1")
+    api = str(tmp_path / "api.sock")
+    world.start_netstack("-6", "--api-socket", api)
+    from tests.e2e.test_ipv6 import wait_slaac
+
+    wait_slaac(world)
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", world.guest, PYTHON, "-c", HOLD_V6_FLOWS],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        conns = json.loads(call(api, b'{"execute":"list_connections"}'))["return"]["connections"]
+        by_proto = {c["proto"]: c for c in conns}
+        assert by_proto["tcp"]["remote"] == "[fd00::2]:7000"
+        assert by_proto["tcp"]["guest"].startswith("[fd00::")
+        assert by_proto["udp"]["guest"].startswith("[fd00::")
+        for execute in ("get_stats", "list_hostfwd"):
+            assert "return" in json.loads(call(api, json.dumps({"execute": execute}).encode()))
+    finally:
+        holder.communicate("\n", timeout=10)
+
+
+@pytest.mark.parametrize("depth", [100, 1000, 2000])
+def test_deeply_nested_json_gets_a_json_error(api: str, depth: int) -> None:
+    for opener, closer in ((b"[", b"]"), (b'{"a":', b"}")):
+        reply = json.loads(call(api, opener * depth + closer * depth))
+        assert "error" in reply, reply
+    reply = json.loads(call(api, b'{"execute":' + b"[" * 1500 + b"]" * 1500 + b"}"))
+    assert "error" in reply, reply

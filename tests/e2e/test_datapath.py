@@ -428,3 +428,34 @@ def test_outbound_addr_binds_host_sockets(world: World, value: str, expect: str)
     world.start_netstack(f"--outbound-addr={value}")
     r = world.guest_python(PEER_ADDR, WORLD_HOST_IP, "8090")
     assert r.stdout.strip() == expect, r.stderr
+
+
+def test_dns_through_an_ipv6_nameserver_written_in_a_non_canonical_form(world: World) -> None:
+    """resolv.conf says 0:0:0:0:0:0:0:1; replies come from ::1: the same nameserver."""
+    world.server("host", "dns", "53", "::1", "192.0.2.66")
+    world.set_host_resolv_conf("nameserver 0:0:0:0:0:0:0:0001\n")
+    world.start_netstack()
+    r = world.in_guest("getent", "ahostsv4", "v6.test")
+    assert r.returncode == 0, r.stderr + world.log()
+    assert "192.0.2.66" in r.stdout
+
+
+FIRST_DNS_REPLY = r"""
+import socket, struct
+q = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + b"\x01a\x04test\x00"
+q += struct.pack("!HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(q, ("10.0.2.3", 53))
+data, _ = s.recvfrom(512)
+print(hex(struct.unpack("!H", data[:2])[0]), socket.inet_ntoa(data[-4:]))
+"""
+
+
+def test_dns_replies_with_another_id_or_question_never_reach_the_guest(world: World) -> None:
+    """The nameserver's socket answers each query with the wrong ID, then for the
+    wrong question, then rightly: the guest's first reply is the right one."""
+    world.server("host", "dnsforge", "53", "127.0.0.1", "192.0.2.77")
+    world.start_netstack()
+    r = world.guest_python(FIRST_DNS_REPLY)
+    assert r.stdout.split() == ["0x4242", "192.0.2.77"], r.stdout + r.stderr

@@ -414,8 +414,12 @@ def test_a_netstackd_restart_keeps_connections_and_names(dw: DirectoryWorld) -> 
     svc = dw.wait_served("survivor", timeout=5)
     assert svc["vip"] == v4 or svc["instances"] == 1
     v4_after, _ = vip(dw, "survivor")
-    r = dw.run(PYTHON, "-c", HOLD, v4_after, "8900", input="")
-    assert r.returncode == 0 and r.stdout.strip() == "hello", r.stderr
+    try:
+        r = dw.run(PYTHON, "-c", HOLD, v4_after, "8900", input="", timeout=20)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"no answer after the restart: {dw.stats()}\n{dw.log()}"
+                             ) from None
+    assert r.returncode == 0 and r.stdout.strip() == "hello", f"{r.stderr}{dw.log()}"
     client.stdin.write(b"after\n")
     client.stdin.flush()
     assert line(client) == "after"

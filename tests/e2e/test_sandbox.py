@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.netns import World
 
 
@@ -68,3 +70,61 @@ def test_seccomp_filter_allows_ordinary_work() -> None:
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0 and p.stdout.strip().endswith("fine"), p.stderr
+
+
+SECCOMP_CALL = r"""
+import ctypes, errno, sys, threading
+from netstack.sandbox import seccomp
+seccomp.install()
+t = threading.Thread(target=print, args=("thread ran",))  # clone3 -> ENOSYS -> clone
+t.start(); t.join()
+libc = ctypes.CDLL(None, use_errno=True)
+nr = seccomp.SYSCALLS[seccomp.os.uname().machine][sys.argv[1]]
+args = [ctypes.c_ulong(int(a, 0)) for a in sys.argv[2:]]
+args += [ctypes.c_ulong(0)] * (5 - len(args))
+r = libc.syscall(ctypes.c_long(nr), *args)
+print("returned", r, errno.errorcode.get(ctypes.get_errno(), ""), flush=True)
+"""
+
+CLONE_NEWUSER_NEWNET = hex(0x10000000 | 0x40000000 | 17)  # | SIGCHLD
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        ("bpf", "0"),
+        ("userfaultfd", "0"),
+        ("io_uring_setup", "1", "0"),
+        ("io_uring_enter", "0"),
+        ("io_uring_register", "0"),
+        ("keyctl", "0"),
+        ("add_key", "0"),
+        ("request_key", "0"),
+        ("perf_event_open", "0"),
+        ("mount_setattr", "0"),
+        ("open_tree", "0"),
+        ("move_mount", "0"),
+        ("fsopen", "0"),
+        ("fsconfig", "0"),
+        ("fsmount", "0"),
+        ("fspick", "0"),
+        ("unshare", "0x10000000"),
+        ("clone", CLONE_NEWUSER_NEWNET),
+    ],
+    ids=lambda c: c[0],
+)
+def test_seccomp_kills_on_each_dangerous_syscall(call: tuple[str, ...]) -> None:
+    p = subprocess.run(
+        [sys.executable, "-c", SECCOMP_CALL, *call], capture_output=True, text=True, timeout=30
+    )
+    assert p.returncode == -signal.SIGSYS, p.stdout + p.stderr
+    assert "thread ran" in p.stdout  # threads (clone without namespace flags) still work
+
+
+def test_seccomp_refuses_clone3_with_enosys() -> None:
+    p = subprocess.run(
+        [sys.executable, "-c", SECCOMP_CALL, "clone3", "0", "0"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "returned -1 ENOSYS" in p.stdout

@@ -25,6 +25,7 @@ import http.server
 import socket
 import struct
 import sys
+from typing import Any
 
 
 def dns_answer(query: bytes, answer_ip: str) -> bytes:
@@ -147,6 +148,19 @@ class UdpDns(asyncio.DatagramProtocol):
         self.transport.sendto(dns_answer(data, self.answer_ip), addr)  # type: ignore[attr-defined]
 
 
+class UdpDnsForger(UdpDns):
+    """Answers each query three times: with another ID, for another question (both
+    naming 192.0.2.250), then rightly."""
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        t: Any = self.transport
+        wrong_id = bytes([data[0] ^ 0xFF]) + data[1:]
+        t.sendto(dns_answer(wrong_id, "192.0.2.250"), addr)
+        other = data.replace(b"\x01a\x04test", b"\x01b\x04test")
+        t.sendto(dns_answer(other, "192.0.2.250"), addr)
+        t.sendto(dns_answer(data, self.answer_ip), addr)
+
+
 async def tcp_dns(
     answer_ip: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
@@ -197,6 +211,9 @@ async def main(argv: list[str]) -> None:
         await asyncio.start_server(echo, addr, port, backlog=512)
     elif kind == "udpecho":
         await loop.create_datagram_endpoint(UdpEcho, local_addr=(addr, port))
+    elif kind == "dnsforge":
+        forger = UdpDnsForger(argv[3])
+        await loop.create_datagram_endpoint(lambda: forger, local_addr=(addr, port))
     elif kind == "dns":
         answer = argv[3]
         await loop.create_datagram_endpoint(lambda: UdpDns(answer), local_addr=(addr, port))

@@ -905,3 +905,41 @@ def test_ipv6_syn_in_established_gets_a_challenge_ack() -> None:
     (challenge,) = rig.frames()
     assert (tcp_of(challenge).flags, tcp_of(challenge).ack) == ("A", ISN + 1)
     assert conn_of(rig).state is TcpState.ESTABLISHED and stream.closed is None
+def test_a_guest_ignoring_our_window_gets_nothing_past_its_right_edge() -> None:
+    """A host peer that accepts and never reads: the guest pushes on regardless of the
+    window; what it sends past the edge we advertised is neither taken nor ACKed."""
+    rig = Rig()
+    stream, iss = established(rig)
+    stream.space = 0  # the socket is full and never drains
+    stream.accept_limit = 0
+    conn = rig.host.connects[0][0]
+    seq = ISN + 1
+    for _ in range(3000):  # 3 MB, in order, 1000 bytes a segment
+        rig.send(seg("PA", seq, iss + 1, b"z" * 1000))
+        seq += 1000
+    acks = [tcp_of(f) for f in rig.frames()]
+    # the SYN-ACK offered 64 KiB, the slack; once bytes wait it only shrinks
+    assert len(conn.to_host.pending) <= to_host.PENDING_SLACK + 1
+    assert conn.rcv_nxt == conn.rcv_adv == ISN + 1 + len(conn.to_host.pending)
+    assert acks[-1].ack == conn.rcv_adv and acks[-1].window == 0
+    assert rig.stack.stats.snapshot()["drops"]["tcp_beyond_window"] > 0
+
+
+def test_pending_bytes_stay_within_the_budget_the_flows_share() -> None:
+    rig = Rig()
+    budget = rig.stack.tcp.pending_budget  # one for the table: every flow charges it
+    budget.limit = 20_000
+    stream, iss = established(rig)
+    stream.space = 0
+    stream.accept_limit = 0
+    seq = ISN + 1
+    for _ in range(300):
+        rig.send(seg("PA", seq, iss + 1, b"z" * 1000))
+        seq += 1000
+    conn = rig.host.connects[0][0]
+    assert budget.used == len(conn.to_host.pending) <= 20_000
+    assert budget.refused > 0 and conn.rcv_nxt == ISN + 1 + budget.used
+    assert tcp_of(rig.frames()[-1]).window == 0
+    stream.accept_limit = None
+    conn.on_host_writable(rig.now)
+    assert budget.used == 0

@@ -187,6 +187,20 @@ def test_sequence_arithmetic_wraps() -> None:
 
 
 # -------------------------------------------------------------------- dhcpv4
+def test_dhcp_repeated_options_are_joined_in_linear_time() -> None:
+    """500,000 one-byte repeats of one option (1.5 MB): a join per repeat copies some
+    125 GB (seconds), one join at the end copies 500 KB."""
+    import time
+
+    head = bytearray(dhcpv4.HEADER_LEN)
+    head[0:3] = b"\x01\x01\x06"
+    buf = bytes(head) + dhcpv4.MAGIC + b"\x0c\x01h" * 500_000 + b"\xff"
+    t0 = time.process_time()
+    msg = dhcpv4.parse(buf)
+    assert time.process_time() - t0 < 2.5
+    assert msg.options[12] == b"h" * 500_000
+
+
 def test_dhcp_parse_and_emit() -> None:
     mac = bytes.fromhex("020000000001")
     msg = dhcpv4.parse(
