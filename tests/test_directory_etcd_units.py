@@ -252,24 +252,19 @@ def test_published_ports_come_from_the_range_and_peers_from_here() -> None:
 
     from netstack.directory import publish
 
-    held = []
-    try:
-        for _ in range(3):
-            s = socket.socket()
-            publish.bind(s, "127.0.0.1", (42101, 42103))
-            assert 42101 <= s.getsockname()[1] <= 42103
-            held.append(s)
-        assert len({s.getsockname()[1] for s in held}) == 3
-        with socket.socket() as s, pytest.raises(OSError) as e:
-            publish.bind(s, "127.0.0.1", (42101, 42103))
+    with socket.socket() as probe:  # a port free right now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with socket.socket() as first, socket.socket() as second:
+        publish.bind(first, "127.0.0.1", (port, port))
+        assert first.getsockname()[1] == port
+        with pytest.raises(OSError) as e:  # the range is used up
+            publish.bind(second, "127.0.0.1", (port, port))
         assert e.value.errno == errno.EADDRINUSE
-        with socket.socket(socket.AF_INET6) as s:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            publish.bind(s, "127.0.0.1", None)
-            assert s.getsockname()[0] == "::ffff:127.0.0.1"
-    finally:
-        for s in held:
-            s.close()
+    with socket.socket(socket.AF_INET6) as s:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        publish.bind(s, "127.0.0.1", None)
+        assert s.getsockname()[0] == "::ffff:127.0.0.1"
     assert publish.from_here("127.0.0.1", "192.0.2.1")
     assert publish.from_here("::ffff:192.0.2.1", "192.0.2.1")
     assert not publish.from_here("192.0.2.2", "192.0.2.1")
