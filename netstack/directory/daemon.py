@@ -323,6 +323,9 @@ class Daemon:
         if execute == "stats":
             return _reply({**self.supervisor.stats,
                            "containers_live": len(self.supervisor.containers),
+                           "held": len(self.supervisor.held),
+                           "in_flight": sum(c.in_flight
+                                            for c in self.supervisor.containers.values()),
                            "names": len(self.store.records()),
                            "instances": len(self.directory.instances()),
                            "sockets": len(self.supervisor.sockets),

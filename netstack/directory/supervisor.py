@@ -482,6 +482,13 @@ class Supervisor:
 
     # ------------------------------------------------------------- dispatch
     def _handle(self, c: Container, n: notify.Notification) -> None:
+        if (n.nr == notify.SYS_BIND and c.state.name is None) or (
+                n.nr not in (notify.SYS_CONNECT, notify.SYS_BIND)
+                and self._socket_inode(n) not in self.sockets):
+            # an anonymous bind; listen, accept or names on a socket not ours
+            self.stats["continued"] += 1
+            self._respond(c, n, cont=True)
+            return
         try:
             pidfd = notify.pidfd_open(n.pid)
         except OSError:
@@ -491,8 +498,6 @@ class Supervisor:
         try:
             if n.nr in (notify.SYS_CONNECT, notify.SYS_BIND):
                 self._connect_or_bind(c, n, pidfd, copies)
-            elif self._socket_inode(n) not in self.sockets:
-                raise _Continue  # listen, accept, names: not ours, the kernel's business
             elif n.nr == notify.SYS_LISTEN:
                 self._listen(c, n, self._socket_copy(n, pidfd, copies))
             elif n.nr in (notify.SYS_ACCEPT, notify.SYS_ACCEPT4):
@@ -676,6 +681,7 @@ class Supervisor:
     async def _wait_for_service(self, c: Container, n: notify.Notification,
                                 copy: socket.socket, addr: SockAddr, vip: bytes,
                                 port: int) -> None:
+        handed_over = False
         try:
             deadline = time.monotonic() + self.connect_wait
             while True:
@@ -693,7 +699,8 @@ class Supervisor:
                     pass
             if isinstance(pick, Instance):
                 self.stats["bypassed_connects"] += 1
-                self._bypass(c, n, copy, addr, (pick.host, pick.host_port), pick.name)
+                handed_over = self._bypass(c, n, copy, addr, (pick.host, pick.host_port),
+                                           pick.name)
             else:
                 if pick is Pick.NOT_SERVED:
                     self.stats["wait_timeouts"] += 1
@@ -713,7 +720,8 @@ class Supervisor:
             log.exception("waiting connect")
             self._respond(c, n, error=errno.ECONNREFUSED)
         finally:
-            self.wait_ends(c, n)
+            if not handed_over:  # else the connect's waiter holds the call now
+                self.wait_ends(c, n)
             copy.close()
 
     def _wake_waiters(self) -> None:
@@ -723,8 +731,9 @@ class Supervisor:
                 fut.set_result(None)
 
     def _bypass(self, c: Container, n: notify.Notification, copy: socket.socket,
-                addr: SockAddr, target: tuple[str, int], service: str | None) -> None:
-        """Our own host socket, connected to target, in place of the caller's fd."""
+                addr: SockAddr, target: tuple[str, int], service: str | None) -> bool:
+        """Our own host socket, connected to target, in place of the caller's fd.
+        True if the call is now held until that connect completes."""
         if not _blocking(copy.fileno()) and _in_an_epoll(n.pid, copy):
             self.stats["epoll_continued"] += 1
             raise _Continue
@@ -750,17 +759,18 @@ class Supervisor:
             if not _blocking(copy.fileno()):
                 self._install(c, n, host, record)
                 self._respond(c, n, error=errno.EINPROGRESS if err else 0)
-                return
+                return False
             if err == 0:
                 host.setblocking(True)
                 self._install(c, n, host, record)
                 self._respond(c, n)
-                return
-            if c.in_flight >= MAX_IN_FLIGHT:
+                return False
+            if n.id not in self.held and c.in_flight >= MAX_IN_FLIGHT:
                 self.stats["over_limit"] += 1
                 raise _Fail(errno.EAGAIN)
             self._wait_connected(c, n, host, record)
             handed_over = True
+            return True
         finally:
             if not handed_over:
                 host.close()
@@ -1028,7 +1038,8 @@ class Supervisor:
                     interrupt: Callable[[], None] | None) -> None:
         """A call we hold. `interrupt`, if any, answers it as a signal would (EINTR)
         and stops its waiter."""
-        c.in_flight += 1
+        if n.id not in self.held:  # (a call can pass from one waiter to the next)
+            c.in_flight += 1
         self.held[n.id] = (c, n, interrupt)
 
     def wait_ends(self, c: Container, n: notify.Notification) -> None:
