@@ -264,3 +264,15 @@ def test_calls_in_flight_live_in_memory_a_successor_can_read() -> None:
     assert first.left_over() == [] and first.saved_flags(1) is None
     first.close()
     successor.close()
+
+
+def test_sock_diag_knows_our_sockets_by_inode_and_cookie() -> None:
+    from netstack.directory import diag
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        inode = os.fstat(s.fileno()).st_ino
+        assert os.readlink(f"/proc/self/fd/{s.fileno()}") == f"socket:[{inode}]"
+        assert diag.tcp_sockets(diag.LISTENING)[inode] == diag.socket_cookie(s)
+    assert inode not in diag.tcp_inodes()

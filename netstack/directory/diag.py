@@ -1,4 +1,5 @@
-"""Which TCP sockets still exist in our network namespace, by SO_COOKIE (sock_diag).
+"""Which TCP sockets still exist in our network namespace, by inode and SO_COOKIE
+(sock_diag).
 
 The supervisor never keeps a copy of a service's listening socket (that would keep it
 alive after the service closes it); instead it asks the kernel which cookies are still
@@ -24,6 +25,7 @@ LISTENING = 1 << TCP_LISTEN
 _NLMSGHDR = struct.Struct("=IHHII")
 _REQ = struct.Struct("=BBBBI48s")
 _COOKIE_OFFSET = 4 + 40  # inet_diag_msg: family,state,timer,retrans; then sockid's cookie
+_INODE_OFFSET = 4 + 48 + 16  # ... after the sockid: expires, rqueue, wqueue, uid; inode
 
 
 def socket_cookie(sock: socket.socket | int) -> int:
@@ -38,7 +40,18 @@ def socket_cookie(sock: socket.socket | int) -> int:
 
 def tcp_cookies(states: int = ALL_STATES) -> set[int]:
     """Cookies of every TCP socket (IPv4 and IPv6) in one of `states` (a bit mask)."""
-    found: set[int] = set()
+    return set(tcp_sockets(states).values())
+
+
+def tcp_inodes(states: int = ALL_STATES) -> set[int]:
+    """Inode numbers of every TCP socket in one of `states` (as /proc/PID/fd shows them:
+    socket:[N]); sockfs numbers them from a counter, so one is not reused for ages."""
+    return set(tcp_sockets(states))
+
+
+def tcp_sockets(states: int = ALL_STATES) -> dict[int, int]:
+    """inode -> cookie of every TCP socket (IPv4 and IPv6) in one of `states`."""
+    found: dict[int, int] = {}
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                        NETLINK_SOCK_DIAG) as nl:
         for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), start=1):
@@ -50,7 +63,7 @@ def tcp_cookies(states: int = ALL_STATES) -> set[int]:
     return found
 
 
-def _read_dump(nl: socket.socket, found: set[int]) -> None:
+def _read_dump(nl: socket.socket, found: dict[int, int]) -> None:
     while True:
         data = nl.recv(65536)
         offset = 0
@@ -64,6 +77,8 @@ def _read_dump(nl: socket.socket, found: set[int]) -> None:
                 err = -struct.unpack_from("=i", data, offset + _NLMSGHDR.size)[0]
                 raise OSError(err, f"sock_diag: {os.strerror(err)}")
             if kind == SOCK_DIAG_BY_FAMILY:
-                lo, hi = struct.unpack_from("=II", data, offset + _NLMSGHDR.size + _COOKIE_OFFSET)
-                found.add(lo | hi << 32)
+                base = offset + _NLMSGHDR.size
+                lo, hi = struct.unpack_from("=II", data, base + _COOKIE_OFFSET)
+                inode = struct.unpack_from("=I", data, base + _INODE_OFFSET)[0]
+                found[inode] = lo | hi << 32
             offset += (length + 3) & ~3

@@ -22,7 +22,8 @@ copy the caller's memory -> ID_VALID -> copy of the socket (pidfd_getfd) -> deci
   getsockname/getpeername on our sockets -> container addresses and the VIP, never host
                             ones.
 
-Sockets are known by SO_COOKIE, so dup2, fork, close_range and exec change nothing.
+Our sockets are known by inode (what /proc/PID/fd shows: one readlink finds a socket's
+record, no copy needed), so dup2, fork, close_range and exec change nothing.
 We never CONTINUE a connect or bind on a host socket (the sockaddr TOCTOU of
 bypass4netns #22): the address we act on is the copy we validated. Anything we do not
 handle continues into the container's network namespace.
@@ -46,7 +47,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from netstack.directory import diag, notify
+from netstack.directory import diag, notify, publish
 from netstack.directory import sockaddr as sa
 from netstack.directory.inflight import InFlight
 from netstack.directory.oci import ContainerState
@@ -119,6 +120,10 @@ class HostSocket:
     # client's container is gone
     own: bytes | None = None
     own4: bytes | None = None
+    family: int = socket.AF_INET
+    local_port: int = 0  # a client's host port (its getsockname)
+    established: bool = True  # False while a nonblocking connect may be in progress
+    cookie: int = 0  # SO_COOKIE of a listening socket (its instance's key)
     since: float = field(default_factory=time.time)
 
     def own_in(self, family: int) -> bytes:
@@ -364,14 +369,16 @@ class _PendingAccept:
 
 
 class Supervisor:
+    port_range: tuple[int, int] | None = None  # host ports for services (None: any)
+
     def __init__(self, directory: Directory, publish_host: str = "127.0.0.1",
                  connect_wait: float = 10.0) -> None:
         self.directory = directory
         self.publish_host = publish_host
         self.connect_wait = connect_wait
         self.containers: dict[int, Container] = {}
-        self.sockets: dict[int, HostSocket] = {}  # by SO_COOKIE
-        self.clients_by_port: dict[int, int] = {}  # client's host port -> cookie
+        self.sockets: dict[int, HostSocket] = {}  # by socket inode
+        self.clients_by_port: dict[int, int] = {}  # client's host port -> inode
         self.stats: dict[str, int] = {k: 0 for k in (
             "traps", "continued", "bypassed_connects", "outbound_bypassed", "denied",
             "unknown_vip", "waited", "wait_timeouts", "accepts", "registrations",
@@ -475,6 +482,13 @@ class Supervisor:
 
     # ------------------------------------------------------------- dispatch
     def _handle(self, c: Container, n: notify.Notification) -> None:
+        if (n.nr == notify.SYS_BIND and c.state.name is None) or (
+                n.nr not in (notify.SYS_CONNECT, notify.SYS_BIND)
+                and self._socket_inode(n) not in self.sockets):
+            # an anonymous bind; listen, accept or names on a socket not ours
+            self.stats["continued"] += 1
+            self._respond(c, n, cont=True)
+            return
         try:
             pidfd = notify.pidfd_open(n.pid)
         except OSError:
@@ -489,7 +503,7 @@ class Supervisor:
             elif n.nr in (notify.SYS_ACCEPT, notify.SYS_ACCEPT4):
                 self._accept(c, n, self._socket_copy(n, pidfd, copies), pidfd)
             elif n.nr in (notify.SYS_GETSOCKNAME, notify.SYS_GETPEERNAME):
-                self._name(c, n, self._socket_copy(n, pidfd, copies))
+                self._name(c, n, pidfd, copies)
             else:
                 raise _Continue
         except _Continue:
@@ -554,8 +568,21 @@ class Supervisor:
             raise _Fail(errno.EFAULT) from None
 
     def _ours(self, sock: socket.socket) -> tuple[int, HostSocket | None]:
-        cookie = diag.socket_cookie(sock)
-        return cookie, self.sockets.get(cookie)
+        inode = os.fstat(sock.fileno()).st_ino
+        return inode, self.sockets.get(inode)
+
+    @staticmethod
+    def _socket_inode(n: notify.Notification) -> int | None:
+        """The inode of the socket the call names (args[0]), from /proc without a copy;
+        None if it is no socket. (A racing dup2 can change it: only used to pick calls
+        that are not ours, where letting the kernel run them is safe anyway.)"""
+        try:
+            target = os.readlink(f"/proc/{n.pid}/fd/{n.args[0] & 0xFFFFFFFF}")
+        except OSError:
+            return None
+        if not target.startswith("socket:["):
+            return None
+        return int(target[8:-1])
 
     def _in_container(self, c: Container, n: notify.Notification, sock: socket.socket) -> bool:
         """Whether the socket lives in the container's own netns (not the host's, not
@@ -654,6 +681,7 @@ class Supervisor:
     async def _wait_for_service(self, c: Container, n: notify.Notification,
                                 copy: socket.socket, addr: SockAddr, vip: bytes,
                                 port: int) -> None:
+        handed_over = False
         try:
             deadline = time.monotonic() + self.connect_wait
             while True:
@@ -671,7 +699,8 @@ class Supervisor:
                     pass
             if isinstance(pick, Instance):
                 self.stats["bypassed_connects"] += 1
-                self._bypass(c, n, copy, addr, (pick.host, pick.host_port), pick.name)
+                handed_over = self._bypass(c, n, copy, addr, (pick.host, pick.host_port),
+                                           pick.name)
             else:
                 if pick is Pick.NOT_SERVED:
                     self.stats["wait_timeouts"] += 1
@@ -691,7 +720,8 @@ class Supervisor:
             log.exception("waiting connect")
             self._respond(c, n, error=errno.ECONNREFUSED)
         finally:
-            self.wait_ends(c, n)
+            if not handed_over:  # else the connect's waiter holds the call now
+                self.wait_ends(c, n)
             copy.close()
 
     def _wake_waiters(self) -> None:
@@ -701,8 +731,9 @@ class Supervisor:
                 fut.set_result(None)
 
     def _bypass(self, c: Container, n: notify.Notification, copy: socket.socket,
-                addr: SockAddr, target: tuple[str, int], service: str | None) -> None:
-        """Our own host socket, connected to target, in place of the caller's fd."""
+                addr: SockAddr, target: tuple[str, int], service: str | None) -> bool:
+        """Our own host socket, connected to target, in place of the caller's fd.
+        True if the call is now held until that connect completes."""
         if not _blocking(copy.fileno()) and _in_an_epoll(n.pid, copy):
             self.stats["epoll_continued"] += 1
             raise _Continue
@@ -720,23 +751,26 @@ class Supervisor:
             record = HostSocket(Kind.CLIENT, c.state.container, peer=addr, service=service,
                                 target=target, own=own, own4=own4)
             # known before the server can accept it, so accept() finds the client
-            cookie = diag.socket_cookie(host)
-            self.sockets[cookie] = record
-            self.clients_by_port[host.getsockname()[1]] = cookie
+            record.family, record.local_port = copy.family, host.getsockname()[1]
+            record.established = err == 0
+            inode = os.fstat(host.fileno()).st_ino
+            self.sockets[inode] = record
+            self.clients_by_port[record.local_port] = inode
             if not _blocking(copy.fileno()):
                 self._install(c, n, host, record)
                 self._respond(c, n, error=errno.EINPROGRESS if err else 0)
-                return
+                return False
             if err == 0:
                 host.setblocking(True)
                 self._install(c, n, host, record)
                 self._respond(c, n)
-                return
-            if c.in_flight >= MAX_IN_FLIGHT:
+                return False
+            if n.id not in self.held and c.in_flight >= MAX_IN_FLIGHT:
                 self.stats["over_limit"] += 1
                 raise _Fail(errno.EAGAIN)
             self._wait_connected(c, n, host, record)
             handed_over = True
+            return True
         finally:
             if not handed_over:
                 host.close()
@@ -767,6 +801,7 @@ class Supervisor:
                     self._respond(c, n, error=err)
                     return
                 if record is not None:
+                    record.established = True
                     host.setblocking(True)
                     self._install(c, n, host, record)
                 self._respond(c, n)
@@ -799,12 +834,12 @@ class Supervisor:
         target_fd = n.args[0] & 0xFFFFFFFF if newfd is None and not send else newfd
         if cloexec is None:
             cloexec = _fd_cloexec(n.pid, n.args[0] & 0xFFFFFFFF)
-        cookie = diag.socket_cookie(host)
-        self.sockets[cookie] = record
+        inode = os.fstat(host.fileno()).st_ino
+        self.sockets[inode] = record
         try:
             return notify.addfd(c.listener, n.id, host.fileno(), target_fd, cloexec, send)
         except OSError as e:
-            self.sockets.pop(cookie, None)
+            self.sockets.pop(inode, None)
             if e.errno == errno.ENOENT:
                 raise ProcessLookupError from None
             raise _Fail(e.errno or errno.EBADF) from None
@@ -822,17 +857,17 @@ class Supervisor:
             _copy_options(copy, host)
             if copy.family == socket.AF_INET6:
                 host.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            host.bind(sa.host_tuple(copy.family, self.publish_host, 0))
+            publish.bind(host, self.publish_host, self.port_range)
             host.setblocking(_blocking(copy.fileno()))
             self._install(c, n, host, HostSocket(Kind.BOUND, c.state.container, local=addr,
-                                                 service=c.state.name))
+                                                 service=c.state.name, family=copy.family))
         finally:
             host.close()
         self._respond(c, n)
 
     # ------------------------------------------------------- listen / accept
     def _listen(self, c: Container, n: notify.Notification, copy: socket.socket) -> None:
-        cookie, rec = self._ours(copy)
+        _inode, rec = self._ours(copy)
         if rec is None or rec.kind not in (Kind.BOUND, Kind.LISTENING):
             if rec is None:
                 raise _Continue
@@ -841,6 +876,7 @@ class Supervisor:
         copy.listen(min(backlog, 65535) if backlog < 0x80000000 else 0)
         if rec.kind == Kind.BOUND:
             assert rec.local is not None and c.state.name is not None
+            cookie = rec.cookie = diag.socket_cookie(copy)
             inst = Instance(name=c.state.name, port=rec.local.port, host=self.publish_host,
                             host_port=copy.getsockname()[1], labels=dict(c.labels),
                             owner=c.owner, container=c.state.container,
@@ -895,7 +931,8 @@ class Supervisor:
         conn = socket.socket(copy.family, socket.SOCK_STREAM, 0, conn_fd)
         try:
             conn.setblocking(not flags & socket.SOCK_NONBLOCK)
-            client = self._client_by_port(peer[1])
+            client = (self._client_by_port(peer[1])
+                      if publish.from_here(peer[0], self.publish_host) else None)
             peer_view = self._peer_view(c, n, copy.family, client, peer)
             local = SockAddr(copy.family, c.address(copy.family, n.pid),
                              rec.local.port if rec.local else 0)
@@ -903,17 +940,18 @@ class Supervisor:
                 self._write_sockaddr(c, n, n.args[1], n.args[2], peer_view)
             self.stats["accepts"] += 1
             self._install(c, n, conn, HostSocket(Kind.ACCEPTED, c.state.container, local=local,
-                                                 peer=peer_view, service=rec.service),
+                                                 peer=peer_view, service=rec.service,
+                                                 family=copy.family),
                           newfd=None, send=True, cloexec=bool(flags & socket.SOCK_CLOEXEC))
         finally:
             conn.close()
         return True
 
     def _client_by_port(self, port: int) -> HostSocket | None:
-        cookie = self.clients_by_port.get(port)
-        if cookie is None:
+        inode = self.clients_by_port.get(port)
+        if inode is None:
             return None
-        return self.sockets.get(cookie)
+        return self.sockets.get(inode)
 
     def _peer_view(self, c: Container, n: notify.Notification, family: int,
                    client: HostSocket | None, peer: tuple[str, int]) -> SockAddr:
@@ -924,19 +962,26 @@ class Supervisor:
         return sa.in_family(family, host.packed, peer[1])
 
     # --------------------------------------------------- getsockname / peername
-    def _name(self, c: Container, n: notify.Notification, copy: socket.socket) -> None:
-        _cookie, rec = self._ours(copy)
+    def _name(self, c: Container, n: notify.Notification, pidfd: int,
+              copies: list[socket.socket]) -> None:
+        """getsockname/getpeername on one of our sockets, answered from its record (the
+        socket itself is looked at only while a nonblocking connect may be going on)."""
+        rec = self.sockets.get(self._socket_inode(n) or -1)
         if rec is None:
             raise _Continue
         if n.nr == notify.SYS_GETPEERNAME:
-            try:
-                real = copy.getpeername()
-            except OSError as e:
-                raise _Fail(e.errno or errno.ENOTCONN) from None
-            view = rec.peer or self._peer_view(c, n, copy.family, None, real)
+            if rec.kind in (Kind.BOUND, Kind.LISTENING):
+                raise _Fail(errno.ENOTCONN)
+            if not rec.established:
+                try:
+                    self._socket_copy(n, pidfd, copies).getpeername()
+                except OSError as e:
+                    raise _Fail(e.errno or errno.ENOTCONN) from None
+                rec.established = True
+            assert rec.peer is not None
+            view = rec.peer
         elif rec.kind == Kind.CLIENT:
-            port = copy.getsockname()[1]
-            view = SockAddr(copy.family, rec.own_in(copy.family), port)
+            view = SockAddr(rec.family, rec.own_in(rec.family), rec.local_port)
         else:
             assert rec.local is not None
             view = rec.local
@@ -960,19 +1005,19 @@ class Supervisor:
         also forget every other socket that no longer exists (a dump of all)."""
         now = time.time()
         if full:
-            alive = diag.tcp_cookies()
+            alive = diag.tcp_inodes()
             # a bound socket that does not listen yet is in no table sock_diag dumps
             gone = [k for k, r in self.sockets.items() if k not in alive
                     and (r.kind != Kind.BOUND or now - r.since > BOUND_GRACE_S)]
         else:
             if not self.directory.instances():
                 return
-            alive = diag.tcp_cookies(diag.LISTENING)
+            alive = diag.tcp_inodes(diag.LISTENING)
             gone = [k for k, r in self.sockets.items()
                     if r.kind == Kind.LISTENING and k not in alive]
-        for cookie in gone:
-            rec = self.sockets.pop(cookie)
-            if rec.kind == Kind.LISTENING and self.directory.unregister(cookie, now):
+        for inode in gone:
+            rec = self.sockets.pop(inode)
+            if rec.kind == Kind.LISTENING and self.directory.unregister(rec.cookie, now):
                 self.stats["unregistrations"] += 1
                 log.info("%s stopped serving %s", rec.container, rec.service)
                 owner = self.container_by_id(rec.container)
@@ -993,7 +1038,8 @@ class Supervisor:
                     interrupt: Callable[[], None] | None) -> None:
         """A call we hold. `interrupt`, if any, answers it as a signal would (EINTR)
         and stops its waiter."""
-        c.in_flight += 1
+        if n.id not in self.held:  # (a call can pass from one waiter to the next)
+            c.in_flight += 1
         self.held[n.id] = (c, n, interrupt)
 
     def wait_ends(self, c: Container, n: notify.Notification) -> None:
@@ -1025,13 +1071,13 @@ class Supervisor:
         """c's listening sockets and instances, as the keeper stores them."""
         out: list[dict[str, Any]] = []
         instances = {i.cookie: i for i in self.directory.instances()}
-        for cookie, rec in self.sockets.items():
+        for inode, rec in self.sockets.items():
             if rec.container != c.state.container or rec.kind != Kind.LISTENING:
                 continue
-            inst = instances.get(cookie)
+            inst = instances.get(rec.cookie)
             if inst is None or rec.local is None:
                 continue
-            out.append({"cookie": cookie, "family": rec.local.family,
+            out.append({"cookie": rec.cookie, "inode": inode, "family": rec.local.family,
                         "ip": rec.local.ip.hex(), "port": rec.local.port,
                         "instance": inst.to_json()})
         return out
@@ -1039,11 +1085,11 @@ class Supervisor:
     def restore(self, c: Container, records: list[dict[str, Any]]) -> int:
         """Take back what a previous netstackd registered for c, where the listening
         socket still exists. Returns how many instances came back."""
-        alive = diag.tcp_cookies(diag.LISTENING)
+        alive = diag.tcp_sockets(diag.LISTENING)
         restored = 0
         for r in records:
-            cookie = int(r["cookie"])
-            if cookie not in alive:
+            cookie, inode = int(r["cookie"]), int(r["inode"])
+            if alive.get(inode) != cookie:
                 continue
             local = SockAddr(int(r["family"]), bytes.fromhex(str(r["ip"])), int(r["port"]))
             data = dict(r["instance"])
@@ -1056,7 +1102,8 @@ class Supervisor:
                 self.directory.register(inst, time.time())
             except Refused:
                 continue
-            self.sockets[cookie] = HostSocket(Kind.LISTENING, c.state.container, local=local,
-                                              service=inst.name)
+            self.sockets[inode] = HostSocket(Kind.LISTENING, c.state.container, local=local,
+                                             service=inst.name, family=local.family,
+                                             cookie=cookie)
             restored += 1
         return restored

@@ -584,3 +584,41 @@ def test_a_service_disappears_when_its_listening_socket_closes(dw: DirectoryWorl
     wait_until(lambda: dw.services()["closer"]["instances"] == 0, 1.0,
                "the instance to go within a second")
     assert p.poll() is None  # the process lives on; only its listener went
+
+
+CROWD = """
+import errno, socket, sys, threading
+vip, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+results = []
+def one():
+    s = socket.socket()
+    try:
+        s.connect((vip, port))  # blocking: held until the name is served, or refused
+        results.append("ok")
+    except OSError as e:
+        results.append(errno.errorcode[e.errno])
+threads = [threading.Thread(target=one) for _ in range(count)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(results.count("ok"), results.count("ECONNREFUSED"), len(results))
+"""
+
+
+def test_held_calls_are_bounded_per_container(dw: DirectoryWorld) -> None:
+    from netstack.directory.supervisor import MAX_IN_FLIGHT
+
+    v4, _ = vip(dw, "crowded")
+    before = dw.stats()
+    client = dw.spawn(PYTHON, "-c", CROWD, v4, "9900", str(MAX_IN_FLIGHT + 40))
+    wait_until(lambda: dw.stats()["waited"] - before["waited"] == MAX_IN_FLIGHT
+               and dw.stats()["over_limit"] - before["over_limit"] == 40, 20,
+               "the container's held calls to reach the bound")
+    server = serve(dw, "crowded", 9900, count=MAX_IN_FLIGHT)
+    out, err = client.communicate(timeout=60)
+    assert client.returncode == 0, err
+    assert out.decode().split() == [str(MAX_IN_FLIGHT), "40", str(MAX_IN_FLIGHT + 40)]
+    stats = dw.stats()
+    assert stats["held"] == stats["in_flight"]  # every held call accounted for, once
+    server.kill()
