@@ -87,7 +87,7 @@ def test_labels_policy_and_round_robin() -> None:
     assert not allowed({}, {"role": "db"})
     assert allowed({"role": "db", "x": "y"}, {"role": "db"})
     assert not allowed({"role": "web"}, {"role": "db"})
-    assert parse_labels("a=1, b=2") == {"a": "1", "b": "2"}
+    assert parse_labels("a=1, b=2") == {"a": "1", "b": "2"} == parse_labels("a=1;b=2")
     for bad in ("novalue", "=x", "a=b c"):
         with pytest.raises(ValueError):
             parse_labels(bad)
@@ -174,9 +174,12 @@ def test_container_states_from_runc_and_crun() -> None:
     assert state.labels == {"role": "db", "tier": "1"} and not state.host_loopback
     os.close(w)
     crun = json.dumps({"ociVersion": "0.2.0", "fds": ["seccompFd"], "pid": 7,
-                       "state": {"id": "x", "status": "creating"}}, indent=4)
+                       "state": {"id": "x", "status": "creating", "annotations": {
+                           "io.netstack.label.role": "web", "io.netstack.label.zone": "a"}}},
+                      indent=4)
     fd = os.dup(r)
-    assert oci.parse(crun.encode(), [fd]).name is None
+    crun_state = oci.parse(crun.encode(), [fd])
+    assert crun_state.name is None and crun_state.labels == {"role": "web", "zone": "a"}
     os.close(state.listener)
     os.close(fd)
     for bad in (b"{", b"[]", b'{"fds": ["other"], "pid": 1}', b'{"fds": ["seccompFd"]}'):

@@ -19,7 +19,8 @@ from netstack.directory.registry import parse_labels
 MAX_STATE = 1 << 20  # annotations can be large (podman, Kubernetes)
 MAX_FDS = 16
 ANNOTATION_NAME = "io.netstack.name"
-ANNOTATION_LABELS = "io.netstack.labels"
+ANNOTATION_LABELS = "io.netstack.labels"  # k=v;k2=v2 (or commas, where they survive)
+ANNOTATION_LABEL_PREFIX = "io.netstack.label."  # io.netstack.label.K=V, one per label
 ANNOTATION_HOST_LOOPBACK = "io.netstack.host-loopback"
 ANNOTATION_CIDR = "io.netstack.cidr"
 ANNOTATION_IPV6 = "io.netstack.ipv6"
@@ -99,6 +100,9 @@ def parse(payload: bytes, fds: list[int]) -> ContainerState:
         annotations = {str(k): str(v) for k, v in annotations.items()}
         try:
             labels = parse_labels(annotations.get(ANNOTATION_LABELS, ""))
+            for key, value in annotations.items():  # one annotation per label, too
+                if key.startswith(ANNOTATION_LABEL_PREFIX):
+                    labels.update(parse_labels(f"{key[len(ANNOTATION_LABEL_PREFIX):]}={value}"))
         except ValueError as e:
             raise BadState(str(e)) from None
         result = ContainerState(

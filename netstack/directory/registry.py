@@ -35,9 +35,10 @@ class Pick(Enum):
 
 
 def parse_labels(text: str) -> dict[str, str]:
-    """`k=v,k2=v2` (annotations, --label): a clear error for anything else."""
+    """`k=v,k2=v2` or `k=v;k2=v2` (annotations, --label; podman's --annotation splits at
+    commas, so it needs the semicolons): a clear error for anything else."""
     labels: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
+    for part in filter(None, (p.strip() for p in text.replace(";", ",").split(","))):
         key, sep, value = part.partition("=")
         if not sep or not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
             raise ValueError(f"bad label {part!r} (want key=value)")

@@ -385,8 +385,8 @@ def test_start_order_does_not_matter_and_labels_are_the_firewall(env: Env) -> No
     "podman 4.3.1's --annotation is a CSV string slice: `--annotation "
     "io.netstack.labels=zone=default,role=web` becomes io.netstack.labels=zone=default and "
     "an annotation `role`=web, so the container silently has one label (quoting the whole "
-    "value in double quotes works). The labels annotation needs a separator podman keeps "
-    "(';', spaces) or one annotation per label (io.netstack.label.K=V)"))
+    "value in double quotes works). Both forms podman keeps are accepted: ';' between "
+    "labels and one annotation per label (io.netstack.label.K=V), tested below"))
 def test_plain_podman_annotation_with_two_labels(env: Env) -> None:
     p = env.podman
     cid = p("run", "-d", "--annotation", "io.netstack.name=two",
@@ -401,6 +401,25 @@ def test_plain_podman_annotation_with_two_labels(env: Env) -> None:
         assert inst["labels"] == {"zone": "default", "role": "web"}, annotations
     finally:
         p("rm", "-f", "-t", "0", cid)
+
+
+@pytest.mark.parametrize("labels", [
+    ("--annotation", "io.netstack.labels=zone=default;role=web"),
+    ("--annotation", "io.netstack.label.zone=default", "--annotation",
+     "io.netstack.label.role=web"),
+])
+def test_two_labels_in_forms_podman_keeps(env: Env, labels: tuple[str, ...]) -> None:
+    p = env.podman
+    cid = p("run", "-d", "--annotation", "io.netstack.name=twolabels", *labels,
+            "--security-opt", f"seccomp={env.profile}", "--rootfs", str(env.rootfs),
+            "httpd", "-f", "-p", str(WEB_PORT), "-h", "/www").stdout.strip()  # fmt: skip
+    try:
+        env.wait_served("twolabels")
+        (inst,) = env.instances("twolabels")
+        assert inst["labels"] == {"zone": "default", "role": "web"}
+    finally:
+        p("rm", "-f", "-t", "0", cid)
+        until("twolabels to go", lambda: not env.instances("twolabels"), fail=env.log)
 
 
 def test_rootless_netstack_run_joins_the_same_directory(env: Env) -> None:
