@@ -121,7 +121,7 @@ class HostSocket:
     own: bytes | None = None
     own4: bytes | None = None
     family: int = socket.AF_INET
-    local_port: int = 0  # a client's host port (its getsockname)
+    local_port: int = 0  # a client's port as it and its server see it (getsockname)
     established: bool = True  # False while a nonblocking connect may be in progress
     cookie: int = 0  # SO_COOKIE of a listening socket (its instance's key)
     since: float = field(default_factory=time.time)
@@ -626,10 +626,13 @@ class Supervisor:
         """A call on a socket we installed: never CONTINUEd (it is a host socket)."""
         if n.nr == notify.SYS_BIND:
             raise _Fail(errno.EINVAL)
+        if rec.kind == Kind.BOUND:
+            self._connect_bound(c, n, copy, rec, addr)
+            return
         if rec.kind != Kind.CLIENT or rec.target is None:
             raise _Fail(errno.EISCONN if rec.kind == Kind.ACCEPTED else errno.EINVAL)
         # A repeated or restarted (signal) connect: the kernel's answer on our target.
-        err = copy.connect_ex(sa.host_tuple(copy.family, *rec.target))
+        err = self._connect_shared(n, copy, rec.target)
         if err == errno.EISCONN and _blocking(copy.fileno()):
             err = 0
         if err in (errno.EALREADY, errno.EINPROGRESS) and _blocking(copy.fileno()):
@@ -638,6 +641,61 @@ class Supervisor:
         if err:
             raise _Fail(err)
         self._respond(c, n)
+
+    def _connect_shared(self, n: notify.Notification, copy: socket.socket,
+                        target: tuple[str, int]) -> int:
+        """connect() on a socket the caller holds too, without ever blocking us: the
+        file is made nonblocking for the call (its flags saved where a successor finds
+        them, as for accept)."""
+        fd = copy.fileno()
+        old = fcntl.fcntl(fd, fcntl.F_GETFL)
+        where = self._slots.get(n.id)
+        if where is not None:
+            where[0].inflight.save_flags(where[1], old)
+        fcntl.fcntl(fd, fcntl.F_SETFL, old | os.O_NONBLOCK)
+        try:
+            return copy.connect_ex(sa.host_tuple(copy.family, *target))
+        finally:
+            fcntl.fcntl(fd, fcntl.F_SETFL, old)
+            if where is not None:
+                where[0].inflight.flags_restored(where[1])
+
+    def _connect_bound(self, c: Container, n: notify.Notification, copy: socket.socket,
+                       rec: HostSocket, addr: SockAddr) -> None:
+        """A named process connects from a socket it bound first (a fixed source port):
+        that socket is already ours, on the host; it connects where a fresh one would,
+        except that nothing can go to the container's netns from it."""
+        ip, port = addr.unmapped()
+        if self.directory.is_vip(ip):
+            pick = self.directory.pick(ip, port, c.labels)
+            if not isinstance(pick, Instance):
+                self.stats["denied" if pick is Pick.DENIED else "unknown_vip"] += 1
+                raise _Fail(errno.ECONNREFUSED)
+            self.stats["bypassed_connects"] += 1
+            target, service = (pick.host, pick.host_port), pick.name
+        else:
+            decision = c.policy.tcp_target(ip, port)
+            if isinstance(decision, Refusal):
+                raise _Fail(_REFUSAL_ERRNO[decision])
+            if not isinstance(decision, list) or ip == c.config.dns or ip == DNS6:
+                raise _Fail(errno.ENETUNREACH)  # the netns's own: not from a host socket
+            self.stats["outbound_bypassed"] += 1
+            target, service = decision[0], None
+        own4 = c.address(socket.AF_INET, n.pid)
+        rec.kind, rec.peer, rec.target, rec.service = Kind.CLIENT, addr, target, service
+        rec.own = c.address(socket.AF_INET6, n.pid) if len(ip) == 16 else own4
+        # the port it bound is the one it and its server see (the host's is ours)
+        rec.own4, rec.established = own4, False
+        rec.local_port = rec.local.port if rec.local else copy.getsockname()[1]
+        self.clients_by_port[copy.getsockname()[1]] = os.fstat(copy.fileno()).st_ino
+        err = self._connect_shared(n, copy, target)
+        if err == errno.EINPROGRESS and _blocking(copy.fileno()):
+            self._wait_connected(c, n, copy.dup(), None)
+            return
+        if err and err != errno.EINPROGRESS:
+            raise _Fail(err)
+        rec.established = err == 0
+        self._respond(c, n, error=err)
 
     def _connect(self, c: Container, n: notify.Notification, copy: socket.socket,
                  addr: SockAddr) -> None:
@@ -957,7 +1015,7 @@ class Supervisor:
                    client: HostSocket | None, peer: tuple[str, int]) -> SockAddr:
         """The client's container address, as the server should see it."""
         if client is not None and client.own is not None:
-            return SockAddr(family, client.own_in(family), peer[1])
+            return SockAddr(family, client.own_in(family), client.local_port or peer[1])
         host = ipaddress.ip_address(peer[0].split("%")[0])
         return sa.in_family(family, host.packed, peer[1])
 

@@ -622,3 +622,27 @@ def test_held_calls_are_bounded_per_container(dw: DirectoryWorld) -> None:
     stats = dw.stats()
     assert stats["held"] == stats["in_flight"]  # every held call accounted for, once
     server.kill()
+
+
+BOUND_CLIENT = """
+import json, socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 6000))  # a fixed source port, by a named process: a host socket
+s.connect((sys.argv[1], int(sys.argv[2])))
+print(json.dumps({"local": s.getsockname()[:2], "peer": s.getpeername()[:2],
+                  "data": s.recv(100).decode()}))
+"""
+
+
+def test_a_named_process_connects_from_a_port_it_bound(dw: DirectoryWorld) -> None:
+    server = serve(dw, "bindfirst", 9950)
+    dw.wait_served("bindfirst")
+    v4, _ = vip(dw, "bindfirst")
+    r = dw.python(BOUND_CLIENT, v4, "9950", name="fixedport")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["local"] == ["10.0.2.100", 6000] and out["peer"] == [v4, 9950]
+    assert out["data"].startswith("hello")
+    addr, _peer, _sockname = accepted(server)
+    assert addr == ["10.0.2.100", 6000]  # the server sees the port the client bound
