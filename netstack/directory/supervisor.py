@@ -38,17 +38,26 @@ import ipaddress
 import logging
 import os
 import select
-import signal
 import socket
 import struct
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from netstack.directory import diag, notify, publish
 from netstack.directory import sockaddr as sa
+from netstack.directory.hostsock import (
+    HostSocket,
+    Kind,
+    Watch,
+    blocking,
+    caught_signal_pending,
+    container_addresses,
+    copy_options,
+    fd_cloexec,
+    in_an_epoll,
+    netns_of,
+)
 from netstack.directory.inflight import InFlight
 from netstack.directory.oci import ContainerState
 from netstack.directory.registry import Directory, Pick, Refused, effective_labels
@@ -60,81 +69,15 @@ from netstack.tcp.interfaces import Refusal
 
 log = logging.getLogger("netstackd")
 
-SIOCGSKNS = 0x894C
 MAX_IN_FLIGHT = 256  # async notifications per container (waiting connects, accepts)
 CONNECT_TIMEOUT_S = 75.0
 BOUND_GRACE_S = 300.0  # how long a bound, never listening socket is remembered
 BATCH = 64  # notifications taken per wakeup
-# Options a process may set before connect/bind that our host socket must carry:
-# (level, option, bytes to read or 0 for an int). Copied when the value differs from
-# a fresh socket's, so defaults (and buffer autotuning) stay the kernel's.
-_COPIED_OPTIONS: tuple[tuple[int, int, int], ...] = (
-    (socket.SOL_SOCKET, socket.SO_REUSEADDR, 0),
-    (socket.SOL_SOCKET, socket.SO_REUSEPORT, 0),
-    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0),
-    (socket.SOL_SOCKET, socket.SO_PRIORITY, 0),
-    (socket.SOL_SOCKET, socket.SO_RCVBUF, 0),
-    (socket.SOL_SOCKET, socket.SO_SNDBUF, 0),
-    (socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16),
-    (socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16),
-    (socket.SOL_SOCKET, socket.SO_LINGER, 8),
-    (socket.SOL_SOCKET, socket.SO_OOBINLINE, 0),
-    (socket.IPPROTO_TCP, socket.TCP_NODELAY, 0),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 0),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 0),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 0),
-    (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 0),
-    (socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16),
-    (socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 0),
-    (socket.IPPROTO_TCP, socket.TCP_MAXSEG, 0),
-)
-_FAMILY_OPTIONS: dict[int, tuple[tuple[int, int, int], ...]] = {
-    socket.AF_INET: ((socket.IPPROTO_IP, socket.IP_TOS, 0),),
-    socket.AF_INET6: ((socket.IPPROTO_IPV6, socket.IPV6_TCLASS, 0),),
-}
-_DOUBLED = {(socket.SOL_SOCKET, socket.SO_RCVBUF), (socket.SOL_SOCKET, socket.SO_SNDBUF)}
 _REFUSAL_ERRNO = {
     Refusal.NET_UNREACHABLE: errno.ENETUNREACH,
     Refusal.HOST_UNREACHABLE: errno.EHOSTUNREACH,
     Refusal.RESET: errno.ECONNREFUSED,
 }
-
-
-class Kind(Enum):
-    CLIENT = "client"  # connected by us to a service or an outbound destination
-    BOUND = "bound"  # bound by us for a named process, not listening yet
-    LISTENING = "listening"  # registered in the directory
-    ACCEPTED = "accepted"  # accepted by us for the server
-
-
-@dataclass
-class HostSocket:
-    kind: Kind
-    container: str
-    local: SockAddr | None = None  # what getsockname shows (bound/accepted)
-    peer: SockAddr | None = None  # what getpeername shows (client/accepted)
-    service: str | None = None
-    target: tuple[str, int] | None = None  # the host endpoint a client is connected to
-    # a client's own container address, as it sees it (the family of the destination it
-    # asked for), and its IPv4 one: what the server it reaches is shown, even once the
-    # client's container is gone
-    own: bytes | None = None
-    own4: bytes | None = None
-    family: int = socket.AF_INET
-    local_port: int = 0  # a client's port as it and its server see it (getsockname)
-    established: bool = True  # False while a nonblocking connect may be in progress
-    cookie: int = 0  # SO_COOKIE of a listening socket (its instance's key)
-    since: float = field(default_factory=time.time)
-
-    def own_in(self, family: int) -> bytes:
-        """The client's address as a socket of `family` shows it."""
-        ip = self.own or bytes(4)
-        if family == socket.AF_INET and len(ip) == 16:
-            ip = ip[12:] if ip[:12] == _V4MAPPED else (self.own4 or bytes(4))
-        return sa.in_family(family, ip, 0).ip
-
-
-_V4MAPPED = bytes(10) + b"\xff\xff"
 
 
 class _Continue(Exception):
@@ -173,157 +116,13 @@ class Container:
     def address(self, family: int, pid: int) -> bytes:
         """The container's own address (as its sockets see it) in `family`."""
         if family not in self._addresses:
-            self._addresses.update(_container_addresses(pid))
+            self._addresses.update(container_addresses(pid))
         ip = self._addresses.get(family)
         if ip is None and family == socket.AF_INET6 and socket.AF_INET in self._addresses:
             return bytes(10) + b"\xff\xff" + self._addresses[socket.AF_INET]
         if ip is None:
             ip = self.config.guest if family == socket.AF_INET else bytes(16)
         return ip
-
-
-def _container_addresses(pid: int) -> dict[int, bytes]:
-    """Local non-loopback addresses in the network namespace of pid (/proc/PID/net)."""
-    found: dict[int, bytes] = {}
-    try:
-        with open(f"/proc/{pid}/net/fib_trie") as f:
-            lines = f.read().splitlines()
-        for prev, line in zip(lines, lines[1:], strict=False):
-            if line.strip() == "/32 host LOCAL":
-                ip = ipaddress.IPv4Address(prev.split()[-1])
-                if not ip.is_loopback:
-                    found[socket.AF_INET] = ip.packed
-                    break
-        with open(f"/proc/{pid}/net/if_inet6") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) >= 4 and fields[3] == "00":  # global scope
-                    found[socket.AF_INET6] = bytes.fromhex(fields[0])
-                    break
-    except (OSError, ValueError):
-        pass
-    return found
-
-
-def _netns_of(sock: socket.socket) -> int | None:
-    try:
-        nsfd = fcntl.ioctl(sock.fileno(), SIOCGSKNS)
-    except OSError:
-        return None
-    try:
-        return os.fstat(nsfd).st_ino
-    finally:
-        os.close(nsfd)
-
-
-def _blocking(fd: int) -> bool:
-    return not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
-
-
-def _fd_cloexec(pid: int, fd: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-            for line in f:
-                if line.startswith("flags:"):
-                    return bool(int(line.split()[1], 8) & 0o2000000)
-    except OSError:
-        pass
-    return False
-
-
-def _in_an_epoll(pid: int, sock: socket.socket) -> bool:
-    """Whether one of the caller's epoll sets watches this socket: swapping the file
-    under it would leave the registration on the old one and the caller waiting
-    forever (the epoll hazard), so such a connect stays in the netns."""
-    ino = os.fstat(sock.fileno()).st_ino
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[eventpoll]":
-                continue
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                for line in f:
-                    if line.startswith("tfd:") and f" ino:{ino:x} " in line + " ":
-                        return True
-        except OSError:
-            continue
-    return False
-
-
-SIGURG_BIT = 1 << (signal.SIGURG - 1)  # Go's preemption signal: restarted, never EINTR
-
-
-def _caught_signal_pending(tid: int) -> bool:
-    masks: dict[str, int] = {}
-    try:
-        with open(f"/proc/{tid}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("SigPnd", "ShdPnd", "SigBlk", "SigCgt"):
-                    masks[key] = int(value, 16)
-    except (OSError, ValueError):
-        return False
-    pending = masks.get("SigPnd", 0) | masks.get("ShdPnd", 0)
-    return bool(pending & masks.get("SigCgt", 0) & ~masks.get("SigBlk", 0) & ~SIGURG_BIT)
-
-
-_defaults: dict[int, dict[tuple[int, int], int | bytes]] = {}
-
-
-def _option_values(sock: socket.socket, options: tuple[tuple[int, int, int], ...]
-                   ) -> dict[tuple[int, int], int | bytes]:
-    values: dict[tuple[int, int], int | bytes] = {}
-    for level, opt, size in options:
-        try:
-            values[(level, opt)] = sock.getsockopt(level, opt, size) if size else \
-                sock.getsockopt(level, opt)
-        except OSError:
-            continue
-    return values
-
-
-def _copy_options(src: socket.socket, dst: socket.socket) -> None:
-    options = _COPIED_OPTIONS + _FAMILY_OPTIONS.get(src.family, ())
-    if src.family not in _defaults:
-        with socket.socket(src.family, socket.SOCK_STREAM) as fresh:
-            _defaults[src.family] = _option_values(fresh, options)
-    defaults = _defaults[src.family]
-    for key, value in _option_values(src, options).items():
-        if key in defaults and value == defaults[key]:
-            continue
-        if key in _DOUBLED and isinstance(value, int):
-            value //= 2  # the kernel doubles what it is given
-        try:
-            dst.setsockopt(key[0], key[1], value)
-        except OSError:
-            continue
-
-
-class _Watch:
-    """Calls back when a socket shared with a supervised process is ready. Through a
-    private epoll: the event loop's own add_reader would make the socket O_NONBLOCK
-    (libuv does), and the process shares the open file with us."""
-
-    def __init__(self, fd: int, events: int, callback: Callable[[], None]) -> None:
-        self.epoll = select.epoll(1)
-        self.epoll.register(fd, events | select.EPOLLONESHOT)
-        self.fd = fd
-        self.events = events
-        self.callback = callback
-        asyncio.get_running_loop().add_reader(self.epoll.fileno(), self._ready)
-
-    def _ready(self) -> None:
-        if self.epoll.poll(0):
-            self.epoll.modify(self.fd, self.events | select.EPOLLONESHOT)
-            self.callback()
-
-    def close(self) -> None:
-        if not self.epoll.closed:
-            asyncio.get_running_loop().remove_reader(self.epoll.fileno())
-            self.epoll.close()
 
 
 class _PendingAccept:
@@ -333,7 +132,7 @@ class _PendingAccept:
     def __init__(self, sup: Supervisor, c: Container, n: notify.Notification,
                  copy: socket.socket, pidfd: int, rec: HostSocket) -> None:
         self.sup, self.c, self.n, self.copy, self.pidfd, self.rec = sup, c, n, copy, pidfd, rec
-        self.watch = _Watch(copy.fileno(), select.EPOLLIN, self._readable)
+        self.watch = Watch(copy.fileno(), select.EPOLLIN, self._readable)
         asyncio.get_running_loop().add_reader(pidfd, self._finish)
 
     def _readable(self) -> None:
@@ -588,7 +387,7 @@ class Supervisor:
         """Whether the socket lives in the container's own netns (not the host's, not
         a nested one: bypass4netns #65). SIOCGSKNS needs CAP_NET_ADMIN over the netns;
         without it, the calling thread's netns has to do."""
-        netns = _netns_of(sock)
+        netns = netns_of(sock)
         if netns is None:
             try:
                 netns = os.stat(f"/proc/{n.pid}/ns/net").st_ino
@@ -633,9 +432,9 @@ class Supervisor:
             raise _Fail(errno.EISCONN if rec.kind == Kind.ACCEPTED else errno.EINVAL)
         # A repeated or restarted (signal) connect: the kernel's answer on our target.
         err = self._connect_shared(n, copy, rec.target)
-        if err == errno.EISCONN and _blocking(copy.fileno()):
+        if err == errno.EISCONN and blocking(copy.fileno()):
             err = 0
-        if err in (errno.EALREADY, errno.EINPROGRESS) and _blocking(copy.fileno()):
+        if err in (errno.EALREADY, errno.EINPROGRESS) and blocking(copy.fileno()):
             self._wait_connected(c, n, copy.dup(), None)
             return
         if err:
@@ -689,7 +488,7 @@ class Supervisor:
         rec.local_port = rec.local.port if rec.local else copy.getsockname()[1]
         self.clients_by_port[copy.getsockname()[1]] = os.fstat(copy.fileno()).st_ino
         err = self._connect_shared(n, copy, target)
-        if err == errno.EINPROGRESS and _blocking(copy.fileno()):
+        if err == errno.EINPROGRESS and blocking(copy.fileno()):
             self._wait_connected(c, n, copy.dup(), None)
             return
         if err and err != errno.EINPROGRESS:
@@ -722,7 +521,7 @@ class Supervisor:
             self.stats["bypassed_connects"] += 1
             self._bypass(c, n, copy, addr, (pick.host, pick.host_port), pick.name)
         elif pick is Pick.NOT_SERVED:
-            if not _blocking(copy.fileno()):
+            if not blocking(copy.fileno()):
                 raise _Continue  # EINPROGRESS from the netns; the TAP stack waits
             if c.in_flight >= MAX_IN_FLIGHT:
                 self.stats["over_limit"] += 1
@@ -792,13 +591,13 @@ class Supervisor:
                 addr: SockAddr, target: tuple[str, int], service: str | None) -> bool:
         """Our own host socket, connected to target, in place of the caller's fd.
         True if the call is now held until that connect completes."""
-        if not _blocking(copy.fileno()) and _in_an_epoll(n.pid, copy):
+        if not blocking(copy.fileno()) and in_an_epoll(n.pid, copy):
             self.stats["epoll_continued"] += 1
             raise _Continue
         host = socket.socket(copy.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         handed_over = False
         try:
-            _copy_options(copy, host)
+            copy_options(copy, host)
             host.setblocking(False)
             err = host.connect_ex(sa.host_tuple(copy.family, *target))
             if err not in (0, errno.EINPROGRESS):
@@ -814,7 +613,7 @@ class Supervisor:
             inode = os.fstat(host.fileno()).st_ino
             self.sockets[inode] = record
             self.clients_by_port[record.local_port] = inode
-            if not _blocking(copy.fileno()):
+            if not blocking(copy.fileno()):
                 self._install(c, n, host, record)
                 self._respond(c, n, error=errno.EINPROGRESS if err else 0)
                 return False
@@ -844,7 +643,7 @@ class Supervisor:
             if not done.done():
                 done.set_result(None)
 
-        watch = _Watch(host.fileno(), select.EPOLLOUT, writable)
+        watch = Watch(host.fileno(), select.EPOLLOUT, writable)
 
         async def finish() -> None:
             try:
@@ -891,7 +690,7 @@ class Supervisor:
                  cloexec: bool | None = None) -> int:
         target_fd = n.args[0] & 0xFFFFFFFF if newfd is None and not send else newfd
         if cloexec is None:
-            cloexec = _fd_cloexec(n.pid, n.args[0] & 0xFFFFFFFF)
+            cloexec = fd_cloexec(n.pid, n.args[0] & 0xFFFFFFFF)
         inode = os.fstat(host.fileno()).st_ino
         self.sockets[inode] = record
         try:
@@ -912,11 +711,11 @@ class Supervisor:
             raise _Continue  # not the container's address: the kernel says EADDRNOTAVAIL
         host = socket.socket(copy.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            _copy_options(copy, host)
+            copy_options(copy, host)
             if copy.family == socket.AF_INET6:
                 host.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             publish.bind(host, self.publish_host, self.port_range)
-            host.setblocking(_blocking(copy.fileno()))
+            host.setblocking(blocking(copy.fileno()))
             self._install(c, n, host, HostSocket(Kind.BOUND, c.state.container, local=addr,
                                                  service=c.state.name, family=copy.family))
         finally:
@@ -959,7 +758,7 @@ class Supervisor:
             raise _Continue
         if self._try_accept(c, n, copy, rec):
             return
-        if not _blocking(copy.fileno()):
+        if not blocking(copy.fileno()):
             raise _Fail(errno.EAGAIN)
         if c.in_flight >= MAX_IN_FLIGHT:
             self.stats["over_limit"] += 1
@@ -1112,7 +911,7 @@ class Supervisor:
         would (the filter's WAIT_KILLABLE_RECV keeps signals from doing it, which
         spares Go's SIGURG storms but would make a server in accept() deaf to ^C)."""
         for c, n, interrupt in list(self.held.values()):
-            if interrupt is not None and _caught_signal_pending(n.pid):
+            if interrupt is not None and caught_signal_pending(n.pid):
                 self.stats["interrupted"] += 1
                 try:
                     interrupt()
