@@ -10,7 +10,6 @@ import socket
 import sys
 
 from netstack.cli import args as cli_args
-from netstack.cli import socket_remover
 from netstack.cli.nsenter import InterfaceSetup, TapChild, open_tap_in_namespace, target_for
 from netstack.stack.config import NetworkConfig
 
@@ -122,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     # imported after the fork: uvloop and the stack are not needed in the child
-    from netstack.api.server import bind_api_socket
-    from netstack.host.runtime import Runtime
+    from netstack.host.runtime import LAZY_MODULES, Runtime
     from netstack.link.tap import TapLink
 
     banner = _banner(opts, config)
@@ -172,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     if client is not None:
         runtime.follow_directory(client)
     if opts.api_socket:
+        from netstack.api.server import bind_api_socket
+        from netstack.cli import socket_remover
+
         try:
             api_sock = bind_api_socket(opts.api_socket)
         except (OSError, ValueError) as e:
@@ -198,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             if opts.enable_sandbox:
-                sandbox.enter()
+                sandbox.enter(LAZY_MODULES)
             if opts.enable_seccomp:
-                sandbox.preload()
+                sandbox.preload(LAZY_MODULES)
                 seccomp.install()
         except (OSError, KeyError) as e:
             print(f"netstack: sandbox: {e}", file=sys.stderr)

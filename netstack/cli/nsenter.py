@@ -13,7 +13,6 @@ child was forked with, and its host-side fds).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import socket
 import sys
@@ -28,7 +27,7 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 PR_SET_DUMPABLE = 4
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = _sandbox_libc.libc
 
 
 def setns(path: str, nstype: int) -> None:

@@ -17,18 +17,12 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import uvloop
 
-from netstack.api import commands as api_commands
-from netstack.api.server import ApiServer
-from netstack.directory.client import DirectoryClient
-from netstack.directory.view import View
 from netstack.forward.rules import ForwardRule, Forwards
 from netstack.host.datagrams import HostDatagram
-from netstack.host.dns_tcp import DnsOverTcp
-from netstack.host.listeners import TcpForwardListener, UdpForwardListener
 from netstack.host.resolvconf import ResolvConf
 from netstack.host.streams import HostTcpStream
 from netstack.link.base import FRAME_BUFFER_SIZE, LinkClosed, LinkEndpoint
@@ -43,7 +37,25 @@ from netstack.tcp.connection import TcpConnection
 from netstack.tcp.fastpath import PYTHON_WORK, FastPath, FlowPathError
 from netstack.tcp.interfaces import HostStream
 
+if TYPE_CHECKING:
+    from netstack.api.server import ApiServer
+    from netstack.directory.client import DirectoryClient
+    from netstack.directory.view import View
+    from netstack.host.listeners import TcpForwardListener, UdpForwardListener
+
 log = logging.getLogger(__name__)
+
+# Imported on first use, not at start (the ready byte waits for every import before
+# it): the API server, forwarded ports' listeners, DNS over TCP for directory names.
+# The sandbox hides the files they come from, so it imports them before it pivots
+# (netstack.sandbox.sandbox.preload); tests/test_startup.py checks this list against
+# the imports made inside functions.
+LAZY_MODULES = (
+    "netstack.api.commands",
+    "netstack.api.server",
+    "netstack.host.dns_tcp",
+    "netstack.host.listeners",
+)
 
 FRAMES_PER_WAKEUP = 256
 EVENTS_PER_WAKEUP = 256
@@ -90,7 +102,11 @@ class Runtime:
         self.directory_client: DirectoryClient | None = None
         # --directory: TCP to the DNS address ends here, to answer directory names
         answers = self.stack.dns.directory
-        self.dns_over_tcp = DnsOverTcp(self.loop, answers, self.outbound) if answers else None
+        self.dns_over_tcp = None
+        if answers:
+            from netstack.host.dns_tcp import DnsOverTcp
+
+            self.dns_over_tcp = DnsOverTcp(self.loop, answers, self.outbound)
         # established TCP flows run in C (csrc/flow.c) unless NETSTACK_FASTPATH=0
         if (
             isinstance(link, TapLink)
@@ -157,16 +173,23 @@ class Runtime:
 
     # ------------------------------------------------------- forwards and API
     def listen(self, rule: ForwardRule) -> TcpForwardListener | UdpForwardListener:
+        from netstack.host.listeners import TcpForwardListener, UdpForwardListener
+
         if rule.proto == "tcp":
             return TcpForwardListener(self, rule)
         return UdpForwardListener(self, rule)
 
     def serve_api(self, sock: socket.socket, path: str) -> None:
         """Serve the API on a socket already bound and listening."""
+        from netstack.api import commands as api_commands
+        from netstack.api.server import ApiServer
+
         self.api = ApiServer(sock, path, lambda buf: api_commands.handle(buf, self.forwards, self))
         self.loop.run_until_complete(self.api.start())
 
     def api_connections(self) -> list[dict[str, Any]]:
+        from netstack.api import commands as api_commands
+
         now = time.monotonic()
         out: list[dict[str, Any]] = []
         for conn in self.stack.tcp.conns.values():
@@ -199,6 +222,8 @@ class Runtime:
         return out
 
     def api_stats(self) -> dict[str, Any]:
+        from netstack.api import commands as api_commands
+
         stats = self.stack.stats.snapshot()
         if self.fastpath is not None:  # C reads every frame (and counts them)
             stats["events"]["frames_from_guest"] = self.fastpath.frames_in()

@@ -48,8 +48,9 @@ PRELOAD = (
 )
 
 
-def preload() -> None:
-    for name in PRELOAD:
+def preload(later: tuple[str, ...] = ()) -> None:
+    """Import PRELOAD and `later` (the caller's modules it imports on first use)."""
+    for name in PRELOAD + later:
         try:
             importlib.import_module(name)
         except ImportError:  # pragma: no cover
@@ -85,9 +86,10 @@ def _bind_readonly(source: str, target: str, recursive: bool = True) -> None:
     )
 
 
-def enter() -> None:
-    """Build the sandbox and drop privileges. Raises OSError on any failure."""
-    preload()
+def enter(later: tuple[str, ...] = ()) -> None:
+    """Build the sandbox and drop privileges (`later`: see preload). Raises OSError on
+    any failure."""
+    preload(later)
     last_cap = last_capability()  # /proc is gone once we pivot
     resolv = os.path.realpath("/etc/resolv.conf")
     c.unshare(c.CLONE_NEWNS)
