@@ -12,30 +12,29 @@ child was forked with, and its host-side fds).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from netstack.link import rtnetlink
 from netstack.link.tap import open_tap
-from netstack.sandbox import _libc as _sandbox_libc
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 PR_SET_DUMPABLE = 4
 
-_libc = _sandbox_libc.libc
-
 
 def setns(path: str, nstype: int) -> None:
+    # ctypes is imported by the child, beside the parent's own start-up work
+    from netstack.sandbox import _libc
+
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if _libc.setns(fd, nstype) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {path}: {os.strerror(err)}")
+        _libc.setns(fd, nstype)
+    except OSError as e:
+        raise OSError(e.errno, f"setns {path}: {os.strerror(e.errno or 0)}") from None
     finally:
         os.close(fd)
 
@@ -84,11 +83,16 @@ class TapChild:
 
 
 def open_tap_in_namespace(
-    target: Target, tapname: str, setup: InterfaceSetup | None, want_vnet: bool = True
+    target: Target,
+    tapname: str,
+    setup: InterfaceSetup | None,
+    want_vnet: bool = True,
+    meanwhile: Callable[[], None] | None = None,
 ) -> TapChild:
     """Fork the child; it passes the TAP fd back as soon as the TAP is open, then
     configures the interface (a few rtnetlink requests) while we get the stack ready.
-    Raises RuntimeError when no fd comes back."""
+    `meanwhile` runs in the parent before it waits for the fd (the stack's imports, as
+    the child enters the namespace). Raises RuntimeError when no fd comes back."""
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
@@ -106,6 +110,8 @@ def open_tap_in_namespace(
             os._exit(code)
     child_sock.close()
     try:
+        if meanwhile is not None:
+            meanwhile()
         msg, fds, _flags, _addr = socket.recv_fds(parent_sock, 16, 1)
     finally:
         parent_sock.close()
@@ -120,7 +126,9 @@ def open_tap_in_namespace(
 def _child(
     target: Target, tapname: str, setup: InterfaceSetup | None, want_vnet: bool, sock: socket.socket
 ) -> None:
-    _sandbox_libc.prctl(PR_SET_DUMPABLE, 0)  # no ptrace from the container's root
+    from netstack.sandbox import _libc
+
+    _libc.prctl(PR_SET_DUMPABLE, 0)  # no ptrace from the container's root
     if target.userns_path is not None:
         try:
             setns(target.userns_path, CLONE_NEWUSER)
@@ -137,6 +145,8 @@ def _child(
 
 def configure_interface(tapname: str, setup: InterfaceSetup) -> None:
     """-c: lo up; the TAP up with the MTU, the guest address and a default route."""
+    from netstack.link import rtnetlink  # in the child only
+
     try:
         idx = socket.if_nametoindex(tapname)
     except OSError:

@@ -4,7 +4,8 @@ pivot_root into it, no new privileges, and every capability dropped but
 CAP_NET_BIND_SERVICE.
 
 Python imports lazily, and after pivot_root nothing outside /etc and /run exists, so
-everything the stack can still need is imported first (`preload`). A resolv.conf
+everything the stack can still need is imported first (`preload`: PRELOAD, and the
+modules the caller names; asyncio's among them when the runtime runs on it). A resolv.conf
 that is a link to a file outside /etc and /run (systemd-resolved's) is bound in too.
 """
 
@@ -40,9 +41,6 @@ PRELOAD = (
     "tokenize",
     "errno",
     "ipaddress",
-    "asyncio.base_events",
-    "asyncio.streams",
-    "asyncio.unix_events",
     "logging.handlers",
     "uuid",
 )
