@@ -78,9 +78,11 @@ ip netns exec "$HOST" .venv/bin/netstackd --socket "$work/netstackd.sock" > "$wo
 pids+=($!)
 for _ in $(seq 100); do [ -S "$work/netstackd.sock" ] && break; sleep 0.05; done
 run() { ip netns exec "$HOST" .venv/bin/netstack-run --directory "$work/netstackd.sock" "$@"; }
-run --name web -- .venv/bin/python -m http.server 8080 --directory "$work" >/dev/null 2>&1 &
+ip netns exec "$HOST" .venv/bin/netstack-run --directory "$work/netstackd.sock" --name web -- \
+  .venv/bin/python -m http.server 8080 --directory "$work" >/dev/null 2>&1 &
 pids+=($!)
-run --name iperf -- iperf3 -s >/dev/null 2>&1 &
+ip netns exec "$HOST" .venv/bin/netstack-run --directory "$work/netstackd.sock" --name iperf -- \
+  iperf3 -s >/dev/null 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
   [ "$(.venv/bin/netstackctl -d "$work/netstackd.sock" services | grep -c '^web \|^iperf ')" = 2 ] && break

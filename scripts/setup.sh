@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(iproute2 iperf3 curl iputils-ping procps util-linux python3 python3-venv python3-dev gcc
-              libffi-dev rootlesskit uidmap podman runc busybox-static slirp4netns golang-go)
+              libffi-dev rootlesskit uidmap podman runc busybox-static slirp4netns golang-go
+              etcd-server openssl)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -26,7 +26,7 @@ from tests.netns import KNOBS, World
 
 STRICT = os.environ.get("NETSTACK_TESTS_STRICT") == "1"
 # skips that mean "this machine cannot run the suite", failures under STRICT
-STRICT_SKIPS = ("needs root", "C fast path not built")
+STRICT_SKIPS = ("needs root", "C fast path not built", "needs etcd")
 
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 settings.load_profile(os.environ.get("NETSTACK_HYPOTHESIS_PROFILE", "default"))

@@ -61,6 +61,25 @@ def sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.Complet
     return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=timeout)
 
 
+def api_request(path: str, execute: str, arguments: dict[str, Any] | None = None) -> Any:
+    """One request to a JSON API socket (netstack's or netstackd's), slirp4netns-style;
+    returns the reply's "return" (asserting there is one)."""
+    req: dict[str, Any] = {"execute": execute}
+    if arguments:
+        req["arguments"] = arguments
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(json.dumps(req).encode())
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    reply = json.loads(data)
+    assert "return" in reply, reply
+    return reply["return"]
+
+
 class World:
     def __init__(self) -> None:
         tag = secrets.token_hex(3)
@@ -222,17 +241,7 @@ class World:
     def api(self, execute: str, path: str | None = None) -> Any:
         """One API command to the running netstack; returns the reply's "return"."""
         path = path or self.api_sockets[-1]
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(10)
-            s.connect(path)
-            s.sendall(json.dumps({"execute": execute}).encode())
-            s.shutdown(socket.SHUT_WR)
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        reply = json.loads(data)
-        assert "return" in reply, reply
-        return reply["return"]
+        return api_request(path, execute)
 
     def assert_mode(self, vnet: bool, flows_in_c: bool) -> None:
         """The variant ran as it says: the TAP has the virtio-net header (or not, as the

@@ -25,11 +25,10 @@ import sys
 import time
 from typing import Any
 
-from netstack.directory import keeper, oci
+from netstack.directory import cluster, keeper, oci
 from netstack.directory.inflight import InFlight
 from netstack.directory.paths import default_socket
 from netstack.directory.registry import Directory
-from netstack.directory.store import MemoryStore
 from netstack.directory.supervisor import Container, Kind, Supervisor
 
 log = logging.getLogger("netstackd")
@@ -55,7 +54,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "-> $XDG_RUNTIME_DIR/netstack/netstackd.sock, /run/netstack for root)")
     p.add_argument("--agent-socket", default=None,
                    help="the OCI seccomp listenerPath (default: agent.sock beside --socket)")
-    p.add_argument("--store", default="memory", help="where records live: memory (default)")
+    cluster.add_arguments(p)
     p.add_argument("--vip-cidr", default=DEFAULT_VIP_CIDR, help="IPv4 block for VIPs")
     p.add_argument("--vip6-cidr", default=DEFAULT_VIP6_CIDR, help="IPv6 block for VIPs")
     p.add_argument("--domain", default=DEFAULT_DOMAIN, help="DNS domain of service names")
@@ -63,8 +62,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="how long a blocking connect to a name nobody serves yet waits")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
-    if args.store != "memory":
-        p.error(f"--store {args.store!r}: only 'memory' is available")
+    cluster.check(p, args)
     try:
         v4 = ipaddress.IPv4Network(args.vip_cidr)
         v6 = ipaddress.IPv6Network(args.vip6_cidr)
@@ -107,9 +105,11 @@ def _bind_unix(path: str) -> socket.socket:
 class Daemon:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.store = MemoryStore(args.vip_cidr, args.vip6_cidr)
+        self.store = cluster.make_store(args)
         self.directory = Directory(self.store, args.domain)
-        self.supervisor = Supervisor(self.directory, connect_wait=args.connect_wait)
+        self.supervisor = Supervisor(self.directory, publish_host=args.publish_addr,
+                                     connect_wait=args.connect_wait)
+        self.supervisor.port_range = args.port_range
         self.watchers: set[asyncio.StreamWriter] = set()
         self.started = time.time()
         self._view_pending = False
@@ -260,6 +260,8 @@ class Daemon:
                 writer.write(_error(f"bad request: {e}"))
                 await writer.drain()
                 return
+            if msg["execute"] == "resolve" and isinstance(arguments.get("name"), str):
+                await self.directory.settle(arguments["name"], time.time())  # VIPs agreed
             if msg["execute"] == "watch":
                 await self._watch(writer)
                 return
@@ -327,6 +329,7 @@ class Daemon:
                            "names": len(self.store.records()),
                            "instances": len(self.directory.instances()),
                            "sockets": len(self.supervisor.sockets),
+                           **self.store.stats,
                            "watchers": len(self.watchers)})
         return _error(f"unknown command {execute!r}")
 
@@ -393,6 +396,7 @@ class Daemon:
             self._connect_keeper()
         except (OSError, ValueError) as e:
             log.warning("no listener keeper (%s): a restart will not find containers", e)
+        await self.store.start()  # (a shared store: its view is read before we serve)
         for c in self._taken_back:  # calls the previous netstackd never answered
             count = self.supervisor.answer_left_over(c)
             if count:
@@ -420,6 +424,7 @@ class Daemon:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
             self.supervisor.close()
+            await self.store.close()  # (etcd: this host's services vanish at once)
 
 
 def _reply(value: dict[str, Any]) -> bytes:

@@ -70,6 +70,7 @@ class Directory:
         self.changed: list[Callable[[], None]] = []  # called after every change
         self._rr: dict[tuple[bytes, int], int] = {}
         self._by_cookie: dict[int, Instance] = {}
+        store.changed.append(self._notify)  # other hosts' changes
 
     # ---------------------------------------------------------------- names
     def canonical(self, name: str) -> str | None:
@@ -96,8 +97,16 @@ class Directory:
             rec = self.store.reserve(canonical, now + RESERVATION_S)
             self._notify()
         elif not rec.instances:
-            rec.expires = max(rec.expires, now + RESERVATION_S)
+            self.store.extend(rec, now + RESERVATION_S)
         return rec
+
+    async def settle(self, name: str, now: float, timeout: float = 0.5) -> NameRecord | None:
+        """resolve, once the name's VIPs are final (a shared store agreed on them; an
+        unreachable one: None after timeout, well within the 1 s netstack's DNS waits)."""
+        rec = self.resolve(name, now)
+        if rec is None:
+            return None
+        return await self.store.settle(rec.name, timeout)
 
     # -------------------------------------------------------- registrations
     def register(self, inst: Instance, now: float) -> NameRecord:
@@ -116,7 +125,7 @@ class Directory:
             raise Refused("too many registrations for this container")
         rec = existing or self.store.reserve(canonical, now + RESERVATION_S)
         rec.owner = inst.owner
-        rec.instances.append(inst)
+        self.store.add(rec, inst)
         self._by_cookie[inst.cookie] = inst
         self._notify()
         return rec
@@ -127,9 +136,7 @@ class Directory:
             return None
         rec = self.store.name(inst.name)
         if rec is not None:
-            rec.instances = [i for i in rec.instances if i.cookie != cookie]
-            if not rec.instances:
-                rec.expires = now + RESERVATION_S
+            self.store.remove(rec, inst, now + RESERVATION_S)
         self._notify()
         return inst
 
@@ -147,12 +154,10 @@ class Directory:
 
     # ------------------------------------------------------------- lookups
     def is_vip(self, ip: bytes) -> bool:
-        block = getattr(self.store, "block", None)
-        block6 = getattr(self.store, "block6", None)
-        if len(ip) == 4 and block is not None:
-            return ipaddress.IPv4Address(ip) in block
-        if len(ip) == 16 and block6 is not None:
-            return ipaddress.IPv6Address(ip) in block6
+        if len(ip) == 4:
+            return ipaddress.IPv4Address(ip) in self.store.block
+        if len(ip) == 16:
+            return ipaddress.IPv6Address(ip) in self.store.block6
         return False
 
     def pick(self, vip: bytes, port: int, client_labels: dict[str, str]) -> Instance | Pick:
@@ -177,8 +182,7 @@ class Directory:
 
     # ---------------------------------------------------------------- view
     def view(self) -> dict[str, object]:
-        block = getattr(self.store, "block", "")
-        block6 = getattr(self.store, "block6", "")
+        block, block6 = self.store.block, self.store.block6
         services = []
         for rec in sorted(self.store.records(), key=lambda r: r.name):
             services.append({

@@ -1,13 +1,20 @@
 """Where the directory's records live, behind one small interface.
 
-`MemoryStore` is the embedded default (one host, nothing else to run). A distributed
-store (etcd) implements the same five methods; no directory logic knows which it has.
+`MemoryStore` is the embedded default (one host, nothing else to run); `EtcdStore`
+(etcdstore.py) shares the records between hosts. No directory logic knows which it has.
 Records: a name with its VIPs and owner, and the instances that serve it.
+
+Reads (`name`, `by_vip`, `records`) answer from a local view and never wait. Writes
+(`reserve`, `add`, `remove`, `extend`, `drop`) change the view at once; a shared store
+carries them to the other hosts later (retrying while it is unreachable), and tells the
+directory about the other hosts' changes through `changed`. `settle` waits until a
+name's VIPs are final (a shared store may have to agree with the other hosts first).
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,6 +33,7 @@ class Instance:
     pid: int
     cookie: int  # SO_COOKIE of the host listening socket
     since: float
+    node: str = ""  # the daemon (host) that registered it; "" for this one
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -52,19 +60,45 @@ class NameRecord:
 
 
 class Store(Protocol):
-    def name(self, name: str) -> NameRecord | None: ...
+    block: ipaddress.IPv4Network
+    block6: ipaddress.IPv6Network
+    changed: list[Callable[[], None]]  # called after another host's changes reached the view
+    stats: dict[str, int]  # the store's own counters (the API's stats show them)
 
-    def reserve(self, name: str, expires: float) -> NameRecord:
-        """The record for name, created with fresh VIPs if there is none."""
-        ...
+    def name(self, name: str) -> NameRecord | None: ...
 
     def by_vip(self, ip: bytes) -> NameRecord | None: ...
 
     def records(self) -> list[NameRecord]: ...
 
+    def reserve(self, name: str, expires: float) -> NameRecord:
+        """The record for name, created with fresh VIPs if there is none."""
+        ...
+
+    def add(self, rec: NameRecord, inst: Instance) -> None:
+        """inst (registered here) serves rec; rec.owner is already set."""
+        ...
+
+    def remove(self, rec: NameRecord, inst: Instance, expires: float) -> None:
+        """inst no longer serves rec; if none is left, the name is reserved until expires."""
+        ...
+
+    def extend(self, rec: NameRecord, expires: float) -> None:
+        """Keep an unserved name's reservation at least until expires."""
+        ...
+
     def drop(self, name: str) -> None:
         """Forget a name (its VIPs may be given out again later)."""
         ...
+
+    async def settle(self, name: str, timeout: float) -> NameRecord | None:
+        """The record for name once its VIPs are final (None: no such name, or no
+        agreement within timeout)."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class VipExhausted(Exception):
@@ -84,6 +118,8 @@ class MemoryStore:
         self._next = 1
         self._freed: list[int] = []
         self._capacity = min(self.block.num_addresses, self.block6.num_addresses) - 2
+        self.changed: list[Callable[[], None]] = []  # (no other hosts)
+        self.stats: dict[str, int] = {}
 
     def name(self, name: str) -> NameRecord | None:
         return self._names.get(name)
@@ -120,3 +156,23 @@ class MemoryStore:
         self._vips.pop(rec.vip, None)
         self._vips.pop(rec.vip6, None)
         self._freed.append(int.from_bytes(rec.vip, "big") - int(self.block.network_address))
+
+    def add(self, rec: NameRecord, inst: Instance) -> None:
+        rec.instances.append(inst)
+
+    def remove(self, rec: NameRecord, inst: Instance, expires: float) -> None:
+        rec.instances = [i for i in rec.instances if i is not inst]
+        if not rec.instances:
+            rec.expires = expires
+
+    def extend(self, rec: NameRecord, expires: float) -> None:
+        rec.expires = max(rec.expires, expires)
+
+    async def settle(self, name: str, timeout: float) -> NameRecord | None:
+        return self._names.get(name)
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass

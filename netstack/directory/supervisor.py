@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from netstack.directory import diag, notify
+from netstack.directory import diag, notify, publish
 from netstack.directory import sockaddr as sa
 from netstack.directory.inflight import InFlight
 from netstack.directory.oci import ContainerState
@@ -369,6 +369,8 @@ class _PendingAccept:
 
 
 class Supervisor:
+    port_range: tuple[int, int] | None = None  # host ports for services (None: any)
+
     def __init__(self, directory: Directory, publish_host: str = "127.0.0.1",
                  connect_wait: float = 10.0) -> None:
         self.directory = directory
@@ -480,6 +482,13 @@ class Supervisor:
 
     # ------------------------------------------------------------- dispatch
     def _handle(self, c: Container, n: notify.Notification) -> None:
+        if (n.nr == notify.SYS_BIND and c.state.name is None) or (
+                n.nr not in (notify.SYS_CONNECT, notify.SYS_BIND)
+                and self._socket_inode(n) not in self.sockets):
+            # an anonymous bind; listen, accept or names on a socket not ours
+            self.stats["continued"] += 1
+            self._respond(c, n, cont=True)
+            return
         try:
             pidfd = notify.pidfd_open(n.pid)
         except OSError:
@@ -489,8 +498,6 @@ class Supervisor:
         try:
             if n.nr in (notify.SYS_CONNECT, notify.SYS_BIND):
                 self._connect_or_bind(c, n, pidfd, copies)
-            elif self._socket_inode(n) not in self.sockets:
-                raise _Continue  # listen, accept, names: not ours, the kernel's business
             elif n.nr == notify.SYS_LISTEN:
                 self._listen(c, n, self._socket_copy(n, pidfd, copies))
             elif n.nr in (notify.SYS_ACCEPT, notify.SYS_ACCEPT4):
@@ -850,7 +857,7 @@ class Supervisor:
             _copy_options(copy, host)
             if copy.family == socket.AF_INET6:
                 host.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            host.bind(sa.host_tuple(copy.family, self.publish_host, 0))
+            publish.bind(host, self.publish_host, self.port_range)
             host.setblocking(_blocking(copy.fileno()))
             self._install(c, n, host, HostSocket(Kind.BOUND, c.state.container, local=addr,
                                                  service=c.state.name, family=copy.family))
@@ -924,7 +931,8 @@ class Supervisor:
         conn = socket.socket(copy.family, socket.SOCK_STREAM, 0, conn_fd)
         try:
             conn.setblocking(not flags & socket.SOCK_NONBLOCK)
-            client = self._client_by_port(peer[1])
+            client = (self._client_by_port(peer[1])
+                      if publish.from_here(peer[0], self.publish_host) else None)
             peer_view = self._peer_view(c, n, copy.family, client, peer)
             local = SockAddr(copy.family, c.address(copy.family, n.pid),
                              rec.local.port if rec.local else 0)

@@ -5,11 +5,9 @@ are `netstack-run` processes started there, each in a fresh netns with netstack.
 
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.netns import ROOT, sh
+from tests.netns import ROOT, api_request, sh
 
 NETSTACKD = str(ROOT / ".venv" / "bin" / "netstackd")
 NETSTACK_RUN = str(ROOT / ".venv" / "bin" / "netstack-run")
@@ -83,20 +81,7 @@ class DirectoryWorld:
             return ""
 
     def api(self, execute: str, **arguments: Any) -> Any:
-        req: dict[str, Any] = {"execute": execute}
-        if arguments:
-            req["arguments"] = arguments
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(10)
-            s.connect(self.socket)
-            s.sendall(json.dumps(req).encode())
-            s.shutdown(socket.SHUT_WR)
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        reply = json.loads(data)
-        assert "return" in reply, reply
-        return reply["return"]
+        return api_request(self.socket, execute, arguments)
 
     def stats(self) -> dict[str, int]:
         return dict(self.api("stats"))

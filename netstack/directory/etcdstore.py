@@ -1,0 +1,634 @@
+"""The directory in etcd, shared by the netstackd of every host (`--store etcd://...`).
+
+Key layout (PREFIX is `/netstack/v1/` unless `--etcd-prefix` says otherwise):
+
+    PREFIX name/<name>                  {"vip": INDEX, "owner": UID|null, "expires": T}
+    PREFIX vip/<INDEX>                  <name>
+    PREFIX inst/<name>/<node>/<cookie>  an instance (Instance.to_json + "node", "cookie")
+    PREFIX host/<node>                  {"addr": PUBLISH_ADDR, "pid": PID, "since": T}
+
+INDEX is a VIP's offset in both blocks (the IPv4 and the IPv6 VIP of a name share it),
+so every daemon must run with the same --vip-cidr and --vip6-cidr. A name and its VIP
+key are created together in one transaction that fails if either exists: two daemons
+never hand out one VIP twice, and two that reserve one name at once agree on the first
+writer's VIP. Instance and host keys hang on the daemon's one lease (kept alive on one
+stream, revoked at a clean stop), so a dead host's services vanish with its lease.
+Name keys hang on no lease: a name keeps its VIP while any instance (of any host)
+lives, and once none does, any daemon deletes it when its reservation has run out,
+guarded by the name key's mod revision (registering an instance rewrites the name key,
+so a registration racing with the deletion wins or starts over).
+
+The view: everything under PREFIX, read once and then followed by a watch; after a
+broken stream the watch resumes at the next revision, or reads everything again when
+etcd compacted that history away. The syscall path reads only the view. Writes change
+the view at once and go to etcd in order through one queue, retried while etcd is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from netstack.directory import etcd
+from netstack.directory.store import Instance, NameRecord, VipExhausted
+
+log = logging.getLogger("netstackd.etcd")
+
+DEFAULT_PREFIX = "/netstack/v1/"
+DEFAULT_TTL = 10
+SYNC_WAIT_S = 5.0
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 2.0
+CLAIM_ATTEMPTS = 32
+
+
+class Keys:
+    """The key layout under one prefix."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        if not prefix.endswith("/"):
+            prefix += "/"
+        self.prefix = prefix.encode()
+
+    def name(self, name: str) -> bytes:
+        return self.prefix + b"name/" + name.encode()
+
+    def vip(self, index: int) -> bytes:
+        return self.prefix + b"vip/" + str(index).encode()
+
+    def instance(self, name: str, node: str, cookie: int) -> bytes:
+        return self.prefix + f"inst/{name}/{node}/{cookie}".encode()
+
+    def host(self, node: str) -> bytes:
+        return self.prefix + b"host/" + node.encode()
+
+    def parse(self, key: bytes) -> tuple[str, ...] | None:
+        """("name", name) | ("vip", index) | ("inst", name, node, cookie) |
+        ("host", node); None for anything else under the prefix."""
+        if not key.startswith(self.prefix):
+            return None
+        parts = key[len(self.prefix):].decode(errors="replace").split("/")
+        kind = parts[0]
+        if (kind in ("name", "vip", "host") and len(parts) == 2 and parts[1]) or (
+                kind == "inst" and len(parts) == 4 and all(parts[1:])):
+            return tuple(parts)
+        return None
+
+
+def instance_value(inst: Instance, node: str) -> bytes:
+    return json.dumps({**inst.to_json(), "node": node, "cookie": inst.cookie},
+                      separators=(",", ":")).encode()
+
+
+def parse_instance(value: bytes) -> Instance:
+    d = json.loads(value)
+    return Instance(name=str(d["name"]), port=int(d["port"]), host=str(d["host"]),
+                    host_port=int(d["host_port"]),
+                    labels={str(k): str(v) for k, v in dict(d.get("labels") or {}).items()},
+                    owner=int(d.get("owner", -1)), container=str(d.get("container", "")),
+                    pid=int(d.get("pid", 0)), cookie=int(d.get("cookie", 0)),
+                    since=float(d.get("since", 0.0)), node=str(d["node"]))
+
+
+def _reachable(host: str) -> bool:
+    """Whether another host's published address can be reached from here at all."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not (ip.is_loopback or ip.is_unspecified or ip.is_multicast)
+
+
+class EtcdStore:
+    def __init__(self, client: etcd.Client, vip_cidr: str, vip6_cidr: str, node: str,
+                 ttl: int = DEFAULT_TTL, prefix: str = DEFAULT_PREFIX,
+                 reservation: float = 60.0, host_info: dict[str, Any] | None = None) -> None:
+        self.client = client
+        self.block = ipaddress.IPv4Network(vip_cidr)
+        self.block6 = ipaddress.IPv6Network(vip6_cidr)
+        self.capacity = min(self.block.num_addresses, self.block6.num_addresses) - 2
+        self.node = node
+        self.ttl = ttl
+        self.keys = Keys(prefix)
+        self.reservation = reservation
+        self.host_info = host_info or {}
+        self.changed: list[Callable[[], None]] = []
+        self.stats: dict[str, int] = {k: 0 for k in (
+            "etcd_resyncs", "etcd_compacted", "etcd_watch_restarts", "etcd_leases",
+            "etcd_lease_lost", "etcd_retries", "etcd_claims", "etcd_claim_conflicts",
+            "etcd_writes", "etcd_pending_writes")}
+        # the view
+        self._names: dict[str, NameRecord] = {}
+        self._vips: dict[bytes, NameRecord] = {}
+        self._index: dict[str, int] = {}  # name -> VIP index
+        self._stored: dict[str, tuple[int, float]] = {}  # name -> (mod revision, expires)
+        self._remote: dict[bytes, Instance] = {}  # other daemons' instances by key
+        self._local: dict[bytes, Instance] = {}  # ours by key
+        self._pending: set[str] = set()  # reserved here, VIP not agreed with etcd yet
+        self._taken: set[int] = set()  # indices etcd refused us (a name we have not seen)
+        self._revision = 0
+        # machinery
+        self._ops: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._synced = asyncio.Event()
+        self._lease = 0
+        self._lease_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._down = False  # (for the log: one line per outage)
+        self._unreachable_nodes: set[str] = set()
+        self._written: set[bytes] = set()  # our instance keys etcd has (as we know)
+
+    # ------------------------------------------------------------ reads
+    def name(self, name: str) -> NameRecord | None:
+        return self._names.get(name)
+
+    def by_vip(self, ip: bytes) -> NameRecord | None:
+        return self._vips.get(ip)
+
+    def records(self) -> list[NameRecord]:
+        return list(self._names.values())
+
+    # ----------------------------------------------------------- writes
+    def reserve(self, name: str, expires: float) -> NameRecord:
+        rec = self._names.get(name)
+        if rec is not None:
+            return rec
+        rec = NameRecord(name, b"", b"", expires=expires)
+        self._set_index(rec, self._free_index())  # tentative until the claim succeeds
+        self._names[name] = rec
+        self._pending.add(name)
+        self._queue(("claim", name))
+        return rec
+
+    def add(self, rec: NameRecord, inst: Instance) -> None:
+        rec.instances.append(inst)
+        key = self.keys.instance(rec.name, self.node, inst.cookie)
+        self._local[key] = inst
+        self._queue(("put", key, inst))
+
+    def remove(self, rec: NameRecord, inst: Instance, expires: float) -> None:
+        rec.instances = [i for i in rec.instances if i is not inst]
+        if not rec.instances:
+            rec.expires = max(rec.expires, expires)
+        key = self.keys.instance(rec.name, self.node, inst.cookie)
+        if self._local.get(key) is inst:
+            del self._local[key]
+            self._queue(("delete", key))
+
+    def extend(self, rec: NameRecord, expires: float) -> None:
+        rec.expires = max(rec.expires, expires)
+        stored = self._stored.get(rec.name)
+        # write only once half the stored reservation is used up
+        if stored is not None and stored[1] < expires - self.reservation / 2:
+            self._stored[rec.name] = (stored[0], expires)
+            self._queue(("touch", rec.name))
+
+    def drop(self, name: str) -> None:
+        rec = self._names.pop(name, None)
+        if rec is None:
+            return
+        if any(i.node == "" for i in rec.instances):  # (the directory never does this)
+            self._names[name] = rec
+            return
+        self._unindex(rec)
+        index = self._index.pop(name, None)
+        stored = self._stored.pop(name, None)
+        if name in self._pending:
+            self._pending.discard(name)
+        elif stored is not None and index is not None:
+            self._queue(("drop", name, stored[0], index))
+        self._pulse()
+
+    async def settle(self, name: str, timeout: float) -> NameRecord | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            rec = self._names.get(name)
+            if rec is None or name not in self._pending:
+                return rec
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), remaining)
+
+    # -------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        addr = str(self.host_info.get("addr", ""))
+        if addr and not _reachable(addr):
+            log.warning("etcd: this host publishes its services on %s: other hosts cannot "
+                        "reach them (set --publish-addr)", addr)
+        self._tasks = [loop.create_task(self._lease_loop()),
+                       loop.create_task(self._watch_loop()),
+                       loop.create_task(self._writer())]
+        try:
+            await asyncio.wait_for(self._synced.wait(), SYNC_WAIT_S)
+        except TimeoutError:
+            log.warning("etcd: no answer yet; starting with an empty view (retrying)")
+
+    async def close(self) -> None:
+        """A clean stop: revoke the lease (every key of this host goes at once)."""
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._lease:
+            try:
+                await asyncio.wait_for(self.client.revoke(self._lease), 3)
+                log.info("etcd: revoked lease %x", self._lease)
+            except (etcd.Unavailable, TimeoutError) as e:
+                log.warning("etcd: cannot revoke the lease (%s): it expires in %d s", e,
+                            self.ttl)
+        await self.client.close()
+
+    # ------------------------------------------------------------ view
+    def _vips_of(self, index: int) -> tuple[bytes, bytes]:
+        return ((self.block.network_address + index).packed,
+                (self.block6.network_address + index).packed)
+
+    def _set_index(self, rec: NameRecord, index: int) -> None:
+        self._unindex(rec)
+        rec.vip, rec.vip6 = self._vips_of(index)
+        self._index[rec.name] = index
+        self._vips[rec.vip] = rec
+        self._vips[rec.vip6] = rec
+
+    def _unindex(self, rec: NameRecord) -> None:
+        for ip in (rec.vip, rec.vip6):
+            if ip and self._vips.get(ip) is rec:
+                del self._vips[ip]
+
+    def _free_index(self) -> int:
+        used = set(self._index.values()) | self._taken
+        start = max(used, default=0) + 1
+        if start <= self.capacity:
+            return start
+        for index in range(1, self.capacity + 1):  # wrapped: the lowest free one
+            if index not in used:
+                return index
+        raise VipExhausted(str(self.block))
+
+    def _instances_of(self, name: str) -> list[Instance]:
+        local = [i for k, i in self._local.items() if i.name == name]
+        remote = [i for k, i in sorted(self._remote.items()) if i.name == name]
+        return local + remote
+
+    def _apply_name(self, name: str, value: bytes, mod_revision: int) -> None:
+        try:
+            d = json.loads(value)
+            index = int(d["vip"])
+            owner = d.get("owner")
+            expires = float(d.get("expires") or 0.0)
+        except (ValueError, KeyError, TypeError):
+            log.warning("etcd: ignoring a bad record for %r", name)
+            return
+        if not 0 < index <= self.capacity:
+            log.warning("etcd: %r has a VIP outside our block (same --vip-cidr everywhere?)",
+                        name)
+            return
+        rec = self._names.get(name)
+        if rec is None:
+            rec = NameRecord(name, b"", b"", expires=expires)
+            self._names[name] = rec
+        if self._index.get(name) != index or not rec.vip:
+            for other, i in list(self._index.items()):  # a tentative VIP of ours it took
+                if i == index and other != name and other in self._pending:
+                    self._set_index(self._names[other], self._free_index_besides(index))
+            self._set_index(rec, index)
+        self._taken.discard(index)
+        self._pending.discard(name)
+        if owner is not None:
+            rec.owner = int(owner)
+        rec.expires = max(rec.expires, expires)
+        self._stored[name] = (mod_revision, expires)
+        rec.instances = self._instances_of(name)
+
+    def _free_index_besides(self, index: int) -> int:
+        self._taken.add(index)
+        try:
+            return self._free_index()
+        finally:
+            self._taken.discard(index)
+
+    def _remove_name(self, name: str) -> None:
+        self._stored.pop(name, None)
+        rec = self._names.get(name)
+        if rec is None:
+            return
+        if any(i.node == "" for i in rec.instances) or name in self._pending:
+            # deleted under a live local instance (etcd lost data?): claim it again
+            if name not in self._pending:
+                self._pending.add(name)
+                self._queue(("claim", name))
+                for key, inst in self._local.items():
+                    if inst.name == name:
+                        self._queue(("put", key, inst))
+            return
+        self._unindex(rec)
+        del self._names[name]
+        self._index.pop(name, None)
+
+    def _apply_instance(self, key: bytes, node: str, value: bytes | None) -> None:
+        if node == self.node:
+            return  # ours: the local view is the truth (lease loss is handled there)
+        gone = self._remote.pop(key, None)
+        if value is not None:
+            try:
+                inst = parse_instance(value)
+            except (ValueError, KeyError, TypeError):
+                log.warning("etcd: ignoring a bad instance at %r", key)
+                return
+            if not _reachable(inst.host):
+                if node not in self._unreachable_nodes:
+                    self._unreachable_nodes.add(node)
+                    log.warning("etcd: node %s publishes on %s, which no other host can "
+                                "reach: ignoring its services (its --publish-addr?)",
+                                node, inst.host)
+                return
+            self._remote[key] = inst
+            name = inst.name
+        elif gone is not None:
+            name = gone.name
+        else:
+            return
+        rec = self._names.get(name)
+        if rec is not None:
+            rec.instances = self._instances_of(name)
+            if not rec.instances:
+                rec.expires = max(rec.expires, time.time() + self.reservation)
+
+    def _apply(self, event: etcd.Event) -> None:
+        parsed = self.keys.parse(event.kv.key)
+        if parsed is None:
+            return
+        put = event.kind == "put"
+        if parsed[0] == "name":
+            if put:
+                self._apply_name(parsed[1], event.kv.value, event.kv.mod_revision)
+            else:
+                self._remove_name(parsed[1])
+        elif parsed[0] == "inst":
+            self._apply_instance(event.kv.key, parsed[2], event.kv.value if put else None)
+
+    def _rebuild(self, revision: int, kvs: list[etcd.KV]) -> None:
+        """The view from a full read (start, or history compacted away)."""
+        names = {}
+        self._remote.clear()
+        mine: set[bytes] = set()
+        for kv in kvs:
+            parsed = self.keys.parse(kv.key)
+            if parsed is None:
+                continue
+            if parsed[0] == "name":
+                names[parsed[1]] = kv
+            elif parsed[0] == "inst":
+                if parsed[2] == self.node:
+                    mine.add(kv.key)
+                else:
+                    self._apply_instance(kv.key, parsed[2], kv.value)
+        for name in list(self._names):
+            if name not in names:
+                self._remove_name(name)
+        for name, kv in names.items():
+            self._apply_name(name, kv.value, kv.mod_revision)
+        for name in self._names:
+            self._names[name].instances = self._instances_of(name)
+        self._written = mine
+        if self._lease:  # ours that etcd lost (while our lease lived): write them again
+            for key, inst in self._local.items():
+                if key not in mine:
+                    self._queue(("put", key, inst))
+        self._revision = revision
+
+    def _notify(self) -> None:
+        self._pulse()
+        for callback in list(self.changed):
+            callback()
+
+    def _pulse(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    # ----------------------------------------------------------- watch
+    async def _watch_loop(self) -> None:
+        backoff = BACKOFF_MIN_S
+        need_read = self._revision == 0  # else: resume where the last stream stopped
+        while not self._closing:
+            try:
+                if need_read:
+                    revision, kvs = await self.client.get_prefix(self.keys.prefix)
+                    self._rebuild(revision, kvs)
+                    self.stats["etcd_resyncs"] += 1
+                    need_read = False
+                    self._synced.set()
+                    self._notify()
+                async for _rev, events in self.client.watch(self.keys.prefix,
+                                                            self._revision + 1):
+                    backoff = BACKOFF_MIN_S
+                    if self._down:
+                        log.warning("etcd: reachable again (revision %d)", self._revision)
+                        self._down = False
+                    for event in events:
+                        self._apply(event)
+                        self._revision = max(self._revision, event.kv.mod_revision)
+                    if events:
+                        self._notify()
+            except etcd.Compacted as e:
+                log.info("etcd: %s: reading everything again", e)
+                self.stats["etcd_compacted"] += 1
+                need_read = True
+            except etcd.Unavailable as e:
+                log.info("etcd: watch from revision %d: %s", self._revision + 1, e)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("etcd: watch")
+            self.stats["etcd_watch_restarts"] += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    # ----------------------------------------------------------- lease
+    async def _lease_loop(self) -> None:
+        backoff = BACKOFF_MIN_S
+        while not self._closing:
+            try:
+                if not self._lease:
+                    self._lease = await self.client.grant(self.ttl)
+                    self.stats["etcd_leases"] += 1
+                    log.info("etcd: lease %x (TTL %d s) for node %s", self._lease, self.ttl,
+                             self.node)
+                    self._republish()
+                    self._lease_ready.set()
+                backoff = BACKOFF_MIN_S
+                await self.client.keepalive(self._lease, max(self.ttl / 3, 0.5))
+            except etcd.LeaseLost as e:
+                log.warning("etcd: %s expired: publishing this host's services again", e)
+                self.stats["etcd_lease_lost"] += 1
+                self._lease = 0
+                self._lease_ready.clear()
+                continue
+            except etcd.Unavailable as e:
+                if not self._down:
+                    log.warning("etcd: unreachable (%s): retrying; lookups use the view", e)
+                    self._down = True
+                else:
+                    log.debug("etcd: still unreachable: %s", e)
+                with contextlib.suppress(Exception):
+                    await self.client.reconnect()  # every stream restarts on a new channel
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("etcd: lease")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    def _republish(self) -> None:
+        """A new lease: the host key and every local instance hang on it now."""
+        self._queue(("host",))
+        for key, inst in self._local.items():
+            self._queue(("put", key, inst))
+
+    # ---------------------------------------------------------- writes
+    def _queue(self, op: tuple[Any, ...]) -> None:
+        """Add a write; while etcd is away the queue holds no more than the state that
+        changed: a put not done yet and then its delete cancel out, repeats are one."""
+        if op[0] == "delete":
+            queued = [o for o in self._ops if o[0] == "put" and o[1] == op[1]]
+            for o in queued:
+                self._ops.remove(o)
+            if queued and op[1] not in self._written:
+                self.stats["etcd_pending_writes"] = len(self._ops)
+                return
+        elif op[0] != "drop" and op in self._ops:
+            return
+        self._ops.append(op)
+        self.stats["etcd_pending_writes"] = len(self._ops)
+        self._wake.set()
+
+    async def _writer(self) -> None:
+        backoff = BACKOFF_MIN_S
+        while not self._closing:
+            if not self._ops:
+                self._wake.clear()
+                self.stats["etcd_pending_writes"] = 0
+                await self._wake.wait()
+                continue
+            op = self._ops.popleft()
+            try:
+                await self._write(op)
+                self.stats["etcd_writes"] += 1
+                backoff = BACKOFF_MIN_S
+            except (etcd.Unavailable, TimeoutError) as e:
+                self._ops.appendleft(op)
+                self.stats["etcd_retries"] += 1
+                log.debug("etcd: %s: %s (retrying)", op[0], e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("etcd: write %s", op[0])
+            self.stats["etcd_pending_writes"] = len(self._ops)
+
+    async def _leased(self) -> int:
+        await asyncio.wait_for(self._lease_ready.wait(), self.ttl)
+        return self._lease
+
+    def _name_value(self, rec: NameRecord) -> bytes:
+        return json.dumps({"vip": self._index[rec.name], "owner": rec.owner,
+                           "expires": rec.expires}, separators=(",", ":")).encode()
+
+    async def _write(self, op: tuple[Any, ...]) -> None:
+        kind = op[0]
+        if kind == "claim":
+            await self._claim(op[1])
+        elif kind == "put":
+            key: bytes = op[1]
+            inst: Instance = op[2]
+            if self._local.get(key) is not inst:
+                return  # gone meanwhile
+            rec = self._names.get(inst.name)
+            if rec is None:
+                return
+            if inst.name in self._pending:  # its claim has to come first
+                self._ops.appendleft(op)
+                self._ops.appendleft(("claim", inst.name))
+                return
+            lease = await self._leased()
+            nk = self.keys.name(inst.name)
+            ok, _ = await self.client.txn(
+                [("version", nk, ">", 0)],
+                [("put", nk, self._name_value(rec), 0),
+                 ("put", key, instance_value(inst, self.node), lease)])
+            if ok:
+                self._written.add(key)
+            else:  # the name went away under us: claim it again, then this
+                self._pending.add(inst.name)
+                self._ops.appendleft(op)
+                self._ops.appendleft(("claim", inst.name))
+        elif kind == "delete":
+            if op[1] in self._local:
+                return  # registered again meanwhile
+            await self.client.txn([], [("delete", op[1])])
+            self._written.discard(op[1])
+        elif kind == "touch":
+            rec = self._names.get(op[1])
+            if rec is None or op[1] in self._pending:
+                return
+            nk = self.keys.name(op[1])
+            await self.client.txn([("version", nk, ">", 0)],
+                                  [("put", nk, self._name_value(rec), 0)])
+        elif kind == "drop":
+            name, mod_revision, index = op[1], op[2], op[3]
+            nk = self.keys.name(name)
+            ok, found = await self.client.txn(
+                [("mod", nk, "==", mod_revision)],
+                [("delete", nk), ("delete", self.keys.vip(index))], [("get", nk)])
+            if not ok and found and name not in self._names:
+                self._apply_name(name, found[0].value, found[0].mod_revision)  # it lives on
+                self._notify()
+        elif kind == "host":
+            lease = await self._leased()
+            value = json.dumps({**self.host_info, "since": time.time()}).encode()
+            await self.client.txn([], [("put", self.keys.host(self.node), value, lease)])
+
+    async def _claim(self, name: str) -> None:
+        """A VIP for name that no other name has, agreed with etcd."""
+        for _ in range(CLAIM_ATTEMPTS):
+            rec = self._names.get(name)
+            if rec is None or name not in self._pending:
+                return
+            index = self._index[name]
+            owner = [n for n, i in self._index.items() if i == index and n != name]
+            if owner or index in self._taken:
+                self._set_index(rec, self._free_index_besides(index))
+                index = self._index[name]
+            nk, vk = self.keys.name(name), self.keys.vip(index)
+            self.stats["etcd_claims"] += 1
+            ok, found = await self.client.txn(
+                [("create", nk, "==", 0), ("create", vk, "==", 0)],
+                [("put", nk, self._name_value(rec), 0), ("put", vk, name.encode(), 0)],
+                [("get", nk)])
+            if ok:
+                self._pending.discard(name)
+                self._notify()
+                return
+            self.stats["etcd_claim_conflicts"] += 1
+            if found:  # another daemon reserved the name first: its VIP it is
+                self._apply_name(name, found[0].value, found[0].mod_revision)
+                self._notify()
+                return
+            self._taken.add(index)  # that VIP went to a name we have not seen yet
+        log.warning("etcd: no VIP for %r after %d attempts", name, CLAIM_ATTEMPTS)
+        raise etcd.Unavailable("no VIP agreed")  # (the writer backs off and tries again)

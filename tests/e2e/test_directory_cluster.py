@@ -1,0 +1,247 @@
+"""The directory across hosts: two netstackd sharing a real etcd (tests/helpers/cluster.py).
+
+A service on host A reached by name from a container on host B, its disappearance when
+A's netstackd dies (lease TTL) and at once on a clean stop, VIP allocation races between
+the two daemons, the view resyncing after a partition and a compaction, and etcd down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.test_directory import EPOLL_FIRST
+from tests.helpers.cluster import Cluster, Host
+from tests.helpers.directory import line, wait_until
+from tests.netns import PYTHON, ROOT
+
+APPS = str(ROOT / "tests" / "helpers" / "dirapps.py")
+TTL = 2
+
+
+@pytest.fixture(scope="module")
+def cl() -> Iterator[Cluster]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for namespaces")
+    if not shutil.which("etcd"):
+        pytest.skip("needs etcd (Debian etcd-server; scripts/setup.sh installs it)")
+    c = Cluster(ttl=TTL)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def serve(h: Host, name: str, port: int, count: int = 100) -> subprocess.Popen[bytes]:
+    p = h.spawn(PYTHON, APPS, "serve", str(port), str(count), "4", name=name)
+    assert line(p).startswith("ready"), h.log()
+    return p
+
+
+def fetch(h: Host, target: str, port: int) -> dict[str, object]:
+    r = h.run(PYTHON, APPS, "fetch", target, str(port))
+    assert r.returncode == 0, f"{r.stdout}{r.stderr}\n{h.log()}"
+    return dict(json.loads(r.stdout.strip().splitlines()[-1]))
+
+
+def instances(h: Host, name: str) -> int:
+    return int((h.services().get(name) or {}).get("instances", 0))
+
+
+def watch_line(h: Host) -> dict[str, object]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(h.socket)
+        s.sendall(b'{"execute": "watch"}')
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            assert chunk, "watch closed"
+            data += chunk
+    return dict(json.loads(data.splitlines()[0])["view"])
+
+
+def test_a_service_on_one_host_is_reached_by_name_from_another(cl: Cluster) -> None:
+    server = serve(cl.a, "web", 8080)
+    svc = cl.b.wait_served("web")  # B learns it from etcd
+    assert svc["ports"] == [8080]
+    assert svc["vip"] == cl.a.services()["web"]["vip"]
+    inst = [i for i in cl.a.api("list_instances")["entries"] if i["name"] == "web"][0]
+    assert inst["host"] == "192.0.2.1" and 20000 <= inst["host_port"] <= 20999
+    listening = cl.a.in_host("ss", "-Htln", f"sport = :{inst['host_port']}").stdout
+    assert f"192.0.2.1:{inst['host_port']}" in listening
+    # B's watch stream (netstack's TAP path follows it) has A's instance
+    view = watch_line(cl.b)
+    web = [s for s in view["services"] if s["name"] == "web"][0]  # type: ignore[attr-defined]
+    assert web["instances"] == [{"port": 8080, "host": "192.0.2.1",
+                                 "host_port": inst["host_port"],
+                                 "labels": {"zone": "default"}}]
+    before = cl.b.stats()
+    for target in ("web.netstack.internal", svc["vip"]):  # by name (DNS) and by VIP
+        got = fetch(cl.b, target, 8080)
+        assert str(got["data"]).startswith("hello "), got
+        assert got["peer"] == [svc["vip"], 8080]
+        text = line(server)
+        assert text.startswith("accepted"), text
+        # the server sees the client's host (another host's client has no container
+        # address here) and its own container address
+        addr, peer, sockname = json.loads(text.split(" ", 1)[1])
+        assert addr[0] == peer[0] == "192.0.2.2" and sockname == ["10.0.2.100", 8080]
+    after = cl.b.stats()
+    assert after["bypassed_connects"] >= before["bypassed_connects"] + 1
+    rows = [e for e in cl.b.api("list_services")["entries"] if e["name"] == "web"]
+    assert rows[0]["instances"] == 1
+
+
+def test_the_tap_path_reaches_another_hosts_service(cl: Cluster) -> None:
+    """A socket already in an epoll set is not swapped: its connect is carried by
+    netstack's TAP stack, which routes the VIP by the watch view (A's instance)."""
+    svc = cl.b.wait_served("web")
+    before = cl.b.stats()["epoll_continued"]
+    r = cl.b.python(EPOLL_FIRST, svc["vip"], "8080")
+    assert r.returncode == 0 and r.stdout.strip() == "hello", f"{r.stdout}{r.stderr}"
+    assert cl.b.stats()["epoll_continued"] == before + 1
+
+
+def test_a_connect_on_one_host_waits_for_a_listen_on_another(cl: Cluster) -> None:
+    vip = cl.b.api("resolve", name="later")["vip"]
+    assert cl.a.api("resolve", name="later")["vip"] == vip
+    waited = cl.b.stats()["waited"]
+    client = cl.b.spawn(PYTHON, APPS, "fetch", vip, "6060")
+    wait_until(lambda: cl.b.stats()["waited"] > waited, 10, "B holding the connect")
+    server = serve(cl.a, "later", 6060, count=1)
+    out, err = client.communicate(timeout=30)
+    got = json.loads(out.decode().strip().splitlines()[-1])
+    assert got["peer"] == [vip, 6060] and got["data"].startswith("hello "), err
+    assert line(server).startswith("accepted")
+
+
+def test_vip_allocation_races_between_two_daemons(cl: Cluster) -> None:
+    names = {cl.a: [f"ra{i}" for i in range(25)] + [f"rs{i}" for i in range(15)],
+             cl.b: [f"rb{i}" for i in range(25)] + [f"rs{i}" for i in range(15)]}
+    got: dict[Host, dict[str, str]] = {cl.a: {}, cl.b: {}}
+    errors: list[BaseException] = []
+
+    def resolve_all(h: Host) -> None:
+        try:
+            for n in names[h]:
+                got[h][n] = h.api("resolve", name=n)["vip"]
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=resolve_all, args=(h,)) for h in (cl.a, cl.b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    shared = [f"rs{i}" for i in range(15)]
+    assert all(got[cl.a][n] == got[cl.b][n] for n in shared), "one VIP per name"
+    everything = {**got[cl.a], **got[cl.b]}
+    assert len(set(everything.values())) == len(everything) == 65, "no VIP twice"
+    # and both views agree on all of them
+    wait_until(lambda: all(
+        {n: s["vip"] for n, s in h.services().items() if n[0] == "r" and n[1] in "abs"}
+        == everything for h in (cl.a, cl.b)), 10, "views agree")
+
+
+def test_a_dead_host_s_services_vanish_with_its_lease_and_at_once_on_a_clean_stop(
+        cl: Cluster) -> None:
+    wait_until(lambda: instances(cl.b, "web") == 1, 10, "web on B")
+    # killed: nobody revokes the lease; it expires after its TTL
+    t0 = time.monotonic()
+    cl.a.stop_daemon(signal.SIGKILL)
+    wait_until(lambda: instances(cl.b, "web") == 0, TTL + 6, "web gone from B")
+    gone_after = time.monotonic() - t0
+    assert gone_after > TTL / 2, f"gone after {gone_after:.2f}s: before its lease expired?"
+    print(f"\nkilled netstackd: its service left the other host's view in {gone_after:.2f}s"
+          f" (TTL {TTL}s)")
+    assert cl.b.services()["web"]["vip"]  # the name keeps its VIP (reserved)
+    # a new netstackd takes the listener back from the keeper and publishes it again
+    cl.a.start_daemon()
+    wait_until(lambda: instances(cl.b, "web") == 1, 15, "web back on B")
+    # a clean stop revokes the lease: gone at once
+    t0 = time.monotonic()
+    cl.a.stop_daemon(signal.SIGTERM)
+    wait_until(lambda: instances(cl.b, "web") == 0, TTL, "web gone at once")
+    print(f"clean stop: gone in {time.monotonic() - t0:.2f}s")
+    cl.a.start_daemon()
+    wait_until(lambda: instances(cl.b, "web") == 1, 15, "web back again")
+    assert fetch(cl.b, "web.netstack.internal", 8080)["peer"]
+
+
+def test_the_view_resyncs_after_a_partition_and_a_compaction(cl: Cluster) -> None:
+    cl.b.wait_served("web")
+    before = cl.b.stats()
+    cl.link(cl.b, up=False)
+    try:
+        wait_until(lambda: cl.b.stats()["etcd_watch_restarts"] > before["etcd_watch_restarts"],
+                   10, "B noticing the partition")
+        late = serve(cl.a, "late", 9090)
+        cl.a.wait_served("late")
+        wait_until(lambda: cl.a.stats()["etcd_pending_writes"] == 0, 10, "A wrote")
+        cl.compact()
+        assert "late" not in cl.b.services()
+    finally:
+        cl.link(cl.b, up=True)
+    svc = cl.b.wait_served("late", timeout=20)
+    after = cl.b.stats()
+    assert after["etcd_compacted"] > before["etcd_compacted"], (
+        {k: v for k, v in after.items() if k.startswith("etcd")}, cl.b.log())
+    assert after["etcd_resyncs"] > before["etcd_resyncs"]
+    got = fetch(cl.b, svc["vip"], 9090)
+    assert str(got["data"]).startswith("hello ")
+    assert line(late).startswith("accepted")
+    # B's own lease expired during the partition: A sees B's services again afterwards
+    wait_until(lambda: cl.b.stats()["etcd_pending_writes"] == 0, 10, "B caught up")
+
+
+def test_etcd_down_lookups_answer_from_the_view_and_registrations_retry(
+        cl: Cluster) -> None:
+    web = cl.b.wait_served("web")
+    cl.stop_etcd()
+    try:
+        t0 = time.monotonic()
+        assert cl.b.api("resolve", name="web")["vip"] == web["vip"]
+        assert time.monotonic() - t0 < 1.0, "a lookup waited on etcd"
+        got = fetch(cl.b, "web.netstack.internal", 8080)  # the view routes it
+        assert str(got["data"]).startswith("hello ")
+        # a service started on B now: served on B at once, published once etcd is back
+        serve(cl.b, "fromb", 7070)
+        cl.b.wait_served("fromb")
+        wait_until(lambda: cl.b.stats()["etcd_retries"] > 0, 10, "B retrying")
+        assert "fromb" not in cl.a.services()
+    finally:
+        cl.start_etcd()
+    try:
+        svc = cl.a.wait_served("fromb", timeout=30)
+    except AssertionError:
+        print("A:", cl.a.log()[-2500:], cl.a.stats(), "\nB:", cl.b.log()[-2500:],
+              cl.b.stats())
+        raise
+    got = fetch(cl.a, svc["vip"], 7070)
+    assert str(got["data"]).startswith("hello ")
+
+
+def test_etcd_over_tls_with_client_certificates() -> None:
+    if os.geteuid() != 0 or not shutil.which("etcd") or not shutil.which("openssl"):
+        pytest.skip("needs root, etcd and openssl")
+    c = Cluster(ttl=TTL, tls=True)
+    try:
+        server = serve(c.a, "secure", 4433)
+        svc = c.b.wait_served("secure")
+        got = fetch(c.b, "secure.netstack.internal", 4433)
+        assert got["peer"] == [svc["vip"], 4433]
+        assert str(got["data"]).startswith("hello ")
+        assert line(server).startswith("accepted")
+    finally:
+        c.close()
