@@ -2,7 +2,8 @@
 netstack's start-up goes.
 
 Each run makes a fresh network namespace per system and launches it as a runtime does
-(`-c -r FD --netns-type=path NS tap0`), alternating which system goes first; "ready"
+(`-c -r FD --netns-type=path NS tap0`; the +sandbox rows add --enable-sandbox
+--enable-seccomp, as podman and rootlesskit do), rotating which system goes first; "ready"
 is the time from the launch to the ready-fd byte, "rss idle" VmRSS 0.3 s later.
 Medians, with min and max to show the noise of a shared machine. Then one more
 netstack launch under `python -X importtime`: the imports it made before the ready
@@ -101,14 +102,20 @@ def top_imports(rows: list[tuple[int, int, int, str]], top: int, depth: int = 2)
     return [f"{c / 1000:7.1f} ms  {'  ' * d}{name}" for c, _s, d, name in chosen]
 
 
-SYSTEMS = {"netstack": [NETSTACK], "slirp4netns": ["slirp4netns"]}
+SANDBOX = ["--enable-sandbox", "--enable-seccomp"]  # as podman and rootlesskit launch it
+SYSTEMS = {
+    "netstack": [NETSTACK],
+    "slirp4netns": ["slirp4netns"],
+    "netstack+sandbox": [NETSTACK, *SANDBOX],
+    "slirp+sandbox": ["slirp4netns", *SANDBOX],
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench/startup", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=9)
     p.add_argument("--top", type=int, default=25, help="import costs shown")
-    p.add_argument("--systems", default="netstack,slirp4netns")
+    p.add_argument("--systems", default=",".join(SYSTEMS))
     p.add_argument("--json", help="write the figures here too")
     args = p.parse_args(argv)
     systems = args.systems.split(",")
@@ -119,11 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     runs: dict[str, list[tuple[float, float]]] = {s: [] for s in systems}
     for i in range(args.runs):
-        order = systems if i % 2 == 0 else systems[::-1]
+        order = systems[i % len(systems) :] + systems[: i % len(systems)]
         for s in order:
             runs[s].append(launch(SYSTEMS[s]))
     out: dict[str, Any] = {"runs": args.runs, "load": os.getloadavg()[0], "systems": {}}
-    print(f"{'':12} {'ready ms median':>16} {'(min-max)':>14} {'rss idle MiB':>13}")
+    print(f"{'':16} {'ready ms median':>16} {'(min-max)':>14} {'rss idle MiB':>13}")
     for s, values in runs.items():
         ready = [v[0] for v in values]
         rss = [v[1] for v in values]
@@ -134,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             "rss_idle_mib": statistics.median(rss),
         }
         print(
-            f"{s:12} {statistics.median(ready):16.1f} "
+            f"{s:16} {statistics.median(ready):16.1f} "
             f"{f'({min(ready):.0f}-{max(ready):.0f})':>14} {statistics.median(rss):13.1f}"
         )
     if "netstack" in systems:

@@ -41,8 +41,6 @@ PRELOAD = (
     "tokenize",
     "errno",
     "ipaddress",
-    "logging.handlers",
-    "uuid",
 )
 
 
