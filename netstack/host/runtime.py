@@ -31,7 +31,6 @@ from netstack.stack.config import DNS6, NetworkConfig, virtual_mac
 from netstack.stack.dispatch import Stack
 from netstack.stack.hostio import DatagramReceiver, HostAddr
 from netstack.stack.limits import Limits
-from netstack.stack.vips import DirectorySettings
 from netstack.tcp import fastpath
 from netstack.tcp.connection import TcpConnection
 from netstack.tcp.fastpath import PYTHON_WORK, FastPath, FlowPathError
@@ -44,12 +43,14 @@ if TYPE_CHECKING:
     from netstack.directory.client import DirectoryClient
     from netstack.directory.view import View
     from netstack.host.listeners import TcpForwardListener, UdpForwardListener
+    from netstack.stack.vips import DirectorySettings
 
 log = logging.getLogger(__name__)
 
 # Imported on first use, not at start (the ready byte waits for every import before
-# it): the API's commands, forwarded ports' listeners; and with asyncio, the API
-# server, DNS over TCP for directory names and asyncio's own lazy parts. The sandbox
+# it): the API's commands, forwarded ports' listeners; and with asyncio (the API
+# server, --directory): the API server, the directory's routes and DNS answers, DNS
+# over TCP for directory names and asyncio's own lazy parts. The sandbox
 # hides the files they come from, so it imports them before it pivots
 # (Runtime.later_modules); tests/test_startup.py checks these lists against the
 # imports made inside functions.
@@ -59,7 +60,9 @@ LAZY_ASYNCIO_MODULES = (
     "asyncio.streams",
     "asyncio.unix_events",
     "netstack.api.server",
+    "netstack.dns.directory",
     "netstack.host.dns_tcp",
+    "netstack.stack.vips",
 )
 
 FRAMES_PER_WAKEUP = 256
