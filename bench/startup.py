@@ -36,6 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = str(ROOT / ".venv" / "bin" / "python")
 NETSTACK = str(ROOT / ".venv" / "bin" / "netstack")
 SETTLE_S = 0.3  # as bench/run: RSS read once the process is idle
+# each launch in a mount namespace of its own whose mounts are slaves of ours (as under
+# bench/run's `ip netns exec`): slirp4netns --enable-sandbox run as root straight from
+# the host's namespace unmounts the host's shared mounts (every /run/netns/NAME)
+ISOLATE = ["unshare", "--mount", "--propagation", "slave", "--"]
 
 
 def rss_mib(pid: int) -> float:
@@ -56,7 +60,7 @@ def launch(argv: list[str], stderr_path: str | None = None) -> tuple[float, floa
     try:
         t0 = time.monotonic()
         p = subprocess.Popen(
-            [*argv, "-c", "-r", str(w), "--netns-type=path", f"/run/netns/{ns}", "tap0"],
+            [*ISOLATE, *argv, "-c", "-r", str(w), "--netns-type=path", f"/run/netns/{ns}", "tap0"],
             pass_fds=(w,),
             stdout=subprocess.DEVNULL,
             stderr=err,

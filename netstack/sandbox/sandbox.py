@@ -89,6 +89,11 @@ def enter(later: tuple[str, ...] = ()) -> None:
     last_cap = last_capability()  # /proc is gone once we pivot
     resolv = os.path.realpath("/etc/resolv.conf")
     c.unshare(c.CLONE_NEWNS)
+    # every mount a slave first: as root in the initial user namespace the new
+    # namespace's mounts are peers of the host's, and detaching the old root below
+    # would unmount the host's shared mounts too (each /run/netns/* of `ip netns`,
+    # seen on 2026-11-29; slirp4netns 1.2.0 does the same as root)
+    c.mount(None, "/", None, c.MS_REC | c.MS_SLAVE)
     c.mount(None, "/", None, c.MS_PRIVATE)
     c.mount("tmpfs", "/tmp", "tmpfs", c.MS_NOSUID | c.MS_NODEV | c.MS_NOEXEC, "size=1m,mode=755")
     for d in ("etc", "old", "run"):
