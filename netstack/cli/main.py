@@ -10,7 +10,6 @@ import socket
 import sys
 
 from netstack.cli import args as cli_args
-from netstack.cli import socket_remover
 from netstack.cli.nsenter import InterfaceSetup, TapChild, open_tap_in_namespace, target_for
 from netstack.stack.config import NetworkConfig
 
@@ -77,8 +76,14 @@ def _open_tap(opts: cli_args.Options, config: NetworkConfig) -> tuple[int, bool,
         opts.pid, opts.target if opts.netns_type == "path" else None, opts.userns_path
     )
     want_vnet = os.environ.get("NETSTACK_VNET", "1") != "0"
-    child = open_tap_in_namespace(target, opts.tapname, setup, want_vnet)
+    child = open_tap_in_namespace(target, opts.tapname, setup, want_vnet, _import_stack)
     return child.fd, child.vnet, child
+
+
+def _import_stack() -> None:
+    """The stack's modules, imported while the child opens the TAP (not before the
+    fork: the child needs none of them)."""
+    import netstack.host.runtime  # noqa: F401
 
 
 def _raise_fd_limit() -> None:
@@ -121,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"netstack: {e}", file=sys.stderr)
         return 1
 
-    # imported after the fork: uvloop and the stack are not needed in the child
-    from netstack.api.server import bind_api_socket
-    from netstack.host.runtime import Runtime
+    from netstack.host.runtime import Runtime  # imported already, but for tapfd mode
     from netstack.link.tap import TapLink
 
     banner = _banner(opts, config)
@@ -168,10 +171,14 @@ def main(argv: list[str] | None = None) -> int:
         outbound_addr6=outbound_addr6,
         limits=opts.limits,
         directory=directory,
+        use_asyncio=bool(opts.api_socket or opts.directory),  # their servers are asyncio's
     )
     if client is not None:
         runtime.follow_directory(client)
     if opts.api_socket:
+        from netstack.api.server import bind_api_socket
+        from netstack.cli import socket_remover
+
         try:
             api_sock = bind_api_socket(opts.api_socket)
         except (OSError, ValueError) as e:
@@ -198,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             if opts.enable_sandbox:
-                sandbox.enter()
+                sandbox.enter(runtime.later_modules())
             if opts.enable_seccomp:
-                sandbox.preload()
+                sandbox.preload(runtime.later_modules())
                 seccomp.install()
         except (OSError, KeyError) as e:
             print(f"netstack: sandbox: {e}", file=sys.stderr)

@@ -12,30 +12,29 @@ child was forked with, and its host-side fds).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import socket
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from netstack.link.tap import open_tap
-from netstack.sandbox import _libc as _sandbox_libc
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 PR_SET_DUMPABLE = 4
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
 
 def setns(path: str, nstype: int) -> None:
+    # ctypes is imported by the child, beside the parent's own start-up work
+    from netstack.sandbox import _libc
+
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if _libc.setns(fd, nstype) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {path}: {os.strerror(err)}")
+        _libc.setns(fd, nstype)
+    except OSError as e:
+        raise OSError(e.errno, f"setns {path}: {os.strerror(e.errno or 0)}") from None
     finally:
         os.close(fd)
 
@@ -84,11 +83,16 @@ class TapChild:
 
 
 def open_tap_in_namespace(
-    target: Target, tapname: str, setup: InterfaceSetup | None, want_vnet: bool = True
+    target: Target,
+    tapname: str,
+    setup: InterfaceSetup | None,
+    want_vnet: bool = True,
+    meanwhile: Callable[[], None] | None = None,
 ) -> TapChild:
     """Fork the child; it passes the TAP fd back as soon as the TAP is open, then
-    configures the interface while we get the stack ready (-c needs pyroute2, whose
-    import alone takes about 100 ms). Raises RuntimeError when no fd comes back."""
+    configures the interface (a few rtnetlink requests) while we get the stack ready.
+    `meanwhile` runs in the parent before it waits for the fd (the stack's imports, as
+    the child enters the namespace). Raises RuntimeError when no fd comes back."""
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
@@ -106,6 +110,8 @@ def open_tap_in_namespace(
             os._exit(code)
     child_sock.close()
     try:
+        if meanwhile is not None:
+            meanwhile()
         msg, fds, _flags, _addr = socket.recv_fds(parent_sock, 16, 1)
     finally:
         parent_sock.close()
@@ -120,7 +126,9 @@ def open_tap_in_namespace(
 def _child(
     target: Target, tapname: str, setup: InterfaceSetup | None, want_vnet: bool, sock: socket.socket
 ) -> None:
-    _sandbox_libc.prctl(PR_SET_DUMPABLE, 0)  # no ptrace from the container's root
+    from netstack.sandbox import _libc
+
+    _libc.prctl(PR_SET_DUMPABLE, 0)  # no ptrace from the container's root
     if target.userns_path is not None:
         try:
             setns(target.userns_path, CLONE_NEWUSER)
@@ -137,49 +145,32 @@ def _child(
 
 def configure_interface(tapname: str, setup: InterfaceSetup) -> None:
     """-c: lo up; the TAP up with the MTU, the guest address and a default route."""
-    from pyroute2 import IPRoute  # imported here: only -c pays for it
+    from netstack.link import rtnetlink  # in the child only
 
-    with IPRoute() as ipr:
-        lo = ipr.link_lookup(ifname="lo")
-        if lo:
-            ipr.link("set", index=lo[0], state="up")
-        found = ipr.link_lookup(ifname=tapname)
-        if not found:
-            raise RuntimeError(f"no interface {tapname}")
-        idx = found[0]
-        if setup.ipv6:
-            # SLAAC from our router advertisement gives the address; with duplicate
-            # address detection off (as podman sets it) it is usable at once
-            with open(f"/proc/sys/net/ipv6/conf/{tapname}/accept_dad", "w") as f:
-                f.write("0")
-        if setup.macaddress:
-            ipr.link("set", index=idx, address=setup.macaddress)
-        ipr.link("set", index=idx, mtu=setup.mtu)
-        ipr.link("set", index=idx, state="up")
-        existing = [
-            a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=socket.AF_INET)
-        ]
-        if setup.address not in existing:
-            ipr.addr(
-                "add",
-                index=idx,
-                address=setup.address,
-                prefixlen=setup.prefixlen,
-                broadcast=setup.broadcast,
-            )
-        ipr.route("replace", dst="0.0.0.0/0", gateway=setup.gateway, oif=idx)
+    try:
+        idx = socket.if_nametoindex(tapname)
+    except OSError:
+        raise RuntimeError(f"no interface {tapname}") from None
+    if setup.ipv6:
+        # SLAAC from our router advertisement gives the address; with duplicate
+        # address detection off (as podman sets it) it is usable at once
+        with open(f"/proc/sys/net/ipv6/conf/{tapname}/accept_dad", "w") as f:
+            f.write("0")
+    with rtnetlink.Rtnetlink() as nl:
+        try:
+            nl.set_link(socket.if_nametoindex("lo"), up=True)
+        except OSError:
+            pass  # no lo: nothing to bring up
+        mac = bytes.fromhex(setup.macaddress.replace(":", "")) if setup.macaddress else None
+        nl.set_link(idx, up=True, mtu=setup.mtu, mac=mac)
+        nl.add_address(idx, setup.address, setup.prefixlen, setup.broadcast)
+        nl.replace_default_route(idx, setup.gateway)
         if setup.ipv6:
             # the address SLAAC will derive from our router advertisement, set now so
             # that it is there when we say "ready"
-            mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
-            ipr.addr(
-                "replace",
-                index=idx,
-                address=slaac_address(mac),
-                prefixlen=64,
-                family=socket.AF_INET6,
-            )
-            ipr.route("replace", dst="::/0", gateway="fe80::2", oif=idx, family=socket.AF_INET6)
+            address = slaac_address(rtnetlink.hardware_address(tapname).hex(":"))
+            nl.replace_address(idx, address, 64)
+            nl.replace_default_route(idx, "fe80::2")
 
 
 def slaac_address(mac: str) -> str:

@@ -13,13 +13,16 @@ With --directory, queries for directory names are answered here (dns/directory.p
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from netstack.dns.directory import DirectoryAnswers
 from netstack.stack.guest_output import GuestOutput
 from netstack.stack.hostio import DatagramSocket, DirectoryNames, HostAddr, HostIO
 from netstack.stack.stats import Stats
 from netstack.stack.timers import TimerQueue
 from netstack.wire import WireError, dns
+
+if TYPE_CHECKING:  # with --directory only
+    from netstack.dns.directory import DirectoryAnswers
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +128,11 @@ class DnsForwarder:
         self.timers = timers
         self.preferred = 0
         self.queries: set[DnsQuery] = set()
-        self.directory = DirectoryAnswers(names, stats) if names is not None else None
+        self.directory: DirectoryAnswers | None = None
+        if names is not None:  # --directory
+            from netstack.dns.directory import DirectoryAnswers
+
+            self.directory = DirectoryAnswers(names, stats)
 
     def from_guest(
         self,

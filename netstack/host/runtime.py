@@ -1,4 +1,6 @@
-"""The runtime: one uvloop event loop that drives the stack.
+"""The runtime: one event loop that drives the stack: our own small epoll loop
+(host/loop.py), or uvloop when an asyncio part runs (the API server, the directory
+client).
 
 Readers: the TAP fd (frames read in batches), one edge/level-mixed epoll holding every
 host socket (so a flow's socket costs no loop registration), the exit fd. One loop
@@ -8,7 +10,6 @@ time.monotonic().
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
@@ -17,18 +18,11 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import uvloop
-
-from netstack.api import commands as api_commands
-from netstack.api.server import ApiServer
-from netstack.directory.client import DirectoryClient
-from netstack.directory.view import View
 from netstack.forward.rules import ForwardRule, Forwards
 from netstack.host.datagrams import HostDatagram
-from netstack.host.dns_tcp import DnsOverTcp
-from netstack.host.listeners import TcpForwardListener, UdpForwardListener
+from netstack.host.loop import EpollLoop, Handle
 from netstack.host.resolvconf import ResolvConf
 from netstack.host.streams import HostTcpStream
 from netstack.link.base import FRAME_BUFFER_SIZE, LinkClosed, LinkEndpoint
@@ -37,13 +31,39 @@ from netstack.stack.config import DNS6, NetworkConfig, virtual_mac
 from netstack.stack.dispatch import Stack
 from netstack.stack.hostio import DatagramReceiver, HostAddr
 from netstack.stack.limits import Limits
-from netstack.stack.vips import DirectorySettings
 from netstack.tcp import fastpath
 from netstack.tcp.connection import TcpConnection
 from netstack.tcp.fastpath import PYTHON_WORK, FastPath, FlowPathError
 from netstack.tcp.interfaces import HostStream
 
+if TYPE_CHECKING:
+    import asyncio
+
+    from netstack.api.server import ApiServer
+    from netstack.directory.client import DirectoryClient
+    from netstack.directory.view import View
+    from netstack.host.listeners import TcpForwardListener, UdpForwardListener
+    from netstack.stack.vips import DirectorySettings
+
 log = logging.getLogger(__name__)
+
+# Imported on first use, not at start (the ready byte waits for every import before
+# it): the API's commands, forwarded ports' listeners; and with asyncio (the API
+# server, --directory): the API server, the directory's routes and DNS answers, DNS
+# over TCP for directory names and asyncio's own lazy parts. The sandbox
+# hides the files they come from, so it imports them before it pivots
+# (Runtime.later_modules); tests/test_startup.py checks these lists against the
+# imports made inside functions.
+LAZY_MODULES = ("netstack.api.commands", "netstack.host.listeners")
+LAZY_ASYNCIO_MODULES = (
+    "asyncio.base_events",
+    "asyncio.streams",
+    "asyncio.unix_events",
+    "netstack.api.server",
+    "netstack.dns.directory",
+    "netstack.host.dns_tcp",
+    "netstack.stack.vips",
+)
 
 FRAMES_PER_WAKEUP = 256
 EVENTS_PER_WAKEUP = 256
@@ -63,16 +83,27 @@ class Runtime:
         outbound_addr6: str | None = None,
         limits: Limits | None = None,
         directory: DirectorySettings | None = None,
+        use_asyncio: bool = True,
     ) -> None:
+        """use_asyncio: run on uvloop, as the API server and the directory client need;
+        otherwise on EpollLoop, which spares the start-up asyncio's import."""
         self.config = config
         self.link = link
         self.resolv = ResolvConf(resolv_conf)
         self.epoll = select.epoll()
         self.handlers: dict[int, EventHandler] = {}
         self.stack = Stack(config, link, self, limits=limits, directory=directory)
-        self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        # aio: the same loop when it is asyncio's (None on EpollLoop)
+        self.aio: asyncio.AbstractEventLoop | None = None
+        self.loop: EpollLoop | asyncio.AbstractEventLoop
+        if use_asyncio or directory is not None:
+            import uvloop
+
+            self.loop = self.aio = uvloop.new_event_loop()
+        else:
+            self.loop = EpollLoop()
         self.rx_buf = bytearray(FRAME_BUFFER_SIZE)
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | Handle | None = None
         self._timer_at: float | None = None
         self.exit_code = 0
         self._stopping = False
@@ -90,7 +121,11 @@ class Runtime:
         self.directory_client: DirectoryClient | None = None
         # --directory: TCP to the DNS address ends here, to answer directory names
         answers = self.stack.dns.directory
-        self.dns_over_tcp = DnsOverTcp(self.loop, answers, self.outbound) if answers else None
+        self.dns_over_tcp = None
+        if answers and self.aio is not None:
+            from netstack.host.dns_tcp import DnsOverTcp
+
+            self.dns_over_tcp = DnsOverTcp(self.aio, answers, self.outbound)
         # established TCP flows run in C (csrc/flow.c) unless NETSTACK_FASTPATH=0
         if (
             isinstance(link, TapLink)
@@ -114,6 +149,10 @@ class Runtime:
             if self.fastpath.delack_fd() >= 0:  # C reads it in ns_host_poll
                 self.epoll.register(self.fastpath.delack_fd(), select.EPOLLIN)
             self.stack.tcp.fastpath = self.fastpath
+
+    def later_modules(self) -> tuple[str, ...]:
+        """What this runtime may import on first use (see LAZY_MODULES)."""
+        return LAZY_MODULES + (LAZY_ASYNCIO_MODULES if self.aio is not None else ())
 
     # --------------------------------------------------------------- HostIO
     def connect_tcp(self, conn: TcpConnection, targets: list[HostAddr], now: float) -> HostStream:
@@ -157,16 +196,25 @@ class Runtime:
 
     # ------------------------------------------------------- forwards and API
     def listen(self, rule: ForwardRule) -> TcpForwardListener | UdpForwardListener:
+        from netstack.host.listeners import TcpForwardListener, UdpForwardListener
+
         if rule.proto == "tcp":
             return TcpForwardListener(self, rule)
         return UdpForwardListener(self, rule)
 
     def serve_api(self, sock: socket.socket, path: str) -> None:
         """Serve the API on a socket already bound and listening."""
+        from netstack.api import commands as api_commands
+        from netstack.api.server import ApiServer
+
+        if self.aio is None:
+            raise RuntimeError("the API server needs the runtime built with use_asyncio")
         self.api = ApiServer(sock, path, lambda buf: api_commands.handle(buf, self.forwards, self))
-        self.loop.run_until_complete(self.api.start())
+        self.aio.run_until_complete(self.api.start())
 
     def api_connections(self) -> list[dict[str, Any]]:
+        from netstack.api import commands as api_commands
+
         now = time.monotonic()
         out: list[dict[str, Any]] = []
         for conn in self.stack.tcp.conns.values():
@@ -199,6 +247,8 @@ class Runtime:
         return out
 
     def api_stats(self) -> dict[str, Any]:
+        from netstack.api import commands as api_commands
+
         stats = self.stack.stats.snapshot()
         if self.fastpath is not None:  # C reads every frame (and counts them)
             stats["events"]["frames_from_guest"] = self.fastpath.frames_in()
@@ -238,13 +288,18 @@ class Runtime:
     def follow_directory(self, client: DirectoryClient) -> None:
         """Keep client's watch open while the loop runs; each new view goes to the
         connects that wait for one (the stack was built with client as its names)."""
+        aio = self.aio
+        if aio is None:
+            raise RuntimeError("the directory client needs the runtime built with use_asyncio")
         self.directory_client = client
         client.on_view = self._directory_view
-        client.start(self.loop)
+        client.start(aio)
 
         def stop_client() -> None:
+            import asyncio
+
             client.close()
-            self.loop.run_until_complete(asyncio.sleep(0))  # let the cancellations land
+            aio.run_until_complete(asyncio.sleep(0))  # let the cancellations land
 
         self.on_exit.append(stop_client)
 
@@ -452,7 +507,10 @@ class Runtime:
 
     def run(self, on_ready: Callable[[], None] | None = None) -> int:
         loop = self.loop
-        asyncio.set_event_loop(loop)
+        if self.aio is not None:
+            import asyncio
+
+            asyncio.set_event_loop(self.aio)
         if self.fastpath is not None:
             loop.add_reader(self.link.fileno(), self._on_link_readable_fast)
             loop.add_reader(self.epoll.fileno(), self._on_host_events_fast)
@@ -482,9 +540,11 @@ class Runtime:
         return self.exit_code
 
     def shutdown(self) -> None:
-        if self.dns_over_tcp is not None:
+        if self.dns_over_tcp is not None and self.aio is not None:
+            import asyncio
+
             self.dns_over_tcp.close()
-            self.loop.run_until_complete(asyncio.sleep(0))  # let the cancellations land
+            self.aio.run_until_complete(asyncio.sleep(0))  # let the cancellations land
         for fn in self.on_exit:
             try:
                 fn()

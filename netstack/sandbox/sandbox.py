@@ -4,7 +4,8 @@ pivot_root into it, no new privileges, and every capability dropped but
 CAP_NET_BIND_SERVICE.
 
 Python imports lazily, and after pivot_root nothing outside /etc and /run exists, so
-everything the stack can still need is imported first (`preload`). A resolv.conf
+everything the stack can still need is imported first (`preload`: PRELOAD, and the
+modules the caller names; asyncio's among them when the runtime runs on it). A resolv.conf
 that is a link to a file outside /etc and /run (systemd-resolved's) is bound in too.
 """
 
@@ -40,16 +41,12 @@ PRELOAD = (
     "tokenize",
     "errno",
     "ipaddress",
-    "asyncio.base_events",
-    "asyncio.streams",
-    "asyncio.unix_events",
-    "logging.handlers",
-    "uuid",
 )
 
 
-def preload() -> None:
-    for name in PRELOAD:
+def preload(later: tuple[str, ...] = ()) -> None:
+    """Import PRELOAD and `later` (the caller's modules it imports on first use)."""
+    for name in PRELOAD + later:
         try:
             importlib.import_module(name)
         except ImportError:  # pragma: no cover
@@ -85,12 +82,18 @@ def _bind_readonly(source: str, target: str, recursive: bool = True) -> None:
     )
 
 
-def enter() -> None:
-    """Build the sandbox and drop privileges. Raises OSError on any failure."""
-    preload()
+def enter(later: tuple[str, ...] = ()) -> None:
+    """Build the sandbox and drop privileges (`later`: see preload). Raises OSError on
+    any failure."""
+    preload(later)
     last_cap = last_capability()  # /proc is gone once we pivot
     resolv = os.path.realpath("/etc/resolv.conf")
     c.unshare(c.CLONE_NEWNS)
+    # every mount a slave first: as root in the initial user namespace the new
+    # namespace's mounts are peers of the host's, and detaching the old root below
+    # would unmount the host's shared mounts too (each /run/netns/* of `ip netns`,
+    # seen on 2026-11-29; slirp4netns 1.2.0 does the same as root)
+    c.mount(None, "/", None, c.MS_REC | c.MS_SLAVE)
     c.mount(None, "/", None, c.MS_PRIVATE)
     c.mount("tmpfs", "/tmp", "tmpfs", c.MS_NOSUID | c.MS_NODEV | c.MS_NOEXEC, "size=1m,mode=755")
     for d in ("etc", "old", "run"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from netstack.dhcp.server import DhcpServer
 from netstack.dns.forwarder import DnsForwarder
@@ -28,7 +28,6 @@ from netstack.stack.policy import Policy
 from netstack.stack.reassembly import Reassembler
 from netstack.stack.stats import Stats
 from netstack.stack.timers import TimerQueue
-from netstack.stack.vips import DirectorySettings, VipRoutes
 from netstack.tcp.connection import TcpConnection
 from netstack.tcp.output import SegmentWriter
 from netstack.tcp.table import TcpTable
@@ -48,6 +47,9 @@ from netstack.wire import (
     udp,
     vnet,
 )
+
+if TYPE_CHECKING:  # the directory's modules load with --directory only
+    from netstack.stack.vips import DirectorySettings, VipRoutes
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,11 @@ class Stack:
         self.timers = TimerQueue()
         self.output = GuestOutput(link, config, limits.icmp_errors_per_second, clock)
         # directory VIPs (--directory): routed by the view, never forwarded as addresses
-        self.vips = VipRoutes(directory, self.stats, self.timers) if directory else None
+        self.vips: VipRoutes | None = None
+        if directory:
+            from netstack.stack.vips import VipRoutes
+
+            self.vips = VipRoutes(directory, self.stats, self.timers)
         self.policy = Policy(config, host.nameservers, self.vips, host.is_host_address)
         self.segments = SegmentWriter(link, config.gateway_mac)
         self.tcp = TcpTable(

@@ -5,11 +5,13 @@ touches a host socket."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from netstack.directory.view import View
 from netstack.tcp.connection import TcpConnection
 from netstack.tcp.interfaces import HostStream
+
+if TYPE_CHECKING:  # the directory's modules load with --directory only
+    from netstack.directory.view import View
 
 HostAddr = tuple[str, int]
 # a directory name's (vip, vip6), packed; None when netstackd gave no answer

@@ -23,11 +23,14 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from netstack.stack.config import DNS6, HOST6, NetworkConfig
 from netstack.stack.hostio import HostAddr
-from netstack.stack.vips import VipRoutes, VipWait
 from netstack.tcp.interfaces import Refusal
+
+if TYPE_CHECKING:  # the directory's modules load with --directory only
+    from netstack.stack.vips import VipRoutes, VipWait
 
 DNS_PORT = 53
 HOST_LOOPBACK = "127.0.0.1"

@@ -5,6 +5,7 @@ DNS and the API still work."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -13,7 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import World
+from tests.conftest import needs_root
+from tests.e2e.test_api import add
+from tests.e2e.test_datapath import DHCP_CLIENT
+from tests.e2e.test_ipv6 import wait_slaac
+from tests.netns import NETSTACK, World
 
 
 def test_sandbox_and_seccomp(world: World, tmp_path: Path) -> None:
@@ -47,6 +52,78 @@ def test_sandbox_and_seccomp(world: World, tmp_path: Path) -> None:
         assert s.recv(100).startswith(b'{"return":{"entries":[]}')
     assert world.netstack.poll() is None
     assert "seccomp: The following syscalls are blocked: execve" in world.log()
+
+
+def test_parts_imported_on_first_use_serve_under_sandbox_and_seccomp(
+    world: World, tmp_path: Path
+) -> None:
+    """The API server, forwarded ports, DNS, DHCP and IPv6 first used after the pivot
+    and under seccomp: what they import lazily was preloaded (host.runtime.LAZY_MODULES)."""
+    world.server("host", "dns", "53", "127.0.0.1", "192.0.2.123")
+    world.server("guest", "sink", "8080", "0.0.0.0")
+    api = str(tmp_path / "api.sock")
+    world.start_netstack("-6", "--enable-sandbox", "--enable-seccomp", "--api-socket", api)
+    assert world.netstack is not None
+    assert sorted(os.listdir(f"/proc/{world.netstack.pid}/root")) == ["etc", "run"]
+    # a forwarded port: its listener module is first needed now
+    assert add(api, proto="tcp", host_addr="127.0.0.1", host_port=18080, guest_port=8080) == (
+        b'{"return":{"id":1}}'
+    )
+    out = world.in_host(
+        sys.executable,
+        "-c",
+        "import socket\ns = socket.create_connection(('127.0.0.1', 18080), timeout=5)\n"
+        "s.sendall(b'hi'); s.shutdown(1); print(s.recv(100).decode())",
+    )
+    assert out.stdout.split()[1:] == ["2"], out.stderr + world.log()
+    assert "192.0.2.123" in world.in_guest("getent", "ahostsv4", "x.test").stdout
+    r = world.guest_python(DHCP_CLIENT)
+    assert r.returncode == 0, r.stderr + world.log()
+    assert r.stdout.split()[:2] == ["10.0.2.15", "10.0.2.2"]
+    wait_slaac(world)
+    for dst in ("fd00::2", "fd00::3"):
+        r6 = world.in_guest("ping", "-6", "-c", "1", "-W", "2", dst)
+        assert r6.returncode == 0, f"{dst}: {r6.stdout}"
+    assert world.netstack.poll() is None, world.log()
+    world.assert_no_internal_errors()
+
+
+@needs_root
+def test_sandbox_leaves_the_hosts_mounts_alone(tmp_path: Path) -> None:
+    """Run as root straight from the host's mount namespace (not under `ip netns exec`,
+    which makes every mount a slave first), the sandbox's new mount namespace starts
+    as a peer of the host's: detaching its old root must not unmount the host's
+    shared mounts, such as each /run/netns/NAME."""
+    tag = os.getpid()
+    target, witness = f"sbx-t-{tag}", f"sbx-w-{tag}"
+    for name in (target, witness):
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    r, w = os.pipe()
+    proc = None
+    try:
+        with open(tmp_path / "log", "wb") as log:
+            proc = subprocess.Popen(
+                [NETSTACK, "-c", "-r", str(w), "--enable-sandbox", "--enable-seccomp",
+                 "--netns-type=path", f"/run/netns/{target}", "tap0"],
+                pass_fds=(w,), stdout=log, stderr=log,
+            )
+        os.close(w)
+        w = -1
+        assert select.select([r], [], [], 15)[0] and os.read(r, 1) == b"1", (
+            (tmp_path / "log").read_text()
+        )
+        mounted = Path("/proc/self/mountinfo").read_text()
+        assert f"/run/netns/{witness} " in mounted
+        assert f"/run/netns/{target} " in mounted
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+        for name in (target, witness):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 SECCOMP_CHILD = r"""
