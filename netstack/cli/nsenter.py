@@ -17,7 +17,7 @@ import socket
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from netstack.link.tap import open_tap
 
@@ -39,8 +39,7 @@ def setns(path: str, nstype: int) -> None:
         os.close(fd)
 
 
-@dataclass
-class InterfaceSetup:
+class InterfaceSetup(NamedTuple):  # not a dataclass: see stack/limits.py
     """What -c does inside the namespace."""
 
     mtu: int
@@ -52,8 +51,7 @@ class InterfaceSetup:
     ipv6: bool = False
 
 
-@dataclass
-class Target:
+class Target(NamedTuple):
     netns_path: str
     userns_path: str | None
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from netstack.stack.config import DNS6, HOST6, PREFIX6, NetworkConfig
 
@@ -20,8 +19,7 @@ class BadRequest(Exception):
     """An API error; str(e) is the desc after "bad request: "."""
 
 
-@dataclass(frozen=True)
-class ForwardRule:
+class ForwardRule(NamedTuple):  # not a dataclass: see stack/limits.py
     id: int
     proto: str
     host_addr: str

@@ -4,7 +4,6 @@ network N, gateway N+2 (the host), DNS N+3, DHCP pool N+15..N+30, guest N+100.""
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
 
 DHCP_POOL_START = 15
 DHCP_POOL_SIZE = 16
@@ -27,26 +26,59 @@ ROUTER_LL = ipaddress.IPv6Address("fe80::2").packed
 DNS_LL = ipaddress.IPv6Address("fe80::3").packed
 
 
-@dataclass(frozen=True)
-class NetworkConfig:
-    cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.0.2.0/24")
-    mtu: int = 1500
-    host_loopback: bool = True
-    dns_enabled: bool = True
-    ipv6: bool = False
-    network: bytes = field(init=False)
-    netmask: bytes = field(init=False)
-    gateway: bytes = field(init=False)
-    dns: bytes = field(init=False)
-    guest: bytes = field(init=False)
-    gateway_mac: bytes = field(init=False)
-    dns_mac: bytes = field(init=False)
-    _net_int: int = field(init=False, repr=False)
-    _mask_int: int = field(init=False, repr=False)
+DEFAULT_CIDR = ipaddress.IPv4Network("10.0.2.0/24")
 
-    def __post_init__(self) -> None:
-        base = int(self.cidr.network_address)
+
+class NetworkConfig:
+    """Immutable. A plain class, not a dataclass: this module is on the start path,
+    and importing dataclasses alone takes ~5 ms of a ~50 ms start (bench/startup)."""
+
+    __slots__ = (
+        "cidr",
+        "mtu",
+        "host_loopback",
+        "dns_enabled",
+        "ipv6",
+        "network",
+        "netmask",
+        "gateway",
+        "dns",
+        "guest",
+        "gateway_mac",
+        "dns_mac",
+        "_net_int",
+        "_mask_int",
+    )
+    cidr: ipaddress.IPv4Network
+    mtu: int
+    host_loopback: bool
+    dns_enabled: bool
+    ipv6: bool
+    network: bytes
+    netmask: bytes
+    gateway: bytes
+    dns: bytes
+    guest: bytes
+    gateway_mac: bytes
+    dns_mac: bytes
+    _net_int: int
+    _mask_int: int
+
+    def __init__(
+        self,
+        cidr: ipaddress.IPv4Network = DEFAULT_CIDR,
+        mtu: int = 1500,
+        host_loopback: bool = True,
+        dns_enabled: bool = True,
+        ipv6: bool = False,
+    ) -> None:
         set_ = object.__setattr__
+        set_(self, "cidr", cidr)
+        set_(self, "mtu", mtu)
+        set_(self, "host_loopback", host_loopback)
+        set_(self, "dns_enabled", dns_enabled)
+        set_(self, "ipv6", ipv6)
+        base = int(self.cidr.network_address)
         set_(self, "network", self.cidr.network_address.packed)
         set_(self, "netmask", self.cidr.netmask.packed)
         set_(self, "gateway", ipaddress.IPv4Address(base + 2).packed)
@@ -56,6 +88,25 @@ class NetworkConfig:
         set_(self, "dns_mac", virtual_mac(self.dns))
         set_(self, "_net_int", int(self.cidr.network_address))
         set_(self, "_mask_int", int(self.cidr.netmask))
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.cidr, self.mtu, self.host_loopback, self.dns_enabled, self.ipv6)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"NetworkConfig is immutable: cannot set {name}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NetworkConfig) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"NetworkConfig(cidr={self.cidr!r}, mtu={self.mtu}, "
+            f"host_loopback={self.host_loopback}, dns_enabled={self.dns_enabled}, "
+            f"ipv6={self.ipv6})"
+        )
 
     def dhcp_address(self, index: int) -> bytes:
         return ipaddress.IPv4Address(
