@@ -519,7 +519,12 @@ class Supervisor:
         pick = self.directory.pick(vip, port, c.labels)
         if isinstance(pick, Instance):
             self.stats["bypassed_connects"] += 1
-            self._bypass(c, n, copy, addr, (pick.host, pick.host_port), pick.name)
+            try:
+                self._bypass(c, n, copy, addr, (pick.host, pick.host_port), pick.name)
+            except _Fail as e:
+                if e.err != errno.ECONNREFUSED or not self._forget_dead_listeners():
+                    raise
+                self._connect_vip(c, n, copy, addr, vip, port)  # fewer instances now
         elif pick is Pick.NOT_SERVED:
             if not blocking(copy.fileno()):
                 raise _Continue  # EINPROGRESS from the netns; the TAP stack waits
@@ -646,6 +651,7 @@ class Supervisor:
         watch = Watch(host.fileno(), select.EPOLLOUT, writable)
 
         async def finish() -> None:
+            redone = False
             try:
                 try:
                     await asyncio.wait_for(done, CONNECT_TIMEOUT_S)
@@ -654,6 +660,14 @@ class Supervisor:
                     err = errno.ETIMEDOUT
                 finally:
                     watch.close()
+                if (err == errno.ECONNREFUSED and record is not None and record.service
+                        and self._forget_dead_listeners()):
+                    # an instance whose listener closed since the last sweep (iperf3
+                    # opens a new one after each test): decide again, without it
+                    self.wait_ends(c, n)
+                    redone = True
+                    self._handle(c, n)
+                    return
                 if err:
                     self._respond(c, n, error=err)
                     return
@@ -669,7 +683,8 @@ class Supervisor:
             except asyncio.CancelledError:
                 pass  # answered by whoever cancelled
             finally:
-                self.wait_ends(c, n)
+                if not redone:  # (else the call is the new decision's)
+                    self.wait_ends(c, n)
                 host.close()
 
         task = self._spawn(finish())
@@ -857,6 +872,13 @@ class Supervisor:
         self._write(n, *(((address, data[:room]), length) if room else (length,)))
 
     # -------------------------------------------------------------- upkeep
+    def _forget_dead_listeners(self) -> bool:
+        """A connect to an instance was refused: unregister every instance whose
+        listening socket is gone now. True if there was one."""
+        before = self.stats["unregistrations"]
+        self.sweep(full=False)
+        return self.stats["unregistrations"] > before
+
     def sweep(self, full: bool) -> None:
         """Unregister closed listeners (a dump of listening sockets only); with full,
         also forget every other socket that no longer exists (a dump of all)."""

@@ -646,3 +646,31 @@ def test_a_named_process_connects_from_a_port_it_bound(dw: DirectoryWorld) -> No
     assert out["data"].startswith("hello")
     addr, _peer, _sockname = accepted(server)
     assert addr == ["10.0.2.100", 6000]  # the server sees the port the client bound
+
+
+REOPENER = """
+import socket, sys
+# like iperf3 -s: after each client, close the listener and open a new one
+for _ in range(6):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 9990))
+    s.listen()
+    print("listening", flush=True)
+    c, _ = s.accept()
+    c.sendall(b"hello\\n")
+    c.close()
+    s.close()
+"""
+
+
+def test_a_listener_reopened_at_once_is_reached_not_its_closed_twin(
+        dw: DirectoryWorld) -> None:
+    server = dw.spawn(PYTHON, "-c", REOPENER, name="reopener")
+    v4, _ = vip(dw, "reopener")
+    for _ in range(6):
+        assert line(server) == "listening"
+        # straight after the old listener closed: it may still be registered (the sweep
+        # runs every 250 ms); the refused connect sweeps at once and decides again
+        got = fetch(dw, v4, 9990)
+        assert got["data"] == "hello\n"
