@@ -279,3 +279,32 @@ def test_sock_diag_knows_our_sockets_by_inode_and_cookie() -> None:
         assert os.readlink(f"/proc/self/fd/{s.fileno()}") == f"socket:[{inode}]"
         assert diag.tcp_sockets(diag.LISTENING)[inode] == diag.socket_cookie(s)
     assert inode not in diag.tcp_inodes()
+
+
+def test_a_listener_takes_the_sync_wake_up_flag() -> None:
+    """SECCOMP_IOCTL_NOTIF_SET_FLAGS on a real listener (a forked child's filter)."""
+    to_parent_r, to_parent_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a filter with a listener, its number to the parent, wait
+        try:
+            listener = notify.install_filter(notify.socket_filter(),
+                                             notify.SECCOMP_FILTER_FLAG_NEW_LISTENER)
+            os.write(to_parent_w, str(listener).encode())
+            os.read(go_r, 1)
+        finally:
+            os._exit(0)
+    try:
+        number = int(os.read(to_parent_r, 16))
+        pidfd = os.pidfd_open(pid)
+        try:
+            listener = notify.pidfd_getfd(pidfd, number)
+        finally:
+            os.close(pidfd)
+        assert notify.sync_wake_up(listener)
+        os.close(listener)
+    finally:
+        os.write(go_w, b"x")
+        os.waitpid(pid, 0)
+        for fd in (to_parent_r, to_parent_w, go_r, go_w):
+            os.close(fd)

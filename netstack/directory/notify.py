@@ -49,6 +49,8 @@ IOCTL_NOTIF_RECV = 0xC0502100
 IOCTL_NOTIF_SEND = 0xC0182101
 IOCTL_NOTIF_ID_VALID = 0x40082102
 IOCTL_NOTIF_ADDFD = 0x40182103
+IOCTL_NOTIF_SET_FLAGS = 0x40082104
+USER_NOTIF_FD_SYNC_WAKE_UP = 1  # 6.6+: wake the supervisor (and back) on the same CPU
 
 PIDFD_THREAD = os.O_EXCL  # 6.9+: a pidfd for a thread, not only a group leader
 
@@ -187,6 +189,17 @@ def addfd(listener: int, nid: int, srcfd: int, newfd: int | None, cloexec: bool,
         _ADDFD.pack(nid, flags, srcfd, newfd or 0, os.O_CLOEXEC if cloexec else 0), _ADDFD.size
     )
     return _check(_libc.ioctl(listener, ctypes.c_ulong(IOCTL_NOTIF_ADDFD), data), "ADDFD")
+
+
+def sync_wake_up(listener: int) -> bool:
+    """Ask the kernel to hand notifications over on the caller's CPU (a trap is then one
+    synchronous switch each way, not a cross-CPU wake-up). The flag goes by value.
+    False on kernels without it."""
+    try:
+        fcntl.ioctl(listener, IOCTL_NOTIF_SET_FLAGS, USER_NOTIF_FD_SYNC_WAKE_UP)
+    except OSError:
+        return False
+    return True
 
 
 def pidfd_open(tid: int) -> int:

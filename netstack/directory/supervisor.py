@@ -73,6 +73,7 @@ MAX_IN_FLIGHT = 256  # async notifications per container (waiting connects, acce
 CONNECT_TIMEOUT_S = 75.0
 BOUND_GRACE_S = 300.0  # how long a bound, never listening socket is remembered
 BATCH = 64  # notifications taken per wakeup
+SYNC_WAKE_UP = os.environ.get("NETSTACKD_SYNC_WAKE_UP", "1") != "0"
 _REFUSAL_ERRNO = {
     Refusal.NET_UNREACHABLE: errno.ENETUNREACH,
     Refusal.HOST_UNREACHABLE: errno.EHOSTUNREACH,
@@ -199,6 +200,8 @@ class Supervisor:
         """Supervise a container's listener; inflight: the memory of calls an earlier
         netstackd received (from the keeper), else fresh."""
         c = Container(state, owner, inflight or InFlight(MAX_IN_FLIGHT + BATCH))
+        if SYNC_WAKE_UP:
+            notify.sync_wake_up(c.listener)
         self.containers[c.listener] = c
         self.stats["containers"] += 1
         asyncio.get_running_loop().add_reader(c.listener, self._readable, c)
