@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +34,7 @@ from tests.helpers.podman import RootlessPodman
 from tests.helpers.procs import process_gone
 from tests.helpers.rootfs import BUSYBOX, make_busybox_rootfs
 from tests.helpers.unprivileged import chown_tree
-from tests.netns import NETSTACK, ROOT, sh
+from tests.netns import NETSTACK, ROOT, api_request, sh
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0
@@ -94,18 +93,7 @@ class Env:
             return ""
 
     def api(self, execute: str, **arguments: Any) -> Any:
-        req: dict[str, Any] = {"execute": execute, "arguments": arguments}
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(10)
-            s.connect(str(self.socket))
-            s.sendall(json.dumps(req).encode())
-            s.shutdown(socket.SHUT_WR)
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        reply = json.loads(data)
-        assert "return" in reply, reply
-        return reply["return"]
+        return api_request(str(self.socket), execute, arguments)
 
     def services(self) -> dict[str, dict[str, Any]]:
         return {e["name"]: e for e in self.api("list_services")["entries"]}
