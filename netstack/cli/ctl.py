@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     rm = sub.add_parser("remove")
     rm.add_argument("id", type=int)
     for name in DIRECTORY_COMMANDS:
-        sub.add_parser(name)
+        sub.add_parser(name).add_argument("--json", action="store_true", dest="json_here",
+                                          help="print the raw JSON reply")
     prof = sub.add_parser("seccomp-profile")
     prof.add_argument("--base", help="the runtime's default profile to extend")
     prof.add_argument("--killable", action="store_true",
@@ -205,7 +206,7 @@ def _directory(a: argparse.Namespace) -> int:
     except OSError as e:
         print(f"netstackctl: {path}: {e}", file=sys.stderr)
         return 1
-    if a.json or "error" in reply:
+    if a.json or getattr(a, "json_here", False) or "error" in reply:
         print(json.dumps(reply, indent=2))
         return 1 if "error" in reply else 0
     rows = []

@@ -674,3 +674,40 @@ def test_a_listener_reopened_at_once_is_reached_not_its_closed_twin(
         # runs every 250 ms); the refused connect sweeps at once and decides again
         got = fetch(dw, v4, 9990)
         assert got["data"] == "hello\n"
+
+
+def test_netstackctl_shows_the_directory(dw: DirectoryWorld) -> None:
+    from tests.helpers.directory import NETSTACK_RUN
+
+    ctl = NETSTACK_RUN.replace("netstack-run", "netstackctl")
+    server = dw.spawn(PYTHON, "-c", ECHO_SERVER.replace("8900", "8910"), name="shown",
+                      labels=("tier=front",))
+    assert line(server) == "ready"
+    svc = dw.wait_served("shown")
+    holder = subprocess.Popen(dw.run_args(PYTHON, "-c", HOLD, svc["vip"], "8910",
+                                          labels=("tier=front",)),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    dw.procs.append(holder)
+    assert line(holder) == "hello"
+
+    def ctl_run(*args: str) -> str:
+        r = subprocess.run([ctl, "-d", dw.socket, *args], capture_output=True, text=True,
+                           timeout=20)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    rows = {ln.split()[0]: ln.split() for ln in ctl_run("services").splitlines()[1:]}
+    assert rows["shown"][1:5] == [svc["vip"], svc["vip6"], "8910", "1"]
+    assert "tier=front" in rows["shown"]
+    (inst,) = [i for i in json.loads(ctl_run("instances", "--json"))["return"]["entries"]
+               if i["name"] == "shown"]
+    assert inst["labels"] == {"tier": "front"} and inst["port"] == 8910
+    clients = [ln.split() for ln in ctl_run("clients").splitlines()[1:]]
+    assert any(c[1] == "shown" and c[2] == svc["vip"] and c[3] == "8910" for c in clients)
+    profile = json.loads(ctl_run("seccomp-profile"))
+    assert profile["listenerPath"] == dw.api("info")["agent_socket"]
+    assert profile["syscalls"][0]["action"] == "SCMP_ACT_NOTIFY"
+    assert holder.stdin is not None
+    holder.stdin.close()
+    holder.wait(10)
