@@ -33,6 +33,8 @@ async def until(predicate: Callable[[], object], what: str = "", timeout: float 
 
 
 def store(server: FakeEtcd, node: str, **kw: Any) -> EtcdStore:
+    kw.setdefault("host_info", {"addr": {"A": "192.0.2.1", "B": "192.0.2.2"}.get(node, ""),
+                                "pid": 1})
     return EtcdStore(FakeClient(server), V4, V6, node, **kw)
 
 
@@ -110,7 +112,13 @@ def test_two_hosts_share_names_and_instances() -> None:
         da.unregister(7, time.time())
         await until(lambda: len(b.name("web").instances) == 1, "one on B")  # type: ignore[union-attr]
         assert b.name("web").instances[0].node == ""  # type: ignore[union-attr]
+        # the live daemons, from their host keys: each lists itself first
+        await until(lambda: len(a.hosts()) == 2 and len(b.hosts()) == 2, "hosts")
+        assert [(h["node"], h["local"]) for h in a.hosts()] == [("A", True), ("B", False)]
+        assert [(h["node"], h["local"]) for h in b.hosts()] == [("B", True), ("A", False)]
+        assert b.hosts()[1]["addr"] == "192.0.2.1" and float(b.hosts()[1]["since"]) > 0  # type: ignore[arg-type]
         await a.close()
+        await until(lambda: [h["node"] for h in b.hosts()] == ["B"], "A gone from B's hosts")
         await b.close()
 
     run(main())

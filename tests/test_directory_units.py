@@ -14,6 +14,7 @@ from netstack.directory import notify, oci, profile
 from netstack.directory import sockaddr as sa
 from netstack.directory.registry import Directory, Pick, Refused, allowed, parse_labels
 from netstack.directory.store import Instance, MemoryStore
+from netstack.directory.view import View
 
 
 def directory() -> Directory:
@@ -106,6 +107,50 @@ def test_labels_policy_and_round_robin() -> None:
     assert d.is_vip(rec.vip) and d.is_vip(rec.vip6) and not d.is_vip(bytes([10, 0, 2, 2]))
 
 
+ZD = {"zone": "default"}
+
+
+def test_a_connect_prefers_this_hosts_instances() -> None:
+    """Round robin among the allowed local instances; other hosts' only when no local
+    one is allowed or left. The watch view (netstack's TAP path) routes the same way."""
+    d = Directory(MemoryStore("198.18.0.0/16", "fd4e:5344::/64", node="here"))
+    remote = [instance(cookie=c, labels=ZD) for c in (1, 2)]
+    for r in remote:  # another host's (as a shared store adds them)
+        r.node = "there"
+        rec = d.store.reserve("web", 60)
+        rec.owner = 0
+        d.store.add(rec, r)
+    rec = d.store.name("web")
+    assert rec is not None
+    assert [d.pick(rec.vip, 80, {}).cookie for _ in range(4)] == [1, 2, 1, 2]  # type: ignore[union-attr]
+    d.register(instance(cookie=3, labels=ZD), now=0)
+    d.register(instance(cookie=4, labels=ZD), now=0)
+    d.register(instance(cookie=5, labels={"role": "db"}), now=0)
+    picks = [d.pick(rec.vip, 80, {}).cookie for _ in range(4)]  # type: ignore[union-attr]
+    assert sorted(picks) == [3, 3, 4, 4]
+    # a client only a remote instance allows goes there
+    remote[1].labels = {"role": "x"}
+    assert d.pick(rec.vip, 80, {"role": "x"}).cookie == 2  # type: ignore[union-attr]
+    assert d.pick(rec.vip, 80, {"role": "db"}).cookie == 5  # type: ignore[union-attr]
+    # the local ones go away: back to the other host's
+    for cookie in (3, 4, 5):
+        d.unregister(cookie, now=0)
+    assert {d.pick(rec.vip, 80, {}).cookie for _ in range(2)} == {1}  # type: ignore[union-attr]
+    # the same in the view a netstack follows
+    d.register(instance(cookie=6, labels=ZD), now=0)
+    services = d.view()["services"]
+    insts = services[0]["instances"]  # type: ignore[index]
+    assert [(i["node"], i["local"]) for i in insts] == [  # type: ignore[index]
+        ("there", False), ("there", False), ("here", True)]
+    v = View.parse({"view": d.view()})
+    assert {v.route(rec.vip, 80, {}).host_port for _ in range(3)} == {40006}  # type: ignore[union-attr]
+    assert v.route(rec.vip, 80, {"role": "x"}).host_port == 40002  # type: ignore[union-attr]
+    d.unregister(6, now=0)
+    v = View.parse({"view": d.view()})
+    assert v.route(rec.vip, 80, {}).host_port == 40001  # type: ignore[union-attr]
+    assert d.store.hosts()[0]["node"] == "here" and d.store.hosts()[0]["local"] is True
+
+
 def test_the_view_follows_every_change() -> None:
     d = directory()
     changes: list[int] = []
@@ -117,7 +162,8 @@ def test_the_view_follows_every_change() -> None:
     services = {s["name"]: s for s in view["services"]}  # type: ignore[attr-defined]
     assert services["late"]["instances"] == []
     assert services["web"]["instances"] == [
-        {"port": 80, "host": "127.0.0.1", "host_port": 40007, "labels": {}}]
+        {"port": 80, "host": "127.0.0.1", "host_port": 40007, "labels": {},
+         "node": "", "local": True}]
     json.dumps(view)
     assert len(changes) == 2
 

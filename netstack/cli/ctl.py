@@ -5,7 +5,7 @@ netstackctl -a SOCKET connections            live flows with bytes and state
 netstackctl -a SOCKET forwards               port forwards
 netstackctl -a SOCKET add tcp|udp [HOST_ADDR:]HOST_PORT [GUEST_ADDR:]GUEST_PORT
 netstackctl -a SOCKET remove ID
-netstackctl -d SOCKET services|instances|clients   the service directory (netstackd)
+netstackctl -d SOCKET services|instances|clients|hosts   the service directory (netstackd)
 netstackctl [-d SOCKET] seccomp-profile [--base FILE] [--killable]
                                              an OCI profile handing containers to netstackd
 add --json to print the raw reply
@@ -174,11 +174,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 DIRECTORY_COMMANDS = {
-    "services": ("list_services", ["name", "vip", "vip6", "ports", "instances", "labels"]),
-    "instances": ("list_instances", ["name", "port", "host", "host_port", "container", "pid",
-                                     "labels"]),
+    "services": ("list_services", ["name", "vip", "vip6", "ports", "instances", "nodes",
+                                   "labels"]),
+    "instances": ("list_instances", ["name", "port", "node", "host", "host_port", "container",
+                                     "pid", "labels"]),
     "clients": ("list_clients", ["client", "name", "vip", "port", "host", "host_port"]),
+    "hosts": ("list_hosts", ["node", "addr", "pid", "since", "local"]),
 }
+
+
+def _when(value: Any) -> str:
+    import time
+
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(value))) + "Z"
+    except (TypeError, ValueError, OverflowError):
+        return str(value)
 
 
 def _directory(a: argparse.Namespace) -> int:
@@ -217,7 +228,13 @@ def _directory(a: argparse.Namespace) -> int:
         elif isinstance(labels, list):
             labels = ",".join(f"{k}={v}" for k, v in labels)
         ports = entry.get("ports")
-        rows.append({**entry, "labels": labels or "",
+        extra: dict[str, Any] = {}
+        if isinstance(entry.get("nodes"), list):
+            extra["nodes"] = ",".join(map(str, entry["nodes"]))
+        if a.command == "hosts":
+            extra["since"] = _when(entry.get("since"))
+            extra["local"] = "yes" if entry.get("local") else ""
+        rows.append({**entry, **extra, "labels": labels or "",
                      **({"ports": ",".join(map(str, ports))} if ports is not None else {})})
     print(_table(rows, columns))
     return 0

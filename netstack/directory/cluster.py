@@ -81,7 +81,8 @@ def parse_port_range(p: argparse.ArgumentParser, text: str | None) -> tuple[int,
 
 def make_store(args: argparse.Namespace) -> Store:
     if args.store == "memory":
-        return MemoryStore(args.vip_cidr, args.vip6_cidr)
+        return MemoryStore(args.vip_cidr, args.vip6_cidr, args.node,
+                           {"addr": args.publish_addr, "pid": os.getpid()})
     from netstack.directory import etcd
     from netstack.directory.etcdstore import EtcdStore
 

@@ -316,10 +316,19 @@ class Daemon:
                                 "vip6": str(ipaddress.IPv6Address(rec.vip6)),
                                 "ports": sorted({i.port for i in rec.instances}),
                                 "instances": len(rec.instances),
+                                "nodes": sorted({i.node or self.store.node
+                                                 for i in rec.instances}),
                                 "labels": [list(p) for p in labels]})
             return _reply({"entries": entries})
         if execute == "list_instances":
-            return _reply({"entries": [i.to_json() for i in self.directory.instances()]})
+            here = self.store.node
+            mine = [i.listing(here) for i in self.directory.instances()]
+            others = [i.listing(here) for rec in sorted(self.store.records(),
+                                                        key=lambda r: r.name)
+                      for i in rec.instances if i.node]
+            return _reply({"entries": mine + others})
+        if execute == "list_hosts":
+            return _reply({"entries": self.store.hosts()})
         if execute == "list_clients":
             return _reply({"entries": self._clients()})
         if execute == "stats":

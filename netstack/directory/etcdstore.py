@@ -146,6 +146,8 @@ class EtcdStore:
         self._down = False  # (for the log: one line per outage)
         self._unreachable_nodes: set[str] = set()
         self._written: set[bytes] = set()  # our instance keys etcd has (as we know)
+        self._hosts: dict[str, dict[str, Any]] = {}  # node -> its host key's value
+        self._since = time.time()
 
     # ------------------------------------------------------------ reads
     def name(self, name: str) -> NameRecord | None:
@@ -156,6 +158,15 @@ class EtcdStore:
 
     def records(self) -> list[NameRecord]:
         return list(self._names.values())
+
+    def hosts(self) -> list[dict[str, Any]]:
+        """Every daemon whose host key lives (its lease), this one first (also while
+        etcd is away or its key is not written yet)."""
+        mine = {"node": self.node, **self.host_info, "since": self._since,
+                **self._hosts.get(self.node, {}), "local": True}
+        others = [{"node": n, **v, "local": False} for n, v in sorted(self._hosts.items())
+                  if n != self.node]
+        return [mine, *others]
 
     # ----------------------------------------------------------- writes
     def reserve(self, name: str, expires: float) -> NameRecord:
@@ -380,17 +391,33 @@ class EtcdStore:
                 self._remove_name(parsed[1])
         elif parsed[0] == "inst":
             self._apply_instance(event.kv.key, parsed[2], event.kv.value if put else None)
+        elif parsed[0] == "host":
+            self._apply_host(parsed[1], event.kv.value if put else None)
+
+    def _apply_host(self, node: str, value: bytes | None) -> None:
+        if value is None:
+            self._hosts.pop(node, None)
+            return
+        try:
+            d = json.loads(value)
+            self._hosts[node] = {"addr": str(d.get("addr", "")), "pid": int(d.get("pid", 0)),
+                                 "since": float(d.get("since", 0.0))}
+        except (ValueError, TypeError, AttributeError):
+            log.warning("etcd: ignoring a bad host record for %r", node)
 
     def _rebuild(self, revision: int, kvs: list[etcd.KV]) -> None:
         """The view from a full read (start, or history compacted away)."""
         names = {}
         self._remote.clear()
+        self._hosts.clear()
         mine: set[bytes] = set()
         for kv in kvs:
             parsed = self.keys.parse(kv.key)
             if parsed is None:
                 continue
-            if parsed[0] == "name":
+            if parsed[0] == "host":
+                self._apply_host(parsed[1], kv.value)
+            elif parsed[0] == "name":
                 names[parsed[1]] = kv
             elif parsed[0] == "inst":
                 if parsed[2] == self.node:
@@ -600,7 +627,7 @@ class EtcdStore:
                 self._notify()
         elif kind == "host":
             lease = await self._leased()
-            value = json.dumps({**self.host_info, "since": time.time()}).encode()
+            value = json.dumps({**self.host_info, "since": self._since}).encode()
             await self.client.txn([], [("put", self.keys.host(self.node), value, lease)])
 
     async def _claim(self, name: str) -> None:

@@ -162,8 +162,10 @@ class Directory:
         return False
 
     def pick(self, vip: bytes, port: int, client_labels: dict[str, str]) -> Instance | Pick:
-        """The instance a new connection from a client with these labels goes to
-        (round robin over the allowed ones)."""
+        """The instance a new connection from a client with these labels goes to:
+        round robin over the allowed ones on this host, or, when none is, over the
+        allowed ones on other hosts (every instance in the store is alive: another
+        host's goes with its lease, ours when its listener closes)."""
         rec = self.store.by_vip(vip)
         if rec is None:
             return Pick.UNKNOWN
@@ -173,6 +175,8 @@ class Directory:
         permitted = [i for i in on_port if allowed(client_labels, i.labels)]
         if not permitted:
             return Pick.DENIED
+        local = [i for i in permitted if not i.node]
+        permitted = local or permitted
         key = (vip, port)
         n = self._rr.get(key, 0)
         self._rr[key] = n + 1
@@ -192,7 +196,8 @@ class Directory:
                 "vip6": str(ipaddress.IPv6Address(rec.vip6)),
                 "instances": [
                     {"port": i.port, "host": i.host, "host_port": i.host_port,
-                     "labels": dict(i.labels)}
+                     "labels": dict(i.labels), "node": i.node or self.store.node,
+                     "local": not i.node}
                     for i in rec.instances
                 ],
             })

@@ -14,6 +14,7 @@ name's VIPs are final (a shared store may have to agree with the other hosts fir
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -48,6 +49,10 @@ class Instance:
             "since": self.since,
         }
 
+    def listing(self, here: str) -> dict[str, object]:
+        """to_json plus where it lives (here: this daemon's node name)."""
+        return {**self.to_json(), "node": self.node or here, "local": not self.node}
+
 
 @dataclass
 class NameRecord:
@@ -64,6 +69,11 @@ class Store(Protocol):
     block6: ipaddress.IPv6Network
     changed: list[Callable[[], None]]  # called after another host's changes reached the view
     stats: dict[str, int]  # the store's own counters (the API's stats show them)
+    node: str  # this daemon's name (instances registered here have node "")
+
+    def hosts(self) -> list[dict[str, object]]:
+        """The live daemons: {"node", "addr", "pid", "since", "local"}, this one first."""
+        ...
 
     def name(self, name: str) -> NameRecord | None: ...
 
@@ -110,7 +120,10 @@ class MemoryStore:
     the block is used up, so a VIP a client still caches points at nothing for a while
     rather than at a new service."""
 
-    def __init__(self, vip_cidr: str, vip6_cidr: str) -> None:
+    def __init__(self, vip_cidr: str, vip6_cidr: str, node: str = "",
+                 host_info: dict[str, object] | None = None) -> None:
+        self.node = node
+        self.host_info = {**(host_info or {}), "since": time.time()}
         self.block = ipaddress.IPv4Network(vip_cidr)
         self.block6 = ipaddress.IPv6Network(vip6_cidr)
         self._names: dict[str, NameRecord] = {}
@@ -123,6 +136,9 @@ class MemoryStore:
 
     def name(self, name: str) -> NameRecord | None:
         return self._names.get(name)
+
+    def hosts(self) -> list[dict[str, object]]:
+        return [{"node": self.node, **self.host_info, "local": True}]
 
     def reserve(self, name: str, expires: float) -> NameRecord:
         rec = self._names.get(name)

@@ -9,7 +9,8 @@ them over), so a client going through the same VIP keeps rotating across updates
 Names: `web`, `web.`, `web.netstack.internal` and `WEB.NETSTACK.INTERNAL.` are the
 same name (the domain is the view's). Policy (docs/directory-protocol.md): a client
 may reach an instance when they share at least one `k=v` label; a client without
-labels has zone=default. The view does no I/O and knows nothing of sockets.
+labels has zone=default. Instances on this host (`local`) go first; other hosts'
+only when no local one is allowed. The view does no I/O and knows nothing of sockets.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class Instance:
     host: str
     host_port: int
     labels: Labels
+    node: str = ""  # the daemon (host) that registered it
+    local: bool = True  # registered by the daemon this view comes from
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,8 @@ def _instance(obj: Any) -> Instance:
         host=host,
         host_port=_port(obj.get("host_port")),
         labels={str(k): str(v) for k, v in labels.items()},
+        node=str(obj.get("node", "")),
+        local=obj.get("local", True) is not False,
     )
 
 
@@ -231,6 +236,7 @@ class View:
         ok = [i for i in candidates if allowed(client_labels, i.labels)]
         if not ok:
             return Route.DENIED
+        ok = [i for i in ok if i.local] or ok  # this host's first (as netstackd picks)
         key = (service.vip, port)  # v4 and v6 share the rotation
         turn = self.turns.get(key, 0)
         self.turns[key] = turn + 1

@@ -703,6 +703,9 @@ def test_netstackctl_shows_the_directory(dw: DirectoryWorld) -> None:
     (inst,) = [i for i in json.loads(ctl_run("instances", "--json"))["return"]["entries"]
                if i["name"] == "shown"]
     assert inst["labels"] == {"tier": "front"} and inst["port"] == 8910
+    (host,) = json.loads(ctl_run("hosts", "--json"))["return"]["entries"]  # memory: just us
+    assert host["local"] and host["addr"] == "127.0.0.1" and inst["node"] == host["node"]
+    assert rows["shown"][5] == host["node"]
     clients = [ln.split() for ln in ctl_run("clients").splitlines()[1:]]
     assert any(c[1] == "shown" and c[2] == svc["vip"] and c[3] == "8910" for c in clients)
     profile = json.loads(ctl_run("seccomp-profile"))

@@ -84,7 +84,8 @@ def test_a_service_on_one_host_is_reached_by_name_from_another(cl: Cluster) -> N
     web = [s for s in view["services"] if s["name"] == "web"][0]  # type: ignore[attr-defined]
     assert web["instances"] == [{"port": 8080, "host": "192.0.2.1",
                                  "host_port": inst["host_port"],
-                                 "labels": {"zone": "default"}}]
+                                 "labels": {"zone": "default"}, "node": "host-192.0.2.1",
+                                 "local": False}]
     before = cl.b.stats()
     for target in ("web.netstack.internal", svc["vip"]):  # by name (DNS) and by VIP
         got = fetch(cl.b, target, 8080)
@@ -110,6 +111,55 @@ def test_the_tap_path_reaches_another_hosts_service(cl: Cluster) -> None:
     r = cl.b.python(EPOLL_FIRST, svc["vip"], "8080")
     assert r.returncode == 0 and r.stdout.strip() == "hello", f"{r.stdout}{r.stderr}"
     assert cl.b.stats()["epoll_continued"] == before + 1
+
+
+def test_a_connect_prefers_an_instance_on_its_own_host(cl: Cluster) -> None:
+    """web served on A and on B: B's clients reach B's, A's clients A's; once B's is
+    gone, B's clients reach A's."""
+    cl.b.wait_served("web")
+    own = cl.b.spawn(PYTHON, APPS, "serve", "8080", "3", "4", name="web")
+    ready = line(own)
+    assert ready.startswith("ready"), cl.b.log()
+    mine = f"hello {ready.split()[1]}\n"
+    wait_until(lambda: instances(cl.a, "web") == instances(cl.b, "web") == 2, 15,
+               "web on both hosts")
+    assert cl.b.services()["web"]["nodes"] == ["host-192.0.2.1", "host-192.0.2.2"]
+    listed = [(i["node"], i["local"]) for i in cl.b.api("list_instances")["entries"]
+              if i["name"] == "web"]
+    assert listed == [("host-192.0.2.2", True), ("host-192.0.2.1", False)]
+    for _ in range(3):
+        assert fetch(cl.b, "web.netstack.internal", 8080)["data"] == mine
+        assert line(own).startswith("accepted")
+    theirs = fetch(cl.a, "web.netstack.internal", 8080)["data"]  # A's own instance
+    assert str(theirs).startswith("hello ") and theirs != mine
+    own.wait(10)  # served its three: B's instance is gone
+    wait_until(lambda: instances(cl.b, "web") == 1 and instances(cl.a, "web") == 1, 10,
+               "B's instance gone")
+    for _ in range(2):
+        assert fetch(cl.b, "web.netstack.internal", 8080)["data"] == theirs
+
+
+def test_hosts_lists_the_live_daemons(cl: Cluster) -> None:
+    from tests.helpers.directory import NETSTACK_RUN
+
+    for h, other in ((cl.a, cl.b), (cl.b, cl.a)):
+        wait_until(lambda h=h: len(h.api("list_hosts")["entries"]) == 2, 10, "two hosts")
+        entries = h.api("list_hosts")["entries"]
+        assert [(e["node"], e["addr"], e["local"]) for e in entries] == [
+            (f"host-{h.addr}", h.addr, True), (f"host-{other.addr}", other.addr, False)]
+        assert all(0 < e["since"] <= time.time() for e in entries)
+    ctl = NETSTACK_RUN.replace("netstack-run", "netstackctl")
+    r = subprocess.run([ctl, "-d", cl.b.socket, "hosts"], capture_output=True, text=True,
+                       timeout=20)
+    assert r.returncode == 0, r.stderr
+    rows = [ln.split() for ln in r.stdout.splitlines()]
+    assert rows[0][:3] == ["NODE", "ADDR", "PID"]
+    assert [row[:2] for row in rows[1:]] == [["host-192.0.2.2", "192.0.2.2"],
+                                             ["host-192.0.2.1", "192.0.2.1"]]
+    assert rows[1][-1] == "yes"
+    r = subprocess.run([ctl, "-d", cl.b.socket, "instances"], capture_output=True,
+                       text=True, timeout=20)
+    assert r.returncode == 0 and "host-192.0.2.1" in r.stdout, r.stderr
 
 
 def test_a_connect_on_one_host_waits_for_a_listen_on_another(cl: Cluster) -> None:
