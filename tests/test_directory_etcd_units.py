@@ -303,3 +303,26 @@ def test_churn_while_etcd_is_away_does_not_pile_up_writes() -> None:
         await b.close()
 
     run(main())
+
+
+def test_a_burst_of_registrations_goes_to_etcd_in_few_transactions() -> None:
+    async def main() -> None:
+        server = FakeEtcd()
+        a, b = store(server, "A"), store(server, "B")
+        await a.start()
+        await b.start()
+        d = Directory(a)
+        now = time.time()
+        for name in ("web", "db"):
+            assert await d.settle(name, now) is not None
+        for c in range(1, 201):
+            d.register(inst("web" if c % 2 else "db", c, port=c), now)
+        await until(lambda: all(len(getattr(b.name(n), "instances", ())) == 100
+                                for n in ("web", "db")), "all 200 on B")
+        assert a.stats["etcd_writes"] >= 200
+        assert 2 <= a.stats["etcd_batches"] <= 10, a.stats  # (BATCH_OPS a transaction)
+        assert sum(1 for k in server.kv if b"/inst/" in k) == 200
+        await a.close()
+        await b.close()
+
+    run(main())

@@ -47,6 +47,7 @@ SYNC_WAIT_S = 5.0
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 2.0
 CLAIM_ATTEMPTS = 32
+BATCH_OPS = 120  # operations in one transaction (etcd's --max-txn-ops is 128 by default)
 
 
 class Keys:
@@ -123,7 +124,7 @@ class EtcdStore:
         self.stats: dict[str, int] = {k: 0 for k in (
             "etcd_resyncs", "etcd_compacted", "etcd_watch_restarts", "etcd_leases",
             "etcd_lease_lost", "etcd_retries", "etcd_claims", "etcd_claim_conflicts",
-            "etcd_writes", "etcd_pending_writes")}
+            "etcd_writes", "etcd_batches", "etcd_pending_writes")}
         # the view
         self._names: dict[str, NameRecord] = {}
         self._vips: dict[bytes, NameRecord] = {}
@@ -143,6 +144,7 @@ class EtcdStore:
         self._lease_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._single = 0  # ops to write one by one (after a batch that failed)
         self._down = False  # (for the log: one line per outage)
         self._unreachable_nodes: set[str] = set()
         self._written: set[bytes] = set()  # our instance keys etcd has (as we know)
@@ -552,11 +554,23 @@ class EtcdStore:
                 await self._wake.wait()
                 continue
             op = self._ops.popleft()
+            batch = self._batch(op) if self._single == 0 else []
+            self._single = max(self._single - 1, 0)
             try:
-                await self._write(op)
-                self.stats["etcd_writes"] += 1
+                if batch:
+                    if not await self._put_many(batch):  # a name went: one by one
+                        self._ops.extendleft(reversed(batch))
+                        self._single = len(batch)
+                        continue
+                    self.stats["etcd_writes"] += len(batch)
+                    self.stats["etcd_batches"] += 1
+                else:
+                    await self._write(op)
+                    self.stats["etcd_writes"] += 1
                 backoff = BACKOFF_MIN_S
             except (etcd.Unavailable, TimeoutError) as e:
+                if batch:
+                    self._ops.extendleft(reversed(batch[1:]))
                 self._ops.appendleft(op)
                 self.stats["etcd_retries"] += 1
                 log.debug("etcd: %s: %s (retrying)", op[0], e)
@@ -567,6 +581,44 @@ class EtcdStore:
             except Exception:
                 log.exception("etcd: write %s", op[0])
             self.stats["etcd_pending_writes"] = len(self._ops)
+
+    def _ready_put(self, op: tuple[Any, ...]) -> bool:
+        """A put that needs nothing else first (its name is agreed, it is still ours)."""
+        if op[0] != "put":
+            return False
+        inst: Instance = op[2]
+        return (self._local.get(op[1]) is inst and inst.name in self._names
+                and inst.name not in self._pending)
+
+    def _batch(self, op: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """op and the ready puts queued right after it, for one transaction (a burst of
+        registrations costs one etcd round trip per BATCH_OPS, not one each); [] when op
+        goes alone."""
+        if not self._ready_put(op) or not self._ops or not self._ready_put(self._ops[0]):
+            return []
+        batch, names, keys = [op], {op[2].name}, {op[1]}
+        while self._ops and self._ready_put(self._ops[0]):
+            nxt = self._ops[0]
+            if nxt[1] in keys or len(batch) + len(names | {nxt[2].name}) > BATCH_OPS:
+                break
+            names.add(nxt[2].name)
+            keys.add(nxt[1])
+            batch.append(self._ops.popleft())
+        return batch
+
+    async def _put_many(self, batch: list[tuple[Any, ...]]) -> bool:
+        """Ready puts in one transaction: every name key must still exist (and is
+        rewritten, as a single put does); False if one does not (nothing written)."""
+        lease = await self._leased()
+        names = sorted({op[2].name for op in batch})
+        compares = [("version", self.keys.name(n), ">", 0) for n in names]
+        puts: list[tuple[Any, ...]] = [
+            ("put", self.keys.name(n), self._name_value(self._names[n]), 0) for n in names]
+        puts += [("put", op[1], instance_value(op[2], self.node), lease) for op in batch]
+        ok, _ = await self.client.txn(compares, puts)
+        if ok:
+            self._written.update(op[1] for op in batch)
+        return ok
 
     async def _leased(self) -> int:
         await asyncio.wait_for(self._lease_ready.wait(), self.ttl)

@@ -7,6 +7,7 @@ the two daemons, the view resyncing after a partition and a compaction, and etcd
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -280,6 +281,104 @@ def test_etcd_down_lookups_answer_from_the_view_and_registrations_retry(
         raise
     got = fetch(cl.a, svc["vip"], 7070)
     assert str(got["data"]).startswith("hello ")
+
+
+SPREAD = """
+import socket, sys, time
+base, n = int(sys.argv[1]), int(sys.argv[2])
+print("ready", flush=True)
+sys.stdin.readline()
+socks = []
+for i in range(n):
+    s = socket.socket()
+    s.bind(("0.0.0.0", base + i))
+    s.listen(1)
+    socks.append(s)
+print("done", repr(time.time()), flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_thousand_services_across_hosts_are_seen_everywhere_within_2s(cl: Cluster) -> None:
+    """1,000 services (20 names on 50 ports each, half of them registered on A, half on
+    B, in one burst): both hosts' views hold all of them within 2 s of the last
+    listen() returning."""
+    per, names = 50, 10
+    procs = []
+    for h in (cl.a, cl.b):
+        for j in range(names):
+            p = subprocess.Popen(h.run_args(PYTHON, "-c", SPREAD, "31000", str(per),
+                                            name=f"k{h.addr.rsplit('.', 1)[1]}x{j}"),
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
+            h.procs.append(p)
+            procs.append(p)
+    for p in procs:
+        assert line(p) == "ready"
+
+    def total(h: Host) -> int:
+        return sum(int(s["instances"]) for n, s in h.services().items() if n.startswith("k"))
+
+    try:
+        t0 = time.time()
+        for p in procs:
+            _go(p)
+        done = max(float(line(p, timeout=60).split()[1]) for p in procs)
+        try:
+            seen = wait_until(lambda: total(cl.a) == total(cl.b) == 20 * per and time.time(),
+                              10, "1,000 services on both hosts")
+        except AssertionError:
+            raise AssertionError(f"A has {total(cl.a)}, B {total(cl.b)}; A: "
+                                 f"{cl.a.stats()}\n{cl.a.log()[-2000:]}") from None
+        print(f"\n1,000 services: registered in {done - t0:.2f}s, on every host "
+              f"{seen - done:.2f}s after the last registration")
+        assert seen - done <= 2.0, f"visible everywhere {seen - done:.2f}s after the last"
+    finally:
+        for p in procs:
+            _go(p)
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(20)
+    wait_until(lambda: total(cl.a) == total(cl.b) == 0, 20, "all of them gone again")
+
+
+def _go(p: subprocess.Popen[bytes]) -> None:
+    """A line on the stdin of a process that reads it (see SPREAD)."""
+    with contextlib.suppress(OSError, ValueError):
+        assert p.stdin is not None
+        p.stdin.write(b"\n")
+        p.stdin.flush()
+
+
+def test_a_three_member_etcd_cluster_survives_the_loss_of_its_leader() -> None:
+    if os.geteuid() != 0 or not shutil.which("etcd"):
+        pytest.skip("needs root and etcd")
+    c = Cluster(ttl=5, members=3)
+    try:
+        server = serve(c.a, "ha", 5050)
+        c.b.wait_served("ha")
+        leader = c.leader()
+        c.members[leader].kill()
+        c.members[leader].wait(10)
+        t0 = time.monotonic()
+        # lookups: a known name from the view at once, and traffic to it
+        got = fetch(c.b, "ha.netstack.internal", 5050)
+        assert str(got["data"]).startswith("hello ") and line(server).startswith("accepted")
+        # registrations: a new name (a VIP claim) on B, seen on A through the others
+        later = serve(c.b, "after", 5151)
+        svc = c.a.wait_served("after", timeout=20)
+        print(f"\netcd leader (member {leader}) killed: a new registration on B reached A "
+              f"after {time.monotonic() - t0:.2f}s")
+        assert c.b.api("resolve", name="after")["vip"] == svc["vip"]
+        got = fetch(c.a, svc["vip"], 5151)
+        assert str(got["data"]).startswith("hello ") and line(later).startswith("accepted")
+        assert c.leader() != leader
+        assert c.a.api("resolve", name="fresh")["vip"] == c.b.api("resolve",
+                                                                  name="fresh")["vip"]
+        # the leases lived on: A's service never left B's view
+        assert instances(c.b, "ha") == 1 and c.a.stats()["etcd_lease_lost"] == 0
+    finally:
+        c.close()
 
 
 def test_etcd_over_tls_with_client_certificates() -> None:

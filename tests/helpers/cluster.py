@@ -50,12 +50,16 @@ class Host(DirectoryWorld):
 
 
 class Cluster:
-    def __init__(self, ttl: int = 2, tls: bool = False) -> None:
-        """tls: etcd serves HTTPS and wants client certificates (a CA made here)."""
+    def __init__(self, ttl: int = 2, tls: bool = False, members: int = 1) -> None:
+        """tls: etcd serves HTTPS and wants client certificates (a CA made here).
+        members: 3 runs a three-member etcd cluster in host A (clients on ports 2379,
+        2479, 2579 of 192.0.2.1; self.etcd is member 0, self.members all of them)."""
         self.hosts: list[Host] = []
         self.etcd: subprocess.Popen[bytes] | None = None
+        self.members: list[subprocess.Popen[bytes]] = []
         self.tls = tls
         self.url = f"{'https' if tls else 'http'}://{ETCD_ADDR}:2379"
+        self.urls = [f"http://{ETCD_ADDR}:{2379 + 100 * i}" for i in range(members)]
         try:
             self.a = Host("192.0.2.1")
             self.hosts.append(self.a)
@@ -73,11 +77,16 @@ class Cluster:
             for h in self.hosts:
                 sh("ip", "-n", h.host, "addr", "add", f"{h.addr}/24", "dev", "veth0")
                 sh("ip", "-n", h.host, "link", "set", "veth0", "up")
-            self.start_etcd()
+            if members == 1:
+                self.start_etcd()
+            else:
+                self.start_members()
             for h in self.hosts:
                 # B's first endpoint has no etcd: B fails over to the next one
                 store = f"etcd://{ETCD_ADDR}:2379"
-                if h is self.b:
+                if members > 1:
+                    store = "etcd://" + ",".join(u.split("//")[1] for u in self.urls)
+                elif h is self.b:
                     store = f"etcd://{ETCD_ADDR}:2390,{ETCD_ADDR}:2379"
                 h.daemon_args = ["--store", store, "--publish-addr",
                                  h.addr, "--port-range", "20000-20999", "--etcd-ttl",
@@ -111,18 +120,53 @@ class Cluster:
                    "etcd")
         assert self.etcd.poll() is None, self.etcd_log.read_text()[-3000:]
 
+    def start_members(self) -> None:
+        peers = ",".join(f"m{i}=http://127.0.0.1:{2380 + 100 * i}"
+                         for i in range(len(self.urls)))
+        for i, url in enumerate(self.urls):
+            with open(self.a.dir / f"etcd-m{i}.log", "ab") as log:
+                self.members.append(subprocess.Popen(
+                    ["ip", "netns", "exec", self.a.host, ETCD, "--name", f"m{i}",
+                     "--data-dir", str(self.a.dir / f"etcd-m{i}"),
+                     "--listen-client-urls", url, "--advertise-client-urls", url,
+                     "--listen-peer-urls", f"http://127.0.0.1:{2380 + 100 * i}",
+                     "--initial-advertise-peer-urls", f"http://127.0.0.1:{2380 + 100 * i}",
+                     "--initial-cluster", peers, "--initial-cluster-state", "new",
+                     "--heartbeat-interval", "100", "--election-timeout", "1000"],
+                    stdout=log, stderr=log))
+        self.etcd = self.members[0]
+        wait_until(lambda: all(self.status(i) for i in range(len(self.urls)))
+                   or any(m.poll() is not None for m in self.members), 30, "etcd members")
+        assert all(m.poll() is None for m in self.members), "an etcd member exited"
+
+    def status(self, member: int) -> dict[str, Any] | None:
+        """A member's /v3/maintenance/status (None: it does not answer)."""
+        try:
+            return dict(self.etcd_call("/v3/maintenance/status", {}, self.urls[member]))
+        except (OSError, ValueError):
+            return None
+
+    def leader(self) -> int:
+        """The index of the live member that leads now (waits for an election)."""
+        def leads(i: int) -> bool:
+            st = self.status(i) if self.members[i].poll() is None else None
+            return bool(st and st.get("leader") and st["leader"] == st["header"]["member_id"])
+        found = wait_until(lambda: [i for i in range(len(self.members)) if leads(i)], 15,
+                           "an etcd leader")
+        return int(found[0])
+
     def stop_etcd(self, sig: int = signal.SIGKILL) -> None:
         assert self.etcd is not None
         self.etcd.send_signal(sig)
         self.etcd.wait(10)
 
-    def etcd_call(self, path: str, body: dict[str, Any]) -> Any:
+    def etcd_call(self, path: str, body: dict[str, Any], url: str | None = None) -> Any:
         """etcd's JSON gateway (/v3/...), from inside host A."""
         tls = []
         if self.tls:
             tls = ["--cacert", str(self.pki / "ca.crt"), "--cert", str(self.pki / "client.crt"),
                    "--key", str(self.pki / "client.key")]
-        r = self.a.in_host("curl", "-sf", "-m", "3", *tls, "-X", "POST", f"{self.url}{path}",
+        r = self.a.in_host("curl", "-sf", "-m", "3", *tls, "-X", "POST", f"{url or self.url}{path}",
                            "-d", json.dumps(body), timeout=10)
         if r.returncode != 0:
             raise OSError(f"etcd {path}: curl exited {r.returncode}")
@@ -150,7 +194,9 @@ class Cluster:
                     p.send_signal(signal.SIGTERM)
         for h in reversed(self.hosts):
             h.close()  # (etcd's namespace goes with host A)
-        if self.etcd is not None and self.etcd.poll() is None:
-            self.etcd.kill()
-            self.etcd.wait(5)
+        for etcd in {self.etcd, *self.members} - {None}:
+            assert etcd is not None
+            if etcd.poll() is None:
+                etcd.kill()
+                etcd.wait(5)
 
