@@ -354,3 +354,24 @@ def test_a_listener_takes_the_sync_wake_up_flag() -> None:
         os.waitpid(pid, 0)
         for fd in (to_parent_r, to_parent_w, go_r, go_w):
             os.close(fd)
+
+
+def test_a_published_port_is_never_shared_with_another_bound_socket() -> None:
+    """A service's host socket is bound before the process's SO_REUSEADDR is copied: a
+    port in --port-range that another socket holds (bound with SO_REUSEADDR, not yet
+    listening) is skipped, not shared (two listen()s on it: the second EADDRINUSE)."""
+    from netstack.directory import publish
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        low = probe.getsockname()[1]
+    with socket.socket() as holder, socket.socket() as ours:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", low))
+        try:
+            publish.bind(ours, "127.0.0.1", (low, low + 1))
+        except OSError:
+            pytest.skip("the neighbouring port is busy on this host")
+        assert ours.getsockname()[1] == low + 1
+        ours.listen()
+        holder.listen()

@@ -729,10 +729,13 @@ class Supervisor:
             raise _Continue  # not the container's address: the kernel says EADDRNOTAVAIL
         host = socket.socket(copy.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            copy_options(copy, host)
             if copy.family == socket.AF_INET6:
                 host.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            # bound before the process's options are copied: with its SO_REUSEADDR a
+            # port in --port-range that another socket listens on would bind, and the
+            # process's listen() then fail with EADDRINUSE
             publish.bind(host, self.publish_host, self.port_range)
+            copy_options(copy, host)
             host.setblocking(blocking(copy.fileno()))
             self._install(c, n, host, HostSocket(Kind.BOUND, c.state.container, local=addr,
                                                  service=c.state.name, family=copy.family))

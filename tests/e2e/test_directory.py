@@ -714,3 +714,34 @@ def test_netstackctl_shows_the_directory(dw: DirectoryWorld) -> None:
     assert holder.stdin is not None
     holder.stdin.close()
     holder.wait(10)
+
+
+TWO_LISTENERS = """
+import socket
+socks = []
+for port in (7100, 7101):  # both bound before either listens, as servers often do
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    socks.append(s)
+for s in socks:
+    s.listen()
+print("both listening", flush=True)
+"""
+
+
+def test_published_ports_from_a_range_are_never_shared() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for namespaces")
+    import socket as sk
+
+    with sk.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        low = probe.getsockname()[1]
+    w = DirectoryWorld("--port-range", f"{low}-{low + 1}")
+    try:
+        for _ in range(4):  # the range's start is random: a shared port would show soon
+            r = w.python(TWO_LISTENERS, name="pair")
+            assert r.returncode == 0 and "both listening" in r.stdout, r.stderr
+    finally:
+        w.close()
