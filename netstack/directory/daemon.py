@@ -26,11 +26,12 @@ import time
 from typing import Any
 
 from netstack.directory import cluster, keeper, oci
+from netstack.directory.calls import Container
 from netstack.directory.hostsock import Kind
 from netstack.directory.inflight import InFlight
 from netstack.directory.paths import default_socket
 from netstack.directory.registry import Directory
-from netstack.directory.supervisor import Container, Supervisor
+from netstack.directory.supervisor import Supervisor
 
 log = logging.getLogger("netstackd")
 

@@ -26,104 +26,51 @@ Our sockets are known by inode (what /proc/PID/fd shows: one readlink finds a so
 record, no copy needed), so dup2, fork, close_range and exec change nothing.
 We never CONTINUE a connect or bind on a host socket (the sockaddr TOCTOU of
 bypass4netns #22): the address we act on is the copy we validated. Anything we do not
-handle continues into the container's network namespace.
+handle continues into the container's network namespace. How a call is received, held,
+read from and answered is netstack.directory.calls (CallDesk); this module decides.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import ipaddress
 import logging
 import os
 import select
 import socket
-import struct
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from netstack.directory import diag, notify, publish
 from netstack.directory import sockaddr as sa
+from netstack.directory.calls import MAX_IN_FLIGHT, CallDesk, Container, Continue, Fail
 from netstack.directory.hostsock import (
     HostSocket,
     Kind,
     Watch,
     blocking,
-    caught_signal_pending,
-    container_addresses,
     copy_options,
     fd_cloexec,
     in_an_epoll,
     netns_of,
 )
-from netstack.directory.inflight import InFlight
-from netstack.directory.oci import ContainerState
-from netstack.directory.registry import Directory, Pick, Refused, effective_labels
+from netstack.directory.registry import Directory, Pick, Refused
 from netstack.directory.sockaddr import SockAddr
 from netstack.directory.store import Instance
-from netstack.stack.config import DNS6, NetworkConfig
-from netstack.stack.policy import Policy
+from netstack.stack.config import DNS6
 from netstack.tcp.interfaces import Refusal
 
 log = logging.getLogger("netstackd")
 
-MAX_IN_FLIGHT = 256  # async notifications per container (waiting connects, accepts)
 CONNECT_TIMEOUT_S = 75.0
 BOUND_GRACE_S = 300.0  # how long a bound, never listening socket is remembered
-BATCH = 64  # notifications taken per wakeup
-SYNC_WAKE_UP = os.environ.get("NETSTACKD_SYNC_WAKE_UP", "1") != "0"
 _REFUSAL_ERRNO = {
     Refusal.NET_UNREACHABLE: errno.ENETUNREACH,
     Refusal.HOST_UNREACHABLE: errno.EHOSTUNREACH,
     Refusal.RESET: errno.ECONNREFUSED,
 }
-
-
-class _Continue(Exception):
-    """Let the kernel run the call in the caller's network namespace."""
-
-
-class _Fail(Exception):
-    def __init__(self, err: int) -> None:
-        super().__init__(os.strerror(err))
-        self.err = err
-
-
-class Container:
-    """One supervised container (one seccomp listener)."""
-
-    def __init__(self, state: ContainerState, owner: int, inflight: InFlight) -> None:
-        self.state = state
-        self.inflight = inflight
-        self.poll = select.poll()  # is a notification waiting (or no task left: POLLHUP)?
-        self.poll.register(state.listener, select.POLLIN)
-        self.owner = owner
-        self.labels = effective_labels(state.labels)
-        self.netns = os.stat(f"/proc/{state.pid}/ns/net").st_ino
-        config = NetworkConfig(cidr=ipaddress.IPv4Network(state.cidr),
-                               host_loopback=state.host_loopback, ipv6=state.ipv6)
-        self.config = config
-        self.policy = Policy(config, lambda: [])
-        self.in_flight = 0
-        self.since = time.time()
-        self._addresses: dict[int, bytes] = {}
-
-    @property
-    def listener(self) -> int:
-        return self.state.listener
-
-    def address(self, family: int, pid: int) -> bytes:
-        """The container's own address (as its sockets see it) in `family`."""
-        if family not in self._addresses:
-            self._addresses.update(container_addresses(pid))
-        ip = self._addresses.get(family)
-        if ip is None and family == socket.AF_INET6 and socket.AF_INET in self._addresses:
-            return bytes(10) + b"\xff\xff" + self._addresses[socket.AF_INET]
-        if ip is None:
-            ip = self.config.guest if family == socket.AF_INET else bytes(16)
-        return ip
 
 
 class _PendingAccept:
@@ -145,7 +92,7 @@ class _PendingAccept:
                 return  # someone else took it: keep waiting
         except ProcessLookupError:
             sup.stats["caller_gone"] += 1
-        except _Fail as e:
+        except Fail as e:
             sup._respond(c, n, error=e.err)
         except Exception:
             sup.stats["errors"] += 1
@@ -168,7 +115,7 @@ class _PendingAccept:
         self.sup._respond(self.c, self.n, error=errno.EINTR)
 
 
-class Supervisor:
+class Supervisor(CallDesk):
     port_range: tuple[int, int] | None = None  # host ports for services (None: any)
 
     def __init__(self, directory: Directory, publish_host: str = "127.0.0.1",
@@ -176,113 +123,17 @@ class Supervisor:
         self.directory = directory
         self.publish_host = publish_host
         self.connect_wait = connect_wait
-        self.containers: dict[int, Container] = {}
+        super().__init__()
         self.sockets: dict[int, HostSocket] = {}  # by socket inode
         self.clients_by_port: dict[int, int] = {}  # client's host port -> inode
-        self.stats: dict[str, int] = {k: 0 for k in (
-            "traps", "continued", "bypassed_connects", "outbound_bypassed", "denied",
-            "unknown_vip", "waited", "wait_timeouts", "accepts", "registrations",
-            "registrations_refused", "unregistrations", "caller_gone", "errors",
-            "over_limit", "containers", "epoll_continued", "interrupted")}
-        self.on_container_gone: Callable[[Container], None] = lambda c: None
+        self.stats.update({k: 0 for k in (
+            "bypassed_connects", "outbound_bypassed", "denied", "unknown_vip", "waited",
+            "wait_timeouts", "accepts", "registrations", "registrations_refused",
+            "unregistrations", "epoll_continued")})
         self.on_registrations: Callable[[Container], None] = lambda c: None
         self._waiters: list[asyncio.Future[None]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.held: dict[int, tuple[Container, notify.Notification,
-                                   Callable[[], None] | None]] = {}
-        self._slots: dict[int, tuple[Container, int]] = {}  # in-flight memory, by call id
-        self._host_netns = os.stat("/proc/self/ns/net").st_ino
         directory.changed.append(self._wake_waiters)
 
-    # ------------------------------------------------------------ listeners
-    def adopt(self, state: ContainerState, owner: int,
-              inflight: InFlight | None = None) -> Container:
-        """Supervise a container's listener; inflight: the memory of calls an earlier
-        netstackd received (from the keeper), else fresh."""
-        c = Container(state, owner, inflight or InFlight(MAX_IN_FLIGHT + BATCH))
-        if SYNC_WAKE_UP:
-            notify.sync_wake_up(c.listener)
-        self.containers[c.listener] = c
-        self.stats["containers"] += 1
-        asyncio.get_running_loop().add_reader(c.listener, self._readable, c)
-        log.info("supervising %s (pid %d, name %s, labels %s)", state.container, state.pid,
-                 state.name, c.labels)
-        return c
-
-    def drop(self, c: Container) -> None:
-        if self.containers.pop(c.listener, None) is None:
-            return
-        asyncio.get_running_loop().remove_reader(c.listener)
-        os.close(c.listener)
-        c.inflight.close()
-        log.info("container %s gone", c.state.container)
-        self.on_container_gone(c)
-
-    def close(self) -> None:
-        """Stop supervising (the keeper, if any, still holds every listener)."""
-        self.on_container_gone = lambda c: None
-        for c in list(self.containers.values()):
-            self.drop(c)
-
-    def _readable(self, c: Container) -> None:
-        events = c.poll
-        for _ in range(BATCH):  # a batch, then back to the loop
-            ready = events.poll(0)
-            if not ready:
-                return
-            if not ready[0][1] & select.POLLIN:  # POLLHUP: no task uses the filter
-                self.drop(c)
-                return
-            got = c.inflight.receive(c.listener)
-            if got is None:
-                continue
-            self.stats["traps"] += 1
-            self._handle_in_slot(c, *got)
-
-    def _handle_in_slot(self, c: Container, slot: int, n: notify.Notification) -> None:
-        """Handle a call received into slot; the slot is free once it is answered."""
-        self._slots[n.id] = (c, slot)
-        try:
-            self._handle(c, n)
-        finally:
-            if n.id not in self.held:
-                self._slots.pop(n.id, None)
-                c.inflight.release(slot)
-
-    def _restore_flags(self, c: Container, slot: int, n: notify.Notification) -> None:
-        """Put back the file flags an earlier netstackd changed and died with."""
-        flags = c.inflight.saved_flags(slot)
-        if flags is None:
-            return
-        try:
-            pidfd = notify.pidfd_open(n.pid)
-            try:
-                fd = notify.pidfd_getfd(pidfd, n.args[0] & 0xFFFFFFFF)
-            finally:
-                os.close(pidfd)
-            try:
-                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-            finally:
-                os.close(fd)
-        except OSError as e:
-            log.warning("could not restore the flags of a listener: %s", e)
-        c.inflight.flags_restored(slot)
-
-    def answer_left_over(self, c: Container) -> int:
-        """Calls an earlier netstackd received and never answered: handled now (the
-        ones still waiting). Returns how many."""
-        count = 0
-        for slot, n in c.inflight.left_over():
-            self._restore_flags(c, slot, n)
-            if notify.id_valid(c.listener, n.id):
-                count += 1
-                self.stats["traps"] += 1
-                self._handle_in_slot(c, slot, n)
-            else:
-                c.inflight.release(slot)
-        return count
-
-    # ------------------------------------------------------------- dispatch
     def _handle(self, c: Container, n: notify.Notification) -> None:
         if (n.nr == notify.SYS_BIND and c.state.name is None) or (
                 n.nr not in (notify.SYS_CONNECT, notify.SYS_BIND)
@@ -307,11 +158,11 @@ class Supervisor:
             elif n.nr in (notify.SYS_GETSOCKNAME, notify.SYS_GETPEERNAME):
                 self._name(c, n, pidfd, copies)
             else:
-                raise _Continue
-        except _Continue:
+                raise Continue
+        except Continue:
             self.stats["continued"] += 1
             self._respond(c, n, cont=True)
-        except _Fail as e:
+        except Fail as e:
             self._respond(c, n, error=e.err)
         except ProcessLookupError:
             self.stats["caller_gone"] += 1
@@ -324,67 +175,9 @@ class Supervisor:
             for copy in copies:
                 copy.close()
 
-    def _respond(self, c: Container, n: notify.Notification, val: int = 0, error: int = 0,
-                 cont: bool = False) -> None:
-        try:
-            if not notify.respond(c.listener, n.id, val, error, cont):
-                self.stats["caller_gone"] += 1
-        except OSError as e:
-            log.warning("respond: %s", e)
-
-    def _socket_copy(self, n: notify.Notification, pidfd: int,
-                     copies: list[socket.socket]) -> socket.socket:
-        """The caller's socket (same open file), closed with `copies` after the call."""
-        try:
-            fd = notify.pidfd_getfd(pidfd, n.args[0] & 0xFFFFFFFF)
-        except OSError as e:
-            if e.errno == errno.ESRCH:
-                raise ProcessLookupError from None
-            raise _Continue from None  # EBADF and the like: the kernel says it best
-        try:
-            sock = socket.socket(fileno=fd)
-        except OSError:
-            os.close(fd)
-            raise _Continue from None  # not a socket
-        copies.append(sock)
-        return sock
-
-    def _read(self, c: Container, n: notify.Notification, address: int, length: int) -> bytes:
-        """Caller memory, then ID_VALID (so the bytes are the blocked caller's)."""
-        try:
-            data = notify.read_memory(n.pid, address, length)
-        except OSError as e:
-            if e.errno == errno.ESRCH:
-                raise ProcessLookupError from None
-            raise _Fail(errno.EFAULT) from None
-        if not notify.id_valid(c.listener, n.id):
-            raise ProcessLookupError
-        return data
-
-    def _write(self, n: notify.Notification, *pieces: tuple[int, bytes]) -> None:
-        try:
-            notify.write_memory(n.pid, *pieces)
-        except OSError as e:
-            if e.errno == errno.ESRCH:
-                raise ProcessLookupError from None
-            raise _Fail(errno.EFAULT) from None
-
     def _ours(self, sock: socket.socket) -> tuple[int, HostSocket | None]:
         inode = os.fstat(sock.fileno()).st_ino
         return inode, self.sockets.get(inode)
-
-    @staticmethod
-    def _socket_inode(n: notify.Notification) -> int | None:
-        """The inode of the socket the call names (args[0]), from /proc without a copy;
-        None if it is no socket. (A racing dup2 can change it: only used to pick calls
-        that are not ours, where letting the kernel run them is safe anyway.)"""
-        try:
-            target = os.readlink(f"/proc/{n.pid}/fd/{n.args[0] & 0xFFFFFFFF}")
-        except OSError:
-            return None
-        if not target.startswith("socket:["):
-            return None
-        return int(target[8:-1])
 
     def _in_container(self, c: Container, n: notify.Notification, sock: socket.socket) -> bool:
         """Whether the socket lives in the container's own netns (not the host's, not
@@ -403,13 +196,13 @@ class Supervisor:
                          copies: list[socket.socket]) -> None:
         length = n.args[2] & 0xFFFFFFFF
         if length < 2:
-            raise _Continue
+            raise Continue
         data = self._read(c, n, n.args[1], min(length, sa.SOCKADDR_MAX))
         addr = sa.parse(data)
         if addr is None:
-            raise _Continue  # AF_UNIX and friends
+            raise Continue  # AF_UNIX and friends
         if n.nr == notify.SYS_BIND and c.state.name is None:
-            raise _Continue
+            raise Continue
         copy = self._socket_copy(n, pidfd, copies)
         _cookie, rec = self._ours(copy)
         if rec is not None:
@@ -417,7 +210,7 @@ class Supervisor:
             return
         if (copy.type != socket.SOCK_STREAM or copy.family != addr.family
                 or not self._in_container(c, n, copy)):
-            raise _Continue
+            raise Continue
         if n.nr == notify.SYS_BIND:
             self._bind(c, n, copy, addr)
         else:
@@ -427,12 +220,12 @@ class Supervisor:
                         rec: HostSocket, addr: SockAddr) -> None:
         """A call on a socket we installed: never CONTINUEd (it is a host socket)."""
         if n.nr == notify.SYS_BIND:
-            raise _Fail(errno.EINVAL)
+            raise Fail(errno.EINVAL)
         if rec.kind == Kind.BOUND:
             self._connect_bound(c, n, copy, rec, addr)
             return
         if rec.kind != Kind.CLIENT or rec.target is None:
-            raise _Fail(errno.EISCONN if rec.kind == Kind.ACCEPTED else errno.EINVAL)
+            raise Fail(errno.EISCONN if rec.kind == Kind.ACCEPTED else errno.EINVAL)
         # A repeated or restarted (signal) connect: the kernel's answer on our target.
         err = self._connect_shared(n, copy, rec.target)
         if err == errno.EISCONN and blocking(copy.fileno()):
@@ -441,26 +234,14 @@ class Supervisor:
             self._wait_connected(c, n, copy.dup(), None)
             return
         if err:
-            raise _Fail(err)
+            raise Fail(err)
         self._respond(c, n)
 
     def _connect_shared(self, n: notify.Notification, copy: socket.socket,
                         target: tuple[str, int]) -> int:
-        """connect() on a socket the caller holds too, without ever blocking us: the
-        file is made nonblocking for the call (its flags saved where a successor finds
-        them, as for accept)."""
-        fd = copy.fileno()
-        old = fcntl.fcntl(fd, fcntl.F_GETFL)
-        where = self._slots.get(n.id)
-        if where is not None:
-            where[0].inflight.save_flags(where[1], old)
-        fcntl.fcntl(fd, fcntl.F_SETFL, old | os.O_NONBLOCK)
-        try:
+        """connect() on a socket the caller holds too, without ever blocking us."""
+        with self._nonblocking_for_call(n, copy):
             return copy.connect_ex(sa.host_tuple(copy.family, *target))
-        finally:
-            fcntl.fcntl(fd, fcntl.F_SETFL, old)
-            if where is not None:
-                where[0].inflight.flags_restored(where[1])
 
     def _connect_bound(self, c: Container, n: notify.Notification, copy: socket.socket,
                        rec: HostSocket, addr: SockAddr) -> None:
@@ -472,15 +253,15 @@ class Supervisor:
             pick = self.directory.pick(ip, port, c.labels)
             if not isinstance(pick, Instance):
                 self.stats["denied" if pick is Pick.DENIED else "unknown_vip"] += 1
-                raise _Fail(errno.ECONNREFUSED)
+                raise Fail(errno.ECONNREFUSED)
             self.stats["bypassed_connects"] += 1
             target, service = (pick.host, pick.host_port), pick.name
         else:
             decision = c.policy.tcp_target(ip, port)
             if isinstance(decision, Refusal):
-                raise _Fail(_REFUSAL_ERRNO[decision])
+                raise Fail(_REFUSAL_ERRNO[decision])
             if not isinstance(decision, list) or ip == c.config.dns or ip == DNS6:
-                raise _Fail(errno.ENETUNREACH)  # the netns's own: not from a host socket
+                raise Fail(errno.ENETUNREACH)  # the netns's own: not from a host socket
             self.stats["outbound_bypassed"] += 1
             target, service = decision[0], None
         own4 = c.address(socket.AF_INET, n.pid)
@@ -495,7 +276,7 @@ class Supervisor:
             self._wait_connected(c, n, copy.dup(), None)
             return
         if err and err != errno.EINPROGRESS:
-            raise _Fail(err)
+            raise Fail(err)
         rec.established = err == 0
         self._respond(c, n, error=err)
 
@@ -506,14 +287,14 @@ class Supervisor:
             self._connect_vip(c, n, copy, addr, ip, port)
             return
         if ip == c.config.dns or ip == DNS6:
-            raise _Continue  # the TAP stack's DNS
+            raise Continue  # the TAP stack's DNS
         decision = c.policy.tcp_target(ip, port)
         if decision is None:
-            raise _Continue  # the container's own loopback, subnet, martians
+            raise Continue  # the container's own loopback, subnet, martians
         if isinstance(decision, Refusal):
-            raise _Fail(_REFUSAL_ERRNO[decision])
+            raise Fail(_REFUSAL_ERRNO[decision])
         if not isinstance(decision, list):
-            raise _Continue  # (VIPs of the TAP path: never here, our policy has none)
+            raise Continue  # (VIPs of the TAP path: never here, our policy has none)
         self.stats["outbound_bypassed"] += 1
         self._bypass(c, n, copy, addr, decision[0], None)
 
@@ -524,16 +305,16 @@ class Supervisor:
             self.stats["bypassed_connects"] += 1
             try:
                 self._bypass(c, n, copy, addr, (pick.host, pick.host_port), pick.name)
-            except _Fail as e:
+            except Fail as e:
                 if e.err != errno.ECONNREFUSED or not self._forget_dead_listeners():
                     raise
                 self._connect_vip(c, n, copy, addr, vip, port)  # fewer instances now
         elif pick is Pick.NOT_SERVED:
             if not blocking(copy.fileno()):
-                raise _Continue  # EINPROGRESS from the netns; the TAP stack waits
+                raise Continue  # EINPROGRESS from the netns; the TAP stack waits
             if c.in_flight >= MAX_IN_FLIGHT:
                 self.stats["over_limit"] += 1
-                raise _Fail(errno.ECONNREFUSED)
+                raise Fail(errno.ECONNREFUSED)
             self.stats["waited"] += 1
             self._spawn(self._wait_for_service(c, n, copy.dup(), addr, vip, port))
             # not interruptible: a connect answered EINTR must go on in the background,
@@ -541,7 +322,7 @@ class Supervisor:
             self.wait_begins(c, n, None)
         else:
             self.stats["denied" if pick is Pick.DENIED else "unknown_vip"] += 1
-            raise _Fail(errno.ECONNREFUSED)
+            raise Fail(errno.ECONNREFUSED)
 
     async def _wait_for_service(self, c: Container, n: notify.Notification,
                                 copy: socket.socket, addr: SockAddr, vip: bytes,
@@ -574,7 +355,7 @@ class Supervisor:
                     self.stats["denied"] += 1
                     err = errno.ECONNREFUSED
                 self._respond(c, n, error=err)
-        except _Fail as e:
+        except Fail as e:
             self._respond(c, n, error=e.err)
         except ProcessLookupError:
             self.stats["caller_gone"] += 1
@@ -601,7 +382,7 @@ class Supervisor:
         True if the call is now held until that connect completes."""
         if not blocking(copy.fileno()) and in_an_epoll(n.pid, copy):
             self.stats["epoll_continued"] += 1
-            raise _Continue
+            raise Continue
         host = socket.socket(copy.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         handed_over = False
         try:
@@ -609,7 +390,7 @@ class Supervisor:
             host.setblocking(False)
             err = host.connect_ex(sa.host_tuple(copy.family, *target))
             if err not in (0, errno.EINPROGRESS):
-                raise _Fail(err)
+                raise Fail(err)
             dest_ip, _ = addr.unmapped()
             own4 = c.address(socket.AF_INET, n.pid)
             own = c.address(socket.AF_INET6, n.pid) if len(dest_ip) == 16 else own4
@@ -632,7 +413,7 @@ class Supervisor:
                 return False
             if n.id not in self.held and c.in_flight >= MAX_IN_FLIGHT:
                 self.stats["over_limit"] += 1
-                raise _Fail(errno.EAGAIN)
+                raise Fail(errno.EAGAIN)
             self._wait_connected(c, n, host, record)
             handed_over = True
             return True
@@ -681,7 +462,7 @@ class Supervisor:
                 self._respond(c, n)
             except ProcessLookupError:
                 self.stats["caller_gone"] += 1
-            except _Fail as e:
+            except Fail as e:
                 self._respond(c, n, error=e.err)
             except asyncio.CancelledError:
                 pass  # answered by whoever cancelled
@@ -717,16 +498,16 @@ class Supervisor:
             self.sockets.pop(inode, None)
             if e.errno == errno.ENOENT:
                 raise ProcessLookupError from None
-            raise _Fail(e.errno or errno.EBADF) from None
+            raise Fail(e.errno or errno.EBADF) from None
 
     def _bind(self, c: Container, n: notify.Notification, copy: socket.socket,
               addr: SockAddr) -> None:
         ip, port = addr.unmapped()
         if port == 0 or ipaddress.ip_address(ip).is_loopback:
-            raise _Continue  # ephemeral or container-local: stays in the netns
+            raise Continue  # ephemeral or container-local: stays in the netns
         if any(ip) and ip not in (c.address(socket.AF_INET, n.pid),
                                   c.address(socket.AF_INET6, n.pid)):
-            raise _Continue  # not the container's address: the kernel says EADDRNOTAVAIL
+            raise Continue  # not the container's address: the kernel says EADDRNOTAVAIL
         host = socket.socket(copy.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             if copy.family == socket.AF_INET6:
@@ -748,8 +529,8 @@ class Supervisor:
         _inode, rec = self._ours(copy)
         if rec is None or rec.kind not in (Kind.BOUND, Kind.LISTENING):
             if rec is None:
-                raise _Continue
-            raise _Fail(errno.EINVAL)
+                raise Continue
+            raise Fail(errno.EINVAL)
         backlog = n.args[1] & 0xFFFFFFFF
         copy.listen(min(backlog, 65535) if backlog < 0x80000000 else 0)
         if rec.kind == Kind.BOUND:
@@ -764,7 +545,7 @@ class Supervisor:
             except Refused as e:
                 self.stats["registrations_refused"] += 1
                 log.warning("registration of %s refused: %s", c.state.name, e)
-                raise _Fail(errno.EADDRINUSE) from None
+                raise Fail(errno.EADDRINUSE) from None
             rec.kind = Kind.LISTENING
             self.stats["registrations"] += 1
             self.on_registrations(c)
@@ -776,36 +557,27 @@ class Supervisor:
                 pidfd: int) -> None:
         _cookie, rec = self._ours(copy)
         if rec is None or rec.kind != Kind.LISTENING:
-            raise _Continue
+            raise Continue
         if self._try_accept(c, n, copy, rec):
             return
         if not blocking(copy.fileno()):
-            raise _Fail(errno.EAGAIN)
+            raise Fail(errno.EAGAIN)
         if c.in_flight >= MAX_IN_FLIGHT:
             self.stats["over_limit"] += 1
-            raise _Continue  # the kernel accepts (peer shows the host address)
+            raise Continue  # the kernel accepts (peer shows the host address)
         pending = _PendingAccept(self, c, n, copy.dup(), os.dup(pidfd), rec)
         self.wait_begins(c, n, pending.interrupt)
 
     def _try_accept(self, c: Container, n: notify.Notification, copy: socket.socket,
                     rec: HostSocket) -> bool:
         flags = n.args[3] & 0xFFFFFFFF if n.nr == notify.SYS_ACCEPT4 else 0
-        fd = copy.fileno()
-        old = fcntl.fcntl(fd, fcntl.F_GETFL)
-        where = self._slots.get(n.id)
-        if where is not None:  # so that a successor puts them back if we die right here
-            where[0].inflight.save_flags(where[1], old)
-        fcntl.fcntl(fd, fcntl.F_SETFL, old | os.O_NONBLOCK)
         try:
-            conn_fd, peer = copy._accept()  # type: ignore[attr-defined]
+            with self._nonblocking_for_call(n, copy):
+                conn_fd, peer = copy._accept()  # type: ignore[attr-defined]
         except BlockingIOError:
             return False
         except OSError as e:
-            raise _Fail(e.errno or errno.ECONNABORTED) from None
-        finally:
-            fcntl.fcntl(fd, fcntl.F_SETFL, old)
-            if where is not None:
-                where[0].inflight.flags_restored(where[1])
+            raise Fail(e.errno or errno.ECONNABORTED) from None
         conn = socket.socket(copy.family, socket.SOCK_STREAM, 0, conn_fd)
         try:
             conn.setblocking(not flags & socket.SOCK_NONBLOCK)
@@ -846,15 +618,15 @@ class Supervisor:
         socket itself is looked at only while a nonblocking connect may be going on)."""
         rec = self.sockets.get(self._socket_inode(n) or -1)
         if rec is None:
-            raise _Continue
+            raise Continue
         if n.nr == notify.SYS_GETPEERNAME:
             if rec.kind in (Kind.BOUND, Kind.LISTENING):
-                raise _Fail(errno.ENOTCONN)
+                raise Fail(errno.ENOTCONN)
             if not rec.established:
                 try:
                     self._socket_copy(n, pidfd, copies).getpeername()
                 except OSError as e:
-                    raise _Fail(e.errno or errno.ENOTCONN) from None
+                    raise Fail(e.errno or errno.ENOTCONN) from None
                 rec.established = True
             assert rec.peer is not None
             view = rec.peer
@@ -865,17 +637,6 @@ class Supervisor:
             view = rec.local
         self._write_sockaddr(c, n, n.args[1], n.args[2], view)
         self._respond(c, n)
-
-    def _write_sockaddr(self, c: Container, n: notify.Notification, address: int,
-                        len_address: int, view: SockAddr) -> None:
-        """As the kernel does: the address truncated to *len, *len set to its size."""
-        raw_len = self._read(c, n, len_address, 4)
-        room = struct.unpack("=i", raw_len)[0]
-        if room < 0:
-            raise _Fail(errno.EINVAL)
-        data = sa.emit(view)
-        length = (len_address, struct.pack("=i", len(data)))
-        self._write(n, *(((address, data[:room]), length) if room else (length,)))
 
     # -------------------------------------------------------------- upkeep
     def _forget_dead_listeners(self) -> bool:
@@ -911,45 +672,6 @@ class Supervisor:
         self.clients_by_port = {p: k for p, k in self.clients_by_port.items()
                                 if k in self.sockets}
         self.directory.expire(now)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """A task we keep a reference to until it ends (the loop keeps only weak ones)."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    def wait_begins(self, c: Container, n: notify.Notification,
-                    interrupt: Callable[[], None] | None) -> None:
-        """A call we hold. `interrupt`, if any, answers it as a signal would (EINTR)
-        and stops its waiter."""
-        if n.id not in self.held:  # (a call can pass from one waiter to the next)
-            c.in_flight += 1
-        self.held[n.id] = (c, n, interrupt)
-
-    def wait_ends(self, c: Container, n: notify.Notification) -> None:
-        if self.held.pop(n.id, None) is not None:
-            c.in_flight -= 1
-            where = self._slots.pop(n.id, None)
-            if where is not None:
-                where[0].inflight.release(where[1])
-
-    def interrupt_signalled(self) -> None:
-        """A held caller with a caught signal pending gets EINTR, as a blocking call
-        would (the filter's WAIT_KILLABLE_RECV keeps signals from doing it, which
-        spares Go's SIGURG storms but would make a server in accept() deaf to ^C)."""
-        for c, n, interrupt in list(self.held.values()):
-            if interrupt is not None and caught_signal_pending(n.pid):
-                self.stats["interrupted"] += 1
-                try:
-                    interrupt()
-                except (ProcessLookupError, _Fail):
-                    pass
-                self.wait_ends(c, n)
-
-    def container_by_id(self, container: str) -> Container | None:
-        return next((c for c in self.containers.values() if c.state.container == container),
-                    None)
 
     # ------------------------------------------- what survives a restart
     def registrations_of(self, c: Container) -> list[dict[str, Any]]:

@@ -607,7 +607,7 @@ print(results.count("ok"), results.count("ECONNREFUSED"), len(results))
 
 
 def test_held_calls_are_bounded_per_container(dw: DirectoryWorld) -> None:
-    from netstack.directory.supervisor import MAX_IN_FLIGHT
+    from netstack.directory.calls import MAX_IN_FLIGHT
 
     v4, _ = vip(dw, "crowded")
     before = dw.stats()
