@@ -28,7 +28,7 @@ from typing import Any
 
 from netstack.directory import notify
 from netstack.directory import sockaddr as sa
-from netstack.directory.hostsock import caught_signal_pending, container_addresses
+from netstack.directory.hostsock import Watch, caught_signal_pending, container_addresses
 from netstack.directory.inflight import InFlight
 from netstack.directory.oci import ContainerState
 from netstack.directory.registry import effective_labels
@@ -86,6 +86,52 @@ class Container:
         if ip is None:
             ip = self.config.guest if family == socket.AF_INET else bytes(16)
         return ip
+
+
+class HeldUntilReadable:
+    """A call held until a socket we share with the caller is readable (an accept with
+    nothing to accept yet): `attempt` answers it and says True, or says False to keep
+    waiting. Dropped when the calling thread exits (its pidfd); a caught signal ends it
+    with EINTR, nothing having happened."""
+
+    def __init__(self, desk: CallDesk, c: Container, n: notify.Notification,
+                 copy: socket.socket, pidfd: int, attempt: Callable[[], bool],
+                 what: str) -> None:
+        self.desk, self.c, self.n, self.copy, self.pidfd = desk, c, n, copy, pidfd
+        self.attempt, self.what = attempt, what
+        self.watch = Watch(copy.fileno(), select.EPOLLIN, self._readable)
+        asyncio.get_running_loop().add_reader(pidfd, self._finish)
+        desk.wait_begins(c, n, self.interrupt)
+
+    def _readable(self) -> None:
+        desk, c, n = self.desk, self.c, self.n
+        try:
+            if not notify.id_valid(c.listener, n.id):
+                raise ProcessLookupError
+            if not self.attempt():
+                return  # someone else took it: keep waiting
+        except ProcessLookupError:
+            desk.stats["caller_gone"] += 1
+        except Fail as e:
+            desk._respond(c, n, error=e.err)
+        except Exception:
+            desk.stats["errors"] += 1
+            log.exception(self.what)
+            desk._respond(c, n, error=errno.ECONNABORTED)
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.copy.fileno() < 0:
+            return
+        self.watch.close()
+        asyncio.get_running_loop().remove_reader(self.pidfd)
+        os.close(self.pidfd)
+        self.copy.close()
+        self.desk.wait_ends(self.c, self.n)
+
+    def interrupt(self) -> None:
+        self._finish()
+        self.desk._respond(self.c, self.n, error=errno.EINTR)
 
 
 class CallDesk:

@@ -45,7 +45,14 @@ from typing import Any
 
 from netstack.directory import diag, notify, publish
 from netstack.directory import sockaddr as sa
-from netstack.directory.calls import MAX_IN_FLIGHT, CallDesk, Container, Continue, Fail
+from netstack.directory.calls import (
+    MAX_IN_FLIGHT,
+    CallDesk,
+    Container,
+    Continue,
+    Fail,
+    HeldUntilReadable,
+)
 from netstack.directory.hostsock import (
     HostSocket,
     Kind,
@@ -71,48 +78,6 @@ _REFUSAL_ERRNO = {
     Refusal.HOST_UNREACHABLE: errno.EHOSTUNREACH,
     Refusal.RESET: errno.ECONNREFUSED,
 }
-
-
-class _PendingAccept:
-    """A blocking accept on one of our listeners with nothing to accept yet: answered
-    when a connection comes, dropped when the calling thread exits (its pidfd)."""
-
-    def __init__(self, sup: Supervisor, c: Container, n: notify.Notification,
-                 copy: socket.socket, pidfd: int, rec: HostSocket) -> None:
-        self.sup, self.c, self.n, self.copy, self.pidfd, self.rec = sup, c, n, copy, pidfd, rec
-        self.watch = Watch(copy.fileno(), select.EPOLLIN, self._readable)
-        asyncio.get_running_loop().add_reader(pidfd, self._finish)
-
-    def _readable(self) -> None:
-        sup, c, n = self.sup, self.c, self.n
-        try:
-            if not notify.id_valid(c.listener, n.id):
-                raise ProcessLookupError
-            if not sup._try_accept(c, n, self.copy, self.rec):
-                return  # someone else took it: keep waiting
-        except ProcessLookupError:
-            sup.stats["caller_gone"] += 1
-        except Fail as e:
-            sup._respond(c, n, error=e.err)
-        except Exception:
-            sup.stats["errors"] += 1
-            log.exception("accept")
-            sup._respond(c, n, error=errno.ECONNABORTED)
-        self._finish()
-
-    def _finish(self) -> None:
-        if self.copy.fileno() < 0:
-            return
-        self.watch.close()
-        asyncio.get_running_loop().remove_reader(self.pidfd)
-        os.close(self.pidfd)
-        self.copy.close()
-        self.sup.wait_ends(self.c, self.n)
-
-    def interrupt(self) -> None:
-        """accept() interrupted by a signal: nothing happened, EINTR."""
-        self._finish()
-        self.sup._respond(self.c, self.n, error=errno.EINTR)
 
 
 class Supervisor(CallDesk):
@@ -565,8 +530,9 @@ class Supervisor(CallDesk):
         if c.in_flight >= MAX_IN_FLIGHT:
             self.stats["over_limit"] += 1
             raise Continue  # the kernel accepts (peer shows the host address)
-        pending = _PendingAccept(self, c, n, copy.dup(), os.dup(pidfd), rec)
-        self.wait_begins(c, n, pending.interrupt)
+        dup = copy.dup()
+        HeldUntilReadable(self, c, n, dup, os.dup(pidfd),
+                          lambda: self._try_accept(c, n, dup, rec), "accept")
 
     def _try_accept(self, c: Container, n: notify.Notification, copy: socket.socket,
                     rec: HostSocket) -> bool:
