@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from netstack.directory import etcd
-from netstack.directory.etcdstore import EtcdStore, Keys, instance_value, parse_instance
+from netstack.directory.etcdkeys import Keys, instance_value, parse_instance
+from netstack.directory.etcdstore import EtcdStore
 from netstack.directory.registry import Directory
 from netstack.directory.store import Instance, MemoryStore
 from tests.helpers.fake_etcd import FakeClient, FakeEtcd

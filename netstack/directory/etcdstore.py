@@ -1,22 +1,16 @@
 """The directory in etcd, shared by the netstackd of every host (`--store etcd://...`).
 
-Key layout (PREFIX is `/netstack/v1/` unless `--etcd-prefix` says otherwise):
-
-    PREFIX name/<name>                  {"vip": INDEX, "owner": UID|null, "expires": T}
-    PREFIX vip/<INDEX>                  <name>
-    PREFIX inst/<name>/<node>/<cookie>  an instance (Instance.to_json + "node", "cookie")
-    PREFIX host/<node>                  {"addr": PUBLISH_ADDR, "pid": PID, "since": T}
-
-INDEX is a VIP's offset in both blocks (the IPv4 and the IPv6 VIP of a name share it),
-so every daemon must run with the same --vip-cidr and --vip6-cidr. A name and its VIP
-key are created together in one transaction that fails if either exists: two daemons
-never hand out one VIP twice, and two that reserve one name at once agree on the first
-writer's VIP. Instance and host keys hang on the daemon's one lease (kept alive on one
-stream, revoked at a clean stop), so a dead host's services vanish with its lease.
-Name keys hang on no lease: a name keeps its VIP while any instance (of any host)
-lives, and once none does, any daemon deletes it when its reservation has run out,
-guarded by the name key's mod revision (registering an instance rewrites the name key,
-so a registration racing with the deletion wins or starts over).
+The key layout is in netstack.directory.etcdkeys. INDEX is a VIP's offset in both blocks
+(the IPv4 and the IPv6 VIP of a name share it), so every daemon must run with the same
+--vip-cidr and --vip6-cidr. A name and its VIP key are created together in one
+transaction that fails if either exists: two daemons never hand out one VIP twice, and
+two that reserve one name at once agree on the first writer's VIP. Instance and host
+keys hang on the daemon's one lease (kept alive on one stream, revoked at a clean stop),
+so a dead host's services vanish with its lease. Name keys hang on no lease: a name
+keeps its VIP while any instance (of any host) lives, and once none does, any daemon
+deletes it when its reservation has run out, guarded by the name key's mod revision
+(registering an instance rewrites the name key, so a registration racing with the
+deletion wins or starts over).
 
 The view: everything under PREFIX, read once and then followed by a watch; after a
 broken stream the watch resumes at the next revision, or reads everything again when
@@ -37,74 +31,23 @@ from collections.abc import Callable
 from typing import Any
 
 from netstack.directory import etcd
+from netstack.directory.etcdkeys import (
+    DEFAULT_PREFIX,
+    Keys,
+    instance_value,
+    parse_instance,
+    reachable,
+)
 from netstack.directory.store import Instance, NameRecord, VipExhausted
 
 log = logging.getLogger("netstackd.etcd")
 
-DEFAULT_PREFIX = "/netstack/v1/"
 DEFAULT_TTL = 10
 SYNC_WAIT_S = 5.0
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 2.0
 CLAIM_ATTEMPTS = 32
 BATCH_OPS = 120  # operations in one transaction (etcd's --max-txn-ops is 128 by default)
-
-
-class Keys:
-    """The key layout under one prefix."""
-
-    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
-        if not prefix.endswith("/"):
-            prefix += "/"
-        self.prefix = prefix.encode()
-
-    def name(self, name: str) -> bytes:
-        return self.prefix + b"name/" + name.encode()
-
-    def vip(self, index: int) -> bytes:
-        return self.prefix + b"vip/" + str(index).encode()
-
-    def instance(self, name: str, node: str, cookie: int) -> bytes:
-        return self.prefix + f"inst/{name}/{node}/{cookie}".encode()
-
-    def host(self, node: str) -> bytes:
-        return self.prefix + b"host/" + node.encode()
-
-    def parse(self, key: bytes) -> tuple[str, ...] | None:
-        """("name", name) | ("vip", index) | ("inst", name, node, cookie) |
-        ("host", node); None for anything else under the prefix."""
-        if not key.startswith(self.prefix):
-            return None
-        parts = key[len(self.prefix):].decode(errors="replace").split("/")
-        kind = parts[0]
-        if (kind in ("name", "vip", "host") and len(parts) == 2 and parts[1]) or (
-                kind == "inst" and len(parts) == 4 and all(parts[1:])):
-            return tuple(parts)
-        return None
-
-
-def instance_value(inst: Instance, node: str) -> bytes:
-    return json.dumps({**inst.to_json(), "node": node, "cookie": inst.cookie},
-                      separators=(",", ":")).encode()
-
-
-def parse_instance(value: bytes) -> Instance:
-    d = json.loads(value)
-    return Instance(name=str(d["name"]), port=int(d["port"]), host=str(d["host"]),
-                    host_port=int(d["host_port"]),
-                    labels={str(k): str(v) for k, v in dict(d.get("labels") or {}).items()},
-                    owner=int(d.get("owner", -1)), container=str(d.get("container", "")),
-                    pid=int(d.get("pid", 0)), cookie=int(d.get("cookie", 0)),
-                    since=float(d.get("since", 0.0)), node=str(d["node"]))
-
-
-def _reachable(host: str) -> bool:
-    """Whether another host's published address can be reached from here at all."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return not (ip.is_loopback or ip.is_unspecified or ip.is_multicast)
 
 
 class EtcdStore:
@@ -237,7 +180,7 @@ class EtcdStore:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         addr = str(self.host_info.get("addr", ""))
-        if addr and not _reachable(addr):
+        if addr and not reachable(addr):
             log.warning("etcd: this host publishes its services on %s: other hosts cannot "
                         "reach them (set --publish-addr)", addr)
         self._tasks = [loop.create_task(self._lease_loop()),
@@ -362,7 +305,7 @@ class EtcdStore:
             except (ValueError, KeyError, TypeError):
                 log.warning("etcd: ignoring a bad instance at %r", key)
                 return
-            if not _reachable(inst.host):
+            if not reachable(inst.host):
                 if node not in self._unreachable_nodes:
                     self._unreachable_nodes.add(node)
                     log.warning("etcd: node %s publishes on %s, which no other host can "
