@@ -13,19 +13,19 @@ Tests may use `ip` to build the world; the product itself does not.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from netstack.cli.ctl import request
 
 ROOT = Path(__file__).resolve().parent.parent
 NETSTACK = str(ROOT / ".venv" / "bin" / "netstack")
@@ -62,20 +62,9 @@ def sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.Complet
 
 
 def api_request(path: str, execute: str, arguments: dict[str, Any] | None = None) -> Any:
-    """One request to a JSON API socket (netstack's or netstackd's), slirp4netns-style;
-    returns the reply's "return" (asserting there is one)."""
-    req: dict[str, Any] = {"execute": execute}
-    if arguments:
-        req["arguments"] = arguments
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(path)
-        s.sendall(json.dumps(req).encode())
-        s.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    reply = json.loads(data)
+    """One request to a JSON API socket (netstack's or netstackd's), as netstackctl
+    sends it; returns the reply's "return" (asserting there is one)."""
+    reply = request(path, execute, arguments or None)
     assert "return" in reply, reply
     return reply["return"]
 
