@@ -18,13 +18,11 @@ import argparse
 import contextlib
 import ctypes
 import ctypes.util
-import fcntl
 import json
 import os
 import select
 import signal
 import socket
-import struct
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ import time
 from netstack.directory import notify, oci
 from netstack.directory.paths import default_socket
 from netstack.directory.registry import parse_labels
+from netstack.link.rtnetlink import Rtnetlink
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -39,9 +38,6 @@ CLONE_NEWNET = 0x40000000
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MS_BIND = 4096
-SIOCGIFFLAGS = 0x8913
-SIOCSIFFLAGS = 0x8914
-IFF_UP = 1
 READY_TIMEOUT_S = 20.0
 PR_SET_PDEATHSIG = 1
 
@@ -99,12 +95,8 @@ def _agent_socket(directory: str) -> str:
 
 
 def _link_up(name: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        req = struct.pack("16sH14x", name.encode(), 0)
-        flags = struct.unpack_from("16sH", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
-        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(),
-                                                            flags | IFF_UP))
-
+    with Rtnetlink() as nl:
+        nl.set_link(socket.if_nametoindex(name))
 
 def _read_line(fd: int, timeout: float) -> bytes:
     deadline = time.monotonic() + timeout

@@ -100,9 +100,11 @@ class Supervisor(CallDesk):
         directory.changed.append(self._wake_waiters)
 
     def _handle(self, c: Container, n: notify.Notification) -> None:
+        rec = None
+        if n.nr not in (notify.SYS_CONNECT, notify.SYS_BIND):
+            rec = self.sockets.get(self._socket_inode(n) or -1)
         if (n.nr == notify.SYS_BIND and c.state.name is None) or (
-                n.nr not in (notify.SYS_CONNECT, notify.SYS_BIND)
-                and self._socket_inode(n) not in self.sockets):
+                n.nr not in (notify.SYS_CONNECT, notify.SYS_BIND) and rec is None):
             # an anonymous bind; listen, accept or names on a socket not ours
             self.stats["continued"] += 1
             self._respond(c, n, cont=True)
@@ -121,7 +123,8 @@ class Supervisor(CallDesk):
             elif n.nr in (notify.SYS_ACCEPT, notify.SYS_ACCEPT4):
                 self._accept(c, n, self._socket_copy(n, pidfd, copies), pidfd)
             elif n.nr in (notify.SYS_GETSOCKNAME, notify.SYS_GETPEERNAME):
-                self._name(c, n, pidfd, copies)
+                assert rec is not None
+                self._name(c, n, rec, pidfd, copies)
             else:
                 raise Continue
         except Continue:
@@ -578,13 +581,10 @@ class Supervisor(CallDesk):
         return sa.in_family(family, host.packed, peer[1])
 
     # --------------------------------------------------- getsockname / peername
-    def _name(self, c: Container, n: notify.Notification, pidfd: int,
+    def _name(self, c: Container, n: notify.Notification, rec: HostSocket, pidfd: int,
               copies: list[socket.socket]) -> None:
         """getsockname/getpeername on one of our sockets, answered from its record (the
         socket itself is looked at only while a nonblocking connect may be going on)."""
-        rec = self.sockets.get(self._socket_inode(n) or -1)
-        if rec is None:
-            raise Continue
         if n.nr == notify.SYS_GETPEERNAME:
             if rec.kind in (Kind.BOUND, Kind.LISTENING):
                 raise Fail(errno.ENOTCONN)
