@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         outbound_addr6=outbound_addr6,
         limits=opts.limits,
         directory=directory,
-        use_asyncio=bool(opts.api_socket or opts.directory),  # their servers are asyncio's
+        use_asyncio=bool(opts.directory),  # the directory client is asyncio's
     )
     if client is not None:
         runtime.follow_directory(client)

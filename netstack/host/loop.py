@@ -5,8 +5,8 @@ The runtime asks a loop for little: readers on a few fds (the TAP, its own epoll
 host sockets, a pidfd), callbacks soon and later, signal handlers, run and stop.
 uvloop gives all that too, but importing it means importing asyncio, and asyncio
 imports ssl: ~40 ms of every start and ~10 MiB of resident memory (libcrypto's
-tables among it). So without --api-socket and --directory (whose servers and
-clients are asyncio streams) the runtime runs on this loop; with either, on uvloop.
+tables among it). So without --directory (whose client is asyncio streams) the
+runtime runs on this loop; with it, on uvloop.
 
 Same contract as asyncio's for what the runtime uses: callbacks run in the order they
 were scheduled; a reader fires while its fd is readable (level-triggered); an

@@ -1,6 +1,5 @@
 """The runtime: one event loop that drives the stack: our own small epoll loop
-(host/loop.py), or uvloop when an asyncio part runs (the API server, the directory
-client).
+(host/loop.py), or uvloop when an asyncio part runs (the directory client).
 
 Readers: the TAP fd (frames read in batches), one edge/level-mixed epoll holding every
 host socket (so a flow's socket costs no loop registration), the exit fd. One loop
@@ -31,6 +30,7 @@ from netstack.stack.config import DNS6, NetworkConfig, virtual_mac
 from netstack.stack.dispatch import Stack
 from netstack.stack.hostio import DatagramReceiver, HostAddr
 from netstack.stack.limits import Limits
+from netstack.stack.timers import TimerQueue
 from netstack.tcp import fastpath
 from netstack.tcp.connection import TcpConnection
 from netstack.tcp.fastpath import PYTHON_WORK, FastPath, FlowPathError
@@ -48,18 +48,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Imported on first use, not at start (the ready byte waits for every import before
-# it): the API's commands, forwarded ports' listeners; and with asyncio (the API
-# server, --directory): the API server, the directory's routes and DNS answers, DNS
-# over TCP for directory names and asyncio's own lazy parts. The sandbox
+# it): the API's server and commands, forwarded ports' listeners; and with asyncio
+# (--directory): the directory's routes and DNS answers, DNS over TCP for directory
+# names and asyncio's own lazy parts. The sandbox
 # hides the files they come from, so it imports them before it pivots
 # (Runtime.later_modules); tests/test_startup.py checks these lists against the
 # imports made inside functions.
-LAZY_MODULES = ("netstack.api.commands", "netstack.host.listeners")
+LAZY_MODULES = ("netstack.api.commands", "netstack.api.server", "netstack.host.listeners")
 LAZY_ASYNCIO_MODULES = (
     "asyncio.base_events",
     "asyncio.streams",
     "asyncio.unix_events",
-    "netstack.api.server",
     "netstack.dns.directory",
     "netstack.host.dns_tcp",
     "netstack.stack.vips",
@@ -85,7 +84,7 @@ class Runtime:
         directory: DirectorySettings | None = None,
         use_asyncio: bool = True,
     ) -> None:
-        """use_asyncio: run on uvloop, as the API server and the directory client need;
+        """use_asyncio: run on uvloop, as the directory client needs;
         otherwise on EpollLoop, which spares the start-up asyncio's import."""
         self.config = config
         self.link = link
@@ -207,10 +206,10 @@ class Runtime:
         from netstack.api import commands as api_commands
         from netstack.api.server import ApiServer
 
-        if self.aio is None:
-            raise RuntimeError("the API server needs the runtime built with use_asyncio")
-        self.api = ApiServer(sock, path, lambda buf: api_commands.handle(buf, self.forwards, self))
-        self.aio.run_until_complete(self.api.start())
+        self.api = ApiServer(
+            sock, path, lambda buf: api_commands.handle(buf, self.forwards, self), self
+        )
+        self.api.start()
 
     def api_connections(self) -> list[dict[str, Any]]:
         from netstack.api import commands as api_commands
@@ -316,6 +315,13 @@ class Runtime:
     def register(self, fd: int, events: int, handler: EventHandler) -> None:
         self.epoll.register(fd, events)
         self.handlers[fd] = handler
+
+    def modify(self, fd: int, events: int) -> None:
+        self.epoll.modify(fd, events)
+
+    @property
+    def timers(self) -> TimerQueue:
+        return self.stack.timers
 
     def unregister(self, fd: int) -> None:
         if self.handlers.pop(fd, None) is not None:
