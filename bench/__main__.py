@@ -231,8 +231,8 @@ class Runner:
         lost: list[float] = []
         for _ in range(self.args.repeats if world.dns_ip else 0):
             assert world.dns_ip is not None
-            before = resolver.answered()
             try:
+                before = resolver.answered()
                 out: dict[str, float] = json.loads(
                     self.run_guest(
                         world,
@@ -247,10 +247,10 @@ class Runner:
                         timeout=self.args.dns_seconds + 30,
                     )
                 )
+                got = resolver.answered() - before
             except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
                 print(f"    dns: {e!r}", file=sys.stderr)
                 continue
-            got = resolver.answered() - before
             if out["wrong"] or got < out["answered"]:
                 print(
                     f"    dns: {out['wrong']:.0f} wrong answers, {out['answered']:.0f} "
