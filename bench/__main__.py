@@ -1,9 +1,15 @@
 """bench/run: measure netstack, slirp4netns, pasta and a veth pair side by side.
 
 For each system and MTU: iperf3 TCP throughput both ways with 1 and 4 streams (and
-the stack's CPU seconds per GB moved), request/response latency (p50, p99), new
-connections per second, launch-to-ready time, RSS idle and with 1,000 open flows.
-Writes results.json, results.md (ratios to slirp4netns) and PNG charts.
+the stack's CPU seconds per GB moved); iperf3 UDP both ways, unlimited rate
+(`-u -b 0`), datagrams of 1400 B at MTU 1500 and 8192 B at MTU 65520 (one frame
+each): the rate the receiver got and the loss; DNS queries per second through the
+guest's DNS address (32 in flight, against a dnsmasq on the host side's loopback
+that answers bench.test itself); request/response latency (p50, p99), new
+connections per second, launch-to-ready time (and, for netstack, the import time
+to ready under `python -X importtime`, as bench/startup shows in detail), RSS idle
+and with 1,000 open flows. Writes results.json, results.md (ratios to slirp4netns)
+and PNG charts.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -20,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import report, startup
 from bench.worlds import SYSTEMS, World
 
 PROBE = str(Path(__file__).resolve().parent / "probe.py")
@@ -28,6 +35,60 @@ PYTHON = "/usr/bin/python3"
 IPERF_PORT = "5201"
 PROBE_PORT = "7777"
 HOLD_FLOWS = 1000
+# UDP datagram (iperf3 -l) per MTU: the largest round size that fits one frame
+UDP_LEN = {1500: 1400, 65520: 8192}
+DNS_NAME = "q.bench.test"  # the bench's dnsmasq answers this itself...
+DNS_ADDR = "192.0.2.77"  # ...with this (no other resolver would)
+DNS_INFLIGHT = 32
+
+
+def udp_len(mtu: int) -> int:
+    return UDP_LEN.get(mtu, min(8192, mtu - 28))
+
+
+class Dnsmasq:
+    """The bench's resolver in the host namespace, on port 53 of every address there
+    (127.0.0.1 for the stacks, the veth's for veth): answers DNS_NAME itself, forwards
+    nothing (no upstream servers), counts what it answered (SIGUSR1 logs it)."""
+
+    def __init__(self, world: World) -> None:
+        self.log = Path(tempfile.mkstemp(prefix="bench-dnsmasq-", suffix=".log")[1])
+        self.proc = subprocess.Popen(
+            world.in_host(
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--user=root",
+                "--pid-file=",
+                f"--log-facility={self.log}",
+                f"--address=/{DNS_NAME.split('.', 1)[1]}/{DNS_ADDR}",
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        world.procs.append(self.proc)
+        deadline = time.monotonic() + 5
+        while "started" not in self.log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("dnsmasq did not start")
+            time.sleep(0.05)
+
+    def answered(self) -> int:
+        """Queries answered so far (from its statistics, logged on SIGUSR1)."""
+        mark = len(self.log.read_text())
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            for line in self.log.read_text()[mark:].splitlines():
+                if "queries answered locally" in line:
+                    return int(line.rsplit(" ", 1)[1])
+            time.sleep(0.05)
+        raise RuntimeError("dnsmasq did not report its statistics")
+
+    def close(self) -> None:
+        self.log.unlink(missing_ok=True)
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -48,6 +109,7 @@ class Runner:
         self.results: list[dict[str, Any]] = []
         self.step = 0
         self.total = 0
+        self.imports_top: dict[int, list[str]] = {}
 
     def record(self, world: World, metric: str, value: float | None, unit: str) -> None:
         self.step += 1
@@ -68,34 +130,34 @@ class Runner:
             raise RuntimeError(f"{cmd[0]} failed: {r.stderr.strip()[-300:]}")
         return r.stdout
 
-    def iperf(self, world: World, streams: int, reverse: bool, v6: bool = False) -> None:
-        label = f"tcp{'6' if v6 else ''} {'host->guest' if reverse else 'guest->host'} P{streams}"
-        server = world.server_ip6 if v6 else world.server_ip
-        assert server is not None
-        values, cpu = [], []
+    def iperf_runs(
+        self, world: World, label: str, args: list[str]
+    ) -> tuple[list[dict[str, Any]], list[float]]:
+        """--repeats runs of `iperf3 -c ... ARGS` in the guest: the receiving side's
+        end.sum_received of each run that worked, and the stack's CPU s per GB received."""
+        sums: list[dict[str, Any]] = []
+        cpu: list[float] = []
         for _ in range(self.args.repeats):
             before = proc_cpu_seconds(world.stack_pid) if world.stack_pid else None
             try:
                 out = self.run_guest(
                     world,
                     "iperf3",
-                    "-c",
-                    server,
                     "-p",
                     IPERF_PORT,
                     "-J",
                     "-t",
                     str(self.args.duration),
-                    "-P",
-                    str(streams),
-                    *(["-R"] if reverse else []),
+                    *args,
                     timeout=self.args.duration + 60,
                 )
-            except (RuntimeError, subprocess.TimeoutExpired) as e:
-                print(f"    {label}: {e}", file=sys.stderr)
+                # the receiver's figures, with or without -R (UDP's end.sum mixes the
+                # sender's bytes and rate with the receiver's loss)
+                data = json.loads(out)["end"]["sum_received"]
+            except (RuntimeError, subprocess.TimeoutExpired, ValueError, KeyError) as e:
+                print(f"    {label}: {e!r}", file=sys.stderr)
                 continue
-            data = json.loads(out)["end"]["sum_received"]
-            values.append(data["bits_per_second"] / 1e9)
+            sums.append(data)
             if before is not None and world.stack_pid:
                 moved_gb = data["bytes"] / 1e9
                 used = proc_cpu_seconds(world.stack_pid) - before
@@ -103,9 +165,33 @@ class Runner:
                 # (seen twice, unexplained yet): keep it out of the median
                 if used <= (self.args.duration + 1) * (os.cpu_count() or 1):
                     cpu.append(used / max(moved_gb, 1e-9))
-        self.record(world, label, statistics.median(values) if values else None, "Gbit/s")
+        return sums, cpu
+
+    def record_rate(
+        self, world: World, label: str, sums: list[dict[str, Any]], cpu: list[float]
+    ) -> None:
+        rates = [d["bits_per_second"] / 1e9 for d in sums]
+        self.record(world, label, statistics.median(rates) if rates else None, "Gbit/s")
         if world.stack_pid:
             self.record(world, f"cpu s/GB {label}", statistics.median(cpu) if cpu else None, "s/GB")
+
+    def iperf(self, world: World, streams: int, reverse: bool, v6: bool = False) -> None:
+        label = f"tcp{'6' if v6 else ''} {'host->guest' if reverse else 'guest->host'} P{streams}"
+        server = world.server_ip6 if v6 else world.server_ip
+        assert server is not None
+        args = ["-c", server, "-P", str(streams), *(["-R"] if reverse else [])]
+        self.record_rate(world, label, *self.iperf_runs(world, label, args))
+
+    def udp(self, world: World, reverse: bool) -> None:
+        """iperf3 UDP at no rate limit: what the receiver got, and the loss (lost /
+        sent datagrams, as the receiver counts them from the sequence numbers)."""
+        length = udp_len(world.mtu)
+        label = f"udp {'host->guest' if reverse else 'guest->host'} {length} B"
+        args = ["-c", world.server_ip, "-u", "-b", "0", "-l", str(length)]
+        sums, cpu = self.iperf_runs(world, label, [*args, *(["-R"] if reverse else [])])
+        self.record_rate(world, label, sums, cpu)
+        loss = [100 * d["lost_packets"] / d["packets"] for d in sums if d["packets"]]
+        self.record(world, f"loss {label}", statistics.median(loss) if loss else None, "%")
 
     def probe(self, world: World, kind: str, arg: str) -> dict[str, float] | None:
         """One probe.py run in the guest against the host's probe server."""
@@ -136,6 +222,67 @@ class Runner:
         self.record(world, "latency p99", statistics.median(p99) if p99 else None, "us")
         self.record(world, "new connections", statistics.median(rates) if rates else None, "conn/s")
 
+    def dns(self, world: World, resolver: Dnsmasq) -> None:
+        """Queries per second through the guest's DNS address, p50 latency and
+        timeouts, medians of --repeats runs. A run counts only if every answer was
+        the bench's address and the bench's resolver answered at least as many."""
+        qps: list[float] = []
+        p50: list[float] = []
+        lost: list[float] = []
+        for _ in range(self.args.repeats if world.dns_ip else 0):
+            assert world.dns_ip is not None
+            try:
+                before = resolver.answered()
+                out: dict[str, float] = json.loads(
+                    self.run_guest(
+                        world,
+                        PYTHON,
+                        PROBE,
+                        "dns",
+                        world.dns_ip,
+                        str(self.args.dns_seconds),
+                        str(DNS_INFLIGHT),
+                        DNS_NAME,
+                        DNS_ADDR,
+                        timeout=self.args.dns_seconds + 30,
+                    )
+                )
+                got = resolver.answered() - before
+            except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+                print(f"    dns: {e!r}", file=sys.stderr)
+                continue
+            if out["wrong"] or got < out["answered"]:
+                print(
+                    f"    dns: {out['wrong']:.0f} wrong answers, {out['answered']:.0f} "
+                    f"answered but the bench's resolver answered {got}: run dropped",
+                    file=sys.stderr,
+                )
+                continue
+            qps.append(out["qps"])
+            p50.append(out["p50_us"])
+            lost.append(out["timeouts"])
+        self.record(world, "dns qps", statistics.median(qps) if qps else None, "queries/s")
+        self.record(world, "dns p50", statistics.median(p50) if p50 else None, "us")
+        self.record(world, "dns timeouts", statistics.median(lost) if lost else None, "queries")
+
+    def imports(self, world: World) -> None:
+        """netstack only: its imports to the ready byte, one launch under -X importtime
+        (bench/startup prints the breakdown; the costliest few go to results.json)."""
+        if world.name != "netstack":
+            return
+        trace = Path(tempfile.mkstemp(prefix="bench-importtime-")[1])
+        try:
+            startup.launch([startup.VENV_PYTHON, "-X", "importtime", startup.NETSTACK], str(trace))
+            rows = startup.import_costs(trace.read_text())
+        except (RuntimeError, OSError, ValueError) as e:
+            print(f"    imports: {e!r}", file=sys.stderr)
+            rows = []
+        finally:
+            trace.unlink()
+        total = sum(c for c, _s, d, _n in rows if d == 0) / 1000 if rows else None
+        self.record(world, "imports to ready (-X importtime)", total, "ms")
+        self.imports_top[world.mtu] = startup.top_imports(rows, 10, depth=1)
+
     def hold_flows(self, world: World) -> None:
         if not world.stack_pid or isinstance(world, SYSTEMS["pasta"]):
             self.record(world, f"rss with {HOLD_FLOWS} flows", None, "MiB")
@@ -161,6 +308,7 @@ class Runner:
 
     def one(self, system: str, mtu: int) -> None:
         world = SYSTEMS[system](mtu, ipv6=self.args.ipv6)
+        resolver: Dnsmasq | None = None
         try:
             world.spawn_host("iperf3", "-s", "-p", IPERF_PORT)
             srv = subprocess.Popen(
@@ -170,6 +318,7 @@ class Runner:
             )
             world.procs.append(srv)  # type: ignore[arg-type]
             assert srv.stdout is not None and srv.stdout.readline().strip() == b"ready"
+            resolver = Dnsmasq(world)
             world.start()
             time.sleep(0.3)
             self.record(
@@ -178,6 +327,7 @@ class Runner:
                 None if world.ready_seconds is None else world.ready_seconds * 1000,
                 "ms",
             )
+            self.imports(world)
             self.record(
                 world,
                 "rss idle",
@@ -197,10 +347,15 @@ class Runner:
                         self.record(world, f"tcp6 {d} P1", None, "Gbit/s")
                         if world.stack_pid:
                             self.record(world, f"cpu s/GB tcp6 {d} P1", None, "s/GB")
+            for reverse in (False, True):
+                self.udp(world, reverse)
+            self.dns(world, resolver)
             self.latency(world)
             self.hold_flows(world)
         finally:
             world.close()
+            if resolver is not None:
+                resolver.close()
 
 
 def machine() -> dict[str, Any]:
@@ -232,6 +387,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=1, help="runs per figure (median kept)")
     p.add_argument("--rr-count", type=int, default=3000)
     p.add_argument("--crr-seconds", type=float, default=2.0)
+    p.add_argument("--dns-seconds", type=float, default=3.0, help="seconds per DNS run (max 30)")
     p.add_argument(
         "--ipv6",
         action=argparse.BooleanOptionalAction,
@@ -247,8 +403,16 @@ def main() -> int:
         if s not in SYSTEMS:
             p.error(f"unknown system {s}; known: {', '.join(SYSTEMS)}")
     runner = Runner(args)
-    per_world = 2 + len(args.streams) * 2 * 2 + 3 + 1 + (4 if args.ipv6 else 0)
-    runner.total = per_world * len(systems) * len(mtus)
+    # ready, rss idle; tcp rate (+ cpu) per streams and way, and tcp6 both ways; udp
+    # rate (+ cpu) + loss each way; dns qps, p50, timeouts; latency p50, p99,
+    # connections; rss with flows; netstack's imports. CPU: the stacks with a process
+    # of their own (pasta's is a new one per command)
+    for s in systems:
+        cpu = 2 if s in ("netstack", "slirp4netns") else 1
+        tcp_runs = len(args.streams) * 2 + (2 if args.ipv6 else 0)
+        runner.total += len(mtus) * (
+            2 + tcp_runs * cpu + 2 * (cpu + 1) + 3 + 3 + 1 + (s == "netstack")
+        )
     for mtu in mtus:
         for system in systems:
             try:
@@ -261,13 +425,17 @@ def main() -> int:
         "machine": machine(),
         "settings": {k: v for k, v in vars(args).items()},
         "results": runner.results,
+        "imports_to_ready": runner.imports_top,
     }
     (out / "results.json").write_text(json.dumps(doc, indent=2))
     md = report.markdown(doc)
     (out / "results.md").write_text(md)
     report.charts(doc, out)
     print(md)
-    print(f"written: {out}/results.json, results.md, throughput.png, latency.png", file=sys.stderr)
+    print(
+        f"written: {out}/results.json, results.md, throughput.png, udp.png, latency.png",
+        file=sys.stderr,
+    )
     return 0
 
 

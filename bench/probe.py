@@ -3,6 +3,12 @@
     probe.py rr HOST PORT COUNT           request/response latency: p50 and p99 in us
     probe.py crr HOST PORT SECONDS        new connections per second
     probe.py hold HOST PORT COUNT FILE    open COUNT connections, touch FILE, wait for stdin
+    probe.py dns SERVER SECONDS INFLIGHT NAME ADDR
+                                          DNS queries per second: INFLIGHT A queries for
+                                          NAME kept in flight against SERVER:53 for
+                                          SECONDS; answered qps, p50 latency in us,
+                                          timeouts (no answer in 1 s) and wrong answers
+                                          (not ADDR)
     probe.py names HOST PORT COUNT        getsockname() cost in us per call (the best of
                                           5 rounds of COUNT/5): on a socket connected to
                                           HOST:PORT, and on one listening on 127.0.0.1
@@ -16,8 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import resource
+import select
 import socket
+import struct
 import sys
 import time
 
@@ -89,6 +98,86 @@ def hold(host: str, port: int, count: int, flag: str) -> None:
         s.close()
 
 
+DNS_TIMEOUT_S = 1.0
+DNS_MAX_SECONDS = 30.0
+
+
+def dns_query(qid: int, name: str) -> bytes:
+    """An A/IN query with recursion desired."""
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".") if p)
+    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + labels + b"\0" + b"\0\1\0\1"
+
+
+def dns(
+    server: str, seconds: float, inflight: int, name: str, addr: str, port: int = 53
+) -> dict[str, float]:
+    """Keep `inflight` queries outstanding on one non-blocking socket, matched by id."""
+    seconds = min(seconds, DNS_MAX_SECONDS)
+    want = socket.inet_aton(addr)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    s.connect((server, port))
+    s.setblocking(False)
+    questions = dns_query(0, name)[2:]
+    pending: dict[int, int] = {}  # id -> send time, ns
+    lat: list[int] = []
+    sent = timeouts = wrong = 0
+
+    def send_one() -> bool:
+        nonlocal sent
+        qid = random.getrandbits(16)
+        while qid in pending:
+            qid = random.getrandbits(16)
+        try:
+            s.send(struct.pack("!H", qid) + questions)
+        except BlockingIOError:
+            return False
+        pending[qid] = time.perf_counter_ns()
+        sent += 1
+        return True
+
+    t0 = time.perf_counter_ns()
+    end = t0 + int(seconds * 1e9)
+    for _ in range(inflight):
+        send_one()
+    while (now := time.perf_counter_ns()) < end:
+        select.select([s], [], [], 0.05)
+        while True:
+            try:
+                reply = s.recv(4096)
+            except BlockingIOError:
+                break
+            now = time.perf_counter_ns()
+            if len(reply) < 12:
+                continue
+            start = pending.pop(struct.unpack_from("!H", reply)[0], None)
+            if start is None:
+                continue  # late, after its timeout
+            ancount = struct.unpack_from("!H", reply, 6)[0]
+            # the answer's RDATA ends the reply (one A record, no other sections)
+            if ancount < 1 or reply[-4:] != want:
+                wrong += 1
+            else:
+                lat.append(now - start)
+            send_one()
+        for qid, start in list(pending.items()):
+            if now - start > DNS_TIMEOUT_S * 1e9:
+                del pending[qid]
+                timeouts += 1
+        while len(pending) < inflight and send_one():
+            pass
+    elapsed = (time.perf_counter_ns() - t0) / 1e9
+    lat.sort()
+    return {
+        "qps": len(lat) / elapsed,
+        "answered": len(lat),
+        "p50_us": lat[len(lat) // 2] / 1000 if lat else float("nan"),
+        "timeouts": timeouts,
+        "wrong": wrong,
+        "sent": sent,
+    }
+
+
 async def serve(port: int) -> None:
     raise_nofile()
 
@@ -112,6 +201,9 @@ if __name__ == "__main__":
         print(json.dumps(rr(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
     elif kind == "crr":
         print(json.dumps(crr(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))))
+    elif kind == "dns":
+        a = sys.argv
+        print(json.dumps(dns(a[2], float(a[3]), int(a[4]), a[5], a[6])))
     elif kind == "names":
         print(json.dumps(names(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
     elif kind == "hold":

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 BASELINE = "slirp4netns"
-HIGHER_IS_BETTER = ("Gbit/s", "conn/s")
+HIGHER_IS_BETTER = ("Gbit/s", "conn/s", "queries/s")
 
 
 def _index(doc: dict[str, Any]) -> dict[tuple[str, int, str], float | None]:
@@ -17,7 +17,6 @@ def markdown(doc: dict[str, Any]) -> str:
     idx = _index(doc)
     systems = list(dict.fromkeys(r["system"] for r in doc["results"]))
     mtus = list(dict.fromkeys(r["mtu"] for r in doc["results"]))
-    metrics = list(dict.fromkeys((r["metric"], r["unit"]) for r in doc["results"]))
     m = doc["machine"]
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, kernel {m['kernel']}, "
@@ -29,6 +28,8 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append("")
         lines.append("| metric | " + " | ".join(systems) + " |")
         lines.append("|---|" + "---|" * len(systems))
+        # this MTU's rows only (the UDP rows name their datagram size, which differs)
+        metrics = dict.fromkeys((r["metric"], r["unit"]) for r in doc["results"] if r["mtu"] == mtu)
         for metric, unit in metrics:
             cells = []
             base = idx.get((BASELINE, mtu, metric))
@@ -45,8 +46,9 @@ def markdown(doc: dict[str, Any]) -> str:
             lines.append(f"| {metric} ({unit}) | " + " | ".join(cells) + " |")
         lines.append("")
     lines.append(
-        "Ratios are against slirp4netns, >1 is better (throughput and connection "
-        "rate: ours / theirs; latency, CPU, memory, ready time: theirs / ours)."
+        "Ratios are against slirp4netns, >1 is better (throughput, connection rate and "
+        "DNS queries/s: ours / theirs; latency, CPU, memory, ready time, loss, "
+        "timeouts: theirs / ours). UDP: iperf3 -u -b 0, the receiver's rate and loss."
     )
     return "\n".join(lines) + "\n"
 
@@ -60,23 +62,30 @@ def charts(doc: dict[str, Any], out: Path) -> None:
     idx = _index(doc)
     systems = list(dict.fromkeys(r["system"] for r in doc["results"]))
     mtus = list(dict.fromkeys(r["mtu"] for r in doc["results"]))
-    tput = [m for m in dict.fromkeys(r["metric"] for r in doc["results"]) if m.startswith("tcp ")]
-    fig, axes = plt.subplots(1, len(mtus), figsize=(7 * len(mtus), 4.5), squeeze=False)
-    width = 0.8 / max(len(systems), 1)
-    for ax, mtu in zip(axes[0], mtus, strict=True):
-        for i, s in enumerate(systems):
-            vals = [idx.get((s, mtu, m)) or 0 for m in tput]
-            xs = [j + i * width for j in range(len(tput))]
-            ax.bar(xs, vals, width, label=s)
-        ax.set_xticks([j + width * (len(systems) - 1) / 2 for j in range(len(tput))])
-        ax.set_xticklabels([m.replace("tcp ", "").replace(" ", "\n") for m in tput], fontsize=8)
-        ax.set_ylabel("Gbit/s")
-        ax.set_title(f"iperf3 TCP throughput, MTU {mtu}")
-        ax.legend(fontsize=8)
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "throughput.png", dpi=110)
-    plt.close(fig)
+    for proto, title, name in (("tcp ", "TCP", "throughput.png"), ("udp ", "UDP", "udp.png")):
+        fig, axes = plt.subplots(1, len(mtus), figsize=(7 * len(mtus), 4.5), squeeze=False)
+        width = 0.8 / max(len(systems), 1)
+        for ax, mtu in zip(axes[0], mtus, strict=True):
+            rows = [
+                m
+                for m in dict.fromkeys(r["metric"] for r in doc["results"] if r["mtu"] == mtu)
+                if m.startswith(proto)
+            ]
+            for i, s in enumerate(systems):
+                vals = [idx.get((s, mtu, m)) or 0 for m in rows]
+                xs = [j + i * width for j in range(len(rows))]
+                ax.bar(xs, vals, width, label=s)
+            ax.set_xticks([j + width * (len(systems) - 1) / 2 for j in range(len(rows))])
+            ax.set_xticklabels(
+                [m.replace(proto, "").replace(" ", "\n", 1) for m in rows], fontsize=8
+            )
+            ax.set_ylabel("Gbit/s" + (" received" if proto == "udp " else ""))
+            ax.set_title(f"iperf3 {title} throughput, MTU {mtu}")
+            ax.legend(fontsize=8)
+            ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
     labels, p50, p99 = [], [], []

@@ -7,7 +7,11 @@
     guest ns   (iperf3 and the latency probe run here)
 
 No traffic can leave: the host namespace's only route out ends in a namespace
-that answers nothing.
+that answers nothing. DNS: every command run in the host namespace sees a
+resolv.conf of `nameserver 127.0.0.1` (`ip netns exec` bind-mounts
+/etc/netns/HOST/resolv.conf over /etc/resolv.conf in the command's own mount
+namespace), where bench/run starts a dnsmasq that answers the bench's name itself
+and forwards nothing; each stack forwards its DNS address's queries there.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import os
 import secrets
 import select
+import shutil
 import stat
 import subprocess
 import time
@@ -24,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NETSTACK = str(ROOT / ".venv" / "bin" / "netstack")
 NOBODY = "65534"
 TUN = "/dev/net/tun"
+NETNS_ETC = Path("/etc/netns")
 
 
 def sh(*cmd: str) -> None:
@@ -34,6 +40,7 @@ class World:
     name = "?"
     server_ip = ""
     server_ip6: str | None = None  # None: no IPv6 path to measure
+    dns_ip: str | None = None  # the guest's DNS address (None: the system has none)
 
     def __init__(self, mtu: int, ipv6: bool = False) -> None:
         tag = secrets.token_hex(3)
@@ -45,6 +52,9 @@ class World:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.stack_pid: int | None = None
         self.ready_seconds: float | None = None
+        # the host namespace's resolver is the bench's, on its loopback (see above)
+        (NETNS_ETC / self.host).mkdir(parents=True, exist_ok=True)
+        (NETNS_ETC / self.host / "resolv.conf").write_text("nameserver 127.0.0.1\n")
         for ns in (self.host, self.guest, self.dead):
             sh("ip", "netns", "add", ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
@@ -131,12 +141,14 @@ class World:
                 p.wait(5)
         for ns in (self.guest, self.host, self.dead):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        shutil.rmtree(NETNS_ETC / self.host, ignore_errors=True)
 
 
 class NetstackWorld(World):
     name = "netstack"
     server_ip = "10.0.2.2"
     server_ip6 = "fd00::2"
+    dns_ip = "10.0.2.3"
 
     def start(self) -> None:
         # NETSTACK_PROFILE=path: netstack writes a cProfile dump there at exit
@@ -163,6 +175,7 @@ class SlirpWorld(World):
     name = "slirp4netns"
     server_ip = "10.0.2.2"
     server_ip6 = "fd00::2"
+    dns_ip = "10.0.2.3"
 
     def start(self) -> None:
         self._start_with_ready_fd(
@@ -187,6 +200,7 @@ class VethWorld(World):
     name = "veth"
     server_ip = "10.0.42.1"
     server_ip6 = "fd42::1"
+    dns_ip = "10.0.42.1"  # no stack: the resolver itself, across the veth
 
     def start(self) -> None:
         sh(
@@ -221,10 +235,12 @@ class VethWorld(World):
 class PastaWorld(World):
     """pasta will not enter a namespace root made, and drops root, so each guest-side
     command runs under its own `pasta --config-net -- CMD` as nobody, in the host
-    namespace; the gateway (the dead end's address) is mapped to host loopback."""
+    namespace; the gateway (the dead end's address) is mapped to host loopback. DNS:
+    pasta's forwarder, `--dns-forward 192.0.2.3` (pasta answers ARP for any address)."""
 
     name = "pasta"
     server_ip = "192.0.2.2"
+    dns_ip = "192.0.2.3"
 
     def start(self) -> None:
         self.ready_seconds = None
@@ -248,6 +264,8 @@ class PastaWorld(World):
             "-q",
             "-m",
             str(self.mtu),
+            "--dns-forward",
+            self.dns_ip or "",
             "--",
             *cmd,
         )

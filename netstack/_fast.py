@@ -65,9 +65,29 @@ def py_sock_send_space(fd: int) -> int:
     return max(0, sndbuf - outq)
 
 
+def _load_fastc(path: str) -> None:
+    """Use the extension at path as netstack._fastc (scripts/sanitize.sh: a sanitizer
+    build kept out of the package)."""
+    import importlib.util
+    import sys
+
+    # a build asked for by name fails loudly, not into the pure-Python twin
+    spec = importlib.util.spec_from_file_location("netstack._fastc", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"NETSTACK_FASTC: cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as e:
+        raise RuntimeError(f"NETSTACK_FASTC={path}: {e}") from e
+    sys.modules["netstack._fastc"] = module
+
+
 try:
     if os.environ.get("NETSTACK_PURE_PYTHON"):
         raise ImportError("pure Python requested")
+    if os.environ.get("NETSTACK_FASTC"):
+        _load_fastc(os.environ["NETSTACK_FASTC"])
     from netstack._fastc import ffi as _ffi
     from netstack._fastc import lib as _lib
 
