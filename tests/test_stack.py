@@ -210,13 +210,52 @@ def test_dns_is_forwarded_with_failover_to_the_next_nameserver() -> None:
     assert first.sent == [(query, ("127.0.0.9", 53))]
     rig.advance(forwarder.PER_SERVER_TIMEOUT + 0.01)
     owner2, second = rig.host.udp[1]
-    assert first.closed and second.sent == [(query, ("127.0.0.1", 53))]
+    assert second.sent == [(query, ("127.0.0.1", 53))]
     answer = bytes(DNS(id=5, qr=1, qd=DNSQR(qname="a.test")))
+    owner.on_datagram(answer, ("127.0.0.9", 53), rig.now)  # too late: that try is over
+    assert rig.frames() == []
     owner2.on_datagram(answer, ("127.0.0.1", 53), rig.now)
     (reply,) = rig.frames()
     assert (reply[IP].src, reply[UDP].sport, reply[UDP].dport) == ("10.0.2.3", 53, 3333)
-    assert second.closed
     assert rig.stack.dns.preferred == 1  # the next query starts with the one that answered
+    # ... through the same socket, also with the same ID now that the first is answered
+    rig.send(IP(src=GUEST, dst="10.0.2.3") / UDP(sport=3334, dport=53) / query)
+    assert len(rig.host.udp) == 2 and second.sent[1] == (query, ("127.0.0.1", 53))
+    owner2.on_datagram(answer, ("127.0.0.1", 53), rig.now)
+    assert rig.frames()[0][UDP].dport == 3334
+    # sockets nothing waits on close after a while
+    assert not first.closed and not second.closed
+    rig.advance(forwarder.UPSTREAM_IDLE + 0.01)
+    assert first.closed and second.closed and rig.stack.dns.upstreams == {}
+
+
+def test_dns_queries_share_a_socket_until_ids_collide_or_it_retires() -> None:
+    rig = Rig()
+
+    def ask(ident: int, sport: int) -> None:
+        query = bytes(DNS(id=ident, qd=DNSQR(qname="a.test")))
+        rig.send(IP(src=GUEST, dst="10.0.2.3") / UDP(sport=sport, dport=53) / query)
+
+    ask(1, 4000)
+    ask(2, 4001)
+    assert len(rig.host.udp) == 1  # two IDs in flight on one socket
+    ask(1, 4002)  # another guest socket, the same ID: needs another host socket
+    assert len(rig.host.udp) == 2
+    owner, first = rig.host.udp[0]
+    owner2, second = rig.host.udp[1]
+    owner2.on_datagram(bytes(DNS(id=1, qr=1, qd=DNSQR(qname="a.test"))), ("127.0.0.1", 53), rig.now)
+    owner.on_datagram(bytes(DNS(id=1, qr=1, qd=DNSQR(qname="a.test"))), ("127.0.0.1", 53), rig.now)
+    assert sorted(f[UDP].dport for f in rig.frames()) == [4000, 4002]  # each to its asker
+    for i in range(3, forwarder.UPSTREAM_QUERIES + 1):  # the first socket's 100th query
+        ask(i, 4003)
+        owner.on_datagram(
+            bytes(DNS(id=i, qr=1, qd=DNSQR(qname="a.test"))), ("127.0.0.1", 53), rig.now
+        )
+    assert len(first.sent) == forwarder.UPSTREAM_QUERIES and not first.closed  # ID 2 waits
+    ask(500, 4004)
+    assert len(rig.host.udp) == 2 and second.sent[-1][0][:2] == (500).to_bytes(2, "big")
+    owner.on_datagram(bytes(DNS(id=2, qr=1, qd=DNSQR(qname="a.test"))), ("127.0.0.1", 53), rig.now)
+    assert first.closed  # retired, and the last query it carried is answered
 
 
 def test_dns_query_whose_nameservers_all_fail_at_sendto_closes_its_sockets() -> None:
@@ -238,7 +277,10 @@ def test_dns_failover_whose_next_nameserver_fails_at_sendto_closes_its_socket() 
     rig.send(IP(src=GUEST, dst="10.0.2.3") / UDP(sport=3333, dport=53) / query)
     rig.host.send_errno = errno.ENETUNREACH
     rig.advance(forwarder.PER_SERVER_TIMEOUT + 0.01)
-    assert rig.host.open_sockets() == 0 and rig.stack.dns.queries == set()
+    assert rig.stack.dns.queries == set()
+    assert rig.host.open_sockets() == 1  # the first nameserver's, idle...
+    rig.advance(forwarder.UPSTREAM_IDLE + 0.01)
+    assert rig.host.open_sockets() == 0  # ...for a while
 
 
 def test_udp_flow_whose_first_datagram_fails_closes_its_socket() -> None:
