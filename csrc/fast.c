@@ -198,3 +198,53 @@ long ns_tcp6_frame(uint8_t *buf, size_t buflen, size_t start, const uint8_t *eth
     finish_tcp(v, t, hlen, l4_len, pseudo, vnet, 4, gso_size, 54);
     return (long)(l4 + l4_len);
 }
+
+/* A UDP datagram to the guest as one frame: a zeroed virtio-net header, Ethernet, IPv4
+ * (DF, TTL 64, ip_id) or IPv6 (hop limit 64), UDP with its full checksum, the payload
+ * copied. Returns the frame's length, or -1 when it would not fit buflen or a UDP
+ * length. Twin: GuestOutput.send_udp's Python path. */
+long ns_udp_frame(uint8_t *buf, size_t buflen, const uint8_t *eth_dst, const uint8_t *eth_src,
+                  const uint8_t *ip_src, const uint8_t *ip_dst, int v6, uint16_t sport,
+                  uint16_t dport, const uint8_t *payload, size_t payload_len, uint16_t ip_id)
+{
+    size_t l3 = 10 + 14, l4 = l3 + (v6 ? 40 : 20);
+    size_t udp_len = 8 + payload_len;
+    if (udp_len > 65535 || l4 + udp_len > buflen || (!v6 && udp_len > 65535 - 20))
+        return -1;
+    uint8_t *e = buf + 10, *ip = buf + l3, *u = buf + l4;
+    memset(buf, 0, 10);
+    memcpy(e, eth_dst, 6);
+    memcpy(e + 6, eth_src, 6);
+    uint32_t pseudo;
+    if (v6) {
+        put16(e + 12, 0x86dd);
+        put32(ip, 6u << 28);
+        put16(ip + 4, (uint16_t)udp_len);
+        ip[6] = 17;
+        ip[7] = 64;
+        memcpy(ip + 8, ip_src, 16);
+        memcpy(ip + 24, ip_dst, 16);
+        pseudo = ns_sum16(ip + 8, 32, 0);
+    } else {
+        put16(e + 12, 0x0800);
+        ip[0] = 0x45; ip[1] = 0;
+        put16(ip + 2, (uint16_t)(20 + udp_len));
+        put16(ip + 4, ip_id);
+        put16(ip + 6, 0x4000);
+        ip[8] = 64; ip[9] = 17;
+        put16(ip + 10, 0);
+        memcpy(ip + 12, ip_src, 4);
+        memcpy(ip + 16, ip_dst, 4);
+        put16(ip + 10, ns_checksum(ip, 20, 0));
+        pseudo = ns_sum16(ip + 12, 8, 0);
+    }
+    pseudo += 17 + (uint32_t)udp_len;
+    put16(u, sport);
+    put16(u + 2, dport);
+    put16(u + 4, (uint16_t)udp_len);
+    put16(u + 6, 0);
+    memcpy(u + 8, payload, payload_len);
+    uint16_t csum = ns_checksum(u, udp_len, pseudo);
+    put16(u + 6, csum ? csum : 0xffff);
+    return (long)(l4 + udp_len);
+}

@@ -14,6 +14,9 @@ long ns_tcp6_frame(uint8_t *buf, size_t buflen, size_t start, const uint8_t *eth
                    uint16_t sport, uint16_t dport, uint32_t seq, uint32_t ack, uint8_t flags,
                    uint16_t window, int has_ts, uint32_t ts_val, uint32_t ts_ecr,
                    uint32_t payload_len, int vnet, uint16_t gso_size);
+long ns_udp_frame(uint8_t *buf, size_t buflen, const uint8_t *eth_dst, const uint8_t *eth_src,
+                  const uint8_t *ip_src, const uint8_t *ip_dst, int v6, uint16_t sport,
+                  uint16_t dport, const uint8_t *payload, size_t payload_len, uint16_t ip_id);
 
 /* ---- the established-flow path (csrc/flow.c) ---- */
 struct ns_flow {

@@ -115,6 +115,7 @@ if FAST:
     sock_send_space: Any = _lib.ns_sock_send_space
     tcp4_frame: Any = _lib.ns_tcp4_frame
     tcp6_frame: Any = _lib.ns_tcp6_frame
+    udp_frame: Any = _lib.ns_udp_frame
 
     def writable(buf: bytearray) -> Any:
         """A C pointer to buf, for C functions that write into it (keep buf alive)."""
