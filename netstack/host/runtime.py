@@ -35,6 +35,7 @@ from netstack.tcp import fastpath
 from netstack.tcp.connection import TcpConnection
 from netstack.tcp.fastpath import PYTHON_WORK, FastPath, FlowPathError
 from netstack.tcp.interfaces import HostStream
+from netstack.udp.fastpath import UdpFastPath
 
 if TYPE_CHECKING:
     import asyncio
@@ -74,6 +75,8 @@ class EventHandler(Protocol):
 
 
 class Runtime:
+    udp_fast: UdpFastPath | None = None  # established UDP flows in C (with fastpath)
+
     def __init__(
         self,
         config: NetworkConfig,
@@ -149,6 +152,16 @@ class Runtime:
             if self.fastpath.delack_fd() >= 0:  # C reads it in ns_host_poll
                 self.epoll.register(self.fastpath.delack_fd(), select.EPOLLIN)
             self.stack.tcp.fastpath = self.fastpath
+            # established UDP flows too (csrc/udp.c), in the same context
+            self.udp_fast = UdpFastPath(
+                self.fastpath,
+                config,
+                link.mtu,
+                self.stack.udp.max_flows,
+                self.stack.udp_routes_to_host,
+            )
+            self.stack.udp.fast = self.udp_fast
+            self.stack.stats.add_source(self.udp_fast.counters, self.udp_fast.drops)
 
     def later_modules(self) -> tuple[str, ...]:
         """What this runtime may import on first use (see LAZY_MODULES)."""
@@ -233,6 +246,7 @@ class Runtime:
                     "age_seconds": round(now - conn.created, 3),
                 }
             )
+        self.stack.udp.sync()
         for flow in self.stack.udp.flows.values():
             out.append(
                 {
@@ -242,6 +256,7 @@ class Runtime:
                     "guest": api_commands.addr(flow.guest_ip, flow.guest_port),
                     "remote": "*",
                     "idle_seconds": round(now - flow.last_activity, 3),
+                    "in_c": flow.fast is not None,
                 }
             )
         return out
@@ -267,9 +282,17 @@ class Runtime:
             + self.stack.output.frames_sent
             + (self.fastpath.frames_out() if self.fastpath is not None else 0),
             "uptime_seconds": api_commands.uptime(self.started),
-            "fast_path": self.fastpath.snapshot() if self.fastpath is not None else None,
+            "fast_path": self._fast_path_stats(),
             "directory": self._directory_stats(),
         }
+
+    def _fast_path_stats(self) -> dict[str, Any] | None:
+        if self.fastpath is None:
+            return None
+        out: dict[str, Any] = self.fastpath.snapshot()
+        if self.udp_fast is not None:
+            out.update(self.udp_fast.snapshot())
+        return out
 
     def _directory_stats(self) -> dict[str, Any] | None:
         """--directory: whether netstackd's watch is up, and what the view holds."""
@@ -386,6 +409,8 @@ class Runtime:
     def _after_fast(self, fast: FastPath, now: float) -> None:
         for conn in fast.after_call(now):
             self.stack.tcp.after(conn)
+        if self.udp_fast is not None:
+            self.udp_fast.after_call(now)  # replies C left to Python, in order
 
     def _on_host_events(self) -> None:
         self._dispatch_host_events(self.epoll.poll(0, EVENTS_PER_WAKEUP), time.monotonic())
