@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_datapath import frames, mode  # noqa: F401 (a fixture)
+from tests.e2e import test_datapath
+from tests.e2e.test_datapath import mode
 from tests.e2e.test_ipv6 import wait_slaac
 from tests.netns import HOST_UPLINK_IP, PYTHON, World, wait_until
+
+frames = test_datapath.frames  # the fixture: vnet and plain frames, flows in C and in Python
 
 ECHO_SERVER = r"""
 import socket, sys
@@ -59,9 +62,7 @@ def _udp_stats(world: World) -> tuple[dict[str, int], dict[str, int] | None]:
     return stats["events"], stats["fast_path"]
 
 
-def test_bulk_echo_both_ways_in_order(
-    world: World, frames: dict[str, str], tmp_path: Path  # noqa: F811
-) -> None:
+def test_bulk_echo_both_ways_in_order(world: World, frames: dict[str, str], tmp_path: Path) -> None:
     n = 20_000
     world.spawn("host", PYTHON, "-c", ECHO_SERVER, "127.0.0.1", "5400", wait_ready=True)
     world.start_netstack("--api-socket", str(tmp_path / "api.sock"), env=frames)
@@ -132,7 +133,7 @@ print(int(count), int(ordered), len(got))
 
 
 def test_bursts_both_ways_arrive_in_order(
-    world: World, frames: dict[str, str], tmp_path: Path  # noqa: F811
+    world: World, frames: dict[str, str], tmp_path: Path
 ) -> None:
     n = 5000
     world.spawn("host", PYTHON, "-c", BURST_SERVER, "5401", wait_ready=True)
@@ -187,7 +188,7 @@ print(" ".join(out))
 
 
 def test_replies_from_other_host_peers_reach_the_guest_socket(
-    world: World, frames: dict[str, str], tmp_path: Path  # noqa: F811
+    world: World, frames: dict[str, str], tmp_path: Path
 ) -> None:
     world.spawn("host", PYTHON, "-c", PEERS_SERVER, HOST_UPLINK_IP, wait_ready=True)
     world.start_netstack("--api-socket", str(tmp_path / "api.sock"), env=frames)
@@ -220,7 +221,7 @@ print(writes * per_write)
 
 
 def test_guest_udp_segment_writes_arrive_as_their_datagrams(
-    world: World, frames: dict[str, str], tmp_path: Path  # noqa: F811
+    world: World, frames: dict[str, str], tmp_path: Path
 ) -> None:
     world.spawn("host", PYTHON, "-c", ECHO_SERVER, "127.0.0.1", "5402", wait_ready=True)
     world.start_netstack("--api-socket", str(tmp_path / "api.sock"), env=frames)
@@ -253,9 +254,7 @@ def test_idle_expiry_closes_the_host_socket(
     world: World, env: dict[str, str], tmp_path: Path
 ) -> None:
     world.spawn("host", PYTHON, "-c", ECHO_SERVER, "127.0.0.1", "5404", wait_ready=True)
-    world.start_netstack(
-        "--udp-timeout=1", "--api-socket", str(tmp_path / "api.sock"), env=env
-    )
+    world.start_netstack("--udp-timeout=1", "--api-socket", str(tmp_path / "api.sock"), env=env)
     before = world.netstack_fds().get("socket", 0)
     # a guest that keeps its socket: the flow must expire on netstack's side alone
     world.spawn(
