@@ -188,6 +188,8 @@ struct ns_udp {
     uint64_t datagrams_to_host;
     uint64_t datagrams_to_guest;
     uint64_t gso_sends;
+    uint64_t gso_frames_to_guest;
+    uint64_t gso_frames_from_guest;
     uint64_t send_errors;
 };
 

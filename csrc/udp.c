@@ -12,8 +12,10 @@
  *     one UDP_SEGMENT send. A guest GSO frame (gso_type UDP_L4) is one such send.
  *     Everything else stays for Python, unchanged.
  *   - ns_host_poll passes events of held sockets to udp_host_event: recvmmsg in
- *     batches, each datagram written to the TAP as one frame from the guest-visible
- *     source (the rules of Policy.virtual_source). A datagram C cannot send (a source
+ *     batches, written to the TAP from the guest-visible source (the rules of
+ *     Policy.virtual_source): with virtio-net headers a run of equal-size datagrams
+ *     from one source as one UDP GSO frame (gso_type UDP_L4, one writev, the guest's
+ *     kernel splits it), else one frame each. A datagram C cannot send (a source
  *     the rules do not know, one larger than the MTU, which Python fragments) is
  *     copied to the list for Python, and so is the rest of that read, in order.
  * Python keeps flow creation, expiry, eviction and close; C counts and stamps
@@ -25,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "flow.h"
@@ -40,9 +43,9 @@
 #define GSO_MAX_SEGS 64       /* UDP_MAX_SEGMENTS on older kernels */
 #define GSO_MAX_BYTES 65000   /* under the largest UDP payload, IPv4 or IPv6 */
 #define RECV_SLOTS 32
-#define SLOT_HEAD (VNET_LEN + ETH_LEN + IP6_LEN + UDP_LEN)
-#define SLOT_SIZE (SLOT_HEAD + 65536)
-#define READ_ROUNDS 2         /* recvmmsg calls per event: 64 datagrams, as Python reads */
+#define SLOT_HEAD (VNET_LEN + ETH_LEN + IP6_LEN + UDP_LEN) /* headers to the guest */
+#define SLOT_SIZE 65536
+#define READ_ROUNDS 4         /* recvmmsg calls per event: up to 128 datagrams */
 
 static const uint8_t ZERO16[16];
 
@@ -94,6 +97,7 @@ int ns_udp_new(struct ns_ctx *ctx, int max_flows, int by_fd_cap)
     u->nfree = max_flows;
     u->host_loopback = 1;
     u->mtu = 1500;
+    u->uso = 1; /* until the TAP refuses a UDP GSO frame */
     return 0;
 }
 
@@ -280,6 +284,8 @@ int udp_rx_frame(struct ns_ctx *ctx, size_t len, double now)
     uint32_t plen = (uint32_t)l4_len - UDP_LEN;
     if (!gather(ctx, f, d + UDP_LEN, plen, gso && gso < plen ? gso : 0))
         return 0;
+    if (gso)
+        u->gso_frames_from_guest++;
     f->last_activity = now;
     return 1;
 }
@@ -522,20 +528,16 @@ void ns_udp_python_done(struct ns_ctx *ctx)
 
 int udp_python_work(const struct ns_ctx *ctx) { return ctx->udp && ctx->udp->npy; }
 
-/* One datagram (payload at slot + SLOT_HEAD) to the guest as one frame. */
-static void to_guest(struct ns_ctx *ctx, struct ns_udp_flow *f, uint8_t *slot, uint32_t n,
-                     const struct sockaddr_in6 *from, double now)
+/* Write headers for `count` datagrams of one source (each `seg` bytes but the last,
+ * `total` in all) into hdr: one frame, or with vnet and count > 1 one UDP GSO frame the
+ * guest's kernel splits at seg. Returns the header length. */
+static size_t frame_headers(struct ns_ctx *ctx, struct ns_udp_flow *f, uint8_t *hdr,
+                            const uint8_t *src, uint16_t sport, uint32_t total, uint16_t seg,
+                            int count, const struct iovec *payload)
 {
-    struct ns_udp *u = ctx->udp;
-    uint8_t src[16];
     size_t l3 = f->v6 ? IP6_LEN : IP4_LEN;
-    if (f->to_python || l3 + UDP_LEN + n > u->mtu || !virtual_source(u, f, from, src)) {
-        for_python(ctx, f, slot + SLOT_HEAD, n, from);
-        return;
-    }
-    size_t start = SLOT_HEAD - UDP_LEN - l3 - ETH_LEN - VNET_LEN;
-    uint8_t *vh = slot + start, *e = vh + VNET_LEN, *ip = e + ETH_LEN, *d = ip + l3;
-    uint32_t l4_len = UDP_LEN + n;
+    uint8_t *vh = hdr, *e = vh + VNET_LEN, *ip = e + ETH_LEN, *d = ip + l3;
+    uint32_t l4_len = UDP_LEN + total;
     memcpy(e, f->guest_mac, 6);
     uint32_t pseudo;
     if (f->v6) {
@@ -555,7 +557,8 @@ static void to_guest(struct ns_ctx *ctx, struct ns_udp_flow *f, uint8_t *slot, u
         ip[0] = 0x45;
         ip[1] = 0;
         put16(ip + 2, (uint16_t)(IP4_LEN + l4_len));
-        put16(ip + 4, ctx->ip_id++);
+        put16(ip + 4, ctx->ip_id);
+        ctx->ip_id = (uint16_t)(ctx->ip_id + count); /* the segments take one each */
         put16(ip + 6, 0x4000);
         ip[8] = 64;
         ip[9] = 17;
@@ -565,28 +568,117 @@ static void to_guest(struct ns_ctx *ctx, struct ns_udp_flow *f, uint8_t *slot, u
         put16(ip + 10, ns_checksum(ip, IP4_LEN, 0));
         pseudo = ns_sum16(ip + 12, 8, 0) + 17 + l4_len;
     }
-    put16(d, ntohs(from->sin6_port)); /* sin_port and sin6_port share their place */
+    put16(d, sport);
     put16(d + 2, f->guest_port);
     put16(d + 4, (uint16_t)l4_len);
     memset(vh, 0, VNET_LEN);
     if (ctx->vnet) { /* the guest's kernel takes a partial checksum as it is */
         put16(d + 6, fold(pseudo));
         vh[0] = VNET_F_NEEDS_CSUM;
+        if (count > 1) {
+            vh[1] = VNET_GSO_UDP_L4;
+            put16le(vh + 2, (uint16_t)(ETH_LEN + l3 + UDP_LEN));
+            put16le(vh + 4, seg);
+        }
         put16le(vh + 6, (uint16_t)(ETH_LEN + l3));
         put16le(vh + 8, 6);
     } else {
         put16(d + 6, 0);
-        uint16_t c = ns_checksum(d, l4_len, pseudo);
+        uint32_t sum = ns_sum16(d, UDP_LEN, pseudo);
+        for (int i = 0; i < count; i++)
+            sum = ns_sum16(payload[i].iov_base, payload[i].iov_len, sum);
+        uint16_t c = (uint16_t)(~sum & 0xffff);
         put16(d + 6, c ? c : 0xffff); /* 0 means "no checksum" */
     }
-    size_t skip = ctx->vnet ? 0 : VNET_LEN;
-    ssize_t w = write(ctx->tap_fd, vh + skip, VNET_LEN + ETH_LEN + l3 + l4_len - skip);
+    return VNET_LEN + ETH_LEN + l3 + UDP_LEN;
+}
+
+/* One frame (count 1) or one GSO frame to the guest; 0 if the TAP refused a GSO frame
+ * (a kernel before 6.2 does not know UDP_L4): the caller sends them one by one. */
+static int frame_to_guest(struct ns_ctx *ctx, struct ns_udp_flow *f, const uint8_t *src,
+                          uint16_t sport, struct iovec *iov, int count, double now)
+{
+    struct ns_udp *u = ctx->udp;
+    uint8_t hdr[SLOT_HEAD];
+    uint32_t total = 0;
+    for (int i = 1; i <= count; i++)
+        total += (uint32_t)iov[i].iov_len;
+    iov[0].iov_base = hdr;
+    iov[0].iov_len = frame_headers(ctx, f, hdr, src, sport, total, (uint16_t)iov[1].iov_len,
+                                   count, iov + 1);
+    if (!ctx->vnet) {
+        iov[0].iov_base = hdr + VNET_LEN;
+        iov[0].iov_len -= VNET_LEN;
+    }
+    ssize_t w = writev(ctx->tap_fd, iov, count + 1);
+    if (w < 0 && count > 1 && errno == EINVAL) {
+        u->uso = 0;
+        return 0;
+    }
     if (w < 0 && errno != EAGAIN && errno != EINTR && errno != ENOBUFS)
         ctx->link_errno = errno;
     ctx->frames_out++;
-    f->datagrams_to_guest++;
-    u->datagrams_to_guest++;
+    f->datagrams_to_guest += (uint64_t)count;
+    u->datagrams_to_guest += (uint64_t)count;
+    if (count > 1)
+        u->gso_frames_to_guest++;
     f->last_activity = now;
+    return 1;
+}
+
+static int same_peer(const struct sockaddr_in6 *a, const struct sockaddr_in6 *b)
+{
+    if (a->sin6_family != b->sin6_family || a->sin6_port != b->sin6_port)
+        return 0;
+    if (a->sin6_family == AF_INET)
+        return !memcmp(&((const struct sockaddr_in *)a)->sin_addr,
+                       &((const struct sockaddr_in *)b)->sin_addr, 4);
+    return !memcmp(&a->sin6_addr, &b->sin6_addr, 16);
+}
+
+/* Datagrams i.. of a read (payloads at iov[i], sources at from[i]) to the guest: runs of
+ * one source and one size (the last may be shorter) as one GSO frame where the TAP takes
+ * them, else one frame each; what C cannot send, and all after it, to Python. Returns
+ * how many were consumed. */
+static int datagrams_to_guest(struct ns_ctx *ctx, struct ns_udp_flow *f, struct mmsghdr *m,
+                              struct iovec *iov, struct sockaddr_in6 *from, int i, int r,
+                              double now)
+{
+    struct ns_udp *u = ctx->udp;
+    uint8_t src[16];
+    size_t l3 = f->v6 ? IP6_LEN : IP4_LEN;
+    uint32_t n = m[i].msg_len;
+    if (f->to_python || l3 + UDP_LEN + n > u->mtu || !virtual_source(u, f, &from[i], src)) {
+        for_python(ctx, f, iov[i].iov_base, n, &from[i]);
+        return 1;
+    }
+    struct iovec out[GSO_MAX_SEGS + 1];
+    out[1].iov_base = iov[i].iov_base;
+    out[1].iov_len = n;
+    int count = 1;
+    uint32_t total = n;
+    if (ctx->vnet && u->uso && n > 0) {
+        while (i + count < r && count < GSO_MAX_SEGS) {
+            uint32_t next = m[i + count].msg_len;
+            if (next == 0 || next > n || total + next > GSO_MAX_BYTES ||
+                !same_peer(&from[i], &from[i + count]))
+                break;
+            out[count + 1].iov_base = iov[i + count].iov_base;
+            out[count + 1].iov_len = next;
+            total += next;
+            count++;
+            if (next < n)
+                break; /* a shorter one ends the run */
+        }
+    }
+    uint16_t sport = ntohs(from[i].sin6_port); /* sin_port shares its place */
+    if (!frame_to_guest(ctx, f, src, sport, out, count, now)) {
+        for (int k = 0; k < count; k++) {
+            struct iovec one[2] = {{0}, out[k + 1]};
+            frame_to_guest(ctx, f, src, sport, one, 1, now);
+        }
+    }
+    return count;
 }
 
 /* An event on a host socket: 1 when it is a held UDP flow's (served here), else 0. */
@@ -603,8 +695,8 @@ int udp_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now)
     f->to_python = 0;
     for (int round = 0; round < READ_ROUNDS; round++) {
         for (int i = 0; i < RECV_SLOTS; i++) {
-            iov[i].iov_base = u->in + (size_t)i * SLOT_SIZE + SLOT_HEAD;
-            iov[i].iov_len = SLOT_SIZE - SLOT_HEAD;
+            iov[i].iov_base = u->in + (size_t)i * SLOT_SIZE;
+            iov[i].iov_len = SLOT_SIZE;
             memset(&m[i].msg_hdr, 0, sizeof(m[i].msg_hdr));
             m[i].msg_hdr.msg_name = &from[i];
             m[i].msg_hdr.msg_namelen = sizeof(from[i]);
@@ -617,8 +709,8 @@ int udp_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now)
                 break;
             continue; /* EINTR, or an ICMP error queued on the socket: read on */
         }
-        for (int i = 0; i < r; i++)
-            to_guest(ctx, f, u->in + (size_t)i * SLOT_SIZE, m[i].msg_len, &from[i], now);
+        for (int i = 0; i < r;)
+            i += datagrams_to_guest(ctx, f, m, iov, from, i, r, now);
         if (r < RECV_SLOTS)
             break;
     }

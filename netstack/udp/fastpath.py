@@ -52,7 +52,6 @@ class UdpFastPath:
         mtu: int,
         max_flows: int,
         routes: Mapping[tuple[bytes, int, bytes, int], object],
-        uso: bool = False,
     ) -> None:
         self.ffi = path.ffi
         self.lib = path.lib
@@ -64,7 +63,6 @@ class UdpFastPath:
         u.host6_ip = HOST6
         u.host_loopback = int(config.host_loopback)
         u.mtu = mtu
-        u.uso = int(uso)
         self.u: Any = u
         # forwarded ports' routes back (Stack.udp_routes_to_host): a guest port with one
         # stays in Python, where the route is looked up first
@@ -163,4 +161,6 @@ class UdpFastPath:
             "udp_datagrams_to_host_from_c": int(u.datagrams_to_host),
             "udp_datagrams_to_guest_from_c": int(u.datagrams_to_guest),
             "udp_gso_sends": int(u.gso_sends),
+            "udp_gso_frames_to_guest": int(u.gso_frames_to_guest),
+            "udp_gso_frames_from_guest": int(u.gso_frames_from_guest),
         }
