@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from netstack.udp.proxy import UdpFlow
 
 _V4_MAPPED = bytes(10) + b"\xff\xff"  # C keys IPv4 addresses as ::ffff:a.b.c.d
+# A held socket's receive buffer (the kernel caps it at net.core.rmem_max): C is woken
+# per datagram and may wait for a core while a host peer sends on; the default 208 KiB
+# (about 90 datagrams of 1400 bytes) overflows there, measurably.
+RECEIVE_BUFFER = 2 << 20
 
 
 def sockaddr(family: int, addr: HostAddr) -> bytes | None:
@@ -91,6 +95,7 @@ class UdpFastPath:
             if c == self.ffi.NULL:
                 return  # full, or an fd beyond the table: Python keeps it
             c.guest_mac = flow.guest_mac
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             c.last_activity = flow.last_activity
             flow.fast = c
             self.held[int(c.slot)] = flow
