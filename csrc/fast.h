@@ -175,7 +175,6 @@ struct ns_udp {
     int *out_slot;
     uint32_t *out_off;
     uint32_t *out_len;
-    uint16_t *out_gso;
     int nout;
     int out_max;
     uint8_t *in;                /* receive slots for host datagrams */

@@ -7,9 +7,10 @@
  * guest used and the host sockaddr it maps to.
  *   - ns_rx passes each frame it does not run as TCP to udp_rx_frame: a well-formed
  *     datagram (no fragment, lengths and checksum right, or checksum-partial) from a
- *     held flow to its cached destination is gathered; the batch goes out at the end
- *     of the read (udp_flush_to_host) with sendmmsg, equal-size runs of one flow as
- *     one UDP_SEGMENT send. A guest GSO frame (gso_type UDP_L4) is one such send.
+ *     held flow to its cached destination is taken. Small ones are gathered and go
+ *     out at the end of the read (udp_flush_to_host) with sendmmsg, equal-size runs
+ *     of one flow as one UDP_SEGMENT send; a large one, or a guest GSO frame (gso_type
+ *     UDP_L4, as one UDP_SEGMENT send), goes at once, after those gathered before it.
  *     Everything else stays for Python, unchanged.
  *   - ns_host_poll passes events of held sockets to udp_host_event: recvmmsg in
  *     batches, written to the TAP from the guest-visible source (the rules of
@@ -42,6 +43,7 @@
 #define OUT_MSGS 256          /* messages in one sendmmsg */
 #define GSO_MAX_SEGS 64       /* UDP_MAX_SEGMENTS on older kernels */
 #define GSO_MAX_BYTES 65000   /* under the largest UDP payload, IPv4 or IPv6 */
+#define SEND_NOW_MIN 8192     /* datagrams this large are sent from the frame, not gathered */
 #define RECV_SLOTS 32
 #define SLOT_HEAD (VNET_LEN + ETH_LEN + IP6_LEN + UDP_LEN) /* headers to the guest */
 #define SLOT_SIZE 65536
@@ -85,10 +87,9 @@ int ns_udp_new(struct ns_ctx *ctx, int max_flows, int by_fd_cap)
     u->out_slot = malloc(sizeof(int) * OUT_MAX);
     u->out_off = malloc(sizeof(uint32_t) * OUT_MAX);
     u->out_len = malloc(sizeof(uint32_t) * OUT_MAX);
-    u->out_gso = malloc(sizeof(uint16_t) * OUT_MAX);
     u->in = malloc((size_t)RECV_SLOTS * SLOT_SIZE); /* pages are touched as datagrams fill them */
     if (!u->flows || !u->free_slots || !u->buckets || !u->by_fd || !u->out || !u->out_slot ||
-        !u->out_off || !u->out_len || !u->out_gso || !u->in) {
+        !u->out_off || !u->out_len || !u->in) {
         udp_free(ctx);
         return -ENOMEM;
     }
@@ -114,7 +115,6 @@ void udp_free(struct ns_ctx *ctx)
     free(u->out_slot);
     free(u->out_off);
     free(u->out_len);
-    free(u->out_gso);
     free(u->in);
     free(u->py);
     free(u->py_buf);
@@ -193,9 +193,8 @@ void ns_udp_close(struct ns_ctx *ctx, struct ns_udp_flow *f)
 
 /* ------------------------------------------------------- guest datagrams to the host */
 
-/* Keep one datagram (or a guest GSO frame of gso-sized ones) for the flush. */
-static int gather(struct ns_ctx *ctx, struct ns_udp_flow *f, const uint8_t *p, uint32_t len,
-                  uint16_t gso)
+/* Keep one datagram for the flush. */
+static int gather(struct ns_ctx *ctx, struct ns_udp_flow *f, const uint8_t *p, uint32_t len)
 {
     struct ns_udp *u = ctx->udp;
     if (u->nout == u->out_max || u->out_used + len > u->out_cap)
@@ -206,13 +205,18 @@ static int gather(struct ns_ctx *ctx, struct ns_udp_flow *f, const uint8_t *p, u
     u->out_slot[u->nout] = f->slot;
     u->out_off[u->nout] = u->out_used;
     u->out_len[u->nout] = len;
-    u->out_gso[u->nout] = gso;
     u->nout++;
     u->out_used += len;
     return 1;
 }
 
-/* One frame at ctx->rx (virtio-net header first): 1 when gathered here, 0 for Python. */
+static void send_now(struct ns_ctx *ctx, struct ns_udp_flow *f, uint8_t *p, uint32_t len,
+                     uint16_t seg);
+
+/* One frame at ctx->rx (virtio-net header first): 1 when taken here, 0 for Python.
+ * Small datagrams are gathered for the batch's sendmmsg; a large one (a copy would
+ * cost more than a send saves) or a guest GSO frame goes at once, after those
+ * gathered before it. */
 int udp_rx_frame(struct ns_ctx *ctx, size_t len, double now)
 {
     struct ns_udp *u = ctx->udp;
@@ -221,7 +225,7 @@ int udp_rx_frame(struct ns_ctx *ctx, size_t len, double now)
     const uint8_t *v = ctx->rx, *eth = v + VNET_LEN, *ip = eth + ETH_LEN;
     size_t l3_len = len - VNET_LEN - ETH_LEN;
     uint8_t gip[16], dip[16];
-    const uint8_t *d;
+    uint8_t *d;
     size_t l4_len;
     uint32_t pseudo;
     int v6;
@@ -238,7 +242,7 @@ int udp_rx_frame(struct ns_ctx *ctx, size_t len, double now)
         memcpy(gip + 12, ip + 12, 4);
         memcpy(dip, V4_MAPPED, 12);
         memcpy(dip + 12, ip + 16, 4);
-        d = ip + IP4_LEN;
+        d = ctx->rx + VNET_LEN + ETH_LEN + IP4_LEN;
         l4_len = total - IP4_LEN;
         pseudo = ns_sum16(ip + 12, 8, 0) + 17 + (uint32_t)l4_len;
         v6 = 0;
@@ -252,7 +256,7 @@ int udp_rx_frame(struct ns_ctx *ctx, size_t len, double now)
             return 0;
         memcpy(gip, ip + 8, 16);
         memcpy(dip, ip + 24, 16);
-        d = ip + IP6_LEN;
+        d = ctx->rx + VNET_LEN + ETH_LEN + IP6_LEN;
         l4_len = payload;
         pseudo = ns_sum16(ip + 8, 32, 0) + 17 + (uint32_t)l4_len;
         v6 = 1;
@@ -282,8 +286,13 @@ int udp_rx_frame(struct ns_ctx *ctx, size_t len, double now)
         memcmp(dip, f->dst_ip, 16))
         return 0;
     uint32_t plen = (uint32_t)l4_len - UDP_LEN;
-    if (!gather(ctx, f, d + UDP_LEN, plen, gso && gso < plen ? gso : 0))
+    if (gso >= plen)
+        gso = 0;
+    if (plen >= SEND_NOW_MIN || gso) {
+        send_now(ctx, f, d + UDP_LEN, plen, gso);
+    } else if (!gather(ctx, f, d + UDP_LEN, plen)) {
         return 0;
+    }
     if (gso)
         u->gso_frames_from_guest++;
     f->last_activity = now;
@@ -378,6 +387,22 @@ static void add_msg(struct ns_ctx *ctx, struct ns_udp_flow *f, struct batch *b, 
     }
 }
 
+static void send_now(struct ns_ctx *ctx, struct ns_udp_flow *f, uint8_t *p, uint32_t len,
+                     uint16_t seg)
+{
+    static struct batch b;
+    udp_flush_to_host(ctx); /* what was gathered before it leaves first */
+    b.n = 0;
+    if (!seg)
+        add_msg(ctx, f, &b, p, len, 0, 1);
+    else if (!f->no_gso)
+        add_msg(ctx, f, &b, p, len, seg, (len + seg - 1) / seg);
+    else
+        for (uint32_t off = 0; off < len; off += seg)
+            add_msg(ctx, f, &b, p + off, len - off < seg ? len - off : seg, 0, 1);
+    send_batch(ctx, f, &b);
+}
+
 /* Send what udp_rx_frame gathered: per flow in order; a run of equal-size datagrams of
  * one flow (the last may be shorter) as one UDP_SEGMENT message. */
 void udp_flush_to_host(struct ns_ctx *ctx)
@@ -393,21 +418,11 @@ void udp_flush_to_host(struct ns_ctx *ctx)
         while (i < u->nout && u->out_slot[i] == f->slot) {
             uint8_t *p = u->out + u->out_off[i];
             uint32_t len = u->out_len[i];
-            uint16_t seg = u->out_gso[i];
             i++;
-            if (seg) { /* a guest GSO frame */
-                if (!f->no_gso) {
-                    add_msg(ctx, f, &b, p, len, seg, (len + seg - 1) / seg);
-                } else {
-                    for (uint32_t off = 0; off < len; off += seg)
-                        add_msg(ctx, f, &b, p + off, len - off < seg ? len - off : seg, 0, 1);
-                }
-                continue;
-            }
             uint32_t total = len, count = 1;
             if (!f->no_gso && len > 0) {
-                while (i < u->nout && u->out_slot[i] == f->slot && !u->out_gso[i] &&
-                       u->out_len[i] > 0 && u->out_len[i] <= len &&
+                while (i < u->nout && u->out_slot[i] == f->slot && u->out_len[i] > 0 &&
+                       u->out_len[i] <= len &&
                        total + u->out_len[i] <= GSO_MAX_BYTES && count < GSO_MAX_SEGS) {
                     uint32_t next = u->out_len[i];
                     total += next;
