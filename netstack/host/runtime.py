@@ -409,8 +409,6 @@ class Runtime:
     def _after_fast(self, fast: FastPath, now: float) -> None:
         for conn in fast.after_call(now):
             self.stack.tcp.after(conn)
-        if self.udp_fast is not None:
-            self.udp_fast.after_call(now)  # replies C left to Python, in order
 
     def _on_host_events(self) -> None:
         self._dispatch_host_events(self.epoll.poll(0, EVENTS_PER_WAKEUP), time.monotonic())
@@ -422,7 +420,11 @@ class Runtime:
         now = time.monotonic()
         try:
             events, work = fast.host_poll(self.epoll.fileno(), now)
-        except FlowPathError as e:
+            if work and self.udp_fast is not None:
+                # replies C read and left to Python, in order, before any handler runs
+                # (one may release their flow: a forwarded port's new route)
+                self.udp_fast.after_call(now)
+        except (FlowPathError, LinkClosed) as e:
             log.info("the TAP went away (%s): exiting", e)
             self.stop(0)
             return

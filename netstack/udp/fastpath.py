@@ -125,7 +125,9 @@ class UdpFastPath:
         flow.datagrams_to_guest_in_c = int(c.datagrams_to_guest)
 
     def after_call(self, now: float) -> None:
-        """Datagrams C read from held sockets and left to Python, in order."""
+        """Datagrams C read from held sockets and left to Python, in order. Run it
+        right after ns_host_poll, before other handlers: a flow released meanwhile
+        would lose them."""
         u = self.u
         n = int(u.npy)
         if not n:
