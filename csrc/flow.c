@@ -522,7 +522,9 @@ long ns_rx(struct ns_ctx *ctx, double now, int max_frames)
                 if (!f->eject)
                     write_unsent(ctx, f);
             }
-            udp_flush_to_host(ctx);
+            /* not UDP's gathered datagrams: their first alone would cost a send and a
+             * wakeup of the receiver per batch (bulk guest->host 1.38 against 1.58
+             * Gbit/s in an A/B); a lone one waits for the read that finds the TAP empty */
         }
     }
     udp_flush_to_host(ctx);
