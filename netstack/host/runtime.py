@@ -153,15 +153,19 @@ class Runtime:
                 self.epoll.register(self.fastpath.delack_fd(), select.EPOLLIN)
             self.stack.tcp.fastpath = self.fastpath
             # established UDP flows too (csrc/udp.c), in the same context
-            self.udp_fast = UdpFastPath(
-                self.fastpath,
-                config,
-                link.mtu,
-                self.stack.udp.max_flows,
-                self.stack.udp_routes_to_host,
-            )
-            self.stack.udp.fast = self.udp_fast
-            self.stack.stats.add_source(self.udp_fast.counters, self.udp_fast.drops)
+            try:
+                self.udp_fast = UdpFastPath(
+                    self.fastpath,
+                    config,
+                    link.mtu,
+                    self.stack.udp.max_flows,
+                    self.stack.udp_routes_to_host,
+                )
+            except MemoryError:
+                log.warning("no memory for the UDP flow path: UDP stays in Python")
+            else:
+                self.stack.udp.fast = self.udp_fast
+                self.stack.stats.add_source(self.udp_fast.counters, self.udp_fast.drops)
 
     def later_modules(self) -> tuple[str, ...]:
         """What this runtime may import on first use (see LAZY_MODULES)."""
