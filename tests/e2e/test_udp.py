@@ -276,3 +276,42 @@ def test_idle_expiry_closes_the_host_socket(
     if not env:
         assert world.api("get_stats")["fast_path"]["udp_flows_held"] == 0
     world.assert_no_internal_errors()
+
+
+MANY_CLIENT = r"""
+import socket, sys
+n = int(sys.argv[1])
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
+for s in socks:
+    s.settimeout(0.5)
+got = 0
+for rnd in range(3):
+    for i, s in enumerate(socks):
+        s.sendto(b"%d-%d" % (i, rnd), ("10.0.2.2", 5405))
+        try:
+            got += s.recvfrom(100)[0] == b"%d-%d" % (i, rnd)
+        except socket.timeout:
+            pass
+print(got)
+"""
+
+
+@pytest.mark.parametrize("env", [{}, {"NETSTACK_FASTPATH": "0"}], ids=["c", "python"])
+def test_more_flows_than_allowed_evict_held_ones_cleanly(
+    world: World, env: dict[str, str], tmp_path: Path
+) -> None:
+    """120 guest sockets against a limit of 50 flows: the idlest flow gives way (held by
+    C or not), every datagram sent in a flow's turn is answered, nothing leaks."""
+    world.spawn("host", PYTHON, "-c", ECHO_SERVER, "127.0.0.1", "5405", wait_ready=True)
+    world.start_netstack("--max-udp-flows=50", "--api-socket", str(tmp_path / "api.sock"), env=env)
+    before = world.netstack_fds().get("socket", 0)
+    r = world.guest_python(MANY_CLIENT, "120")
+    assert r.returncode == 0, r.stderr + world.log()
+    assert r.stdout.strip() == str(3 * 120)
+    stats = world.api("get_stats")
+    assert stats["flows"]["udp"] == 50
+    assert stats["drops"]["udp_flow_evicted"] == 3 * 120 - 50
+    assert world.netstack_fds().get("socket", 0) == before + 50
+    if not env:
+        assert stats["fast_path"]["udp_flows_held"] == 50
+    world.assert_no_internal_errors()
