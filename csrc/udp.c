@@ -42,6 +42,7 @@
 #define OUT_MAX 512           /* datagrams (or guest GSO frames) gathered */
 #define OUT_MSGS 256          /* messages in one sendmmsg */
 #define GSO_MAX_SEGS 64       /* UDP_MAX_SEGMENTS on older kernels */
+#define GUEST_GSO_MAX_SEGS 128 /* UDP_MAX_SEGMENTS since 6.2; netstack/stack/dispatch.py */
 #define GSO_MAX_BYTES 65000   /* under the largest UDP payload, IPv4 or IPv6 */
 #define SEND_NOW_MIN 8192     /* datagrams this large are sent from the frame, not gathered */
 #define RECV_SLOTS 32
@@ -288,6 +289,8 @@ int udp_rx_frame(struct ns_ctx *ctx, size_t len, double now)
     uint32_t plen = (uint32_t)l4_len - UDP_LEN;
     if (gso >= plen)
         gso = 0;
+    else if (gso && (plen + gso - 1) / gso > GUEST_GSO_MAX_SEGS)
+        return 0; /* no kernel makes that many: Python drops it */
     if (plen >= SEND_NOW_MIN || gso) {
         send_now(ctx, f, d + UDP_LEN, plen, gso);
     } else if (!gather(ctx, f, d + UDP_LEN, plen)) {

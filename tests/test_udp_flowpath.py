@@ -266,6 +266,8 @@ def test_a_guest_gso_frame_leaves_as_its_datagrams(path: Path) -> None:
     chunks = [payload[i : i + 1000] for i in range(0, len(payload), 1000)]
     assert received(peer, len(chunks)) == chunks
     assert path.ctx.udp.gso_frames_from_guest == 1
+    forged = datagram(payload[:1000], peer.getsockname()[1], vnet_hdr=vh[:4] + b"\x01\0" + vh[6:])
+    assert run(path, [forged]) == [forged]  # 1,000 one-byte datagrams: no kernel makes that
 
 
 @settings(

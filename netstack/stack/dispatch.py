@@ -54,6 +54,9 @@ if TYPE_CHECKING:  # the directory's modules load with --directory only
 log = logging.getLogger(__name__)
 
 MAX_MAC_WAITERS = 64
+# a UDP GSO frame carries at most this many datagrams (the kernel's UDP_MAX_SEGMENTS
+# since 6.2); more is a forged frame that would cost a send per byte
+UDP_GSO_MAX_SEGMENTS = 128
 
 _ETH = ethernet.HEADER
 
@@ -244,6 +247,8 @@ class Stack:
         seg = self._udp_gso
         if not seg or len(payload) <= seg:
             return [payload]
+        if -(-len(payload) // seg) > UDP_GSO_MAX_SEGMENTS:
+            raise WireError("udp_gso_segments", f"{len(payload)} bytes in {seg}-byte datagrams")
         return [payload[i : i + seg] for i in range(0, len(payload), seg)]
 
     def _udp(self, eth_src: bytes, ip: ipv4.Ipv4Header, l3: memoryview, now: float) -> None:
