@@ -395,3 +395,37 @@ def test_a_closed_flow_leaves_no_entry_for_python(path: Path) -> None:
     path.lib.ns_udp_python_done(path.ctx)
     host.close()
     peer.close()
+
+
+@settings(
+    max_examples=int(os.environ.get("NETSTACK_FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    st.tuples(
+        st.integers(0, 255) | st.sampled_from([0, 1, 2, 3]),  # flags
+        st.integers(0, 255) | st.sampled_from([0, 1, 3, 4, 5, 0x85]),  # gso_type
+        st.integers(0, 0xFFFF),  # hdr_len
+        st.integers(0, 0xFFFF) | st.integers(0, 400),  # gso_size
+        st.integers(0, 0xFFFF) | st.just(34),  # csum_start
+        st.integers(0, 0xFFFF) | st.just(6),  # csum_offset
+    ).map(lambda t: struct.pack("<BBHHHH", *t)),
+    st.binary(min_size=1, max_size=300),
+)
+def test_any_virtio_net_header_on_a_good_datagram(path: Path, vh: bytes, payload: bytes) -> None:
+    """Whatever the header says (GSO of any size, checksum flags): the frame is handed
+    back unchanged, or its payload reaches the peer, split where it asks for GSO."""
+    if not path.vnet:
+        pytest.skip("plain frames carry no virtio-net header")
+    if not path.flows:
+        path.hold()
+    _, _, peer = path.flows[0]
+    received(peer)
+    frame = datagram(payload, peer.getsockname()[1], vnet_hdr=vh)
+    if run(path, [frame]):
+        assert received(peer) == []
+        return
+    gso = struct.unpack("<H", vh[4:6])[0] if vh[1] == 5 else 0
+    want = [payload[i : i + gso] for i in range(0, len(payload), gso)] if gso else [payload]
+    assert received(peer, len(want)) == want
