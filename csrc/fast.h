@@ -112,6 +112,7 @@ struct ns_ctx {
     uint64_t frames_in;
     uint64_t frames_in_c;
     uint64_t frames_out;
+    struct ns_udp *udp;     /* established UDP flows (csrc/udp.c); NULL until ns_udp_new */
 };
 
 struct ns_ctx *ns_ctx_new(int tap_fd, int vnet, uint8_t *rx, size_t rx_cap, int max_flows,
@@ -127,3 +128,77 @@ void ns_flow_flush(struct ns_ctx *ctx, struct ns_flow *flow, double now);
 long ns_rx(struct ns_ctx *ctx, double now, int max_frames);
 long ns_rx_flush(struct ns_ctx *ctx, double now);
 long ns_host_poll(struct ns_ctx *ctx, int epfd, double now);
+
+/* ---- established UDP flows (csrc/udp.c) ---- */
+struct ns_udp_flow {
+    int fd;
+    int slot;
+    int next;                   /* hash chain: slot + 1 of the next flow, 0 ends it */
+    int v6;
+    uint8_t guest_mac[6];
+    uint8_t guest_ip[16];       /* IPv4 as ::ffff:a.b.c.d */
+    uint16_t guest_port;
+    uint16_t dst_port;
+    uint8_t dst_ip[16];         /* the destination as the guest addressed it ... */
+    uint8_t host_addr[28];      /* ... and the host sockaddr the policy maps it to */
+    uint32_t host_addr_len;
+    int no_gso;                 /* UDP_SEGMENT failed on this socket: one datagram a send */
+    int to_python;              /* a datagram of the current read went to Python: the rest too */
+    uint64_t datagrams_to_host;
+    uint64_t datagrams_to_guest;
+    double last_activity;
+};
+
+struct ns_udp_for_python {      /* a datagram C read from a host socket and leaves to Python */
+    int slot;
+    int family;
+    uint8_t addr[16];
+    uint16_t port;
+    uint32_t off;               /* in ns_udp.py_buf */
+    uint32_t len;
+};
+
+struct ns_udp {
+    int max_flows;
+    struct ns_udp_flow *flows;
+    int *free_slots;
+    int nfree;
+    int *buckets;
+    unsigned int bucket_mask;
+    int *by_fd;
+    int by_fd_cap;
+    uint8_t gateway_ip[4];      /* how host sources look to the guest: Policy.virtual_source */
+    uint8_t host6_ip[16];
+    int host_loopback;
+    uint32_t mtu;
+    int uso;                    /* the TAP takes and gives UDP GSO frames (TUN_F_USO4/6) */
+    uint8_t *out;               /* guest datagrams gathered during an ns_rx batch */
+    uint32_t out_cap;
+    uint32_t out_used;
+    int *out_slot;
+    uint32_t *out_off;
+    uint32_t *out_len;
+    int nout;
+    int out_max;
+    uint8_t *in;                /* receive slots for host datagrams */
+    struct ns_udp_for_python *py;
+    int npy;
+    int py_max;
+    uint8_t *py_buf;
+    uint32_t py_cap;
+    uint32_t py_used;
+    uint64_t datagrams_to_host;
+    uint64_t datagrams_to_guest;
+    uint64_t gso_sends;
+    uint64_t gso_frames_to_guest;
+    uint64_t gso_frames_from_guest;
+    uint64_t send_errors;
+};
+
+int ns_udp_new(struct ns_ctx *ctx, int max_flows, int by_fd_cap);
+struct ns_udp_flow *ns_udp_open(struct ns_ctx *ctx, int fd, const uint8_t *guest_ip,
+                                uint16_t guest_port, int v6);
+struct ns_udp_flow *ns_udp_lookup(struct ns_ctx *ctx, const uint8_t *guest_ip,
+                                  uint16_t guest_port);
+void ns_udp_close(struct ns_ctx *ctx, struct ns_udp_flow *flow);
+void ns_udp_python_done(struct ns_ctx *ctx);

@@ -507,8 +507,10 @@ long ns_rx(struct ns_ctx *ctx, double now, int max_frames)
             return -errno;
         }
         ctx->frames_in++;
-        if (!rx_frame(ctx, (size_t)n, now))
+        if (!rx_frame(ctx, (size_t)n, now) && !udp_rx_frame(ctx, (size_t)n, now)) {
+            udp_flush_to_host(ctx); /* a flow's datagrams leave in order, C's first */
             return n;
+        }
         ctx->frames_in_c++;
         if (ctx->link_errno)
             return -ctx->link_errno;
@@ -520,8 +522,12 @@ long ns_rx(struct ns_ctx *ctx, double now, int max_frames)
                 if (!f->eject)
                     write_unsent(ctx, f);
             }
+            /* not UDP's gathered datagrams: their first alone would cost a send and a
+             * wakeup of the receiver per batch (bulk guest->host 1.38 against 1.58
+             * Gbit/s in an A/B); a lone one waits for the read that finds the TAP empty */
         }
     }
+    udp_flush_to_host(ctx);
     flush_dirty(ctx, now);
     if (ctx->link_errno)
         return -ctx->link_errno;
@@ -533,6 +539,7 @@ long ns_rx(struct ns_ctx *ctx, double now, int max_frames)
  * NS_PYTHON_WORK or -errno as ns_rx does. */
 long ns_rx_flush(struct ns_ctx *ctx, double now)
 {
+    udp_flush_to_host(ctx);
     flush_dirty(ctx, now);
     if (ctx->link_errno)
         return -ctx->link_errno;
@@ -576,6 +583,8 @@ long ns_host_poll(struct ns_ctx *ctx, int epfd, double now)
             delack_run(ctx, now);
             continue;
         }
+        if (udp_host_event(ctx, fd, events, now))
+            continue;
         struct ns_flow *f = NULL;
         if (fd >= 0 && fd < ctx->by_fd_cap && ctx->by_fd[fd])
             f = &ctx->flows[ctx->by_fd[fd] - 1];
@@ -596,5 +605,6 @@ long ns_host_poll(struct ns_ctx *ctx, int epfd, double now)
     }
     if (ctx->link_errno)
         return -ctx->link_errno;
-    return ctx->nev + (ctx->nejects || ctx->ntimers ? NS_PYTHON_WORK : 0);
+    int work = ctx->nejects || ctx->ntimers || udp_python_work(ctx);
+    return ctx->nev + (work ? NS_PYTHON_WORK : 0);
 }

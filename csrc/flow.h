@@ -49,4 +49,11 @@ struct ns_flow *flow_lookup(struct ns_ctx *ctx, const uint8_t *gip, uint16_t gpo
                             const uint8_t *rip, uint16_t rport);
 void flow_eject(struct ns_ctx *ctx, struct ns_flow *f, int why, int err);
 
+/* csrc/udp.c: the hooks flow.c and flow_table.c call */
+int udp_rx_frame(struct ns_ctx *ctx, size_t len, double now);
+void udp_flush_to_host(struct ns_ctx *ctx);
+int udp_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now);
+int udp_python_work(const struct ns_ctx *ctx);
+void udp_free(struct ns_ctx *ctx);
+
 #endif

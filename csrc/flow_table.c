@@ -130,6 +130,7 @@ void ns_ctx_free(struct ns_ctx *ctx)
     free(ctx->ev_mask);
     if (ctx->delack_fd >= 0)
         close(ctx->delack_fd);
+    udp_free(ctx);
     free(ctx);
 }
 

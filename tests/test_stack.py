@@ -18,6 +18,7 @@ from netstack.host.resolvconf import ResolvConf, parse_nameservers
 from netstack.stack.config import NetworkConfig
 from netstack.stack.limits import Limits
 from netstack.stack.reassembly import Reassembler
+from netstack.wire import vnet
 from tests.fakes import GUEST_MAC, GW_MAC, Rig
 
 GUEST = "10.0.2.100"
@@ -116,6 +117,23 @@ def test_udp_to_gateway_goes_to_host_loopback_and_replies_come_from_gateway() ->
     (reply,) = rig.frames()
     assert (reply[IP].src, reply[UDP].sport, reply[UDP].dport) == ("10.0.2.2", 5000, 4000)
     assert bytes(reply[UDP].payload) == b"pong"
+
+
+def test_a_udp_gso_frame_from_the_guest_is_split_into_its_datagrams() -> None:
+    """The TAP's USO hands over a guest's UDP_SEGMENT write as one frame (gso_type
+    UDP_L4): each gso_size piece is a datagram of its own, the last maybe shorter."""
+    rig = Rig(vnet_enabled=True)
+    data = os.urandom(1000 * 5 + 7)
+    gso = vnet.VnetHeader(vnet.F_NEEDS_CSUM, vnet.GSO_UDP_L4, 42, 1000, 34, 6)
+    rig.send(IP(src=GUEST, dst="10.0.2.2") / UDP(sport=4000, dport=5000) / data, gso)
+    _, sock = rig.host.udp[0]
+    pieces = [data[i : i + 1000] for i in range(0, len(data), 1000)]
+    assert sock.sent == [(p, ("127.0.0.1", 5000)) for p in pieces]
+    # more datagrams than any kernel puts in one frame: a forged frame, dropped
+    forged = gso._replace(gso_size=1)
+    rig.send(IP(src=GUEST, dst="10.0.2.2") / UDP(sport=4000, dport=5000) / data[:500], forged)
+    assert len(sock.sent) == len(pieces)
+    assert rig.stack.stats.drops["udp_gso_segments"] == 1
 
 
 def test_large_udp_reply_is_fragmented_to_the_mtu() -> None:

@@ -183,6 +183,7 @@ class UdpForwardListener:
                     continue
                 self.routes[client] = route
                 stack.udp_routes_to_host[route.key] = route
+                stack.udp.route_opened(route.key[0], route.key[1])
             route.last_activity = now
             stack.timers.touch(route)
             self._to_guest(route, data)

@@ -35,6 +35,7 @@ from netstack.tcp import fastpath
 from netstack.tcp.connection import TcpConnection
 from netstack.tcp.fastpath import PYTHON_WORK, FastPath, FlowPathError
 from netstack.tcp.interfaces import HostStream
+from netstack.udp.fastpath import UdpFastPath
 
 if TYPE_CHECKING:
     import asyncio
@@ -73,6 +74,8 @@ class EventHandler(Protocol):
 
 
 class Runtime:
+    udp_fast: UdpFastPath | None = None  # established UDP flows in C (with fastpath)
+
     def __init__(
         self,
         config: NetworkConfig,
@@ -148,6 +151,20 @@ class Runtime:
             if self.fastpath.delack_fd() >= 0:  # C reads it in ns_host_poll
                 self.epoll.register(self.fastpath.delack_fd(), select.EPOLLIN)
             self.stack.tcp.fastpath = self.fastpath
+            # established UDP flows too (csrc/udp.c), in the same context
+            try:
+                self.udp_fast = UdpFastPath(
+                    self.fastpath,
+                    config,
+                    link.mtu,
+                    self.stack.udp.max_flows,
+                    self.stack.udp_routes_to_host,
+                )
+            except MemoryError:
+                log.warning("no memory for the UDP flow path: UDP stays in Python")
+            else:
+                self.stack.udp.fast = self.udp_fast
+                self.stack.stats.add_source(self.udp_fast.counters, self.udp_fast.drops)
 
     def later_modules(self) -> tuple[str, ...]:
         """What this runtime may import on first use (see LAZY_MODULES)."""
@@ -232,6 +249,7 @@ class Runtime:
                     "age_seconds": round(now - conn.created, 3),
                 }
             )
+        self.stack.udp.sync()
         for flow in self.stack.udp.flows.values():
             out.append(
                 {
@@ -241,6 +259,7 @@ class Runtime:
                     "guest": api_commands.addr(flow.guest_ip, flow.guest_port),
                     "remote": "*",
                     "idle_seconds": round(now - flow.last_activity, 3),
+                    "in_c": flow.fast is not None,
                 }
             )
         return out
@@ -266,9 +285,17 @@ class Runtime:
             + self.stack.output.frames_sent
             + (self.fastpath.frames_out() if self.fastpath is not None else 0),
             "uptime_seconds": api_commands.uptime(self.started),
-            "fast_path": self.fastpath.snapshot() if self.fastpath is not None else None,
+            "fast_path": self._fast_path_stats(),
             "directory": self._directory_stats(),
         }
+
+    def _fast_path_stats(self) -> dict[str, Any] | None:
+        if self.fastpath is None:
+            return None
+        out: dict[str, Any] = self.fastpath.snapshot()
+        if self.udp_fast is not None:
+            out.update(self.udp_fast.snapshot())
+        return out
 
     def _directory_stats(self) -> dict[str, Any] | None:
         """--directory: whether netstackd's watch is up, and what the view holds."""
@@ -403,7 +430,11 @@ class Runtime:
         now = time.monotonic()
         try:
             events, work = fast.host_poll(self.epoll.fileno(), now)
-        except FlowPathError as e:
+            if work and self.udp_fast is not None:
+                # replies C read and left to Python, in order, before any handler runs
+                # (one may release their flow: a forwarded port's new route)
+                self.udp_fast.after_call(now)
+        except (FlowPathError, LinkClosed) as e:
             log.info("the TAP went away (%s): exiting", e)
             self.stop(0)
             return

@@ -1,5 +1,5 @@
 """The TAP link: open /dev/net/tun as a TAP (IFF_VNET_HDR when the kernel allows it,
-with checksum and TSO offloads on), and move frames through its fd.
+with checksum, TSO and USO offloads on), and move frames through its fd.
 
 `open_tap` runs inside the target namespace (in the short-lived child, see
 netstack.cli.nsenter); `TapLink` wraps the fd the child passes back.
@@ -29,6 +29,9 @@ IFF_VNET_HDR = 0x4000
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
+TUN_F_USO4 = 0x20  # UDP segmentation offload (kernel 6.2+): a guest's UDP_SEGMENT
+TUN_F_USO6 = 0x40  # writes reach us as one frame
+OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
 
 _IFREQ = struct.Struct("16sH22x")
 
@@ -57,13 +60,23 @@ def open_tap(name: str, want_vnet: bool = True) -> tuple[int, bool]:
             except OSError:
                 pass  # little-endian hosts use LE by default; big-endian ones are not supported
             try:
-                fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+                set_offloads(fd)
             except OSError as e:
                 log.info("TAP %s: offloads refused (%s)", name, e.strerror)
         return fd, vnet_on
     except BaseException:
         os.close(fd)
         raise
+
+
+def set_offloads(fd: int) -> None:
+    """Checksum, TCP and, where the kernel has it, UDP segmentation offloads."""
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS | TUN_F_USO4 | TUN_F_USO6)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS)  # before 6.2: no USO
 
 
 TUNGETIFF = 0x800454D2
@@ -83,7 +96,7 @@ def inherited_tap(fd: int) -> tuple[int, bool]:
     if vnet_on:
         fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HEADROOM))
         try:
-            fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+            set_offloads(fd)
         except OSError:
             pass
     return fd, vnet_on

@@ -54,6 +54,9 @@ if TYPE_CHECKING:  # the directory's modules load with --directory only
 log = logging.getLogger(__name__)
 
 MAX_MAC_WAITERS = 64
+# a UDP GSO frame carries at most this many datagrams (the kernel's UDP_MAX_SEGMENTS
+# since 6.2); more is a forged frame that would cost a send per byte
+UDP_GSO_MAX_SEGMENTS = 128
 
 _ETH = ethernet.HEADER
 
@@ -138,6 +141,9 @@ class Stack:
         self._our_macs = (config.gateway_mac, config.dns_mac, ethernet.BROADCAST, *v6_macs)
         self._spoofed_macs = (config.gateway_mac, config.dns_mac, bytes(6), *v6_macs)
         self._icmp_quote = b""
+        # the current frame's UDP GSO size (virtio-net GSO_UDP_L4, with the TAP's USO):
+        # its UDP payload is a run of datagrams of this size, the last maybe shorter
+        self._udp_gso = 0
 
     # ----------------------------------------------------------------- input
     def receive(self, buf: bytearray, length: int, now: float) -> None:
@@ -165,6 +171,7 @@ class Stack:
         if eth_src in self._spoofed_macs:
             raise WireError("eth_spoofed_source")
         l3 = frame[VNET_HEADROOM + ethernet.HEADER_LEN :]
+        self._udp_gso = frame[4] | frame[5] << 8 if frame[1] == vnet.GSO_UDP_L4 else 0
         if ethertype == ethernet.ETHERTYPE_IPV4:
             # a frame the guest kernel left checksum-partial (vnet) still has a valid
             # IP header checksum; L4 checksums are never verified (a local link)
@@ -235,10 +242,30 @@ class Stack:
                 eth_src, icmpv4.TYPE_DEST_UNREACHABLE, icmpv4.CODE_PROTO_UNREACHABLE, quote
             )
 
+    def _udp_payloads(self, payload: memoryview) -> list[memoryview]:
+        """The datagrams a UDP payload carries: itself, or a GSO frame's run."""
+        seg = self._udp_gso
+        if not seg or len(payload) <= seg:
+            return [payload]
+        if -(-len(payload) // seg) > UDP_GSO_MAX_SEGMENTS:
+            raise WireError("udp_gso_segments", f"{len(payload)} bytes in {seg}-byte datagrams")
+        return [payload[i : i + seg] for i in range(0, len(payload), seg)]
+
     def _udp(self, eth_src: bytes, ip: ipv4.Ipv4Header, l3: memoryview, now: float) -> None:
         datagram = l3[ip.ihl : ip.total_length]
         hdr = udp.parse(datagram)
-        payload = datagram[udp.HEADER_LEN : hdr.length]
+        for payload in self._udp_payloads(datagram[udp.HEADER_LEN : hdr.length]):
+            self._udp_datagram(eth_src, ip, l3, hdr, payload, now)
+
+    def _udp_datagram(
+        self,
+        eth_src: bytes,
+        ip: ipv4.Ipv4Header,
+        l3: memoryview,
+        hdr: udp.UdpHeader,
+        payload: memoryview,
+        now: float,
+    ) -> None:
         cfg = self.config
         if hdr.dst_port == dhcpv4.SERVER_PORT and ip.dst in (_LIMITED_BROADCAST, cfg.gateway):
             self._dhcp(eth_src, payload)
@@ -337,22 +364,34 @@ class Stack:
             self.tcp.on_segment(eth_src, src, ip.dst, seg, body[seg.header_len :], quote, now)
         elif ul.proto == ipv6.NEXT_UDP:
             hdr_u = udp.parse(body)
-            payload = body[udp.HEADER_LEN : hdr_u.length]
-            route = self.udp_routes_to_host.get((src, hdr_u.src_port, ip.dst, hdr_u.dst_port))
-            if route is not None:
-                route.to_client(payload, now)
-            elif hdr_u.dst_port == dhcpv6.SERVER_PORT and ip.dst in (dhcpv6.ALL_SERVERS, ROUTER_LL):
-                self._dhcpv6(eth_src, src, hdr_u.src_port, payload)
-            elif ip.dst == DNS6 and hdr_u.dst_port == dns.PORT and self.config.dns_enabled:
-                self.dns.from_guest(eth_src, src, hdr_u.src_port, payload, now, dns_ip=DNS6)
-            else:
-                self.udp.from_guest(
-                    eth_src, src, hdr_u.src_port, ip.dst, hdr_u.dst_port, payload, quote, now
-                )
+            for payload in self._udp_payloads(body[udp.HEADER_LEN : hdr_u.length]):
+                self._udp6_datagram(eth_src, ip, src, hdr_u, payload, quote, now)
         elif ul.proto == ipv6.NEXT_ICMPV6:
             self._icmp6(eth_src, ip, body, quote, now)
         else:
             self.stats.drop("ipv6_proto_unknown")
+
+    def _udp6_datagram(
+        self,
+        eth_src: bytes,
+        ip: ipv6.Ipv6Header,
+        src: bytes,
+        hdr_u: udp.UdpHeader,
+        payload: memoryview,
+        quote: bytes,
+        now: float,
+    ) -> None:
+        route = self.udp_routes_to_host.get((src, hdr_u.src_port, ip.dst, hdr_u.dst_port))
+        if route is not None:
+            route.to_client(payload, now)
+        elif hdr_u.dst_port == dhcpv6.SERVER_PORT and ip.dst in (dhcpv6.ALL_SERVERS, ROUTER_LL):
+            self._dhcpv6(eth_src, src, hdr_u.src_port, payload)
+        elif ip.dst == DNS6 and hdr_u.dst_port == dns.PORT and self.config.dns_enabled:
+            self.dns.from_guest(eth_src, src, hdr_u.src_port, payload, now, dns_ip=DNS6)
+        else:
+            self.udp.from_guest(
+                eth_src, src, hdr_u.src_port, ip.dst, hdr_u.dst_port, payload, quote, now
+            )
 
     def _dhcpv6(self, eth_src: bytes, src: bytes, sport: int, payload: memoryview) -> None:
         """Stateless DHCPv6: an information request gets the DNS address (RFC 8415

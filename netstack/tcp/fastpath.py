@@ -90,6 +90,7 @@ class FastPath:
 
         self.ffi = ffi
         self.lib = lib
+        self.by_fd_cap = by_fd_cap
         self._rx_ref = ffi.from_buffer(rx_buf)  # keeps the pointer valid
         ctx = lib.ns_ctx_new(tap_fd, vnet, self._rx_ref, len(rx_buf), max_flows, by_fd_cap)
         if ctx == ffi.NULL:

@@ -3,6 +3,10 @@ from any peer come back, as in slirp. Idle flows expire (240 s, slirp's value).
 
 Destinations are translated by the stack's policy (gateway -> host loopback);
 replies are translated back (host loopback -> gateway) before they reach the guest.
+
+With the C path (netstack/udp/fastpath.py, `fast`), a flow that has sent a datagram is
+held by C, which then moves its datagrams to that destination and its replies; this
+module still opens, expires, evicts and closes every flow.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from netstack.stack.guest_output import GuestOutput
 from netstack.stack.hostio import DatagramSocket, HostAddr, HostIO
@@ -17,6 +22,9 @@ from netstack.stack.stats import Stats
 from netstack.stack.timers import TimerQueue
 from netstack.tcp.interfaces import Refusal
 from netstack.wire import icmpv4
+
+if TYPE_CHECKING:
+    from netstack.udp.fastpath import UdpFastPath
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +45,17 @@ class UdpFlow:
         self.last_activity = now
         self.sock: DatagramSocket | None = None
         self.closed = False
+        self.fast: Any = None  # its struct ns_udp_flow while C holds it
+        self.datagrams_from_guest_in_c = 0  # as of the last sync
+        self.datagrams_to_guest_in_c = 0
 
     @property
     def deadline(self) -> float | None:
         return None if self.closed else self.last_activity + self.proxy.idle_timeout
 
     def on_timer(self, now: float) -> None:
+        if self.proxy.fast is not None:
+            self.proxy.fast.sync(self)  # C stamps the activity it saw
         if now >= self.last_activity + self.proxy.idle_timeout:
             self.proxy.expire(self)
 
@@ -81,6 +94,7 @@ class UdpProxy:
         # least recently used first: a guest opening more flows than allowed pushes out
         # its own idlest one, not a newcomer
         self.flows: OrderedDict[tuple[bytes, int], UdpFlow] = OrderedDict()
+        self.fast: UdpFastPath | None = None
 
     def from_guest(
         self,
@@ -110,7 +124,7 @@ class UdpProxy:
         if flow is None:
             if len(self.flows) >= self.max_flows:
                 self.stats.drop("udp_flow_evicted")
-                self.expire(next(iter(self.flows.values())))
+                self.expire(self._least_recently_used())
             flow = UdpFlow(self, guest_mac, src, sport, now)
             try:
                 flow.sock = self.host.open_udp(flow, target[0])
@@ -136,9 +150,35 @@ class UdpProxy:
             return
         self.stats.count("udp_datagrams_from_guest")
         self.timers.touch(flow)
+        if self.fast is not None:
+            self.fast.hold(flow, dst, dport, target)
+
+    def _least_recently_used(self) -> UdpFlow:
+        """The flow idle longest (C's activity counts: its flows do not move in the
+        order Python keeps)."""
+        if self.fast is None or not self.fast.held:
+            return next(iter(self.flows.values()))
+        for flow in self.fast.held.values():
+            self.fast.sync(flow)
+        return min(self.flows.values(), key=lambda f: f.last_activity)
+
+    def route_opened(self, guest_ip: bytes, guest_port: int) -> None:
+        """A forwarded port's route now starts at (guest_ip, guest_port): its frames
+        must meet the route lookup in Python, so C gives the flow back."""
+        flow = self.flows.get((guest_ip, guest_port))
+        if flow is not None and self.fast is not None:
+            self.fast.release(flow)
+
+    def sync(self) -> None:
+        """Bring every held flow's activity and counts up to date (for reading)."""
+        if self.fast is not None:
+            for flow in self.fast.held.values():
+                self.fast.sync(flow)
 
     def expire(self, flow: UdpFlow) -> None:
         flow.closed = True
+        if self.fast is not None:
+            self.fast.release(flow)  # before its socket closes
         if flow.sock is not None:
             flow.sock.close()
             flow.sock = None

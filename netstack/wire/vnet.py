@@ -3,8 +3,8 @@ every frame, in both directions. Little-endian (we set TUNSETVNETLE where the ke
 allows it; on little-endian hosts that is also the default).
 
 flags NEEDS_CSUM: the L4 checksum field holds only the pseudo-header sum; finish it
-from csum_start. gso_type/gso_size: a TCP super-segment the receiver splits at
-gso_size. hdr_len is a hint and is never trusted on input.
+from csum_start. gso_type/gso_size: a TCP super-segment, or a run of UDP datagrams
+(GSO_UDP_L4), the receiver splits at gso_size. hdr_len is a hint and is never trusted on input.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ GSO_NONE = 0
 GSO_TCPV4 = 1
 GSO_UDP = 3
 GSO_TCPV6 = 4
+GSO_UDP_L4 = 5  # a UDP super-datagram: split at gso_size into datagrams (USO)
 GSO_ECN = 0x80
 
 

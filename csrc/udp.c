@@ -1,0 +1,737 @@
+/* netstack C fast path: established UDP flows (IPv4 and IPv6), both directions.
+ *
+ * Python's UDP proxy (netstack/udp/proxy.py) is the policy and the twin of this file:
+ * it opens a flow (one unconnected host socket per guest address and port), resolves
+ * the destination through the policy, and then hands the flow here
+ * (netstack/udp/fastpath.py) with that destination cached: the virtual address the
+ * guest used and the host sockaddr it maps to.
+ *   - ns_rx passes each frame it does not run as TCP to udp_rx_frame: a well-formed
+ *     datagram (no fragment, lengths and checksum right, or checksum-partial) from a
+ *     held flow to its cached destination is taken. Small ones are gathered and go
+ *     out at the end of the read (udp_flush_to_host) with sendmmsg, equal-size runs
+ *     of one flow as one UDP_SEGMENT send; a large one, or a guest GSO frame (gso_type
+ *     UDP_L4, as one UDP_SEGMENT send), goes at once, after those gathered before it.
+ *     Everything else stays for Python, unchanged.
+ *   - ns_host_poll passes events of held sockets to udp_host_event: recvmmsg in
+ *     batches, written to the TAP from the guest-visible source (the rules of
+ *     Policy.virtual_source): with virtio-net headers a run of equal-size datagrams
+ *     from one source as one UDP GSO frame (gso_type UDP_L4, one writev, the guest's
+ *     kernel splits it), else one frame each. A datagram C cannot send (a source
+ *     the rules do not know, one larger than the MTU, which Python fragments) is
+ *     copied to the list for Python, and so is the rest of that read, in order.
+ * Python keeps flow creation, expiry, eviction and close; C counts and stamps
+ * last_activity.
+ */
+#define _GNU_SOURCE /* sendmmsg, recvmmsg */
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "flow.h"
+
+#define UDP_LEN 8
+#define SOL_UDP_ 17
+#define UDP_SEGMENT_ 103
+#define VNET_F_NEEDS_CSUM 1
+#define VNET_GSO_UDP_L4 5
+#define OUT_CAP (512 * 1024)  /* bytes gathered from the guest before a flush */
+#define OUT_MAX 512           /* datagrams (or guest GSO frames) gathered */
+#define OUT_MSGS 256          /* messages in one sendmmsg */
+#define GSO_MAX_SEGS 64       /* UDP_MAX_SEGMENTS on older kernels */
+#define GUEST_GSO_MAX_SEGS 128 /* UDP_MAX_SEGMENTS since 6.2; netstack/stack/dispatch.py */
+#define GSO_MAX_BYTES 65000   /* under the largest UDP payload, IPv4 or IPv6 */
+#define SEND_NOW_MIN 8192     /* datagrams this large are sent from the frame, not gathered */
+#define RECV_SLOTS 32
+#define SLOT_HEAD (VNET_LEN + ETH_LEN + IP6_LEN + UDP_LEN) /* headers to the guest */
+#define SLOT_SIZE 65536
+#define READ_ROUNDS 4         /* recvmmsg calls per event: up to 128 datagrams */
+
+static const uint8_t ZERO16[16];
+
+static void put16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = v & 0xff; }
+static void put16le(uint8_t *p, uint16_t v) { p[0] = v & 0xff; p[1] = v >> 8; }
+static uint16_t get16le(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+static uint16_t fold(uint32_t sum)
+{
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return (uint16_t)sum;
+}
+
+/* ------------------------------------------------------------------ the table */
+
+int ns_udp_new(struct ns_ctx *ctx, int max_flows, int by_fd_cap)
+{
+    if (ctx->udp)
+        return 0;
+    struct ns_udp *u = calloc(1, sizeof(*u));
+    if (!u)
+        return -ENOMEM;
+    ctx->udp = u;
+    unsigned int buckets = 64;
+    while (buckets < (unsigned int)max_flows * 2)
+        buckets <<= 1;
+    u->max_flows = max_flows;
+    u->flows = calloc((size_t)max_flows, sizeof(*u->flows));
+    u->free_slots = malloc(sizeof(int) * (size_t)max_flows);
+    u->buckets = calloc(buckets, sizeof(int));
+    u->bucket_mask = buckets - 1;
+    u->by_fd = calloc((size_t)by_fd_cap, sizeof(int));
+    u->by_fd_cap = by_fd_cap;
+    u->out = malloc(OUT_CAP);
+    u->out_cap = OUT_CAP;
+    u->out_max = OUT_MAX;
+    u->out_slot = malloc(sizeof(int) * OUT_MAX);
+    u->out_off = malloc(sizeof(uint32_t) * OUT_MAX);
+    u->out_len = malloc(sizeof(uint32_t) * OUT_MAX);
+    u->in = malloc((size_t)RECV_SLOTS * SLOT_SIZE); /* pages are touched as datagrams fill them */
+    if (!u->flows || !u->free_slots || !u->buckets || !u->by_fd || !u->out || !u->out_slot ||
+        !u->out_off || !u->out_len || !u->in) {
+        udp_free(ctx);
+        return -ENOMEM;
+    }
+    for (int i = 0; i < max_flows; i++)
+        u->free_slots[i] = max_flows - 1 - i;
+    u->nfree = max_flows;
+    u->host_loopback = 1;
+    u->mtu = 1500;
+    u->uso = 1; /* until the TAP refuses a UDP GSO frame */
+    return 0;
+}
+
+void udp_free(struct ns_ctx *ctx)
+{
+    struct ns_udp *u = ctx->udp;
+    if (!u)
+        return;
+    free(u->flows);
+    free(u->free_slots);
+    free(u->buckets);
+    free(u->by_fd);
+    free(u->out);
+    free(u->out_slot);
+    free(u->out_off);
+    free(u->out_len);
+    free(u->in);
+    free(u->py);
+    free(u->py_buf);
+    free(u);
+    ctx->udp = NULL;
+}
+
+static unsigned int bucket_of(struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport)
+{
+    return ns_flow_hash(ctx, gip, gport, ZERO16, 0) & ctx->udp->bucket_mask;
+}
+
+struct ns_udp_flow *ns_udp_lookup(struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport)
+{
+    struct ns_udp *u = ctx->udp;
+    if (!u)
+        return NULL;
+    int s = u->buckets[bucket_of(ctx, gip, gport)];
+    while (s) {
+        struct ns_udp_flow *f = &u->flows[s - 1];
+        if (f->guest_port == gport && !memcmp(f->guest_ip, gip, 16))
+            return f;
+        s = f->next;
+    }
+    return NULL;
+}
+
+/* A zeroed flow for (guest_ip, guest_port) on host socket fd; the caller fills its MAC
+ * and destination. NULL when full, fd out of range or held, or the key held. */
+struct ns_udp_flow *ns_udp_open(struct ns_ctx *ctx, int fd, const uint8_t *guest_ip,
+                                uint16_t guest_port, int v6)
+{
+    struct ns_udp *u = ctx->udp;
+    if (!u || u->nfree == 0 || fd < 0 || fd >= u->by_fd_cap || u->by_fd[fd] ||
+        (fd < ctx->by_fd_cap && ctx->by_fd[fd]))
+        return NULL;
+    if (ns_udp_lookup(ctx, guest_ip, guest_port))
+        return NULL;
+    int slot = u->free_slots[--u->nfree];
+    struct ns_udp_flow *f = &u->flows[slot];
+    memset(f, 0, sizeof(*f));
+    f->fd = fd;
+    f->slot = slot;
+    f->v6 = v6;
+    memcpy(f->guest_ip, guest_ip, 16);
+    f->guest_port = guest_port;
+    unsigned int b = bucket_of(ctx, guest_ip, guest_port);
+    f->next = u->buckets[b];
+    u->buckets[b] = slot + 1;
+    u->by_fd[fd] = slot + 1;
+    return f;
+}
+
+void ns_udp_close(struct ns_ctx *ctx, struct ns_udp_flow *f)
+{
+    struct ns_udp *u = ctx->udp;
+    int slot = f->slot;
+    if (u->nout)
+        udp_flush_to_host(ctx); /* its gathered datagrams still go, in order */
+    int *link = &u->buckets[bucket_of(ctx, f->guest_ip, f->guest_port)];
+    while (*link) {
+        if (*link == slot + 1) {
+            *link = f->next;
+            break;
+        }
+        link = &u->flows[*link - 1].next;
+    }
+    if (f->fd >= 0 && f->fd < u->by_fd_cap && u->by_fd[f->fd] == slot + 1)
+        u->by_fd[f->fd] = 0;
+    for (int i = 0; i < u->npy; i++) /* a reused slot must not take them */
+        if (u->py[i].slot == slot)
+            u->py[i].slot = -1;
+    f->fd = -1;
+    u->free_slots[u->nfree++] = slot;
+}
+
+/* ------------------------------------------------------- guest datagrams to the host */
+
+/* Keep one datagram for the flush. */
+static int gather(struct ns_ctx *ctx, struct ns_udp_flow *f, const uint8_t *p, uint32_t len)
+{
+    struct ns_udp *u = ctx->udp;
+    if (u->nout == u->out_max || u->out_used + len > u->out_cap)
+        udp_flush_to_host(ctx);
+    if (len > u->out_cap)
+        return 0;
+    memcpy(u->out + u->out_used, p, len);
+    u->out_slot[u->nout] = f->slot;
+    u->out_off[u->nout] = u->out_used;
+    u->out_len[u->nout] = len;
+    u->nout++;
+    u->out_used += len;
+    return 1;
+}
+
+static void send_now(struct ns_ctx *ctx, struct ns_udp_flow *f, uint8_t *p, uint32_t len,
+                     uint16_t seg);
+
+/* One frame at ctx->rx (virtio-net header first): 1 when taken here, 0 for Python.
+ * Small datagrams are gathered for the batch's sendmmsg; a large one (a copy would
+ * cost more than a send saves) or a guest GSO frame goes at once, after those
+ * gathered before it. */
+int udp_rx_frame(struct ns_ctx *ctx, size_t len, double now)
+{
+    struct ns_udp *u = ctx->udp;
+    if (!u || u->nfree == u->max_flows || len < VNET_LEN + ETH_LEN + IP4_LEN + UDP_LEN)
+        return 0;
+    const uint8_t *v = ctx->rx, *eth = v + VNET_LEN, *ip = eth + ETH_LEN;
+    size_t l3_len = len - VNET_LEN - ETH_LEN;
+    uint8_t gip[16], dip[16];
+    uint8_t *d;
+    size_t l4_len;
+    uint32_t pseudo;
+    int v6;
+    uint16_t ethertype = get16(eth + 12);
+    if (ethertype == 0x0800) {
+        if (memcmp(eth, ctx->gateway_mac, 6) && memcmp(eth, ctx->dns_mac, 6))
+            return 0;
+        if (ip[0] != 0x45 || ip[9] != 17 || (get16(ip + 6) & 0x3fff))
+            return 0; /* options, not UDP, or a fragment */
+        size_t total = get16(ip + 2);
+        if (total < IP4_LEN + UDP_LEN || total > l3_len || ns_checksum(ip, IP4_LEN, 0) != 0)
+            return 0;
+        memcpy(gip, V4_MAPPED, 12);
+        memcpy(gip + 12, ip + 12, 4);
+        memcpy(dip, V4_MAPPED, 12);
+        memcpy(dip + 12, ip + 16, 4);
+        d = ctx->rx + VNET_LEN + ETH_LEN + IP4_LEN;
+        l4_len = total - IP4_LEN;
+        pseudo = ns_sum16(ip + 12, 8, 0) + 17 + (uint32_t)l4_len;
+        v6 = 0;
+    } else if (ethertype == 0x86dd) {
+        if (memcmp(eth, ctx->router_mac, 6) && memcmp(eth, ctx->dns6_mac, 6))
+            return 0;
+        if (l3_len < IP6_LEN + UDP_LEN || (ip[0] >> 4) != 6 || ip[6] != 17)
+            return 0; /* extension headers go to Python */
+        size_t payload = get16(ip + 4);
+        if (payload < UDP_LEN || IP6_LEN + payload > l3_len)
+            return 0;
+        memcpy(gip, ip + 8, 16);
+        memcpy(dip, ip + 24, 16);
+        d = ctx->rx + VNET_LEN + ETH_LEN + IP6_LEN;
+        l4_len = payload;
+        pseudo = ns_sum16(ip + 8, 32, 0) + 17 + (uint32_t)l4_len;
+        v6 = 1;
+    } else {
+        return 0;
+    }
+    if (get16(d + 4) != l4_len)
+        return 0; /* a UDP length short of the IP one: Python's reading is the rule */
+    uint16_t gso = 0;
+    if (v[1] == VNET_GSO_UDP_L4) {
+        gso = get16le(v + 4);
+        if (!gso || !(v[0] & VNET_F_NEEDS_CSUM))
+            return 0;
+    } else if (v[1] != 0) {
+        return 0;
+    }
+    if (!(v[0] & VNET_F_NEEDS_CSUM)) {
+        if (get16(d + 6) == 0) {
+            if (v6)
+                return 0; /* no checksum is not allowed in IPv6 */
+        } else if (ns_sum16(d, l4_len, pseudo) != 0xffff) {
+            return 0;
+        }
+    }
+    struct ns_udp_flow *f = ns_udp_lookup(ctx, gip, get16(d));
+    if (!f || f->v6 != v6 || memcmp(eth + 6, f->guest_mac, 6) || get16(d + 2) != f->dst_port ||
+        memcmp(dip, f->dst_ip, 16))
+        return 0;
+    uint32_t plen = (uint32_t)l4_len - UDP_LEN;
+    if (gso >= plen)
+        gso = 0;
+    else if (gso && (plen + gso - 1) / gso > GUEST_GSO_MAX_SEGS)
+        return 0; /* no kernel makes that many: Python drops it */
+    if (plen >= SEND_NOW_MIN || gso) {
+        send_now(ctx, f, d + UDP_LEN, plen, gso);
+    } else if (!gather(ctx, f, d + UDP_LEN, plen)) {
+        return 0;
+    }
+    if (gso)
+        u->gso_frames_from_guest++;
+    f->last_activity = now;
+    return 1;
+}
+
+/* The messages of one sendmmsg to one flow's destination. */
+struct batch {
+    struct mmsghdr msgs[OUT_MSGS];
+    struct iovec iov[OUT_MSGS];
+    union {
+        char buf[CMSG_SPACE(sizeof(uint16_t))];
+        struct cmsghdr align;
+    } ctl[OUT_MSGS];
+    uint32_t count[OUT_MSGS]; /* datagrams in each message */
+    uint16_t seg[OUT_MSGS];   /* its UDP_SEGMENT size, 0 for one datagram */
+    int n;
+};
+
+/* A message whose UDP_SEGMENT send failed: its datagrams one by one. */
+static void send_split(struct ns_ctx *ctx, struct ns_udp_flow *f, const uint8_t *p,
+                       uint32_t len, uint16_t seg)
+{
+    struct ns_udp *u = ctx->udp;
+    for (uint32_t off = 0; off < len; off += seg) {
+        uint32_t n = len - off < seg ? len - off : seg;
+        if (sendto(f->fd, p + off, n, MSG_DONTWAIT, (struct sockaddr *)f->host_addr,
+                   f->host_addr_len) < 0) {
+            u->send_errors++;
+        } else {
+            f->datagrams_to_host++;
+            u->datagrams_to_host++;
+        }
+    }
+}
+
+static void send_batch(struct ns_ctx *ctx, struct ns_udp_flow *f, struct batch *b)
+{
+    struct ns_udp *u = ctx->udp;
+    int k = 0;
+    while (k < b->n) {
+        int r = sendmmsg(f->fd, b->msgs + k, (unsigned int)(b->n - k), MSG_DONTWAIT);
+        if (r > 0) {
+            for (int j = k; j < k + r; j++) {
+                f->datagrams_to_host += b->count[j];
+                u->datagrams_to_host += b->count[j];
+                if (b->seg[j])
+                    u->gso_sends++;
+            }
+            k += r;
+            continue;
+        }
+        if (r < 0 && errno == EINTR)
+            continue;
+        int err = r < 0 ? errno : EIO;
+        if (b->seg[k] && err != EAGAIN && err != ENOBUFS) {
+            /* EINVAL, EIO: a route or device without UDP GSO; not again on this flow */
+            f->no_gso = 1;
+            send_split(ctx, f, b->iov[k].iov_base, (uint32_t)b->iov[k].iov_len, b->seg[k]);
+        } else {
+            u->send_errors += b->count[k]; /* a full socket drops, as a full link would */
+        }
+        k++;
+    }
+    b->n = 0;
+}
+
+static void add_msg(struct ns_ctx *ctx, struct ns_udp_flow *f, struct batch *b, uint8_t *p,
+                    uint32_t len, uint16_t seg, uint32_t count)
+{
+    if (b->n == OUT_MSGS)
+        send_batch(ctx, f, b);
+    int i = b->n++;
+    struct msghdr *h = &b->msgs[i].msg_hdr;
+    memset(h, 0, sizeof(*h));
+    b->iov[i].iov_base = p;
+    b->iov[i].iov_len = len;
+    h->msg_name = f->host_addr;
+    h->msg_namelen = f->host_addr_len;
+    h->msg_iov = &b->iov[i];
+    h->msg_iovlen = 1;
+    b->count[i] = count;
+    b->seg[i] = count > 1 ? seg : 0;
+    if (count > 1) {
+        h->msg_control = b->ctl[i].buf;
+        h->msg_controllen = sizeof(b->ctl[i].buf);
+        struct cmsghdr *c = CMSG_FIRSTHDR(h);
+        c->cmsg_level = SOL_UDP_;
+        c->cmsg_type = UDP_SEGMENT_;
+        c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        memcpy(CMSG_DATA(c), &seg, sizeof(seg));
+    }
+}
+
+static void send_now(struct ns_ctx *ctx, struct ns_udp_flow *f, uint8_t *p, uint32_t len,
+                     uint16_t seg)
+{
+    static struct batch b;
+    udp_flush_to_host(ctx); /* what was gathered before it leaves first */
+    b.n = 0;
+    if (!seg)
+        add_msg(ctx, f, &b, p, len, 0, 1);
+    else if (!f->no_gso)
+        add_msg(ctx, f, &b, p, len, seg, (len + seg - 1) / seg);
+    else
+        for (uint32_t off = 0; off < len; off += seg)
+            add_msg(ctx, f, &b, p + off, len - off < seg ? len - off : seg, 0, 1);
+    send_batch(ctx, f, &b);
+}
+
+/* Send what udp_rx_frame gathered: per flow in order; a run of equal-size datagrams of
+ * one flow (the last may be shorter) as one UDP_SEGMENT message. */
+void udp_flush_to_host(struct ns_ctx *ctx)
+{
+    struct ns_udp *u = ctx->udp;
+    if (!u || !u->nout)
+        return;
+    static struct batch b; /* one thread; too large for the stack */
+    int i = 0;
+    while (i < u->nout) {
+        struct ns_udp_flow *f = &u->flows[u->out_slot[i]];
+        b.n = 0;
+        while (i < u->nout && u->out_slot[i] == f->slot) {
+            uint8_t *p = u->out + u->out_off[i];
+            uint32_t len = u->out_len[i];
+            i++;
+            uint32_t total = len, count = 1;
+            if (!f->no_gso && len > 0) {
+                while (i < u->nout && u->out_slot[i] == f->slot && u->out_len[i] > 0 &&
+                       u->out_len[i] <= len &&
+                       total + u->out_len[i] <= GSO_MAX_BYTES && count < GSO_MAX_SEGS) {
+                    uint32_t next = u->out_len[i];
+                    total += next;
+                    count++;
+                    i++;
+                    if (next < len)
+                        break; /* a shorter one ends the run */
+                }
+            }
+            add_msg(ctx, f, &b, p, total, (uint16_t)len, count);
+        }
+        send_batch(ctx, f, &b);
+    }
+    u->nout = 0;
+    u->out_used = 0;
+}
+
+/* ------------------------------------------------------- host datagrams to the guest */
+
+static int is_martian6(const uint8_t *a)
+{
+    static const uint8_t discard[8] = {1, 0, 0, 0, 0, 0, 0, 0};
+    return !memcmp(a, ZERO16, 15) || !memcmp(a, V4_MAPPED, 12) || !memcmp(a, ZERO16, 12) ||
+           (a[0] == 0xfe && (a[1] & 0xc0) == 0x80) || a[0] == 0xff || !memcmp(a, discard, 8);
+}
+
+/* Twin of Policy.virtual_source for the cases it maps; 0 for Python (it drops them). */
+static int virtual_source(const struct ns_udp *u, const struct ns_udp_flow *f,
+                          const struct sockaddr_in6 *from, uint8_t *src)
+{
+    if (!f->v6) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)from;
+        if (s4->sin_family != AF_INET)
+            return 0;
+        const uint8_t *a = (const uint8_t *)&s4->sin_addr;
+        if (a[0] == 127) {
+            if (a[1] || a[2] || a[3] != 1 || !u->host_loopback)
+                return 0;
+            memcpy(src, u->gateway_ip, 4);
+            return 1;
+        }
+        memcpy(src, a, 4);
+        return 1;
+    }
+    if (from->sin6_family != AF_INET6)
+        return 0;
+    const uint8_t *a = (const uint8_t *)&from->sin6_addr;
+    if (!memcmp(a, ZERO16, 15) && a[15] == 1) {
+        if (!u->host_loopback)
+            return 0;
+        memcpy(src, u->host6_ip, 16);
+        return 1;
+    }
+    if (is_martian6(a))
+        return 0;
+    memcpy(src, a, 16);
+    return 1;
+}
+
+static void for_python(struct ns_ctx *ctx, struct ns_udp_flow *f, const uint8_t *p,
+                       uint32_t len, const struct sockaddr_in6 *from)
+{
+    struct ns_udp *u = ctx->udp;
+    f->to_python = 1; /* the rest of this read follows it, in order */
+    if (u->npy == u->py_max) {
+        int max = u->py_max ? u->py_max * 2 : 64;
+        struct ns_udp_for_python *py = realloc(u->py, sizeof(*py) * (size_t)max);
+        if (!py) {
+            u->send_errors++;
+            return;
+        }
+        u->py = py;
+        u->py_max = max;
+    }
+    if (u->py_used + len > u->py_cap) {
+        uint32_t cap = u->py_cap ? u->py_cap : 65536;
+        while (cap < u->py_used + len)
+            cap *= 2;
+        uint8_t *buf = realloc(u->py_buf, cap);
+        if (!buf) {
+            u->send_errors++;
+            return;
+        }
+        u->py_buf = buf;
+        u->py_cap = cap;
+    }
+    struct ns_udp_for_python *e = &u->py[u->npy++];
+    e->slot = f->slot;
+    e->family = from->sin6_family;
+    memset(e->addr, 0, 16);
+    if (from->sin6_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)from;
+        memcpy(e->addr, &s4->sin_addr, 4);
+        e->port = ntohs(s4->sin_port);
+    } else {
+        memcpy(e->addr, &from->sin6_addr, 16);
+        e->port = ntohs(from->sin6_port);
+    }
+    e->off = u->py_used;
+    e->len = len;
+    memcpy(u->py_buf + u->py_used, p, len);
+    u->py_used += len;
+}
+
+void ns_udp_python_done(struct ns_ctx *ctx)
+{
+    struct ns_udp *u = ctx->udp;
+    if (!u)
+        return;
+    u->npy = 0;
+    u->py_used = 0;
+    if (u->py_cap > (1u << 20)) { /* a burst's buffer is not kept */
+        free(u->py_buf);
+        u->py_buf = NULL;
+        u->py_cap = 0;
+    }
+}
+
+int udp_python_work(const struct ns_ctx *ctx) { return ctx->udp && ctx->udp->npy; }
+
+/* Write headers for `count` datagrams of one source (each `seg` bytes but the last,
+ * `total` in all) into hdr: one frame, or with vnet and count > 1 one UDP GSO frame the
+ * guest's kernel splits at seg. Returns the header length. */
+static size_t frame_headers(struct ns_ctx *ctx, struct ns_udp_flow *f, uint8_t *hdr,
+                            const uint8_t *src, uint16_t sport, uint32_t total, uint16_t seg,
+                            int count, const struct iovec *payload)
+{
+    size_t l3 = f->v6 ? IP6_LEN : IP4_LEN;
+    uint8_t *vh = hdr, *e = vh + VNET_LEN, *ip = e + ETH_LEN, *d = ip + l3;
+    uint32_t l4_len = UDP_LEN + total;
+    memcpy(e, f->guest_mac, 6);
+    uint32_t pseudo;
+    if (f->v6) {
+        memcpy(e + 6, ctx->router_mac, 6);
+        put16(e + 12, 0x86dd);
+        ip[0] = 0x60;
+        ip[1] = ip[2] = ip[3] = 0;
+        put16(ip + 4, (uint16_t)l4_len);
+        ip[6] = 17;
+        ip[7] = 64;
+        memcpy(ip + 8, src, 16);
+        memcpy(ip + 24, f->guest_ip, 16);
+        pseudo = ns_sum16(ip + 8, 32, 0) + 17 + l4_len;
+    } else {
+        memcpy(e + 6, ctx->gateway_mac, 6);
+        put16(e + 12, 0x0800);
+        ip[0] = 0x45;
+        ip[1] = 0;
+        put16(ip + 2, (uint16_t)(IP4_LEN + l4_len));
+        put16(ip + 4, ctx->ip_id);
+        ctx->ip_id = (uint16_t)(ctx->ip_id + count); /* the segments take one each */
+        put16(ip + 6, 0x4000);
+        ip[8] = 64;
+        ip[9] = 17;
+        put16(ip + 10, 0);
+        memcpy(ip + 12, src, 4);
+        memcpy(ip + 16, f->guest_ip + 12, 4);
+        put16(ip + 10, ns_checksum(ip, IP4_LEN, 0));
+        pseudo = ns_sum16(ip + 12, 8, 0) + 17 + l4_len;
+    }
+    put16(d, sport);
+    put16(d + 2, f->guest_port);
+    put16(d + 4, (uint16_t)l4_len);
+    memset(vh, 0, VNET_LEN);
+    if (ctx->vnet) { /* the guest's kernel takes a partial checksum as it is */
+        put16(d + 6, fold(pseudo));
+        vh[0] = VNET_F_NEEDS_CSUM;
+        if (count > 1) {
+            vh[1] = VNET_GSO_UDP_L4;
+            put16le(vh + 2, (uint16_t)(ETH_LEN + l3 + UDP_LEN));
+            put16le(vh + 4, seg);
+        }
+        put16le(vh + 6, (uint16_t)(ETH_LEN + l3));
+        put16le(vh + 8, 6);
+    } else {
+        put16(d + 6, 0);
+        uint32_t sum = ns_sum16(d, UDP_LEN, pseudo);
+        for (int i = 0; i < count; i++)
+            sum = ns_sum16(payload[i].iov_base, payload[i].iov_len, sum);
+        uint16_t c = (uint16_t)(~sum & 0xffff);
+        put16(d + 6, c ? c : 0xffff); /* 0 means "no checksum" */
+    }
+    return VNET_LEN + ETH_LEN + l3 + UDP_LEN;
+}
+
+/* One frame (count 1) or one GSO frame to the guest; 0 if the TAP refused a GSO frame
+ * (a kernel before 6.2 does not know UDP_L4): the caller sends them one by one. */
+static int frame_to_guest(struct ns_ctx *ctx, struct ns_udp_flow *f, const uint8_t *src,
+                          uint16_t sport, struct iovec *iov, int count, double now)
+{
+    struct ns_udp *u = ctx->udp;
+    uint8_t hdr[SLOT_HEAD];
+    uint32_t total = 0;
+    for (int i = 1; i <= count; i++)
+        total += (uint32_t)iov[i].iov_len;
+    iov[0].iov_base = hdr;
+    iov[0].iov_len = frame_headers(ctx, f, hdr, src, sport, total, (uint16_t)iov[1].iov_len,
+                                   count, iov + 1);
+    if (!ctx->vnet) {
+        iov[0].iov_base = hdr + VNET_LEN;
+        iov[0].iov_len -= VNET_LEN;
+    }
+    ssize_t w = writev(ctx->tap_fd, iov, count + 1);
+    if (w < 0 && count > 1 && errno == EINVAL) {
+        u->uso = 0;
+        return 0;
+    }
+    if (w < 0 && errno != EAGAIN && errno != EINTR && errno != ENOBUFS)
+        ctx->link_errno = errno;
+    ctx->frames_out++;
+    f->datagrams_to_guest += (uint64_t)count;
+    u->datagrams_to_guest += (uint64_t)count;
+    if (count > 1)
+        u->gso_frames_to_guest++;
+    f->last_activity = now;
+    return 1;
+}
+
+static int same_peer(const struct sockaddr_in6 *a, const struct sockaddr_in6 *b)
+{
+    if (a->sin6_family != b->sin6_family || a->sin6_port != b->sin6_port)
+        return 0;
+    if (a->sin6_family == AF_INET)
+        return !memcmp(&((const struct sockaddr_in *)a)->sin_addr,
+                       &((const struct sockaddr_in *)b)->sin_addr, 4);
+    return !memcmp(&a->sin6_addr, &b->sin6_addr, 16);
+}
+
+/* Datagrams i.. of a read (payloads at iov[i], sources at from[i]) to the guest: runs of
+ * one source and one size (the last may be shorter) as one GSO frame where the TAP takes
+ * them, else one frame each; what C cannot send, and all after it, to Python. Returns
+ * how many were consumed. */
+static int datagrams_to_guest(struct ns_ctx *ctx, struct ns_udp_flow *f, struct mmsghdr *m,
+                              struct iovec *iov, struct sockaddr_in6 *from, int i, int r,
+                              double now)
+{
+    struct ns_udp *u = ctx->udp;
+    uint8_t src[16];
+    size_t l3 = f->v6 ? IP6_LEN : IP4_LEN;
+    uint32_t n = m[i].msg_len;
+    if (f->to_python || l3 + UDP_LEN + n > u->mtu || !virtual_source(u, f, &from[i], src)) {
+        for_python(ctx, f, iov[i].iov_base, n, &from[i]);
+        return 1;
+    }
+    struct iovec out[GSO_MAX_SEGS + 1];
+    out[1].iov_base = iov[i].iov_base;
+    out[1].iov_len = n;
+    int count = 1;
+    uint32_t total = n;
+    if (ctx->vnet && u->uso && n > 0) {
+        while (i + count < r && count < GSO_MAX_SEGS) {
+            uint32_t next = m[i + count].msg_len;
+            if (next == 0 || next > n || total + next > GSO_MAX_BYTES ||
+                !same_peer(&from[i], &from[i + count]))
+                break;
+            out[count + 1].iov_base = iov[i + count].iov_base;
+            out[count + 1].iov_len = next;
+            total += next;
+            count++;
+            if (next < n)
+                break; /* a shorter one ends the run */
+        }
+    }
+    uint16_t sport = ntohs(from[i].sin6_port); /* sin_port shares its place */
+    if (!frame_to_guest(ctx, f, src, sport, out, count, now)) {
+        for (int k = 0; k < count; k++) {
+            struct iovec one[2] = {{0}, out[k + 1]};
+            frame_to_guest(ctx, f, src, sport, one, 1, now);
+        }
+    }
+    return count;
+}
+
+/* An event on a host socket: 1 when it is a held UDP flow's (served here), else 0. */
+int udp_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now)
+{
+    struct ns_udp *u = ctx->udp;
+    (void)events; /* readable, or an error to clear: recvmmsg does both */
+    if (!u || fd < 0 || fd >= u->by_fd_cap || !u->by_fd[fd])
+        return 0;
+    struct ns_udp_flow *f = &u->flows[u->by_fd[fd] - 1];
+    struct mmsghdr m[RECV_SLOTS];
+    struct iovec iov[RECV_SLOTS];
+    struct sockaddr_in6 from[RECV_SLOTS];
+    f->to_python = 0;
+    for (int round = 0; round < READ_ROUNDS; round++) {
+        for (int i = 0; i < RECV_SLOTS; i++) {
+            iov[i].iov_base = u->in + (size_t)i * SLOT_SIZE;
+            iov[i].iov_len = SLOT_SIZE;
+            memset(&m[i].msg_hdr, 0, sizeof(m[i].msg_hdr));
+            m[i].msg_hdr.msg_name = &from[i];
+            m[i].msg_hdr.msg_namelen = sizeof(from[i]);
+            m[i].msg_hdr.msg_iov = &iov[i];
+            m[i].msg_hdr.msg_iovlen = 1;
+        }
+        int r = recvmmsg(fd, m, RECV_SLOTS, MSG_DONTWAIT, NULL);
+        if (r < 0) {
+            if (errno == EAGAIN)
+                break;
+            continue; /* EINTR, or an ICMP error queued on the socket: read on */
+        }
+        for (int i = 0; i < r;)
+            i += datagrams_to_guest(ctx, f, m, iov, from, i, r, now);
+        if (r < RECV_SLOTS)
+            break;
+    }
+    f->to_python = 0;
+    return 1;
+}

@@ -1,0 +1,173 @@
+"""Hand-over of established UDP flows to the C path (csrc/udp.c).
+
+The proxy (netstack/udp/proxy.py) stays the policy: it opens a flow's host socket and
+resolves each destination. Once a datagram has gone out, the flow is *held*: C gets
+its socket, the guest's MAC and the destination as the guest addressed it with the
+host address the policy gave. From then on C sends the guest's datagrams to that
+destination itself and reads the socket's replies; a datagram to any other
+destination still comes to Python (which moves the cached destination to it). Replies
+C cannot send (an unknown source, larger than the MTU) come back in order through
+`after_call`, to the flow's own `on_datagram`.
+
+C counts datagrams and stamps the flow's last activity; `sync` copies them into the
+flow (expiry, eviction, the API read them) and `counters` feeds the stack's stats.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from netstack.stack.config import HOST6, NetworkConfig
+from netstack.stack.hostio import HostAddr
+
+if TYPE_CHECKING:
+    from netstack.tcp.fastpath import FastPath
+    from netstack.udp.proxy import UdpFlow
+
+_V4_MAPPED = bytes(10) + b"\xff\xff"  # C keys IPv4 addresses as ::ffff:a.b.c.d
+# A held socket's receive buffer (the kernel caps it at net.core.rmem_max): C is woken
+# per datagram and may wait for a core while a host peer sends on; the default 208 KiB
+# (about 90 datagrams of 1400 bytes) overflows there, measurably.
+RECEIVE_BUFFER = 2 << 20
+
+
+def sockaddr(family: int, addr: HostAddr) -> bytes | None:
+    """struct sockaddr_in / sockaddr_in6 for addr, or None if addr is not of family."""
+    try:
+        packed = socket.inet_pton(family, addr[0])
+    except (OSError, ValueError):
+        return None
+    port = addr[1].to_bytes(2, "big")
+    fam = family.to_bytes(2, "little")
+    if family == socket.AF_INET:
+        return fam + port + packed + bytes(8)
+    return fam + port + bytes(4) + packed + bytes(4)
+
+
+class UdpFastPath:
+    """The UDP part of a C context (FastPath): held flows by slot."""
+
+    def __init__(
+        self,
+        path: FastPath,
+        config: NetworkConfig,
+        mtu: int,
+        max_flows: int,
+        routes: Mapping[tuple[bytes, int, bytes, int], object],
+    ) -> None:
+        self.ffi = path.ffi
+        self.lib = path.lib
+        self.ctx = path.ctx
+        if self.lib.ns_udp_new(self.ctx, max_flows, path.by_fd_cap) < 0:
+            raise MemoryError("UDP flow path")
+        u = self.ctx.udp
+        u.gateway_ip = config.gateway
+        u.host6_ip = HOST6
+        u.host_loopback = int(config.host_loopback)
+        u.mtu = mtu
+        self.u: Any = u
+        # forwarded ports' routes back (Stack.udp_routes_to_host): a guest port with one
+        # stays in Python, where the route is looked up first
+        self.routes = routes
+        self.held: dict[int, UdpFlow] = {}  # slot -> flow
+        self.holds = 0
+
+    def hold(self, flow: UdpFlow, dst: bytes, dport: int, target: HostAddr) -> None:
+        """After Python sent a datagram of flow to (dst, dport), resolved to target: C
+        takes the flow's next datagrams to that destination (and the socket's replies)."""
+        sock = getattr(flow.sock, "sock", None)
+        if sock is None:
+            return
+        addr = sockaddr(sock.family, target)
+        if addr is None:
+            return
+        c = flow.fast
+        if c is None:
+            if any(k[0] == flow.guest_ip and k[1] == flow.guest_port for k in self.routes):
+                return
+            v6 = len(flow.guest_ip) == 16
+            if v6 != (sock.family == socket.AF_INET6):
+                return
+            key = flow.guest_ip if v6 else _V4_MAPPED + flow.guest_ip
+            c = self.lib.ns_udp_open(self.ctx, sock.fileno(), key, flow.guest_port, v6)
+            if c == self.ffi.NULL:
+                return  # full, or an fd beyond the table: Python keeps it
+            c.guest_mac = flow.guest_mac
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            c.last_activity = flow.last_activity
+            flow.fast = c
+            self.held[int(c.slot)] = flow
+            self.holds += 1
+        c.dst_ip = dst if len(dst) == 16 else _V4_MAPPED + dst
+        c.dst_port = dport
+        c.host_addr = addr
+        c.host_addr_len = len(addr)
+
+    def release(self, flow: UdpFlow) -> None:
+        """Take flow back (it is closing, or a forwarded port's route now needs it)."""
+        c = flow.fast
+        if c is None:
+            return
+        self.sync(flow)
+        self.held.pop(int(c.slot), None)
+        self.lib.ns_udp_close(self.ctx, c)
+        flow.fast = None
+
+    def sync(self, flow: UdpFlow) -> None:
+        """Copy C's view of a held flow (last activity, counts) into it."""
+        c = flow.fast
+        if c is None:
+            return
+        flow.last_activity = max(flow.last_activity, float(c.last_activity))
+        flow.datagrams_from_guest_in_c = int(c.datagrams_to_host)
+        flow.datagrams_to_guest_in_c = int(c.datagrams_to_guest)
+
+    def after_call(self, now: float) -> None:
+        """Datagrams C read from held sockets and left to Python, in order. Run it
+        right after ns_host_poll, before other handlers: a flow released meanwhile
+        would lose them."""
+        u = self.u
+        n = int(u.npy)
+        if not n:
+            return
+        ffi = self.ffi
+        try:
+            for i in range(n):
+                e = u.py[i]
+                flow = self.held.get(int(e.slot))
+                if flow is None:
+                    continue  # released since
+                addr = bytes(ffi.buffer(e.addr))
+                if e.family == socket.AF_INET:
+                    host = socket.inet_ntop(socket.AF_INET, addr[:4])
+                else:
+                    host = socket.inet_ntop(socket.AF_INET6, addr)
+                data = bytes(ffi.buffer(u.py_buf + e.off, e.len))
+                flow.on_datagram(data, (host, int(e.port)), now)
+        finally:
+            self.lib.ns_udp_python_done(self.ctx)
+
+    def counters(self) -> dict[str, int]:
+        """What C counted, under the proxy's stats names."""
+        u = self.u
+        return {
+            "udp_datagrams_from_guest": int(u.datagrams_to_host),
+            "udp_datagrams_to_guest": int(u.datagrams_to_guest),
+        }
+
+    def drops(self) -> dict[str, int]:
+        return {"udp_send_error": int(self.u.send_errors)}
+
+    def snapshot(self) -> dict[str, int]:
+        u = self.u
+        return {
+            "udp_flows_held": len(self.held),
+            "udp_holds": self.holds,
+            "udp_datagrams_to_host_from_c": int(u.datagrams_to_host),
+            "udp_datagrams_to_guest_from_c": int(u.datagrams_to_guest),
+            "udp_gso_sends": int(u.gso_sends),
+            "udp_gso_frames_to_guest": int(u.gso_frames_to_guest),
+            "udp_gso_frames_from_guest": int(u.gso_frames_from_guest),
+        }
