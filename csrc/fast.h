@@ -109,6 +109,12 @@ struct ns_ctx {
     uint64_t frames_in;
     uint64_t frames_in_c;
     uint64_t frames_out;
+    /* ns_loop (csrc/loop.c) */
+    int loop_delack;            /* delayed ACKs wait in the loop, not on delack_fd */
+    int rx_lone;                /* one frame per TAP wakeup: no read that finds it empty */
+    int lone_pending;           /* the last TAP wakeup read one frame in lone mode */
+    uint64_t loop_waits;        /* epoll_waits in ns_loop */
+    uint64_t loop_returns;      /* returns from ns_loop to Python */
 };
 
 struct ns_ctx *ns_ctx_new(int tap_fd, int vnet, uint8_t *rx, size_t rx_cap, int max_flows,
@@ -124,3 +130,5 @@ void ns_flow_flush(struct ns_ctx *ctx, struct ns_flow *flow, double now);
 long ns_rx(struct ns_ctx *ctx, double now, int max_frames);
 long ns_rx_flush(struct ns_ctx *ctx, double now);
 long ns_host_poll(struct ns_ctx *ctx, int epfd, double now);
+double ns_monotonic(void);
+long ns_loop(struct ns_ctx *ctx, int epfd, double deadline, int max_frames);

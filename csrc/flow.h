@@ -49,4 +49,8 @@ struct ns_flow *flow_lookup(struct ns_ctx *ctx, const uint8_t *gip, uint16_t gpo
                             const uint8_t *rip, uint16_t rport);
 void flow_eject(struct ns_ctx *ctx, struct ns_flow *f, int why, int err);
 
+/* csrc/flow.c, for csrc/loop.c */
+void flow_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now);
+void delack_run(struct ns_ctx *ctx, double now);
+
 #endif

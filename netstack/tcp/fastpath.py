@@ -106,6 +106,7 @@ class FastPath:
         self.held: dict[int, TcpConnection] = {}  # slot -> connection
         self._ns_rx = lib.ns_rx
         self._ns_host_poll = lib.ns_host_poll
+        self._ns_loop = lib.ns_loop
         self.touch_timer: Callable[[TcpConnection], float | None] = lambda conn: None
         self.holds = 0
         self.releases: dict[str, int] = {}
@@ -223,6 +224,15 @@ class FastPath:
             raise FlowPathError(-n)
         return n
 
+    def rx_next(self, now: float) -> int:
+        """After a frame Python handled: the next one, as `rx`. In the C loop's lone
+        mode (frames come one at a time) none is read: the loop's wait tells when
+        another comes, and the read that would find the TAP empty is not made."""
+        if self.ctx.rx_lone:
+            self.rx_flush(now)
+            return 0
+        return self.rx(now)
+
     def rx_flush(self, now: float) -> None:
         """A reader that stops before the TAP is drained: what C gathered goes to the
         host and the ACKs it owes go out now (ns_rx does it only when drained). Raises
@@ -248,6 +258,8 @@ class FastPath:
             "frames_from_guest": int(ctx.frames_in),
             "frames_from_guest_in_c": int(ctx.frames_in_c),
             "frames_to_guest_from_c": int(ctx.frames_out),
+            "loop_waits": int(ctx.loop_waits),
+            "loop_returns": int(ctx.loop_returns),
         }
 
     def delack_fd(self) -> int:
@@ -267,6 +279,28 @@ class FastPath:
             return _NO_EVENTS, work
         ctx = self.ctx
         return [(int(ctx.ev_fd[i]), int(ctx.ev_mask[i])) for i in range(n)], work
+
+    def use_loop(self) -> None:
+        """The runtime waits in `loop`: delayed ACKs wait there, not on the timerfd."""
+        self.ctx.loop_delack = 1
+
+    def loop(self, epfd: int, deadline: float) -> int:
+        """Wait in C (csrc/loop.c) on the loop's epoll until deadline (time.monotonic;
+        math.inf: none), serving held flows. Returns the length of a frame for Python
+        (in the shared buffer) or 0, plus PYTHON_WORK when `after_call` has work;
+        `events` lists the events C left. Raises FlowPathError when the link failed."""
+        n = int(self._ns_loop(self.ctx, epfd, deadline, MAX_FRAMES_PER_CALL))
+        if n < 0:
+            raise FlowPathError(-n)
+        return n
+
+    def events(self) -> list[tuple[int, int]]:
+        """The (fd, events) the last `loop` or `host_poll` call left for Python."""
+        ctx = self.ctx
+        n = int(ctx.nev)
+        if n == 0:
+            return _NO_EVENTS
+        return [(int(ctx.ev_fd[i]), int(ctx.ev_mask[i])) for i in range(n)]
 
     def after_call(self, now: float) -> list[TcpConnection]:
         """After a C call: tell the timer queue of earlier deadlines, take back ejected
