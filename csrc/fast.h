@@ -48,6 +48,7 @@ struct ns_flow {
     int err;
     int timer_listed;
     int delack_listed;
+    int handshake;              /* our SYN-ACK waits for its ACK (Python: SYN_RECEIVED) */
     uint32_t rcv_acked;
     double delack_at;
     int64_t acked_in_queue;

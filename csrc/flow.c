@@ -9,6 +9,9 @@
  *     host data pumped to the guest. Every other frame is returned to Python as is.
  *   - ns_host_poll waits on the host-socket epoll: plain readable/writable events of
  *     flows held here are handled in C; the rest are listed for Python.
+ * A guest-opened connection is handed over as soon as its SYN-ACK is out (`handshake`):
+ * the guest's ACK of it (and the data after it) is taken here, and Python sees the
+ * connection established when it next takes the flow back.
  * Whatever C cannot finish (host EOF or error, a socket that filled, a zero window)
  * marks the flow `eject` and lists it; Python takes the flow back (ns_flow_flush, copy,
  * ns_flow_close) and goes on in Python. C never decides a state change.
@@ -443,6 +446,8 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
     uint32_t plen = (uint32_t)(l4_len - hlen);
     if (seq != f->rcv_nxt || seq_lt(f->snd_nxt, ack))
         return 0; /* out of order, a probe, or an ACK of what we never sent */
+    if (f->handshake && ack != f->snd_nxt)
+        return 0; /* not the ACK of our SYN-ACK: Python answers it */
     if ((int64_t)plen > (int32_t)(f->rcv_adv - f->rcv_nxt))
         return 0; /* past the window we advertised: Python takes what fits */
     int progress = seq_lt(f->snd_una, ack);
@@ -463,7 +468,10 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
     if (has_ts && f->ts_enabled)
         f->ts_recent = get32(t + 24);
     if (progress) {
-        f->acked_in_queue += (uint32_t)(ack - f->snd_una);
+        if (f->handshake)
+            f->handshake = 0; /* our SYN's sequence number: no byte in the host queue */
+        else
+            f->acked_in_queue += (uint32_t)(ack - f->snd_una);
         f->snd_una = ack;
         f->retries = 0;
         f->rto = ctx->rto_initial;
@@ -575,6 +583,11 @@ void flow_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now)
         f = &ctx->flows[ctx->by_fd[fd] - 1];
     if (f && f->peer_closed)
         events &= ~(uint32_t)EPOLLRDHUP; /* known: Python has seen it */
+    if (f && f->handshake && !f->eject && !(events & ~(uint32_t)(EPOLLIN | EPOLLOUT))) {
+        if (events & EPOLLIN)
+            f->host_readable = 1; /* pumped once the guest's ACK establishes */
+        return;
+    }
     if (!f || f->eject || (events & ~(uint32_t)(EPOLLIN | EPOLLOUT))) {
         ctx->ev_fd[ctx->nev] = fd;
         ctx->ev_mask[ctx->nev] = events;

@@ -3,7 +3,9 @@
 Python's TcpConnection is the protocol; C runs the common case of an established flow
 (in-order data and ACKs both ways) without a Python call per segment. A connection is
 *held* by C while it is established and nothing is queued, closing or counted
-(`eligible`). Any event C does not handle takes it back: the table calls `release`
+(`eligible`), and from the moment a guest-opened one's SYN-ACK is out: C takes the
+guest's ACK of it (its `handshake` flag), and the copy back makes the connection
+ESTABLISHED in Python. Any event C does not handle takes it back: the table calls `release`
 before a segment, a host event or a timer reaches the connection, and C itself lists
 flows it cannot finish ("ejects": host EOF or error, a socket that filled, a zero
 window), which `after_call` releases. `hold` runs after every event the table sees,
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from netstack import _fast
 from netstack.tcp.interfaces import TcpState
-from netstack.tcp.params import RTO_INITIAL
+from netstack.tcp.params import IDLE_TIMEOUT, RTO_INITIAL
 from netstack.tcp.to_host import GATHER_MAX_SEGMENT, PENDING_SLACK, WINDOW_MAX
 
 if TYPE_CHECKING:
@@ -121,7 +123,7 @@ class FastPath:
         host = conn.host
         sock = getattr(host, "sock", None)
         return (
-            conn.state is TcpState.ESTABLISHED
+            (conn.state is TcpState.ESTABLISHED or self._synack_out(conn))
             and sock is not None
             and not getattr(host, "connecting", True)
             and getattr(host, "peek_off_supported", False)
@@ -132,6 +134,15 @@ class FastPath:
             and not conn.ack_needed
             and not conn.acked_in_queue
             and conn.dupacks == 0
+        )
+
+    @staticmethod
+    def _synack_out(conn: TcpConnection) -> bool:
+        """A guest-opened connection whose SYN-ACK waits for its ACK."""
+        return (
+            conn.state is TcpState.SYN_RECEIVED
+            and conn.snd_una == conn.iss
+            and conn.snd_nxt == (conn.iss + 1) & 0xFFFFFFFF
         )
 
     def hold(self, conn: TcpConnection) -> None:
@@ -163,6 +174,10 @@ class FastPath:
         c.peek_off = host.peek_off
         c.space_known = conn.to_host._space_known
         c.written_since = conn.to_host._written_since
+        if conn.state is TcpState.SYN_RECEIVED:
+            c.handshake = 1
+            if conn.state_deadline is None:  # the idle limit once C establishes it
+                conn.state_deadline = conn.last_activity + IDLE_TIMEOUT
         conn.fast = FastFlow(self, c)
         self.held[int(c.slot)] = conn
         self.holds += 1
@@ -213,6 +228,8 @@ class FastPath:
         host: Any = conn.host
         if host is not None:
             host.peek_off = int(c.peek_off)
+        if conn.state is TcpState.SYN_RECEIVED and not c.handshake:
+            conn.established_in_c()
 
     # --------------------------------------------------------------- events
     def rx(self, now: float) -> int:
