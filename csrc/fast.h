@@ -117,6 +117,8 @@ struct ns_ctx {
     int lone_pending;           /* the last TAP wakeup read one frame in lone mode */
     uint64_t loop_waits;        /* epoll_waits in ns_loop */
     uint64_t loop_returns;      /* returns from ns_loop to Python */
+    double spin;                /* seconds to poll without sleeping after an event (0: off) */
+    double last_event;          /* when ns_loop last had an event */
 };
 
 struct ns_ctx *ns_ctx_new(int tap_fd, int vnet, uint8_t *rx, size_t rx_cap, int max_flows,

@@ -14,6 +14,11 @@
  * host's answer) and no Python at all. The TAP is read one frame per wakeup while
  * frames come one at a time (the read that would find it empty is skipped), in
  * batches as soon as a wakeup finds more queued.
+ *
+ * For ctx->spin seconds after an event the wait polls without sleeping: the host's
+ * answer to a request just forwarded, or the guest's next segment, usually comes
+ * within tens of microseconds, and a sleep and wakeup cost about that much again (in
+ * a VM most of all). An idle stack does not spin.
  */
 #include <errno.h>
 #include <math.h>
@@ -84,13 +89,25 @@ long ns_loop(struct ns_ctx *ctx, int epfd, double deadline, int max_frames)
         if (ctx->delack_next != 0 && ctx->delack_next < until)
             until = ctx->delack_next;
         ctx->loop_waits++;
-        int n = epoll_wait(epfd, evs, EVENTS_MAX, timeout_ms(until, now));
+        int timeout = timeout_ms(until, now);
+        int n;
+        if (timeout != 0 && ctx->spin > 0 && now < ctx->last_event + ctx->spin) {
+            /* an answer is likely soon: look again without sleeping (a wakeup costs
+             * more than a few empty polls, in a VM most of all) */
+            n = epoll_wait(epfd, evs, EVENTS_MAX, 0);
+            if (n == 0)
+                continue;
+        } else {
+            n = epoll_wait(epfd, evs, EVENTS_MAX, timeout);
+        }
         if (n < 0) {
             if (errno == EINTR)
                 return 0; /* Python runs the signal's handler */
             return -errno;
         }
         now = ns_monotonic();
+        if (n > 0)
+            ctx->last_event = now;
         int tap = 0;
         for (int i = 0; i < n; i++) {
             if (evs[i].data.fd == ctx->tap_fd)

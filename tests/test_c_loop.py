@@ -24,12 +24,13 @@ pytestmark = pytest.mark.skipif(not fastpath.available(), reason="C extension no
 
 
 class Rig:
-    def __init__(self) -> None:
+    def __init__(self, spin: float) -> None:
         self.guest, self.tap = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.tap.setblocking(False)
         self.rx = bytearray(65536 + 64)
         self.fast = FastPath(self.tap.fileno(), False, self.rx, b"\x02" * 6, b"\x03" * 6, 16)
         self.fast.use_loop()
+        self.fast.ctx.spin = spin
         self.loop = EpollLoop()
         self.frames: list[bytes] = []
         self.loop.add_reader(self.tap.fileno(), lambda: None)  # C serves it
@@ -51,9 +52,10 @@ class Rig:
         self.tap.close()
 
 
-@pytest.fixture
-def rig() -> Iterator[Rig]:
-    r = Rig()
+@pytest.fixture(params=[0.0, 0.001], ids=["sleeps", "spins"])
+def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
+    """Without and with the poll that does not sleep after an event (1 ms here)."""
+    r = Rig(float(request.param))
     yield r
     r.close()
 
