@@ -49,7 +49,6 @@ struct ns_flow {
     int timer_listed;
     int delack_listed;
     int handshake;              /* our SYN-ACK waits for its ACK (Python: SYN_RECEIVED) */
-    int fin_from_guest;         /* C took the guest's FIN and shut the host socket's write */
     uint32_t rcv_acked;
     double delack_at;
     int64_t acked_in_queue;

@@ -12,7 +12,6 @@
  * A guest-opened connection is handed over as soon as its SYN-ACK is out (`handshake`):
  * the guest's ACK of it (and the data after it) is taken here, and Python sees the
  * connection established when it next takes the flow back.
- * The guest's FIN, when nothing is left to write, is taken here too (`fin_from_guest`).
  * Whatever C cannot finish (host EOF or error, a socket that filled, a zero window)
  * marks the flow `eject` and lists it; Python takes the flow back (ns_flow_flush, copy,
  * ns_flow_close) and goes on in Python. C never decides a state change.
@@ -431,9 +430,8 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
     }
     size_t hlen = (size_t)(t[12] >> 4) * 4;
     uint8_t flags = t[13];
-    if ((flags & (F_SYN | F_RST | F_URG)) || !(flags & F_ACK))
+    if ((flags & (F_SYN | F_RST | F_FIN | F_URG)) || !(flags & F_ACK))
         return 0;
-    int fin = flags & F_FIN;
     int has_ts = 0;
     if (hlen == TCP_LEN + TS_LEN && hlen <= l4_len && t[20] == 1 && t[21] == 1 && t[22] == 8 &&
         t[23] == 10)
@@ -450,17 +448,13 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
         return 0; /* out of order, a probe, or an ACK of what we never sent */
     if (f->handshake && ack != f->snd_nxt)
         return 0; /* not the ACK of our SYN-ACK: Python answers it */
-    if (fin && (f->handshake || f->fin_from_guest || plen || f->unsent_len))
-        return 0; /* a FIN with data, or bytes still to write: Python's */
-    if (f->fin_from_guest && plen)
-        return 0; /* data after the guest's FIN: Python drops it */
     if ((int64_t)plen > (int32_t)(f->rcv_adv - f->rcv_nxt))
         return 0; /* past the window we advertised: Python takes what fits */
     int progress = seq_lt(f->snd_una, ack);
     if (!progress) {
         if (ack != f->snd_una)
             return 0; /* an old ACK */
-        if (f->snd_una != f->snd_nxt && plen == 0 && !fin && window == f->guest_window)
+        if (f->snd_una != f->snd_nxt && plen == 0 && window == f->guest_window)
             return 0; /* a duplicate ACK: Python counts them */
     }
     if (plen && f->unsent_len &&
@@ -494,17 +488,6 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
         f->rcv_nxt += taken;
         f->bytes_from_guest += taken;
         f->ack_needed = 1;
-    }
-    if (fin) {
-        /* twin of TcpConnection._on_data's FIN with nothing left to write: the host
-         * socket's write side shut, the FIN acknowledged at once; host data still
-         * flows to the guest, and the host's EOF ejects the flow (Python's FIN) */
-        if (shutdown(f->fd, SHUT_WR) < 0) {
-            /* as Python: a socket the peer reset shows it on the next call */
-        }
-        f->fin_from_guest = 1;
-        f->rcv_nxt++;
-        send_ack(ctx, f, now);
     }
     mark_dirty(ctx, f);
     if (f->host_readable && !f->eject)

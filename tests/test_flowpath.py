@@ -197,26 +197,13 @@ def test_what_c_does_not_take_goes_back_unchanged(path: Path) -> None:
         segment(path.seq - 10, path.ack, b"x" * 10),  # old data
         segment(path.seq + 5, path.ack, b"y"),  # a gap
         segment(path.seq, path.ack + 10, b""),  # ACK of what was never sent
-        segment(path.seq, path.ack, b"z", flags=0x19),  # FIN with data: Python's
+        segment(path.seq, path.ack, b"", flags=0x11),  # FIN
         segment(path.seq, path.ack, b"", flags=0x04),  # RST
     ]
     for frame in odd:
         assert run(path, [frame]) == [frame]  # all of it, virtio-net header first
     assert host_bytes(path, 0) == b""
     assert path.flow.rcv_nxt == path.seq
-
-
-def test_a_bare_fin_is_taken_acknowledged_and_shuts_the_host_write(path: Path) -> None:
-    fin = segment(path.seq, path.ack, b"", flags=0x11)
-    assert run(path, [fin]) == []
-    assert path.flow.fin_from_guest == 1
-    assert path.flow.rcv_nxt == path.seq + 1
-    assert acks_to_guest(path) == [path.seq + 1]
-    assert host_bytes(path, 0) == b""  # EOF: the write side is shut
-    # data after it is Python's (it drops it), a retransmitted FIN too
-    late = segment(path.seq + 1, path.ack, b"late")
-    again = segment(path.seq, path.ack, b"", flags=0x11)
-    assert run(path, [late, again]) == [late, again]
 
 
 def test_the_handshake_ack_establishes_and_counts_no_byte(path: Path) -> None:

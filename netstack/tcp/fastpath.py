@@ -5,9 +5,7 @@ Python's TcpConnection is the protocol; C runs the common case of an established
 *held* by C while it is established and nothing is queued, closing or counted
 (`eligible`), and from the moment a guest-opened one's SYN-ACK is out: C takes the
 guest's ACK of it (its `handshake` flag), and the copy back makes the connection
-ESTABLISHED in Python. C also takes the guest's FIN when nothing is left to write
-(the copy back tells Python), so a short connection's close costs Python only the
-host's EOF and the last ACK. Any event C does not handle takes it back: the table calls `release`
+ESTABLISHED in Python. Any event C does not handle takes it back: the table calls `release`
 before a segment, a host event or a timer reaches the connection, and C itself lists
 flows it cannot finish ("ejects": host EOF or error, a socket that filled, a zero
 window), which `after_call` releases. `hold` runs after every event the table sees,
@@ -232,9 +230,6 @@ class FastPath:
             host.peek_off = int(c.peek_off)
         if conn.state is TcpState.SYN_RECEIVED and not c.handshake:
             conn.established_in_c()
-        if c.fin_from_guest and not conn.fin_from_guest:
-            conn.fin_from_guest = True  # C took it and shut the host socket's write
-            conn.host_write_shut = True
 
     # --------------------------------------------------------------- events
     def rx(self, now: float) -> int:
