@@ -51,6 +51,7 @@ struct ns_flow {
     int err;
     int timer_listed;
     int delack_listed;
+    int handshake;              /* our SYN-ACK waits for its ACK (Python: SYN_RECEIVED) */
     uint32_t rcv_acked;
     double delack_at;
     int64_t acked_in_queue;
@@ -113,6 +114,14 @@ struct ns_ctx {
     uint64_t frames_in_c;
     uint64_t frames_out;
     struct ns_udp *udp;     /* established UDP flows (csrc/udp.c); NULL until ns_udp_new */
+    /* ns_loop (csrc/loop.c) */
+    int loop_delack;            /* delayed ACKs wait in the loop, not on delack_fd */
+    int rx_lone;                /* one frame per TAP wakeup: no read that finds it empty */
+    int lone_pending;           /* the last TAP wakeup read one frame in lone mode */
+    uint64_t loop_waits;        /* epoll_waits in ns_loop */
+    uint64_t loop_returns;      /* returns from ns_loop to Python */
+    double spin;                /* seconds to poll without sleeping after an event (0: off) */
+    double last_event;          /* when ns_loop last had an event */
 };
 
 struct ns_ctx *ns_ctx_new(int tap_fd, int vnet, uint8_t *rx, size_t rx_cap, int max_flows,
@@ -202,3 +211,6 @@ struct ns_udp_flow *ns_udp_lookup(struct ns_ctx *ctx, const uint8_t *guest_ip,
                                   uint16_t guest_port);
 void ns_udp_close(struct ns_ctx *ctx, struct ns_udp_flow *flow);
 void ns_udp_python_done(struct ns_ctx *ctx);
+
+double ns_monotonic(void);
+long ns_loop(struct ns_ctx *ctx, int epfd, double deadline, int max_frames);

@@ -9,6 +9,9 @@
  *     host data pumped to the guest. Every other frame is returned to Python as is.
  *   - ns_host_poll waits on the host-socket epoll: plain readable/writable events of
  *     flows held here are handled in C; the rest are listed for Python.
+ * A guest-opened connection is handed over as soon as its SYN-ACK is out (`handshake`):
+ * the guest's ACK of it (and the data after it) is taken here, and Python sees the
+ * connection established when it next takes the flow back.
  * Whatever C cannot finish (host EOF or error, a socket that filled, a zero window)
  * marks the flow `eject` and lists it; Python takes the flow back (ns_flow_flush, copy,
  * ns_flow_close) and goes on in Python. C never decides a state change.
@@ -307,9 +310,12 @@ void ns_flow_flush(struct ns_ctx *ctx, struct ns_flow *f, double now)
  * the ACK waits up to delack_delay for host data to carry it (a request answered at
  * once costs one frame to the guest, not two). More data, or the delay running out,
  * sends it. The deadline is a timerfd in the host-socket epoll (ns_host_poll runs it),
- * armed only when a deadline comes before the armed one: no timer churn. */
+ * armed only when a deadline comes before the armed one: no timer churn; under ns_loop
+ * (ctx->loop_delack) no timerfd at all: the loop's wait ends at ctx->delack_next. */
 static void arm_delack_timer(struct ns_ctx *ctx, double at)
 {
+    if (ctx->loop_delack)
+        return; /* ns_loop waits until ctx->delack_next itself */
     if (ctx->delack_armed_at != 0 && ctx->delack_armed_at <= at)
         return;
     struct itimerspec its;
@@ -339,10 +345,10 @@ static int delay_ack(struct ns_ctx *ctx, struct ns_flow *f, double now)
 
 /* Send the delayed ACKs that are due (or drop those data already carried); re-arm
  * the timer for the rest. */
-static void delack_run(struct ns_ctx *ctx, double now)
+void delack_run(struct ns_ctx *ctx, double now)
 {
     uint64_t expirations;
-    if (read(ctx->delack_fd, &expirations, sizeof(expirations)) < 0) {
+    if (!ctx->loop_delack && read(ctx->delack_fd, &expirations, sizeof(expirations)) < 0) {
         /* EAGAIN: not expired yet (a spurious wakeup) */
     }
     ctx->delack_armed_at = 0;
@@ -440,6 +446,8 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
     uint32_t plen = (uint32_t)(l4_len - hlen);
     if (seq != f->rcv_nxt || seq_lt(f->snd_nxt, ack))
         return 0; /* out of order, a probe, or an ACK of what we never sent */
+    if (f->handshake && ack != f->snd_nxt)
+        return 0; /* not the ACK of our SYN-ACK: Python answers it */
     if ((int64_t)plen > (int32_t)(f->rcv_adv - f->rcv_nxt))
         return 0; /* past the window we advertised: Python takes what fits */
     int progress = seq_lt(f->snd_una, ack);
@@ -460,7 +468,10 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
     if (has_ts && f->ts_enabled)
         f->ts_recent = get32(t + 24);
     if (progress) {
-        f->acked_in_queue += (uint32_t)(ack - f->snd_una);
+        if (f->handshake)
+            f->handshake = 0; /* our SYN's sequence number: no byte in the host queue */
+        else
+            f->acked_in_queue += (uint32_t)(ack - f->snd_una);
         f->snd_una = ack;
         f->retries = 0;
         f->rto = ctx->rto_initial;
@@ -565,6 +576,41 @@ static void host_writable(struct ns_ctx *ctx, struct ns_flow *f, double now)
     }
 }
 
+/* One host-socket event: a held flow's plain readable/writable is served here, the
+ * delayed-ACK timer run; anything else is listed in ctx->ev_fd / ev_mask for Python.
+ * Shared by ns_host_poll and ns_loop (csrc/loop.c). */
+void flow_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now)
+{
+    if (fd == ctx->delack_fd) {
+        delack_run(ctx, now);
+        return;
+    }
+    if (udp_host_event(ctx, fd, events, now))
+        return;
+    struct ns_flow *f = NULL;
+    if (fd >= 0 && fd < ctx->by_fd_cap && ctx->by_fd[fd])
+        f = &ctx->flows[ctx->by_fd[fd] - 1];
+    if (f && f->peer_closed)
+        events &= ~(uint32_t)EPOLLRDHUP; /* known: Python has seen it */
+    if (f && f->handshake && !f->eject && !(events & ~(uint32_t)(EPOLLIN | EPOLLOUT))) {
+        if (events & EPOLLIN)
+            f->host_readable = 1; /* pumped once the guest's ACK establishes */
+        return;
+    }
+    if (!f || f->eject || (events & ~(uint32_t)(EPOLLIN | EPOLLOUT))) {
+        ctx->ev_fd[ctx->nev] = fd;
+        ctx->ev_mask[ctx->nev] = events;
+        ctx->nev++;
+        return;
+    }
+    if (events & EPOLLIN) {
+        f->host_readable = 1;
+        pump(ctx, f, now);
+    }
+    if ((events & EPOLLOUT) && !f->eject)
+        host_writable(ctx, f, now);
+}
+
 /* One epoll_wait (no blocking) on the host-socket epoll. Events of flows held here
  * are handled; the others are listed in ctx->ev_fd / ev_mask for Python. Returns how
  * many were listed, plus NS_PYTHON_WORK if flows wait in ctx->ejects or ctx->timers;
@@ -576,33 +622,8 @@ long ns_host_poll(struct ns_ctx *ctx, int epfd, double now)
     int n = epoll_wait(epfd, evs, EVENTS_MAX, 0);
     if (n < 0)
         return errno == EINTR ? 0 : -errno;
-    for (int i = 0; i < n; i++) {
-        int fd = evs[i].data.fd;
-        uint32_t events = evs[i].events;
-        if (fd == ctx->delack_fd) {
-            delack_run(ctx, now);
-            continue;
-        }
-        if (udp_host_event(ctx, fd, events, now))
-            continue;
-        struct ns_flow *f = NULL;
-        if (fd >= 0 && fd < ctx->by_fd_cap && ctx->by_fd[fd])
-            f = &ctx->flows[ctx->by_fd[fd] - 1];
-        if (f && f->peer_closed)
-            events &= ~(uint32_t)EPOLLRDHUP; /* known: Python has seen it */
-        if (!f || f->eject || (events & ~(uint32_t)(EPOLLIN | EPOLLOUT))) {
-            ctx->ev_fd[ctx->nev] = fd;
-            ctx->ev_mask[ctx->nev] = events;
-            ctx->nev++;
-            continue;
-        }
-        if (events & EPOLLIN) {
-            f->host_readable = 1;
-            pump(ctx, f, now);
-        }
-        if ((events & EPOLLOUT) && !f->eject)
-            host_writable(ctx, f, now);
-    }
+    for (int i = 0; i < n; i++)
+        flow_host_event(ctx, evs[i].data.fd, evs[i].events, now);
     if (ctx->link_errno)
         return -ctx->link_errno;
     int work = ctx->nejects || ctx->ntimers || udp_python_work(ctx);

@@ -56,4 +56,8 @@ int udp_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now);
 int udp_python_work(const struct ns_ctx *ctx);
 void udp_free(struct ns_ctx *ctx);
 
+/* csrc/flow.c, for csrc/loop.c */
+void flow_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now);
+void delack_run(struct ns_ctx *ctx, double now);
+
 #endif

@@ -39,7 +39,13 @@ HOST_UPLINK_IP6 = "2001:db8::1"
 
 # Developer knobs netstack reads from its environment. A test that does not set one
 # gets netstack's default, whatever the shell running pytest exported.
-KNOBS = ("NETSTACK_FASTPATH", "NETSTACK_VNET", "NETSTACK_DELACK_MS")
+KNOBS = (
+    "NETSTACK_FASTPATH",
+    "NETSTACK_VNET",
+    "NETSTACK_DELACK_MS",
+    "NETSTACK_CLOOP",
+    "NETSTACK_SPIN_US",
+)
 IFF_VNET_HDR = 0x4000  # linux/if_tun.h, as /sys/class/net/<tap>/tun_flags shows it
 # What netstack logs when it catches a bug (dispatcher, host event handlers)
 INTERNAL_ERROR_LOGS = ("internal error", "handler failed", "client failed", "'internal_error'")

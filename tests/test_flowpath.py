@@ -206,6 +206,19 @@ def test_what_c_does_not_take_goes_back_unchanged(path: Path) -> None:
     assert path.flow.rcv_nxt == path.seq
 
 
+def test_the_handshake_ack_establishes_and_counts_no_byte(path: Path) -> None:
+    path.flow.handshake = 1
+    path.flow.snd_una = path.ack - 1  # our SYN-ACK's sequence number is outstanding
+    wrong = segment(path.seq, path.ack - 1, b"")  # not the ACK of our SYN-ACK
+    assert run(path, [wrong]) == [wrong]
+    ack = segment(path.seq, path.ack, b"hello")
+    assert run(path, [ack]) == []
+    assert path.flow.handshake == 0
+    assert path.flow.snd_una == path.ack
+    assert path.flow.acked_in_queue == 0
+    assert host_bytes(path, 5) == b"hello"
+
+
 @settings(
     max_examples=int(os.environ.get("NETSTACK_FUZZ_EXAMPLES", "400")),
     deadline=None,

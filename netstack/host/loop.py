@@ -8,6 +8,10 @@ imports ssl: ~40 ms of every start and ~10 MiB of resident memory (libcrypto's
 tables among it). So without --directory (whose client is asyncio streams) the
 runtime runs on this loop; with it, on uvloop.
 
+The wait itself is pluggable (`set_poll`): with the C flow path, the runtime waits in
+C (csrc/loop.c), which serves the TAP and host sockets of flows C holds and returns
+only the events Python must see; host sockets then live in this loop's epoll (`epoll`).
+
 Same contract as asyncio's for what the runtime uses: callbacks run in the order they
 were scheduled; a reader fires while its fd is readable (level-triggered); an
 exception in a callback is logged and the loop goes on. Not here: writers,
@@ -59,6 +63,17 @@ class EpollLoop:
         self._stopping = False
         self._closed = False
         self.time = time.monotonic
+        self._poll: Callable[[float], list[tuple[int, int]]] = self._epoll.poll
+
+    @property
+    def epoll(self) -> select.epoll:
+        """The loop's epoll: readers are registered in it (data = the fd)."""
+        return self._epoll
+
+    def set_poll(self, poll: Callable[[float], list[tuple[int, int]]] | None) -> None:
+        """Wait with poll(timeout) instead of epoll.poll: timeout in seconds (-1: no
+        limit), returns (fd, events) of readers ready. None: back to epoll.poll."""
+        self._poll = self._epoll.poll if poll is None else poll
 
     # ------------------------------------------------------------ scheduling
     def call_soon(self, callback: Callable[..., Any], *args: Any) -> Handle:
@@ -133,7 +148,7 @@ class EpollLoop:
             timeout = -1.0  # nothing due: wait for a reader or a signal
             if self._timers:
                 timeout = max(0.0, self._timers[0][0] - time.monotonic())
-        for fd, _events in self._epoll.poll(timeout):
+        for fd, _events in self._poll(timeout):
             if fd == self._wake_r:
                 self._on_wakeup()
                 continue

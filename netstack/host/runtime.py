@@ -5,12 +5,18 @@ Readers: the TAP fd (frames read in batches), one edge/level-mixed epoll holding
 host socket (so a flow's socket costs no loop registration), the exit fd. One loop
 timer follows the stack's earliest deadline. Time handed to the stack is
 time.monotonic().
+
+On EpollLoop with the C flow path and NETSTACK_CLOOP=1 (opt-in for now) there is
+one epoll: host sockets are registered in the loop's, and the loop waits in C
+(csrc/loop.c, `_poll_c`), which serves held flows' frames and host events itself and
+returns only what Python must see.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import select
 import signal
@@ -66,6 +72,11 @@ LAZY_ASYNCIO_MODULES = (
 )
 
 FRAMES_PER_WAKEUP = 256
+# The C loop's poll without sleeping after an event, in us: an answer that comes
+# within it costs no wakeup (64 B request/response p50 ~0.6x, +10 us CPU per exchange).
+# Off: with it on, iperf3 -R (host to guest, the guest closing while data flows)
+# leaves its connections stalled about one run in seven, not understood yet.
+SPIN_US = 0
 EVENTS_PER_WAKEUP = 256
 
 
@@ -120,6 +131,7 @@ class Runtime:
         self.api: ApiServer | None = None
         self.started = time.monotonic()
         self.fastpath: FastPath | None = None
+        self.c_loop = False  # the loop waits in C (csrc/loop.c): see _poll_c
         self.directory_client: DirectoryClient | None = None
         # --directory: TCP to the DNS address ends here, to answer directory names
         answers = self.stack.dns.directory
@@ -148,8 +160,6 @@ class Runtime:
             delack = os.environ.get("NETSTACK_DELACK_MS")  # a developer's knob: 0 turns it off
             if delack is not None:
                 self.fastpath.ctx.delack_delay = float(delack) / 1000
-            if self.fastpath.delack_fd() >= 0:  # C reads it in ns_host_poll
-                self.epoll.register(self.fastpath.delack_fd(), select.EPOLLIN)
             self.stack.tcp.fastpath = self.fastpath
             # established UDP flows too (csrc/udp.c), in the same context
             try:
@@ -165,6 +175,20 @@ class Runtime:
             else:
                 self.stack.udp.fast = self.udp_fast
                 self.stack.stats.add_source(self.udp_fast.counters, self.udp_fast.drops)
+            # the C loop is opt-in for now: with it, iperf3 -R's connections stall in
+            # some runs (the guest closing while host data flows), not understood yet
+            if isinstance(self.loop, EpollLoop) and os.environ.get("NETSTACK_CLOOP", "0") == "1":
+                # one epoll: host sockets join the loop's readers, and C waits on it
+                self.c_loop = True
+                self.epoll.close()
+                self.epoll = self.loop.epoll
+                self.fastpath.use_loop()
+                # after an event, C polls without sleeping this long: NETSTACK_SPIN_US
+                # sets it (see csrc/loop.c and SPIN_US)
+                spin_us = float(os.environ.get("NETSTACK_SPIN_US", SPIN_US))
+                self.fastpath.ctx.spin = spin_us / 1e6
+            elif self.fastpath.delack_fd() >= 0:  # C reads it in ns_host_poll
+                self.epoll.register(self.fastpath.delack_fd(), select.EPOLLIN)
 
     def later_modules(self) -> tuple[str, ...]:
         """What this runtime may import on first use (see LAZY_MODULES)."""
@@ -396,25 +420,77 @@ class Runtime:
             n = fast.rx(now)
             if n == 0:
                 return
-            stack = self.stack
-            buf = self.rx_buf
-            frames = 0
-            while 0 < n < PYTHON_WORK:
-                stack.receive(buf, n, now)
-                frames += 1
-                if frames == FRAMES_PER_WAKEUP:
-                    # the reader fires again if frames wait, but not for C's dirty flows:
-                    # their gathered bytes and owed ACKs go now, not at the next frame
-                    fast.rx_flush(now)
-                    break  # the loop's other work gets a turn
-                n = fast.rx(now)
-            stack.end_of_batch(now)
-            self._after_fast(fast, now)
+            self._python_frames(fast, n, now)
         except (LinkClosed, FlowPathError) as e:
             log.info("the TAP went away (%s): exiting", e)
             self.stop(0)
             return
         self._reschedule()
+
+    def _python_frames(self, fast: FastPath, n: int, now: float) -> None:
+        """Frames C left for Python, the first (n bytes) in rx_buf; then the end of the
+        batch. Raises LinkClosed or FlowPathError."""
+        stack = self.stack
+        buf = self.rx_buf
+        frames = 0
+        while 0 < n < PYTHON_WORK:
+            stack.receive(buf, n, now)
+            frames += 1
+            if frames == FRAMES_PER_WAKEUP:
+                # the reader fires again if frames wait, but not for C's dirty flows:
+                # their gathered bytes and owed ACKs go now, not at the next frame
+                fast.rx_flush(now)
+                break  # the loop's other work gets a turn
+            n = fast.rx_next(now)
+        stack.end_of_batch(now)
+        self._after_fast(fast, now)
+
+    def _poll_c(self, timeout: float) -> list[tuple[int, int]]:
+        """EpollLoop's wait, in C: held flows are served there; what comes back is
+        dispatched here (host sockets' events, frames, ejects and timers), and the
+        loop's own readers' events are returned to the loop."""
+        fast = self.fastpath
+        assert fast is not None
+        deadline = math.inf if timeout < 0 else time.monotonic() + timeout
+        try:
+            n = fast.loop(self.epoll.fileno(), deadline)
+        except FlowPathError as e:
+            log.info("the TAP went away (%s): exiting", e)
+            self.stop(0)
+            return []
+        events = fast.events()
+        if n == 0 and not events:
+            return events  # the deadline, or a signal
+        now = time.monotonic()
+        readers: list[tuple[int, int]] = []
+        host: list[tuple[int, int]] = []
+        handlers = self.handlers
+        for fd, ev in events:
+            if fd in handlers:
+                host.append((fd, ev))
+            else:
+                readers.append((fd, ev))
+        if n >= PYTHON_WORK and self.udp_fast is not None:
+            try:
+                # replies C read and left to Python, in order, before any handler runs
+                # (as in _on_host_events_fast)
+                self.udp_fast.after_call(now)
+            except LinkClosed as e:
+                log.info("the TAP went away (%s): exiting", e)
+                self.stop(0)
+                return readers
+        if host or n >= PYTHON_WORK:
+            self._dispatch_host_events(host, now)
+        frame = n % PYTHON_WORK
+        if frame:
+            try:
+                self._python_frames(fast, frame, now)
+            except (LinkClosed, FlowPathError) as e:
+                log.info("the TAP went away (%s): exiting", e)
+                self.stop(0)
+                return readers
+            self._reschedule()
+        return readers
 
     def _after_fast(self, fast: FastPath, now: float) -> None:
         for conn in fast.after_call(now):
@@ -548,7 +624,11 @@ class Runtime:
             import asyncio
 
             asyncio.set_event_loop(self.aio)
-        if self.fastpath is not None:
+        if self.c_loop:
+            assert isinstance(loop, EpollLoop)
+            loop.add_reader(self.link.fileno(), self._on_link_readable_fast)  # C serves it
+            loop.set_poll(self._poll_c)
+        elif self.fastpath is not None:
             loop.add_reader(self.link.fileno(), self._on_link_readable_fast)
             loop.add_reader(self.epoll.fileno(), self._on_host_events_fast)
         else:

@@ -112,12 +112,13 @@ class HostTcpStream:
                 table.host_connected(conn, False, err, now)
                 return
             self.connecting = False
-            table.host_connected(conn, True, 0, now)
+            # what the host sent already is noted before host_connected: its SYN-ACK
+            # may hand the connection to C, which then keeps this state
             if events & (select.EPOLLRDHUP | select.EPOLLHUP):
                 self.peer_closed = True
             if events & (select.EPOLLIN | select.EPOLLRDHUP):
                 conn.on_host_readable(now)
-            table.after(conn)
+            table.host_connected(conn, True, 0, now)
             return
         if events & select.EPOLLERR:
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)

@@ -241,6 +241,12 @@ class TcpConnection:
             self._pump_to_guest(now)
         self._maybe_finish(now)
 
+    def established_in_c(self) -> None:
+        """The C flow path took the guest's ACK of our SYN-ACK (its state is copied
+        back already: sequence numbers, window, timers)."""
+        self._set_state(TcpState.ESTABLISHED, "handshake done (in C)")
+        self._update_state_deadline(self.last_activity)
+
     def _seq_acceptable(self, seq: int) -> bool:
         d = seq_diff(seq, self.rcv_nxt)
         return 0 <= d <= max(self.window_advertised, 1)

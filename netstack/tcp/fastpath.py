@@ -3,7 +3,9 @@
 Python's TcpConnection is the protocol; C runs the common case of an established flow
 (in-order data and ACKs both ways) without a Python call per segment. A connection is
 *held* by C while it is established and nothing is queued, closing or counted
-(`eligible`). Any event C does not handle takes it back: the table calls `release`
+(`eligible`), and from the moment a guest-opened one's SYN-ACK is out: C takes the
+guest's ACK of it (its `handshake` flag), and the copy back makes the connection
+ESTABLISHED in Python. Any event C does not handle takes it back: the table calls `release`
 before a segment, a host event or a timer reaches the connection, and C itself lists
 flows it cannot finish ("ejects": host EOF or error, a socket that filled, a zero
 window), which `after_call` releases. `hold` runs after every event the table sees,
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from netstack import _fast
 from netstack.tcp.interfaces import TcpState
-from netstack.tcp.params import RTO_INITIAL
+from netstack.tcp.params import IDLE_TIMEOUT, RTO_INITIAL
 from netstack.tcp.to_host import GATHER_MAX_SEGMENT, PENDING_SLACK, WINDOW_MAX
 
 if TYPE_CHECKING:
@@ -107,6 +109,7 @@ class FastPath:
         self.held: dict[int, TcpConnection] = {}  # slot -> connection
         self._ns_rx = lib.ns_rx
         self._ns_host_poll = lib.ns_host_poll
+        self._ns_loop = lib.ns_loop
         self.touch_timer: Callable[[TcpConnection], float | None] = lambda conn: None
         self.holds = 0
         self.releases: dict[str, int] = {}
@@ -121,7 +124,7 @@ class FastPath:
         host = conn.host
         sock = getattr(host, "sock", None)
         return (
-            conn.state is TcpState.ESTABLISHED
+            (conn.state is TcpState.ESTABLISHED or self._synack_out(conn))
             and sock is not None
             and not getattr(host, "connecting", True)
             and getattr(host, "peek_off_supported", False)
@@ -132,6 +135,15 @@ class FastPath:
             and not conn.ack_needed
             and not conn.acked_in_queue
             and conn.dupacks == 0
+        )
+
+    @staticmethod
+    def _synack_out(conn: TcpConnection) -> bool:
+        """A guest-opened connection whose SYN-ACK waits for its ACK."""
+        return (
+            conn.state is TcpState.SYN_RECEIVED
+            and conn.snd_una == conn.iss
+            and conn.snd_nxt == (conn.iss + 1) & 0xFFFFFFFF
         )
 
     def hold(self, conn: TcpConnection) -> None:
@@ -163,6 +175,10 @@ class FastPath:
         c.peek_off = host.peek_off
         c.space_known = conn.to_host._space_known
         c.written_since = conn.to_host._written_since
+        if conn.state is TcpState.SYN_RECEIVED:
+            c.handshake = 1
+            if conn.state_deadline is None:  # the idle limit once C establishes it
+                conn.state_deadline = conn.last_activity + IDLE_TIMEOUT
         conn.fast = FastFlow(self, c)
         self.held[int(c.slot)] = conn
         self.holds += 1
@@ -213,6 +229,8 @@ class FastPath:
         host: Any = conn.host
         if host is not None:
             host.peek_off = int(c.peek_off)
+        if conn.state is TcpState.SYN_RECEIVED and not c.handshake:
+            conn.established_in_c()
 
     # --------------------------------------------------------------- events
     def rx(self, now: float) -> int:
@@ -223,6 +241,15 @@ class FastPath:
         if n < 0:
             raise FlowPathError(-n)
         return n
+
+    def rx_next(self, now: float) -> int:
+        """After a frame Python handled: the next one, as `rx`. In the C loop's lone
+        mode (frames come one at a time) none is read: the loop's wait tells when
+        another comes, and the read that would find the TAP empty is not made."""
+        if self.ctx.rx_lone:
+            self.rx_flush(now)
+            return 0
+        return self.rx(now)
 
     def rx_flush(self, now: float) -> None:
         """A reader that stops before the TAP is drained: what C gathered goes to the
@@ -249,6 +276,8 @@ class FastPath:
             "frames_from_guest": int(ctx.frames_in),
             "frames_from_guest_in_c": int(ctx.frames_in_c),
             "frames_to_guest_from_c": int(ctx.frames_out),
+            "loop_waits": int(ctx.loop_waits),
+            "loop_returns": int(ctx.loop_returns),
         }
 
     def delack_fd(self) -> int:
@@ -268,6 +297,28 @@ class FastPath:
             return _NO_EVENTS, work
         ctx = self.ctx
         return [(int(ctx.ev_fd[i]), int(ctx.ev_mask[i])) for i in range(n)], work
+
+    def use_loop(self) -> None:
+        """The runtime waits in `loop`: delayed ACKs wait there, not on the timerfd."""
+        self.ctx.loop_delack = 1
+
+    def loop(self, epfd: int, deadline: float) -> int:
+        """Wait in C (csrc/loop.c) on the loop's epoll until deadline (time.monotonic;
+        math.inf: none), serving held flows. Returns the length of a frame for Python
+        (in the shared buffer) or 0, plus PYTHON_WORK when `after_call` has work;
+        `events` lists the events C left. Raises FlowPathError when the link failed."""
+        n = int(self._ns_loop(self.ctx, epfd, deadline, MAX_FRAMES_PER_CALL))
+        if n < 0:
+            raise FlowPathError(-n)
+        return n
+
+    def events(self) -> list[tuple[int, int]]:
+        """The (fd, events) the last `loop` or `host_poll` call left for Python."""
+        ctx = self.ctx
+        n = int(ctx.nev)
+        if n == 0:
+            return _NO_EVENTS
+        return [(int(ctx.ev_fd[i]), int(ctx.ev_mask[i])) for i in range(n)]
 
     def after_call(self, now: float) -> list[TcpConnection]:
         """After a C call: tell the timer queue of earlier deadlines, take back ejected

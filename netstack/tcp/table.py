@@ -127,6 +127,11 @@ class TcpTable:
             return
         while len(self.half_open) >= self.max_half_open:
             old_key, old = next(iter(self.half_open.items()))
+            if self.fastpath is not None:
+                self.fastpath.sync(old)  # C may have taken the ACK that establishes it
+            if old.state not in HALF_OPEN:
+                del self.half_open[old_key]
+                continue
             self.stats.drop("tcp_half_open_evicted")
             old.abort("half-open limit: the oldest handshake gives way")
             self._remove(old_key, old)
