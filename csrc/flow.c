@@ -439,8 +439,8 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
     else if (hlen != TCP_LEN)
         return 0;
     struct ns_flow *f = flow_lookup(ctx, src, get16(t), dst, get16(t + 2));
-    if (!f || f->eject || memcmp(eth + 6, f->guest_mac, 6))
-        return 0;
+    if (!f || f->eject || f->v6 != (ethertype == 0x86dd) || memcmp(eth + 6, f->guest_mac, 6))
+        return 0; /* an IPv6 frame with v4-mapped addresses is not the IPv4 flow's */
     uint32_t seq = get32(t + 4), ack = get32(t + 8);
     uint32_t window = (uint32_t)get16(t + 14) << f->guest_wscale;
     uint32_t plen = (uint32_t)(l4_len - hlen);

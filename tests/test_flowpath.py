@@ -183,6 +183,27 @@ def test_in_order_segments_reach_the_host_and_are_acknowledged(path: Path) -> No
     assert path.flow.rcv_nxt == path.seq + len(data)
 
 
+def test_an_ipv6_frame_with_the_flows_addresses_v4_mapped_is_not_the_ipv4_flow(
+    path: Path,
+) -> None:
+    """C keys IPv4 flows by ::ffff:a.b.c.d: an IPv6 frame carrying those addresses must
+    not pass for the IPv4 flow's segment (Python drops it as the martian it is)."""
+    router_mac = bytes.fromhex("52550a000202")
+    path.ctx.router_mac = router_mac
+    t = struct.pack(
+        "!HHIIBBHHH", GUEST_PORT, REMOTE_PORT, path.seq, path.ack, 5 << 4, 0x18, 1000, 0, 0
+    )
+    payload = b"six"
+    ip6 = struct.pack("!IHBB", 6 << 28, len(t) + len(payload), 6, 64)
+    ip6 += MAPPED + GUEST_IP + MAPPED + GW_IP
+    frame = bytes(10) + router_mac + GUEST_MAC + b"\x86\xdd" + ip6 + t + payload
+    assert run(path, [frame]) == [as_read(path, frame)]
+    path.host_peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        path.host_peer.recv(100)
+    assert path.flow.rcv_nxt == path.seq
+
+
 def test_bytes_past_the_advertised_window_go_back_to_python(path: Path) -> None:
     path.flow.rcv_adv = path.seq + 1500
     first = segment(path.seq, path.ack, b"a" * 1000)

@@ -53,6 +53,8 @@ class InFlight:
         return index, n
 
     def release(self, index: int) -> None:
+        if self.map.closed:  # the container is gone, and its memory with it
+            return
         self._clear(index)
 
     def _clear(self, index: int) -> None:
