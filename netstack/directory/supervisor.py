@@ -73,6 +73,8 @@ log = logging.getLogger("netstackd")
 
 CONNECT_TIMEOUT_S = 75.0
 BOUND_GRACE_S = 300.0  # how long a bound, never listening socket is remembered
+CLIENT_GRACE_S = 30.0  # a closed client's connection may still wait in a server's
+# accept queue: its address is remembered this long for the accept
 _REFUSAL_ERRNO = {
     Refusal.NET_UNREACHABLE: errno.ENETUNREACH,
     Refusal.HOST_UNREACHABLE: errno.EHOSTUNREACH,
@@ -91,6 +93,8 @@ class Supervisor(CallDesk):
         super().__init__()
         self.sockets: dict[int, HostSocket] = {}  # by socket inode
         self.clients_by_port: dict[int, int] = {}  # client's host port -> inode
+        # clients whose socket is gone (host port -> record, until when it is kept)
+        self.departed_clients: dict[int, tuple[HostSocket, float]] = {}
         self.stats.update({k: 0 for k in (
             "bypassed_connects", "outbound_bypassed", "denied", "unknown_vip", "waited",
             "wait_timeouts", "accepts", "registrations", "registrations_refused",
@@ -568,9 +572,10 @@ class Supervisor(CallDesk):
 
     def _client_by_port(self, port: int) -> HostSocket | None:
         inode = self.clients_by_port.get(port)
-        if inode is None:
-            return None
-        return self.sockets.get(inode)
+        if inode is not None:
+            return self.sockets.get(inode)
+        departed = self.departed_clients.get(port)  # gone, its connection maybe not yet
+        return departed[0] if departed is not None else None
 
     def _peer_view(self, c: Container, n: notify.Notification, family: int,
                    client: HostSocket | None, peer: tuple[str, int]) -> SockAddr:
@@ -627,14 +632,21 @@ class Supervisor(CallDesk):
             alive = diag.tcp_inodes(diag.LISTENING)
             gone = [k for k, r in self.sockets.items()
                     if r.kind == Kind.LISTENING and k not in alive]
+        departed: dict[int, HostSocket] = {}
         for inode in gone:
             rec = self.sockets.pop(inode)
+            if rec.kind == Kind.CLIENT:
+                departed[inode] = rec
             if rec.kind == Kind.LISTENING and self.directory.unregister(rec.cookie, now):
                 self.stats["unregistrations"] += 1
                 log.info("%s stopped serving %s", rec.container, rec.service)
                 owner = self.container_by_id(rec.container)
                 if owner is not None:
                     self.on_registrations(owner)
+        for port, inode in self.clients_by_port.items():
+            if inode not in self.sockets and inode in departed:
+                self.departed_clients[port] = (departed[inode], now + CLIENT_GRACE_S)
+        self.departed_clients = {p: v for p, v in self.departed_clients.items() if v[1] > now}
         self.clients_by_port = {p: k for p, k in self.clients_by_port.items()
                                 if k in self.sockets}
         self.directory.expire(now)

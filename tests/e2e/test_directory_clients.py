@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 
+from netstack.directory.daemon import FULL_SWEEP_EVERY, SWEEP_S
 from tests.conftest import needs_root
 from tests.helpers.directory import PYTHON, DirectoryWorld, line, wait_until
 from tests.netns import ROOT, SERVERS
@@ -331,6 +332,8 @@ def test_server_sees_the_address_of_a_client_that_has_gone(
         release(client)
     client.wait(10)
     wait_until(lambda: web.world.stats()["containers_live"] == live, 10, "client dropped")
+    # at least one full sweep (it forgets sockets that no longer exist) before the accept
+    time.sleep(SWEEP_S * FULL_SWEEP_EVERY + 0.5)
     release(server, b"accept\n")
     assert printed_lines(server, PEERS) == [f"peer {CLIENT_IP}"] * PEERS
 
