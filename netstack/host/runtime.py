@@ -175,10 +175,10 @@ class Runtime:
             else:
                 self.stack.udp.fast = self.udp_fast
                 self.stack.stats.add_source(self.udp_fast.counters, self.udp_fast.drops)
-            # the C loop is opt-in for now: with it, iperf3 -R's data connection starts
-            # re-sending what the guest has in some runs (the send position is lost in a
-            # hand-over between C and Python, not understood yet), and the guest's
-            # duplicate ACKs overflow the TAP's queue (README, "Latency and connection set-up")
+            # the C loop is opt-in for now: with it, in some iperf3 -R runs a segment lost
+            # on its way to the guest is never recovered while the sender keeps going, and
+            # the guest's duplicate ACKs overflow the TAP's queue (README, "Latency and
+            # connection set-up")
             if isinstance(self.loop, EpollLoop) and os.environ.get("NETSTACK_CLOOP", "0") == "1":
                 # one epoll: host sockets join the loop's readers, and C waits on it
                 self.c_loop = True
