@@ -124,6 +124,47 @@ static void finish_tcp(uint8_t *v, uint8_t *t, size_t hlen, size_t l4_len, uint3
     put16le(v + 8, 16);             /* csum_offset: TCP checksum field */
 }
 
+/* Ethernet header, then a 20-byte IPv4 header (DF, TTL 64) with its checksum; returns
+ * the pseudo-header sum of its addresses (without protocol and length). */
+static uint32_t put_eth_ip4(uint8_t *e, const uint8_t *eth_dst, const uint8_t *eth_src,
+                            const uint8_t *ip_src, const uint8_t *ip_dst, uint8_t proto,
+                            uint16_t total, uint16_t ip_id)
+{
+    uint8_t *ip = e + 14;
+    memcpy(e, eth_dst, 6);
+    memcpy(e + 6, eth_src, 6);
+    put16(e + 12, 0x0800);
+    ip[0] = 0x45; ip[1] = 0;
+    put16(ip + 2, total);
+    put16(ip + 4, ip_id);
+    put16(ip + 6, 0x4000);
+    ip[8] = 64; ip[9] = proto;
+    put16(ip + 10, 0);
+    memcpy(ip + 12, ip_src, 4);
+    memcpy(ip + 16, ip_dst, 4);
+    put16(ip + 10, ns_checksum(ip, 20, 0));
+    return ns_sum16(ip + 12, 8, 0);
+}
+
+/* Ethernet header, then a 40-byte IPv6 header (hop limit 64, no extension headers);
+ * returns the pseudo-header sum of its addresses (without next header and length). */
+static uint32_t put_eth_ip6(uint8_t *e, const uint8_t *eth_dst, const uint8_t *eth_src,
+                            const uint8_t *ip_src, const uint8_t *ip_dst, uint8_t next,
+                            uint16_t payload_len)
+{
+    uint8_t *ip = e + 14;
+    memcpy(e, eth_dst, 6);
+    memcpy(e + 6, eth_src, 6);
+    put16(e + 12, 0x86dd);
+    put32(ip, 6u << 28);
+    put16(ip + 4, payload_len);
+    ip[6] = next;
+    ip[7] = 64;
+    memcpy(ip + 8, ip_src, 16);
+    memcpy(ip + 24, ip_dst, 16);
+    return ns_sum16(ip + 8, 32, 0);
+}
+
 /* Headers for one TCP/IPv4 segment to the guest, written in front of a payload that is
  * already in place: at `start` a 10-byte virtio-net header, then Ethernet, IPv4 (20
  * bytes, DF, TTL 64), TCP (20 bytes, or 32 with the timestamp option), then
@@ -142,24 +183,11 @@ long ns_tcp4_frame(uint8_t *buf, size_t buflen, size_t start, const uint8_t *eth
     size_t l4_len = hlen + payload_len;
     if (payload_len > 65535 - 20 - hlen || start > buflen || l4 + l4_len > buflen)
         return -1;
-    uint8_t *v = buf + start, *e = buf + l2, *ip = buf + l3, *t = buf + l4;
-
-    memcpy(e, eth_dst, 6);
-    memcpy(e + 6, eth_src, 6);
-    put16(e + 12, 0x0800);
-
-    ip[0] = 0x45; ip[1] = 0;
-    put16(ip + 2, (uint16_t)(20 + l4_len));
-    put16(ip + 4, ip_id);
-    put16(ip + 6, 0x4000);
-    ip[8] = 64; ip[9] = 6;
-    put16(ip + 10, 0);
-    memcpy(ip + 12, ip_src, 4);
-    memcpy(ip + 16, ip_dst, 4);
-    put16(ip + 10, ns_checksum(ip, 20, 0));
-
+    uint8_t *v = buf + start, *t = buf + l4;
+    uint32_t pseudo = put_eth_ip4(buf + l2, eth_dst, eth_src, ip_src, ip_dst, 6,
+                                  (uint16_t)(20 + l4_len), ip_id) +
+                      6 + (uint32_t)l4_len;
     put_tcp(t, hlen, sport, dport, seq, ack, flags, window, ts_val, ts_ecr);
-    uint32_t pseudo = ns_sum16(ip + 12, 8, 0) + 6 + (uint32_t)l4_len;
     finish_tcp(v, t, hlen, l4_len, pseudo, vnet, 1, gso_size, 34);
     return (long)(l4 + l4_len);
 }
@@ -179,22 +207,11 @@ long ns_tcp6_frame(uint8_t *buf, size_t buflen, size_t start, const uint8_t *eth
     size_t l4_len = hlen + payload_len;
     if (payload_len > 65535 - hlen || start > buflen || l4 + l4_len > buflen)
         return -1;
-    uint8_t *v = buf + start, *e = buf + l2, *ip = buf + l3, *t = buf + l4;
-
-    memcpy(e, eth_dst, 6);
-    memcpy(e + 6, eth_src, 6);
-    put16(e + 12, 0x86dd);
-
-    put32(ip, 6u << 28);
-    put16(ip + 4, (uint16_t)l4_len);
-    ip[6] = 6;
-    ip[7] = 64;
-    memcpy(ip + 8, ip_src, 16);
-    memcpy(ip + 24, ip_dst, 16);
-
+    uint8_t *v = buf + start, *t = buf + l4;
+    uint32_t pseudo = put_eth_ip6(buf + l2, eth_dst, eth_src, ip_src, ip_dst, 6,
+                                  (uint16_t)l4_len) +
+                      (uint32_t)(l4_len >> 16) + (uint32_t)(l4_len & 0xffff) + 6;
     put_tcp(t, hlen, sport, dport, seq, ack, flags, window, ts_val, ts_ecr);
-    uint32_t pseudo = ns_sum16(ip + 8, 32, 0) + (uint32_t)(l4_len >> 16) +
-                      (uint32_t)(l4_len & 0xffff) + 6;
     finish_tcp(v, t, hlen, l4_len, pseudo, vnet, 4, gso_size, 54);
     return (long)(l4 + l4_len);
 }
@@ -211,33 +228,12 @@ long ns_udp_frame(uint8_t *buf, size_t buflen, const uint8_t *eth_dst, const uin
     size_t udp_len = 8 + payload_len;
     if (udp_len > 65535 || l4 + udp_len > buflen || (!v6 && udp_len > 65535 - 20))
         return -1;
-    uint8_t *e = buf + 10, *ip = buf + l3, *u = buf + l4;
+    uint8_t *u = buf + l4;
     memset(buf, 0, 10);
-    memcpy(e, eth_dst, 6);
-    memcpy(e + 6, eth_src, 6);
-    uint32_t pseudo;
-    if (v6) {
-        put16(e + 12, 0x86dd);
-        put32(ip, 6u << 28);
-        put16(ip + 4, (uint16_t)udp_len);
-        ip[6] = 17;
-        ip[7] = 64;
-        memcpy(ip + 8, ip_src, 16);
-        memcpy(ip + 24, ip_dst, 16);
-        pseudo = ns_sum16(ip + 8, 32, 0);
-    } else {
-        put16(e + 12, 0x0800);
-        ip[0] = 0x45; ip[1] = 0;
-        put16(ip + 2, (uint16_t)(20 + udp_len));
-        put16(ip + 4, ip_id);
-        put16(ip + 6, 0x4000);
-        ip[8] = 64; ip[9] = 17;
-        put16(ip + 10, 0);
-        memcpy(ip + 12, ip_src, 4);
-        memcpy(ip + 16, ip_dst, 4);
-        put16(ip + 10, ns_checksum(ip, 20, 0));
-        pseudo = ns_sum16(ip + 12, 8, 0);
-    }
+    uint32_t pseudo =
+        v6 ? put_eth_ip6(buf + 10, eth_dst, eth_src, ip_src, ip_dst, 17, (uint16_t)udp_len)
+           : put_eth_ip4(buf + 10, eth_dst, eth_src, ip_src, ip_dst, 17,
+                         (uint16_t)(20 + udp_len), ip_id);
     pseudo += 17 + (uint32_t)udp_len;
     put16(u, sport);
     put16(u + 2, dport);
