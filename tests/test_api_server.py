@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from netstack.api import server
-from netstack.api.server import ApiServer, EventHandler, bind_api_socket
+from netstack.api.server import ApiServer, bind_api_socket
+from netstack.host.loop import EventHandler
 from netstack.stack.timers import TimerQueue
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from netstack.api import commands
+from netstack.host.loop import EventHandler
 from netstack.stack.timers import TimerQueue
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,6 @@ ACCEPT_PAUSE = 0.1  # out of fds: accept again after this, not in a busy loop
 MAX_CLIENTS = 64
 DISCARD_READS = 16
 SUN_PATH_MAX = 108
-
-
-class EventHandler(Protocol):
-    def on_events(self, events: int, now: float) -> None: ...
 
 
 class ApiHost(Protocol):

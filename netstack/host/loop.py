@@ -29,11 +29,18 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
 _READ_EVENTS = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
+
+
+class EventHandler(Protocol):
+    """A host socket's owner on the runtime's epoll (Runtime.register): called with
+    the epoll events and the time."""
+
+    def on_events(self, events: int, now: float) -> None: ...
 
 
 class Handle:

@@ -23,11 +23,11 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from netstack.forward.rules import ForwardRule, Forwards
 from netstack.host.datagrams import HostDatagram
-from netstack.host.loop import EpollLoop, Handle
+from netstack.host.loop import EpollLoop, EventHandler, Handle
 from netstack.host.resolvconf import ResolvConf
 from netstack.host.streams import HostTcpStream
 from netstack.link.base import FRAME_BUFFER_SIZE, LinkClosed, LinkEndpoint
@@ -78,10 +78,6 @@ FRAMES_PER_WAKEUP = 256
 # leaves its connections stalled about one run in seven, not understood yet.
 SPIN_US = 0
 EVENTS_PER_WAKEUP = 256
-
-
-class EventHandler(Protocol):
-    def on_events(self, events: int, now: float) -> None: ...
 
 
 class Runtime:

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from netstack.stack.config import HOST6, NetworkConfig
-from netstack.stack.hostio import HostAddr
+from netstack.stack.hostio import DatagramSocket, HostAddr
 
 if TYPE_CHECKING:
     from netstack.tcp.fastpath import FastPath
-    from netstack.udp.proxy import UdpFlow
 
 _V4_MAPPED = bytes(10) + b"\xff\xff"  # C keys IPv4 addresses as ::ffff:a.b.c.d
 # A held socket's receive buffer (the kernel caps it at net.core.rmem_max): C is woken
@@ -44,6 +43,21 @@ def sockaddr(family: int, addr: HostAddr) -> bytes | None:
     if family == socket.AF_INET:
         return fam + port + packed + bytes(8)
     return fam + port + bytes(4) + packed + bytes(4)
+
+
+class UdpFlow(Protocol):
+    """What the hand-over reads and writes of a proxy's flow (udp/proxy.py UdpFlow)."""
+
+    guest_mac: bytes
+    guest_ip: bytes
+    guest_port: int
+    last_activity: float
+    sock: DatagramSocket | None
+    fast: Any  # its struct ns_udp_flow while C holds it
+    datagrams_from_guest_in_c: int
+    datagrams_to_guest_in_c: int
+
+    def on_datagram(self, data: bytes, addr: HostAddr, now: float) -> None: ...
 
 
 class UdpFastPath:
