@@ -12,7 +12,14 @@ ffibuilder.set_source(
     "netstack._fastc",
     '#include <stdint.h>\n#include <stddef.h>\n#include "fast.h"\n',
     # relative paths: setuptools refuses absolute ones
-    sources=["csrc/fast.c", "csrc/flow.c", "csrc/flow_table.c", "csrc/udp.c", "csrc/loop.c"],
+    sources=[
+        "csrc/fast.c",
+        "csrc/flow.c",
+        "csrc/flow_table.c",
+        "csrc/udp.c",
+        "csrc/udp_to_guest.c",
+        "csrc/loop.c",
+    ],
     include_dirs=["csrc"],
     extra_compile_args=["-O2", "-Wall", "-Wextra"],
 )

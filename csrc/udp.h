@@ -1,0 +1,39 @@
+/* Internal to the C UDP path (csrc/udp.c: the table and guest datagrams to the host;
+ * csrc/udp_to_guest.c: host datagrams to the guest): constants and byte helpers. */
+#ifndef NETSTACK_UDP_H
+#define NETSTACK_UDP_H
+
+#include <stdint.h>
+
+#include "flow.h"
+
+#define UDP_LEN 8
+#define SOL_UDP_ 17
+#define UDP_SEGMENT_ 103
+#define VNET_F_NEEDS_CSUM 1
+#define VNET_GSO_UDP_L4 5
+#define OUT_CAP (512 * 1024)  /* bytes gathered from the guest before a flush */
+#define OUT_MAX 512           /* datagrams (or guest GSO frames) gathered */
+#define OUT_MSGS 256          /* messages in one sendmmsg */
+#define GSO_MAX_SEGS 64       /* UDP_MAX_SEGMENTS on older kernels */
+#define GUEST_GSO_MAX_SEGS 128 /* UDP_MAX_SEGMENTS since 6.2; netstack/stack/dispatch.py */
+#define GSO_MAX_BYTES 65000   /* under the largest UDP payload, IPv4 or IPv6 */
+#define SEND_NOW_MIN 8192     /* datagrams this large are sent from the frame, not gathered */
+#define RECV_SLOTS 32
+#define SLOT_HEAD (VNET_LEN + ETH_LEN + IP6_LEN + UDP_LEN) /* headers to the guest */
+#define SLOT_SIZE 65536
+#define READ_ROUNDS 4         /* recvmmsg calls per event: up to 128 datagrams */
+
+static const uint8_t ZERO16[16];
+
+static inline void put16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = v & 0xff; }
+static inline void put16le(uint8_t *p, uint16_t v) { p[0] = v & 0xff; p[1] = v >> 8; }
+static inline uint16_t get16le(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+static inline uint16_t fold(uint32_t sum)
+{
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return (uint16_t)sum;
+}
+
+#endif
