@@ -94,6 +94,11 @@ class TcpConnection:
         self.rto_deadline: float | None = None
         self.retries = 0
         self.dupacks = 0
+        # loss recovery (RFC 6582's "recover"): the highest sequence number sent when a
+        # retransmission began; until the guest acknowledges it, duplicate ACKs start
+        # no new retransmission and each partial ACK resends the next hole only
+        self.recover: int | None = None
+        self.resend_on_partial_ack = False  # a fast retransmission's, not a timeout's
         self.created = now
         self.last_activity = now
         self.state_deadline: float | None = now + CONNECT_TIMEOUT
@@ -254,9 +259,13 @@ class TcpConnection:
     def _on_ack(self, seg: tcp.TcpHeader, payload_len: int, now: float) -> None:
         ack = seg.ack
         window = seg.window << self.guest_wscale
+        recover = self.recover
         if seq_lt(self.snd_nxt, ack):
-            self.ack_needed = True  # acknowledges what we never sent
-            return
+            if recover is None or seq_lt(recover, ack):
+                self.ack_needed = True  # acknowledges what we never sent
+                return
+            # sent before a timeout's rewind: the guest had it all along
+            self.snd_nxt = ack
         if seq_lt(self.snd_una, ack):
             acked = seq_diff(ack, self.snd_una)
             if self.fin_to_guest and ack == self.snd_nxt:
@@ -269,6 +278,11 @@ class TcpConnection:
             self.retries = 0
             self.rto = RTO_INITIAL
             self.dupacks = 0
+            if recover is not None:
+                if not seq_lt(ack, recover):
+                    self.recover = None  # all that was outstanding arrived
+                elif self.resend_on_partial_ack:
+                    self._retransmit_first(now)  # a partial ACK: the next hole
             if self.snd_una == self.snd_nxt:
                 self._disarm_rto()
             else:
@@ -283,8 +297,13 @@ class TcpConnection:
             and window == self.guest_window
         ):
             self.dupacks += 1
-            if self.dupacks == DUPACKS_FOR_RETRANSMIT:
-                self._rewind("3 duplicate ACKs")
+            if self.dupacks == DUPACKS_FOR_RETRANSMIT and recover is None:
+                # fast retransmit of the first unacknowledged segment only: the guest
+                # holds what came after the hole, and resending it all would bring a
+                # duplicate ACK per segment, and with them the next "loss"
+                self.recover = self.snd_nxt
+                self.resend_on_partial_ack = True
+                self._retransmit_first(now)
         self.guest_window = window
 
     def _on_data(self, seq: int, payload: memoryview, fin: bool, now: float) -> None:
@@ -437,13 +456,58 @@ class TcpConnection:
         self._arm_rto(now)
 
     def _rewind(self, why: str) -> None:
-        """Go back to the oldest unacknowledged byte (a retransmission)."""
+        """Go back to the oldest unacknowledged byte (a retransmission after a timeout);
+        what was sent before stays acceptable to acknowledge (`recover`)."""
         log.debug("tcp retransmit from %d: %s", self.snd_una, why)
+        top = self.snd_nxt
+        if self.fin_to_guest and not self.fin_acked:
+            top = (top - 1) & 0xFFFFFFFF  # an ACK of our FIN waits for it to be resent
+        if self.recover is None or seq_lt(self.recover, top):
+            self.recover = top
+        self.resend_on_partial_ack = False  # all of it is being sent again
         self.snd_nxt = self.snd_una
         if self.fin_to_guest and not self.fin_acked:
             self.fin_to_guest = False
         self.host_readable = True
         self.dupacks = 0
+
+    def _retransmit_first(self, now: float) -> None:
+        """Resend what starts at snd_una, leaving snd_nxt where it is: one segment on a
+        plain link, one frame (up to 64 KiB, what a lost write to the TAP took with it)
+        on a vnet link."""
+        log.debug("tcp fast retransmit at %d", self.snd_una)
+        host = self.host
+        data_in_flight = seq_diff(self.snd_nxt, self.snd_una)
+        if self.fin_to_guest and not self.fin_acked:
+            data_in_flight -= 1
+        if host is None or data_in_flight <= 0:
+            if self.fin_to_guest and not self.fin_acked and data_in_flight == 0:
+                self.fin_to_guest = False  # only our FIN is outstanding: send it again
+                self.snd_nxt = self.snd_una
+                self._send_fin(now)
+            return
+        hlen = 20 + (12 if self.ts_enabled else 0)
+        limit = data_in_flight if self.writer.link.vnet else min(self.seg_size, data_in_flight)
+        view = self.writer.payload_view(hlen, limit)
+        try:
+            n = host.peek_into(view, self.acked_in_queue)
+        except OSError as e:
+            self.on_host_error(e.errno or errno.EIO, now)
+            return
+        if not n:
+            return  # not there any more: the timeout's rewind decides
+        self.writer.send(
+            self.flow,
+            self.snd_una,
+            self.rcv_nxt,
+            ACK | PSH,
+            self._window_field(),
+            self._ts(now),
+            n,
+            self.seg_size,
+        )
+        self.ack_needed = False
+        self._arm_rto(now, restart=True)
 
     # ----------------------------------------------------------------- timers
     def _arm_rto(self, now: float, restart: bool = False) -> None:

@@ -135,6 +135,7 @@ class FastPath:
             and not conn.ack_needed
             and not conn.acked_in_queue
             and conn.dupacks == 0
+            and conn.recover is None
         )
 
     @staticmethod

@@ -571,9 +571,81 @@ def test_fast_retransmit_needs_three_duplicate_acks() -> None:
         rig.send(seg("A", ISN + 1, iss + 1 + 1448))
         assert rig.frames() == [], f"retransmitted after {dup} duplicate ACK(s)"
     rig.send(seg("A", ISN + 1, iss + 1 + 1448))
-    resent = rig.frames()
-    assert [tcp_of(f).seq for f in resent] == [iss + 1 + 1448 * k for k in (1, 2, 3)]
-    assert bytes(tcp_of(resent[0]).payload) == data[1448 : 2 * 1448]
+    (resent,) = rig.frames()  # the hole only: the guest holds what came after it
+    assert tcp_of(resent).seq == iss + 1 + 1448
+    assert bytes(tcp_of(resent).payload) == data[1448 : 2 * 1448]
+    assert conn.snd_nxt == iss + 1 + 4 * 1448  # nothing else is sent again
+
+
+def test_duplicates_after_a_fast_retransmit_start_no_other_one() -> None:
+    # each segment after the hole brings the guest's duplicate ACK; resending on every
+    # third would resend while the first retransmission is still on its way (the storm
+    # that resent a whole window per three duplicates)
+    rig = Rig()
+    stream, iss = established(rig)
+    conn, sent = in_flight(rig, stream, 8 * 1448)
+    assert len(sent) == 8
+    for _ in range(3):
+        rig.send(seg("A", ISN + 1, iss + 1))
+    assert [tcp_of(f).seq for f in rig.frames()] == [iss + 1]
+    for _ in range(20):
+        rig.send(seg("A", ISN + 1, iss + 1))
+    assert rig.frames() == []
+    rig.send(seg("A", ISN + 1, iss + 1 + 8 * 1448))  # the hole filled: all of it arrived
+    assert conn.recover is None and conn.snd_una == conn.snd_nxt
+    assert len(stream.to_guest) == 0
+
+
+def test_a_partial_ack_resends_the_next_hole_at_once() -> None:
+    rig = Rig()
+    stream, iss = established(rig)
+    conn, _ = in_flight(rig, stream, 6 * 1448)
+    data = bytes(stream.to_guest)
+    for _ in range(3):
+        rig.send(seg("A", ISN + 1, iss + 1))
+    assert [tcp_of(f).seq for f in rig.frames()] == [iss + 1]
+    rig.send(seg("A", ISN + 1, iss + 1 + 3 * 1448))  # segments 1-3 arrived, 4 did not
+    (resent,) = rig.frames()
+    assert tcp_of(resent).seq == iss + 1 + 3 * 1448
+    assert bytes(tcp_of(resent).payload) == data[3 * 1448 : 4 * 1448]
+    rig.send(seg("A", ISN + 1, iss + 1 + 6 * 1448))
+    assert conn.recover is None
+    # recovery is over: the next loss is retransmitted again after three duplicates
+    stream.to_guest += b"n" * 2 * 1448
+    host_readable(rig, conn)
+    assert len(rig.frames()) == 2
+    for _ in range(3):
+        rig.send(seg("A", ISN + 1, iss + 1 + 6 * 1448))
+    (again,) = rig.frames()
+    assert tcp_of(again).seq == iss + 1 + 6 * 1448 and bytes(tcp_of(again).payload) == b"n" * 1448
+
+
+def test_after_a_timeout_duplicates_of_resent_segments_start_no_retransmission() -> None:
+    rig = Rig()
+    stream, iss = established(rig)
+    conn, _ = in_flight(rig, stream, 4 * 1448)
+    rig.advance(tcpconn.RTO_INITIAL + 0.01)
+    assert [tcp_of(f).seq for f in rig.frames()] == [iss + 1 + 1448 * k for k in range(4)]
+    for _ in range(6):  # the guest had segments 2-4: one duplicate ACK each, and more
+        rig.send(seg("A", ISN + 1, iss + 1 + 1448))
+    assert all(len(tcp_of(f).payload) == 0 for f in rig.frames())
+    rig.send(seg("A", ISN + 1, iss + 1 + 4 * 1448))
+    assert conn.recover is None and conn.snd_una == conn.snd_nxt
+
+
+def test_an_ack_of_what_was_sent_before_a_timeout_is_taken() -> None:
+    # after a timeout's rewind the guest may acknowledge past snd_nxt: it got the first
+    # transmission after all; that is no "ACK of unsent data"
+    rig = Rig()
+    stream, iss = established(rig)
+    conn, _ = in_flight(rig, stream, 4 * 1448)
+    rig.send(seg("A", ISN + 1, iss + 1, window=0))  # the window closes
+    rig.advance(tcpconn.RTO_INITIAL + 0.01)
+    rig.frames()
+    assert conn.snd_nxt == iss + 1  # rewound, and nothing may be resent into a closed window
+    rig.send(seg("A", ISN + 1, iss + 1 + 4 * 1448))
+    assert conn.snd_una == conn.snd_nxt == iss + 1 + 4 * 1448
+    assert len(stream.to_guest) == 0 and conn.recover is None
 
 
 def test_acks_carrying_data_or_a_new_window_are_not_duplicates() -> None:
@@ -905,6 +977,8 @@ def test_ipv6_syn_in_established_gets_a_challenge_ack() -> None:
     (challenge,) = rig.frames()
     assert (tcp_of(challenge).flags, tcp_of(challenge).ack) == ("A", ISN + 1)
     assert conn_of(rig).state is TcpState.ESTABLISHED and stream.closed is None
+
+
 def test_a_guest_ignoring_our_window_gets_nothing_past_its_right_edge() -> None:
     """A host peer that accepts and never reads: the guest pushes on regardless of the
     window; what it sends past the edge we advertised is neither taken nor ACKed."""
