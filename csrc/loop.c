@@ -57,8 +57,9 @@ static long tap_readable(struct ns_ctx *ctx, double now, int max_frames)
     uint64_t before = ctx->frames_in;
     long r = ns_rx(ctx, now, ctx->rx_lone ? 1 : max_frames);
     uint64_t got = ctx->frames_in - before;
-    if (!ctx->rx_lone && got == 1 && r >= 0 && r < NS_PYTHON_WORK)
-        ctx->rx_lone = 1; /* one frame, then a read that found the TAP empty */
+    if (!ctx->rx_lone && got == 1 && (r == 0 || r == NS_PYTHON_WORK))
+        ctx->rx_lone = 1; /* one frame, then a read that found the TAP empty (not: a
+                           * first frame for Python, which ends the batch before it) */
     ctx->lone_pending = ctx->rx_lone && got == 1;
     return r;
 }

@@ -81,6 +81,7 @@ class HostTcpStream:
                 if err in (0, errno.EINPROGRESS):
                     self.runtime.register(sock.fileno(), STREAM_EVENTS, self)
                     self.sock = sock
+                    self.runtime.connect_started = True
                     return
             except OSError as e:  # --outbound-addr gone, for one
                 err = e.errno or errno.EADDRNOTAVAIL
