@@ -238,9 +238,10 @@ class World:
         path = path or self.api_sockets[-1]
         return api_request(path, execute)
 
-    def assert_mode(self, vnet: bool, flows_in_c: bool) -> None:
+    def assert_mode(self, vnet: bool, flows_in_c: bool, c_loop: bool | None = None) -> None:
         """The variant ran as it says: the TAP has the virtio-net header (or not, as the
-        kernel reports it) and established flows ran in C (or C handled no frame)."""
+        kernel reports it), established flows ran in C (or C handled no frame) and, if
+        c_loop is given, the loop waited in C (csrc/loop.c) or not."""
         r = self.in_guest("cat", "/sys/class/net/tap0/tun_flags")
         assert r.returncode == 0, r.stderr
         assert bool(int(r.stdout, 16) & IFF_VNET_HDR) is vnet, f"tun_flags {r.stdout}"
@@ -249,6 +250,8 @@ class World:
             assert fast is not None, "the C flow path is off"
             assert fast["frames_from_guest_in_c"] > 0, fast
             assert fast["frames_to_guest_from_c"] > 0, fast
+            if c_loop is not None:
+                assert (fast["loop_waits"] > 0) is c_loop, fast
         else:
             assert fast is None or (
                 fast["frames_from_guest_in_c"] == 0 and fast["frames_to_guest_from_c"] == 0

@@ -6,8 +6,8 @@ host socket (so a flow's socket costs no loop registration), the exit fd. One lo
 timer follows the stack's earliest deadline. Time handed to the stack is
 time.monotonic().
 
-On EpollLoop with the C flow path and NETSTACK_CLOOP=1 (opt-in for now) there is
-one epoll: host sockets are registered in the loop's, and the loop waits in C
+On EpollLoop with the C flow path (unless NETSTACK_CLOOP=0) there is one epoll:
+host sockets are registered in the loop's, and the loop waits in C
 (csrc/loop.c, `_poll_c`), which serves held flows' frames and host events itself and
 returns only what Python must see.
 """
@@ -174,11 +174,9 @@ class Runtime:
             else:
                 self.stack.udp.fast = self.udp_fast
                 self.stack.stats.add_source(self.udp_fast.counters, self.udp_fast.drops)
-            # the C loop is opt-in for now: with it, in some iperf3 -R runs a segment lost
-            # on its way to the guest is never recovered while the sender keeps going, and
-            # the guest's duplicate ACKs overflow the TAP's queue (README, "Latency and
-            # connection set-up")
-            if isinstance(self.loop, EpollLoop) and os.environ.get("NETSTACK_CLOOP", "0") == "1":
+            # the C loop is the default on EpollLoop; NETSTACK_CLOOP=0 keeps the wait in
+            # Python (the twin the tests also run)
+            if isinstance(self.loop, EpollLoop) and os.environ.get("NETSTACK_CLOOP", "1") == "1":
                 # one epoll: host sockets join the loop's readers, and C waits on it
                 self.c_loop = True
                 self.epoll.close()

@@ -27,23 +27,27 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture(params=["vnet", "plain", "vnet-python", "plain-python"])
+@pytest.fixture(params=["vnet", "plain", "vnet-python", "plain-python", "vnet-pyloop"])
 def frames(request: pytest.FixtureRequest) -> dict[str, str]:
     """Both frame kinds: TAP offloads on (virtio-net header) and plain frames; each with
-    established flows in C (csrc/flow.c) and in Python only, its twin. The test ends
-    with world.assert_mode(**mode(frames)): the variant ran as it says."""
+    established flows in C (csrc/flow.c, waited on in C: csrc/loop.c) and in Python
+    only, its twin; and flows in C with the loop's wait in Python (NETSTACK_CLOOP=0).
+    The test ends with world.assert_mode(**mode(frames)): the variant ran as it says."""
     kind = str(request.param)
     return {
         "NETSTACK_VNET": "1" if kind.startswith("vnet") else "0",
         "NETSTACK_FASTPATH": "0" if kind.endswith("python") else "1",
+        "NETSTACK_CLOOP": "0" if kind.endswith("pyloop") else "1",
     }
 
 
 def mode(env: dict[str, str]) -> dict[str, bool]:
-    """What a variant's environment asks for (netstack's defaults: vnet on, C on)."""
+    """What a variant's environment asks for (netstack's defaults: vnet on, C on, the
+    C loop on)."""
     return {
         "vnet": env.get("NETSTACK_VNET", "1") != "0",
         "flows_in_c": env.get("NETSTACK_FASTPATH", "1") != "0",
+        "c_loop": env.get("NETSTACK_CLOOP", "1") != "0",
     }
 
 
