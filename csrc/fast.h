@@ -52,6 +52,13 @@ struct ns_flow {
     int timer_listed;
     int delack_listed;
     int handshake;              /* our SYN-ACK waits for its ACK (Python: SYN_RECEIVED) */
+    /* closing, as TcpConnection's flags of the same names */
+    int fin_from_guest;         /* the guest's FIN is taken (rcv_nxt counts it) */
+    int host_write_shut;        /* ... and passed on: shutdown(SHUT_WR) of the host socket */
+    int eof_from_host;          /* the host socket's EOF was read */
+    int fin_to_guest;           /* ... and our FIN sent (snd_nxt counts it) */
+    int fin_acked;              /* ... and acknowledged by the guest */
+    int ack_now;                /* the ACK owed is not delayed (it answers a FIN) */
     uint32_t rcv_acked;
     double delack_at;
     int64_t acked_in_queue;

@@ -12,9 +12,14 @@
  * A guest-opened connection is handed over as soon as its SYN-ACK is out (`handshake`):
  * the guest's ACK of it (and the data after it) is taken here, and Python sees the
  * connection established when it next takes the flow back.
- * Whatever C cannot finish (host EOF or error, a socket that filled, a zero window)
- * marks the flow `eject` and lists it; Python takes the flow back (ns_flow_flush, copy,
- * ns_flow_close) and goes on in Python. C never decides a state change.
+ * Closing is taken here too, as Python's flags say it: the guest's bare FIN (the host
+ * socket's write side shut down, the FIN acknowledged at once), the host's EOF (our
+ * FIN sent after its data), the guest's ACK of our FIN. When both ways are closed and
+ * our FIN is acknowledged the flow is listed `EJECT_DONE`, and Python closes the
+ * connection: a short connection costs Python its SYN and that, not a call per FIN.
+ * Whatever else C cannot finish (a host error, a socket that filled, a zero window, a
+ * FIN with data) marks the flow `eject` and lists it; Python takes the flow back
+ * (ns_flow_flush, copy, ns_flow_close) and goes on in Python.
  */
 #include <errno.h>
 #include <math.h>
@@ -125,6 +130,7 @@ static void send_ack(struct ns_ctx *ctx, struct ns_flow *f, double now)
 {
     emit(ctx, f, F_ACK, window_field(ctx, f, 0), 0, now);
     f->ack_needed = 0;
+    f->ack_now = 0;
 }
 
 static void arm_rto(struct ns_ctx *ctx, struct ns_flow *f, double now)
@@ -137,12 +143,26 @@ static void arm_rto(struct ns_ctx *ctx, struct ns_flow *f, double now)
     }
 }
 
-/* Twin of TcpConnection._pump_to_guest while neither side has closed. */
+/* Twin of TcpConnection._send_fin: the host's EOF was read. */
+static void send_fin(struct ns_ctx *ctx, struct ns_flow *f, double now)
+{
+    emit(ctx, f, F_FIN | F_ACK, window_field(ctx, f, 0), 0, now);
+    f->ack_needed = 0;
+    f->ack_now = 0;
+    f->fin_to_guest = 1;
+    f->snd_nxt += 1;
+    f->last_activity = now;
+    if (f->rto_deadline == 0)
+        arm_rto(ctx, f, now);
+}
+
+/* Twin of TcpConnection._pump_to_guest: host data the guest's window allows, then our
+ * FIN once the host's EOF is reached. */
 static void pump(struct ns_ctx *ctx, struct ns_flow *f, double now)
 {
     int hlen = TCP_LEN + (f->ts_enabled ? TS_LEN : 0);
     uint8_t *payload = ctx->tx + payload_offset(hlen);
-    while (!f->eject) {
+    while (!f->eject && !f->fin_to_guest) {
         int64_t in_flight = (int32_t)(f->snd_nxt - f->snd_una);
         int64_t room = (int64_t)f->guest_window - in_flight;
         if (room <= 0) {
@@ -172,7 +192,9 @@ static void pump(struct ns_ctx *ctx, struct ns_flow *f, double now)
             return;
         }
         if (n == 0) {
-            flow_eject(ctx, f, EJECT_PUMP, 0); /* the host's EOF: Python sends the FIN */
+            f->host_readable = 0;
+            f->eof_from_host = 1;
+            send_fin(ctx, f, now);
             return;
         }
         f->peek_off += n;
@@ -379,7 +401,7 @@ static void flush_dirty(struct ns_ctx *ctx, double now)
         if (f->eject)
             continue;
         flush_data(ctx, f);
-        if (f->ack_needed && f->eject != EJECT_ERROR && !delay_ack(ctx, f, now))
+        if (f->ack_needed && f->eject != EJECT_ERROR && (f->ack_now || !delay_ack(ctx, f, now)))
             send_ack(ctx, f, now);
     }
     ctx->ndirty = 0;
@@ -430,8 +452,9 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
     }
     size_t hlen = (size_t)(t[12] >> 4) * 4;
     uint8_t flags = t[13];
-    if ((flags & (F_SYN | F_RST | F_FIN | F_URG)) || !(flags & F_ACK))
+    if ((flags & (F_SYN | F_RST | F_URG)) || !(flags & F_ACK))
         return 0;
+    int fin = flags & F_FIN;
     int has_ts = 0;
     if (hlen == TCP_LEN + TS_LEN && hlen <= l4_len && t[20] == 1 && t[21] == 1 && t[22] == 8 &&
         t[23] == 10)
@@ -446,6 +469,8 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
     uint32_t plen = (uint32_t)(l4_len - hlen);
     if (seq != f->rcv_nxt || seq_lt(f->snd_nxt, ack))
         return 0; /* out of order, a probe, or an ACK of what we never sent */
+    if ((fin && plen) || (f->fin_from_guest && (fin || plen)))
+        return 0; /* a FIN is taken here bare, once; no data comes after it */
     if (f->handshake && ack != f->snd_nxt)
         return 0; /* not the ACK of our SYN-ACK: Python answers it */
     if ((int64_t)plen > (int32_t)(f->rcv_adv - f->rcv_nxt))
@@ -454,8 +479,13 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
     if (!progress) {
         if (ack != f->snd_una)
             return 0; /* an old ACK */
-        if (f->snd_una != f->snd_nxt && plen == 0 && window == f->guest_window)
+        if (f->snd_una != f->snd_nxt && plen == 0 && !fin && window == f->guest_window)
             return 0; /* a duplicate ACK: Python counts them */
+    }
+    if (fin && f->unsent_len) {
+        write_unsent(ctx, f); /* the bytes before the FIN go first */
+        if (f->eject)
+            return 0;
     }
     if (plen && f->unsent_len &&
         (plen > ctx->gather_max_segment || f->unsent_len + plen > UNSENT_MAX)) {
@@ -468,10 +498,16 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
     if (has_ts && f->ts_enabled)
         f->ts_recent = get32(t + 24);
     if (progress) {
-        if (f->handshake)
+        if (f->handshake) {
             f->handshake = 0; /* our SYN's sequence number: no byte in the host queue */
-        else
-            f->acked_in_queue += (uint32_t)(ack - f->snd_una);
+        } else {
+            uint32_t acked = ack - f->snd_una;
+            if (f->fin_to_guest && ack == f->snd_nxt) {
+                f->fin_acked = 1;
+                acked -= 1; /* our FIN's sequence number: no byte either */
+            }
+            f->acked_in_queue += acked;
+        }
         f->snd_una = ack;
         f->retries = 0;
         f->rto = ctx->rto_initial;
@@ -489,6 +525,19 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
         f->bytes_from_guest += taken;
         f->ack_needed = 1;
     }
+    if (fin) {
+        /* twin of TcpConnection._on_data's FIN: nothing is gathered (written above),
+         * so the host's write side closes now; a failed shutdown, as in Python, is
+         * left to the socket's next event */
+        f->fin_from_guest = 1;
+        f->rcv_nxt += 1;
+        f->ack_needed = 1;
+        f->ack_now = 1;
+        shutdown(f->fd, SHUT_WR);
+        f->host_write_shut = 1;
+    }
+    if (f->fin_from_guest && f->fin_to_guest && f->fin_acked)
+        flow_eject(ctx, f, EJECT_DONE, 0); /* the owed ACK goes in the release's flush */
     mark_dirty(ctx, f);
     if (f->host_readable && !f->eject)
         pump(ctx, f, now);
@@ -591,19 +640,24 @@ void flow_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now)
     if (fd >= 0 && fd < ctx->by_fd_cap && ctx->by_fd[fd])
         f = &ctx->flows[ctx->by_fd[fd] - 1];
     if (f && f->peer_closed)
-        events &= ~(uint32_t)EPOLLRDHUP; /* known: Python has seen it */
+        events &= ~(uint32_t)EPOLLRDHUP; /* known already */
     if (f && f->handshake && !f->eject && !(events & ~(uint32_t)(EPOLLIN | EPOLLOUT))) {
         if (events & EPOLLIN)
             f->host_readable = 1; /* pumped once the guest's ACK establishes */
         return;
     }
-    if (!f || f->eject || (events & ~(uint32_t)(EPOLLIN | EPOLLOUT))) {
+    const uint32_t served = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLHUP;
+    if (!f || f->eject || f->handshake || (events & ~served)) {
         ctx->ev_fd[ctx->nev] = fd;
         ctx->ev_mask[ctx->nev] = events;
         ctx->nev++;
         return;
     }
-    if (events & EPOLLIN) {
+    /* twin of HostTcpStream.on_events: the host's FIN (or hang-up) comes behind its
+     * data; the pump reads to it and sends ours */
+    if (events & (EPOLLRDHUP | EPOLLHUP))
+        f->peer_closed = 1;
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) {
         f->host_readable = 1;
         pump(ctx, f, now);
     }

@@ -35,6 +35,7 @@
 #define EJECT_ERROR 1   /* a host socket call failed: err holds errno */
 #define EJECT_PUMP 2    /* host EOF, or a zero window to probe: Python's pump decides */
 #define EJECT_BLOCKED 3 /* the host socket took part of a write: Python queues the rest */
+#define EJECT_DONE 4    /* both ways closed and our FIN acknowledged: Python closes it */
 
 static inline uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static inline uint32_t get32(const uint8_t *p)

@@ -218,7 +218,7 @@ def test_what_c_does_not_take_goes_back_unchanged(path: Path) -> None:
         segment(path.seq - 10, path.ack, b"x" * 10),  # old data
         segment(path.seq + 5, path.ack, b"y"),  # a gap
         segment(path.seq, path.ack + 10, b""),  # ACK of what was never sent
-        segment(path.seq, path.ack, b"", flags=0x11),  # FIN
+        segment(path.seq, path.ack, b"z", flags=0x19),  # FIN with data
         segment(path.seq, path.ack, b"", flags=0x04),  # RST
     ]
     for frame in odd:
@@ -325,6 +325,100 @@ def test_host_data_reaches_the_guest_in_order_and_leaves_the_socket_once_acked(
     assert path.flow.snd_una == path.flow.snd_nxt == (path.ack + len(data)) & 0xFFFFFFFF
     unread = struct.unpack("i", fcntl.ioctl(host.fileno(), termios.FIONREAD, b"\0" * 4))[0]
     assert unread == 0  # acknowledged bytes left the host socket at once
+
+
+def host_events(p: Path) -> Any:
+    """An epoll on the flow's host socket, as the runtime registers it."""
+    host: socket.socket = p._keep[2]  # type: ignore[attr-defined]
+    ep = select.epoll()
+    ep.register(
+        host.fileno(), select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+    )
+    return ep
+
+
+def poll_host(p: Path, ep: Any, until: Any) -> None:
+    deadline = time.monotonic() + 5
+    while not until() and time.monotonic() < deadline:
+        assert int(p.lib.ns_host_poll(p.ctx, ep.fileno(), time.monotonic())) >= 0
+        time.sleep(0.001)
+
+
+def ejected(p: Path) -> list[tuple[int, int]]:
+    """The flows C listed for Python, as (slot, why)."""
+    ctx = p.ctx
+    return [(int(ctx.ejects[i]), int(p.ctx.flows[ctx.ejects[i]].eject)) for i in range(ctx.nejects)]
+
+
+def test_a_short_connection_closes_in_c_and_python_is_told_once(path: Path) -> None:
+    """Request, answer, the guest's FIN, the host's EOF, the guest's last ACK: all in C;
+    Python hears of the flow once, when both ways are closed (EJECT_DONE)."""
+    ep = host_events(path)
+    f = path.flow
+    assert run(path, [segment(path.seq, path.ack, b"GET")]) == []
+    assert host_bytes(path, 3) == b"GET"
+    path.host_peer.sendall(b"200 OK")
+    poll_host(path, ep, lambda: f.snd_nxt == path.ack + 6)
+    answer = [pl for _, pl in frames_to_guest(path) if pl]  # (after the ACK of GET)
+    assert answer == [b"200 OK"]
+    # the guest's FIN, bare, acknowledging the answer: the host reads EOF, the FIN is
+    # acknowledged at once (not delayed)
+    path.ctx.delack_delay = 0.2
+    fin = segment(path.seq + 3, path.ack + 6, b"", flags=0x11)
+    assert run(path, [fin]) == []
+    (ack,) = frames_to_guest(path)
+    assert (ack[0].flags, ack[0].ack) == (tcp.ACK, path.seq + 4)
+    assert host_bytes(path, 1) == b""  # EOF
+    assert (f.fin_from_guest, f.host_write_shut, f.rcv_nxt) == (1, 1, path.seq + 4)
+    assert ejected(path) == []
+    # the host closes: C sends our FIN after the (already acknowledged) answer
+    path.host_peer.close()
+    poll_host(path, ep, lambda: f.fin_to_guest == 1)
+    (our_fin,) = frames_to_guest(path)
+    assert our_fin[0].flags == tcp.FIN | tcp.ACK and our_fin[0].seq == path.ack + 6
+    assert (f.eof_from_host, f.snd_nxt, f.fin_acked) == (1, path.ack + 7, 0)
+    assert f.rto_deadline > 0  # our FIN is retransmitted (by Python) if it is lost
+    assert ejected(path) == []
+    # the guest's ACK of our FIN: done
+    assert run(path, [segment(path.seq + 4, path.ack + 7, b"", flags=0x10)]) == []
+    assert f.fin_acked == 1 and f.snd_una == path.ack + 7
+    assert ejected(path) == [(int(f.slot), 4)]
+    ep.close()
+
+
+def test_the_host_closing_first_then_the_guest_closes_in_c(path: Path) -> None:
+    ep = host_events(path)
+    f = path.flow
+    path.host_peer.sendall(b"bye")
+    path.host_peer.shutdown(socket.SHUT_WR)
+    poll_host(path, ep, lambda: f.fin_to_guest == 1)
+    got = frames_to_guest(path)
+    assert b"".join(bytes(p) for _, p in got) == b"bye"
+    assert got[-1][0].flags & tcp.FIN and f.snd_nxt == path.ack + 4
+    # the guest acknowledges data and FIN, then sends its own FIN
+    assert run(path, [segment(path.seq, path.ack + 4, b"", flags=0x10)]) == []
+    assert f.fin_acked == 1 and f.snd_una == path.ack + 4 and ejected(path) == []
+    host: socket.socket = path._keep[2]  # type: ignore[attr-defined]
+    unread = struct.unpack("i", fcntl.ioctl(host.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+    assert unread == 0  # the 3 acknowledged bytes left the socket
+    assert run(path, [segment(path.seq, path.ack + 4, b"", flags=0x11)]) == []
+    assert ejected(path) == [(int(f.slot), 4)]
+    path.lib.ns_flow_flush(path.ctx, f, time.monotonic())  # as the release does
+    (ack,) = frames_to_guest(path)
+    assert ack[0].ack == path.seq + 1
+    assert host_bytes(path, 1) == b""  # the host got our shutdown
+    ep.close()
+
+
+def test_after_the_guest_s_fin_data_or_another_fin_go_to_python(path: Path) -> None:
+    assert run(path, [segment(path.seq, path.ack, b"", flags=0x11)]) == []
+    later = [
+        segment(path.seq + 1, path.ack, b"late"),
+        segment(path.seq + 1, path.ack, b"", flags=0x11),
+    ]
+    for frame in later:
+        assert run(path, [frame]) == [frame]
+    assert path.flow.rcv_nxt == path.seq + 1
 
 
 def test_the_flow_table_hash_is_keyed_with_a_secret_per_context() -> None:

@@ -252,6 +252,11 @@ class TcpConnection:
         self._set_state(TcpState.ESTABLISHED, "handshake done (in C)")
         self._update_state_deadline(self.last_activity)
 
+    def closed_in_c(self, now: float) -> None:
+        """The C flow path took both FINs and the guest's ACK of ours (its state is
+        copied back already): the connection closes as it would have here."""
+        self._maybe_finish(now)
+
     def _seq_acceptable(self, seq: int) -> bool:
         d = seq_diff(seq, self.rcv_nxt)
         return 0 <= d <= max(self.window_advertised, 1)

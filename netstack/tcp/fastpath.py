@@ -7,9 +7,12 @@ Python's TcpConnection is the protocol; C runs the common case of an established
 guest's ACK of it (its `handshake` flag), and the copy back makes the connection
 ESTABLISHED in Python. Any event C does not handle takes it back: the table calls `release`
 before a segment, a host event or a timer reaches the connection, and C itself lists
-flows it cannot finish ("ejects": host EOF or error, a socket that filled, a zero
-window), which `after_call` releases. `hold` runs after every event the table sees,
-so a released connection goes back to C once it is ordinary again.
+flows it cannot finish ("ejects": a host error, a socket that filled, a zero window,
+and a connection closed both ways, which Python then closes), which `after_call`
+releases. C takes the FINs of a held flow itself (csrc/flow.c), setting the same
+flags Python keeps; a released flow with any of them set stays in Python. `hold`
+runs after every event the table sees, so a released connection goes back to C once
+it is ordinary again.
 
 Timers: C arms retransmission deadlines in its struct. A connection's `deadline` reads
 them, and C lists the flows whose new deadline comes before the one Python's timer
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 EJECT_ERROR = 1
 EJECT_PUMP = 2
 EJECT_BLOCKED = 3
+EJECT_DONE = 4
 
 MAX_FRAMES_PER_CALL = 256
 PYTHON_WORK = 1 << 24  # added to ns_rx / ns_host_poll results: ejects or timers wait
@@ -41,6 +45,7 @@ _RELEASE_REASONS = {
     EJECT_ERROR: "host_error",
     EJECT_PUMP: "host_eof_or_zero_window",
     EJECT_BLOCKED: "host_socket_full",
+    EJECT_DONE: "closed_both_ways",
 }
 
 
@@ -64,6 +69,11 @@ _SHARED: tuple[tuple[str, type], ...] = (
     ("last_activity", float),
     ("bytes_from_guest", int),
     ("bytes_to_guest", int),
+    ("fin_from_guest", bool),
+    ("host_write_shut", bool),
+    ("eof_from_host", bool),
+    ("fin_to_guest", bool),
+    ("fin_acked", bool),
 )
 # ... and those C only reads
 _SET_ONCE = ("seg_size", "our_mss", "guest_wscale", "our_wscale", "ts_enabled")
@@ -205,6 +215,8 @@ class FastPath:
             conn.on_host_error(err, now)
         elif why == EJECT_PUMP:
             conn.on_host_readable(now)
+        elif why == EJECT_DONE:
+            conn.closed_in_c(now)
 
     def forget(self, conn: TcpConnection) -> None:
         """Drop conn's flow without a flush (the connection is being torn down)."""
@@ -230,6 +242,7 @@ class FastPath:
         host: Any = conn.host
         if host is not None:
             host.peek_off = int(c.peek_off)
+            host.peer_closed = bool(c.peer_closed)
         if conn.state is TcpState.SYN_RECEIVED and not c.handshake:
             conn.established_in_c()
 
