@@ -18,10 +18,13 @@
  * For ctx->spin seconds after an event the wait polls without sleeping: the host's
  * answer to a request just forwarded, or the guest's next segment, usually comes
  * within tens of microseconds, and a sleep and wakeup cost about that much again (in
- * a VM most of all). An idle stack does not spin.
+ * a VM most of all). Between polls it yields the CPU, so a client or server that is
+ * runnable on this CPU (the one whose answer we wait for, on a small machine) is not
+ * kept from it. An idle stack does not spin.
  */
 #include <errno.h>
 #include <math.h>
+#include <sched.h>
 #include <stdint.h>
 #include <sys/epoll.h>
 #include <time.h>
@@ -96,8 +99,10 @@ long ns_loop(struct ns_ctx *ctx, int epfd, double deadline, int max_frames)
             /* an answer is likely soon: look again without sleeping (a wakeup costs
              * more than a few empty polls, in a VM most of all) */
             n = epoll_wait(epfd, evs, EVENTS_MAX, 0);
-            if (n == 0)
+            if (n == 0) {
+                sched_yield(); /* a client or server runnable on this CPU goes first */
                 continue;
+            }
         } else {
             n = epoll_wait(epfd, evs, EVENTS_MAX, timeout);
         }
