@@ -32,6 +32,7 @@ class FakeStream:
         self.shut_write = False
         self.closed: str | None = None
         self.error: int | None = None
+        self.at_once = False  # connected within connect() (as a loopback connect is)
 
     def send(self, data: memoryview) -> int:
         if self.error:
@@ -42,6 +43,9 @@ class FakeStream:
 
     def send_space(self) -> int:
         return self.space
+
+    def connected_at_once(self) -> bool:
+        return self.at_once  # else the tests complete connects (Rig.connect_ok)
 
     def peek_into(self, buf: memoryview, offset: int) -> int | None:
         avail = self.to_guest[offset : offset + len(buf)]
@@ -88,9 +92,11 @@ class FakeHost:
         self.host_addresses = {bytes([192, 0, 2, 1])}  # the host's own IPv4 addresses
         self.ping_errno: int | None = None
         self.send_errno: int | None = None  # sockets opened from now on fail every sendto
+        self.connect_at_once = False  # streams opened from now on connect within connect()
 
     def connect_tcp(self, conn: TcpConnection, targets: list[HostAddr], now: float) -> FakeStream:
         stream = FakeStream()
+        stream.at_once = self.connect_at_once
         self.connects.append((conn, targets, stream))
         return stream
 

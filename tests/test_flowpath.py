@@ -503,7 +503,6 @@ def test_a_long_python_batch_still_flushes_what_c_gathered_and_owes() -> None:
         rt.stack = _QuietStack()  # type: ignore[assignment]
         rt.rx_buf = rx_buf
         rt._timer_at = None
-        rt.connect_started = False
         rt._on_link_readable_fast()
         assert rt.stack.frames == runtime.FRAMES_PER_WAKEUP  # type: ignore[attr-defined]
         host_peer.settimeout(1)

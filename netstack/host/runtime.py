@@ -128,9 +128,6 @@ class Runtime:
         self.started = time.monotonic()
         self.fastpath: FastPath | None = None
         self.c_loop = False  # the loop waits in C (csrc/loop.c): see _poll_c
-        # a host connect began in this batch of frames: a loopback connect is complete
-        # when connect() returns, so its event is looked for before the loop waits again
-        self.connect_started = False
         self.directory_client: DirectoryClient | None = None
         # --directory: TCP to the DNS address ends here, to answer directory names
         answers = self.stack.dns.directory
@@ -406,9 +403,6 @@ class Runtime:
             log.info("the TAP went away (%s): exiting", e)
             self.stop(0)
             return
-        if self.connect_started:
-            self.connect_started = False
-            self._on_host_events()
         self._reschedule()
 
     def _on_link_readable_fast(self) -> None:
@@ -446,12 +440,6 @@ class Runtime:
             n = fast.rx_next(now)
         stack.end_of_batch(now)
         self._after_fast(fast, now)
-        if self.connect_started:
-            self.connect_started = False
-            # (under the C loop the host sockets share the loop's epoll: its next
-            # wait, at once, finds the event)
-            if not self.c_loop:
-                self._on_host_events_fast()
 
     def _poll_c(self, timeout: float) -> list[tuple[int, int]]:
         """EpollLoop's wait, in C: held flows are served there; what comes back is

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 SO_PEEK_OFF = 42
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
+TCP_ESTABLISHED = 1  # tcp_info's tcpi_state
 STREAM_EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
 
 
@@ -81,13 +82,28 @@ class HostTcpStream:
                 if err in (0, errno.EINPROGRESS):
                     self.runtime.register(sock.fileno(), STREAM_EVENTS, self)
                     self.sock = sock
-                    self.runtime.connect_started = True
                     return
             except OSError as e:  # --outbound-addr gone, for one
                 err = e.errno or errno.EADDRNOTAVAIL
             sock.close()
             last_err = err
         self.runtime.soon(self._report_failure, last_err)
+
+    def connected_at_once(self) -> bool:
+        """Whether the connect is complete already (a loopback connect is when connect()
+        returns, EINPROGRESS all the same); if so the stream is connected from now, and
+        the epoll's writable event that follows is an ordinary one."""
+        sock = self.sock
+        if not self.connecting or sock is None:
+            return False
+        try:
+            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        except OSError:
+            return False
+        if state != TCP_ESTABLISHED:
+            return False
+        self.connecting = False
+        return True
 
     def _report_failure(self, err: int) -> None:
         self.runtime.stack.tcp.host_connected(self.conn, False, err, self.runtime.now())

@@ -143,7 +143,13 @@ class TcpTable:
         self.half_open[key] = conn
         self.stats.count("tcp_flows_opened")
         if isinstance(target, list):
-            conn.attach_host(self.connector.connect_tcp(conn, target, now))
+            host = self.connector.connect_tcp(conn, target, now)
+            conn.attach_host(host)
+            if host.connected_at_once():
+                # a loopback connect: the SYN-ACK goes now, not after a loop wait
+                self.timers.touch(conn)
+                self.host_connected(conn, True, 0, now)
+                return
         else:
             target.then(lambda decided, when: self._decided_late(key, conn, decided, when), now)
         self.timers.touch(conn)

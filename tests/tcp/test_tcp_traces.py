@@ -95,6 +95,17 @@ def test_syn_becomes_a_host_connect_to_loopback_and_synack_follows() -> None:
     assert conn.state is TcpState.ESTABLISHED
 
 
+def test_a_connect_complete_within_connect_is_answered_in_the_same_batch() -> None:
+    # a loopback connect is established when connect() returns: the SYN-ACK goes with
+    # the SYN's batch, not after the loop's next wait for the socket's event
+    rig = Rig()
+    rig.host.connect_at_once = True
+    rig.send(SYN)
+    (synack,) = rig.frames()
+    assert tcp_of(synack).flags == "SA" and tcp_of(synack).ack == ISN + 1
+    assert conn_of(rig).state is TcpState.SYN_RECEIVED
+
+
 def test_refused_connect_answers_rst() -> None:
     rig = Rig()
     rig.send(SYN)
