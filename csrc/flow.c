@@ -150,6 +150,8 @@ static void send_fin(struct ns_ctx *ctx, struct ns_flow *f, double now)
     f->ack_needed = 0;
     f->ack_now = 0;
     f->fin_to_guest = 1;
+    if (!f->fin_from_guest)
+        f->fin_to_guest_first = 1;
     f->snd_nxt += 1;
     f->last_activity = now;
     if (f->rto_deadline == 0)

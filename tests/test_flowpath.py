@@ -377,6 +377,7 @@ def test_a_short_connection_closes_in_c_and_python_is_told_once(path: Path) -> N
     (our_fin,) = frames_to_guest(path)
     assert our_fin[0].flags == tcp.FIN | tcp.ACK and our_fin[0].seq == path.ack + 6
     assert (f.eof_from_host, f.snd_nxt, f.fin_acked) == (1, path.ack + 7, 0)
+    assert f.fin_to_guest_first == 0  # the guest closed first: no TIME_WAIT for us
     assert f.rto_deadline > 0  # our FIN is retransmitted (by Python) if it is lost
     assert ejected(path) == []
     # the guest's ACK of our FIN: done
@@ -395,6 +396,7 @@ def test_the_host_closing_first_then_the_guest_closes_in_c(path: Path) -> None:
     got = frames_to_guest(path)
     assert b"".join(bytes(p) for _, p in got) == b"bye"
     assert got[-1][0].flags & tcp.FIN and f.snd_nxt == path.ack + 4
+    assert f.fin_to_guest_first == 1  # we close actively: TIME_WAIT follows
     # the guest acknowledges data and FIN, then sends its own FIN
     assert run(path, [segment(path.seq, path.ack + 4, b"", flags=0x10)]) == []
     assert f.fin_acked == 1 and f.snd_una == path.ack + 4 and ejected(path) == []

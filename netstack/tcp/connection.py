@@ -83,6 +83,9 @@ class TcpConnection:
         self.eof_from_host = False
         self.fin_to_guest = False
         self.fin_acked = False
+        # our FIN went before the guest's: we close actively and linger in TIME_WAIT
+        # (RFC 9293 3.6); closing after the guest, LAST-ACK goes straight to CLOSED
+        self.fin_to_guest_first = False
         self.host_readable = False
         self.ack_needed = False
         self.window_advertised = 0
@@ -446,6 +449,8 @@ class TcpConnection:
         if self.fin_to_guest:
             return
         self.fin_to_guest = True
+        if not self.fin_from_guest:
+            self.fin_to_guest_first = True
         self.writer.send(
             self.flow,
             self.snd_nxt,
@@ -647,7 +652,10 @@ class TcpConnection:
     # ---------------------------------------------------------------- closing
     def _maybe_finish(self, now: float) -> None:
         if self.fin_from_guest and self.host_write_shut and self.fin_to_guest and self.fin_acked:
-            self._close(reset_host=False, why="both sides closed", linger=now)
+            if self.fin_to_guest_first:
+                self._close(reset_host=False, why="both sides closed", linger=now)
+            else:
+                self._close(reset_host=False, why="both sides closed, the guest first")
 
     def abort(self, why: str) -> None:
         """Give up on the connection: RST to the guest, reset the host side."""

@@ -74,6 +74,7 @@ _SHARED: tuple[tuple[str, type], ...] = (
     ("eof_from_host", bool),
     ("fin_to_guest", bool),
     ("fin_acked", bool),
+    ("fin_to_guest_first", bool),
 )
 # ... and those C only reads
 _SET_ONCE = ("seg_size", "our_mss", "guest_wscale", "our_wscale", "ts_enabled")

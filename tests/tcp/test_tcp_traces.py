@@ -238,7 +238,8 @@ def test_keepalive_is_answered_with_our_window() -> None:
     assert stream.written == b""
 
 
-def test_half_close_both_ways_then_time_wait_then_gone() -> None:
+def test_half_close_both_ways_the_guest_first_then_gone_at_once() -> None:
+    # the guest closes first: we close passively, LAST-ACK -> CLOSED (RFC 9293 3.6)
     rig = Rig()
     stream, iss = established(rig)
     conn = rig.host.connects[0][0]
@@ -253,10 +254,35 @@ def test_half_close_both_ways_then_time_wait_then_gone() -> None:
     assert bytes(tcp_of(data).payload) == b"reply"
     assert tcp_of(fin).flags == "FA" and tcp_of(fin).seq == iss + 6
     rig.send(seg("A", ISN + 5, iss + 7))
-    assert conn.state is TcpState.TIME_WAIT
+    assert conn.state is TcpState.CLOSED
     assert stream.closed == "close"
     # nothing left unread at close: Linux would answer unread bytes with a RST
     assert stream.to_guest == b""
+    assert rig.stack.tcp.conns == {}
+
+
+def host_closes_first(rig: Rig) -> tuple[FakeStream, int, tcpconn.TcpConnection]:
+    """Established, then the host's EOF (our FIN first), the guest's ACK of it and its
+    own FIN, which we acknowledge: we closed actively."""
+    stream, iss = established(rig)
+    conn = conn_of(rig)
+    stream.eof = True
+    host_readable(rig, conn)
+    (fin,) = rig.frames()
+    assert tcp_of(fin).flags == "FA" and tcp_of(fin).seq == iss + 1
+    rig.send(seg("A", ISN + 1, iss + 2))
+    assert conn.state is TcpState.ESTABLISHED  # the guest's side is still open
+    rig.send(seg("FA", ISN + 1, iss + 2))
+    (ack,) = rig.frames()
+    assert tcp_of(ack).ack == ISN + 2
+    return stream, iss, conn
+
+
+def test_half_close_both_ways_the_host_first_then_time_wait_then_gone() -> None:
+    rig = Rig()
+    stream, _, conn = host_closes_first(rig)
+    assert conn.state is TcpState.TIME_WAIT and stream.shut_write
+    assert stream.closed == "close"
     rig.advance(tcpconn.TIME_WAIT + 0.1)
     assert rig.stack.tcp.conns == {}
 
@@ -356,12 +382,7 @@ def test_guest_tso_super_segment_is_accepted() -> None:
 def test_full_table_makes_room_from_time_wait_flows() -> None:
     rig = Rig()
     rig.stack.tcp.max_flows = 1
-    stream, iss = established(rig)
-    conn = rig.host.connects[0][0]
-    rig.send(seg("FA", ISN + 1, iss + 1))
-    stream.eof = True
-    conn.on_host_readable(rig.now)
-    rig.send(seg("A", ISN + 2, iss + 2))
+    _, _, conn = host_closes_first(rig)
     assert conn.state is TcpState.TIME_WAIT
     rig.stack.tcp.after(conn)
     rig.frames()
@@ -825,13 +846,7 @@ def test_unacknowledged_fin_is_retransmitted() -> None:
 
 def test_fin_retransmitted_in_time_wait_is_acked_again() -> None:
     rig = Rig()
-    stream, iss = established(rig)
-    conn = conn_of(rig)
-    rig.send(seg("FA", ISN + 1, iss + 1))
-    stream.eof = True
-    host_readable(rig, conn)
-    rig.frames()
-    rig.send(seg("A", ISN + 2, iss + 2))
+    _, iss, conn = host_closes_first(rig)
     assert conn.state is TcpState.TIME_WAIT
     rig.advance(tcpconn.TIME_WAIT / 2)
     rig.send(seg("FA", ISN + 1, iss + 2))  # our ACK of its FIN was lost
