@@ -567,7 +567,8 @@ long ns_rx(struct ns_ctx *ctx, double now, int max_frames)
             return -errno;
         }
         ctx->frames_in++;
-        if (!rx_frame(ctx, (size_t)n, now) && !udp_rx_frame(ctx, (size_t)n, now)) {
+        if (!rx_frame(ctx, (size_t)n, now) && !dns_rx_frame(ctx, (size_t)n, now) &&
+            !udp_rx_frame(ctx, (size_t)n, now)) {
             udp_flush_to_host(ctx); /* a flow's datagrams leave in order, C's first */
             return n;
         }
@@ -591,7 +592,7 @@ long ns_rx(struct ns_ctx *ctx, double now, int max_frames)
     flush_dirty(ctx, now);
     if (ctx->link_errno)
         return -ctx->link_errno;
-    return ctx->nejects || ctx->ntimers ? NS_PYTHON_WORK : 0;
+    return ctx->nejects || ctx->ntimers || dns_python_work(ctx) ? NS_PYTHON_WORK : 0;
 }
 
 /* What ns_rx does when it stops at a drained TAP, for a reader that stops early (after
@@ -603,7 +604,7 @@ long ns_rx_flush(struct ns_ctx *ctx, double now)
     flush_dirty(ctx, now);
     if (ctx->link_errno)
         return -ctx->link_errno;
-    return ctx->nejects || ctx->ntimers ? NS_PYTHON_WORK : 0;
+    return ctx->nejects || ctx->ntimers || dns_python_work(ctx) ? NS_PYTHON_WORK : 0;
 }
 
 /* -------------------------------------------------------------- host socket events */
@@ -634,7 +635,7 @@ void flow_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now)
         delack_run(ctx, now);
         return;
     }
-    if (udp_host_event(ctx, fd, events, now))
+    if (udp_host_event(ctx, fd, events, now) || dns_host_event(ctx, fd, events, now))
         return;
     struct ns_flow *f = NULL;
     if (fd >= 0 && fd < ctx->by_fd_cap && ctx->by_fd[fd])
@@ -680,6 +681,6 @@ long ns_host_poll(struct ns_ctx *ctx, int epfd, double now)
         flow_host_event(ctx, evs[i].data.fd, evs[i].events, now);
     if (ctx->link_errno)
         return -ctx->link_errno;
-    int work = ctx->nejects || ctx->ntimers || udp_python_work(ctx);
+    int work = ctx->nejects || ctx->ntimers || udp_python_work(ctx) || dns_python_work(ctx);
     return ctx->nev + (work ? NS_PYTHON_WORK : 0);
 }

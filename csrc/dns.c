@@ -1,0 +1,412 @@
+/* netstack C fast path: UDP DNS queries to the virtual DNS address, forwarded to one
+ * nameserver and answered without Python.
+ *
+ * Python's forwarder (netstack/dns/forwarder.py) is the policy and the twin of this
+ * file; netstack/dns/fastpath.py gives C one upstream (a UDP socket it opened and the
+ * sockaddr of the forwarder's preferred nameserver) and the guests whose queries it
+ * has seen (MAC and address: the first query of a guest goes through Python).
+ *   - ns_rx passes each frame neither TCP nor UDP flows took to dns_rx_frame: a
+ *     well-formed UDP datagram (IPv4 without options or fragments, or IPv6 without
+ *     extension headers; lengths and checksum right, or checksum-partial) from a known
+ *     guest to the DNS address port 53, carrying a standard query (QR 0, opcode 0, one
+ *     question of plain labels, no answer or authority records, at most one additional,
+ *     512 bytes at most) whose ID has no query of C's in flight, is stored in a slot
+ *     and sent to the nameserver. Anything else stays for Python, unchanged.
+ *   - ns_host_poll / ns_loop pass the upstream socket's events to dns_host_event: a
+ *     reply from the nameserver's address and port, a response with one question that
+ *     repeats the query's (the name's ASCII letters in any case), goes to the guest
+ *     from the DNS address port 53 and frees the slot. Others are dropped and counted
+ *     (as Upstream.on_datagram names them); the query waits on. A reply larger than
+ *     the guest's MTU is listed for Python (which fragments) with its query.
+ * Timeouts are Python's: ns_dns_expire lists the queries sent before a time, with
+ * their bytes, and frees their slots; the forwarder sends them to the next nameserver.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "flow.h"
+
+#define DNS_HEADER 12
+#define DNS_IN_CAP 65536
+#define DNS_FRAME_CAP (VNET_LEN + ETH_LEN + IP6_LEN + 8 + DNS_IN_CAP)
+#define DNS_READS 64 /* datagrams read per event */
+#define UDP_HDR 8
+
+int ns_dns_new(struct ns_ctx *ctx, const uint8_t *dns_ip, const uint8_t *dns6_ip, uint32_t mtu)
+{
+    if (ctx->dns)
+        return 0;
+    struct ns_dns *d = calloc(1, sizeof(*d));
+    if (!d)
+        return -ENOMEM;
+    ctx->dns = d;
+    d->by_id = calloc(65536, sizeof(*d->by_id));
+    d->py = malloc(sizeof(*d->py) * DNS_PY_MAX);
+    d->in = malloc(DNS_IN_CAP);
+    d->frame = malloc(DNS_FRAME_CAP);
+    if (!d->by_id || !d->py || !d->in || !d->frame) {
+        dns_free(ctx);
+        return -ENOMEM;
+    }
+    for (int i = 0; i < DNS_SLOTS; i++)
+        d->free_slots[i] = DNS_SLOTS - 1 - i;
+    d->nfree = DNS_SLOTS;
+    d->fd = -1;
+    memcpy(d->dns_ip, dns_ip, 4);
+    if (dns6_ip) {
+        memcpy(d->dns6_ip, dns6_ip, 16);
+        d->v6 = 1;
+    }
+    d->mtu = mtu;
+    return 0;
+}
+
+void dns_free(struct ns_ctx *ctx)
+{
+    struct ns_dns *d = ctx->dns;
+    if (!d)
+        return;
+    free(d->by_id);
+    free(d->py);
+    free(d->py_buf);
+    free(d->in);
+    free(d->frame);
+    free(d);
+    ctx->dns = NULL;
+}
+
+/* Allow queries from guest (mac, ip: IPv4 as ::ffff:a.b.c.d). 0, or -1 when full. */
+int ns_dns_guest(struct ns_ctx *ctx, const uint8_t *mac, const uint8_t *ip)
+{
+    struct ns_dns *d = ctx->dns;
+    if (!d)
+        return -1;
+    for (int i = 0; i < d->nguests; i++)
+        if (!memcmp(d->guest_mac[i], mac, 6) && !memcmp(d->guest_ip[i], ip, 16))
+            return 0;
+    if (d->nguests == DNS_GUESTS)
+        return -1;
+    memcpy(d->guest_mac[d->nguests], mac, 6);
+    memcpy(d->guest_ip[d->nguests], ip, 16);
+    d->nguests++;
+    return 0;
+}
+
+/* Python's list: a copy of slot s (and a reply, if any), then the slot is freed. */
+static void slot_free(struct ns_dns *d, int s)
+{
+    struct ns_dns_query *q = &d->q[s];
+    if (d->by_id[q->ident] == s + 1)
+        d->by_id[q->ident] = 0;
+    q->used = 0;
+    d->free_slots[d->nfree++] = s;
+}
+
+static int for_python(struct ns_dns *d, int s, const uint8_t *reply, uint32_t len)
+{
+    if (d->npy == DNS_PY_MAX)
+        return 0;
+    if (len) {
+        if (d->py_used + len > d->py_cap) {
+            uint32_t cap = d->py_cap ? d->py_cap : 65536;
+            while (cap < d->py_used + len)
+                cap *= 2;
+            uint8_t *buf = realloc(d->py_buf, cap);
+            if (!buf)
+                return 0;
+            d->py_buf = buf;
+            d->py_cap = cap;
+        }
+        memcpy(d->py_buf + d->py_used, reply, len);
+    }
+    struct ns_dns_for_python *e = &d->py[d->npy++];
+    e->query = d->q[s];
+    e->reply_off = d->py_used;
+    e->reply_len = len;
+    d->py_used += len;
+    slot_free(d, s);
+    return 1;
+}
+
+/* Point C at a new upstream (fd -1: off). Queries in flight go to Python's list
+ * first (they were sent to the old one). */
+int ns_dns_set_upstream(struct ns_ctx *ctx, int fd, const uint8_t *addr, uint32_t addr_len)
+{
+    struct ns_dns *d = ctx->dns;
+    if (!d || addr_len > sizeof(d->server))
+        return -1;
+    ns_dns_expire(ctx, 1e300);
+    d->fd = fd;
+    memset(d->server, 0, sizeof(d->server));
+    if (fd >= 0)
+        memcpy(d->server, addr, addr_len);
+    d->server_len = fd >= 0 ? addr_len : 0;
+    return 0;
+}
+
+/* Queries sent before older_than to Python's list (as many as it takes); returns how
+ * many the list holds. */
+int ns_dns_expire(struct ns_ctx *ctx, double older_than)
+{
+    struct ns_dns *d = ctx->dns;
+    if (!d)
+        return 0;
+    for (int s = 0; s < DNS_SLOTS && d->inflight; s++)
+        if (d->q[s].used && d->q[s].sent < older_than) {
+            if (!for_python(d, s, NULL, 0))
+                break;
+            d->inflight--;
+        }
+    return d->npy;
+}
+
+void ns_dns_python_done(struct ns_ctx *ctx)
+{
+    struct ns_dns *d = ctx->dns;
+    if (!d)
+        return;
+    d->npy = 0;
+    d->py_used = 0;
+    d->arm = 0;
+    if (d->py_cap > (1u << 20)) {
+        free(d->py_buf);
+        d->py_buf = NULL;
+        d->py_cap = 0;
+    }
+}
+
+int dns_python_work(const struct ns_ctx *ctx) { return ctx->dns && (ctx->dns->npy || ctx->dns->arm); }
+
+/* ----------------------------------------------------------- queries from the guest */
+
+/* Length of the question at p (name of plain labels, type, class) within len bytes,
+ * or 0 if it does not parse so. */
+static uint32_t question_len(const uint8_t *p, uint32_t len)
+{
+    uint32_t i = 0;
+    for (;;) {
+        if (i >= len || i > 255)
+            return 0;
+        uint8_t l = p[i];
+        if (l == 0)
+            break;
+        if (l > 63)
+            return 0; /* a compression pointer, or a label type no one uses */
+        i += 1 + l;
+    }
+    i += 1; /* the root */
+    if (i > 255 || i + 4 > len)
+        return 0;
+    return i + 4;
+}
+
+static int known_guest(const struct ns_dns *d, const uint8_t *mac, const uint8_t *ip)
+{
+    for (int i = 0; i < d->nguests; i++)
+        if (!memcmp(d->guest_mac[i], mac, 6) && !memcmp(d->guest_ip[i], ip, 16))
+            return 1;
+    return 0;
+}
+
+/* One frame at ctx->rx (virtio-net header first): 1 when taken here, 0 for Python. */
+int dns_rx_frame(struct ns_ctx *ctx, size_t len, double now)
+{
+    struct ns_dns *d = ctx->dns;
+    if (!d || d->fd < 0 || !d->nfree || !d->nguests ||
+        len < VNET_LEN + ETH_LEN + IP4_LEN + UDP_HDR + DNS_HEADER)
+        return 0;
+    const uint8_t *v = ctx->rx, *eth = v + VNET_LEN, *ip = eth + ETH_LEN;
+    size_t l3_len = len - VNET_LEN - ETH_LEN;
+    uint8_t gip[16], dip[16];
+    const uint8_t *u;
+    size_t l4_len;
+    uint32_t pseudo;
+    int v6;
+    uint16_t ethertype = get16(eth + 12);
+    if (ethertype == 0x0800) {
+        if (memcmp(eth, ctx->gateway_mac, 6) && memcmp(eth, ctx->dns_mac, 6))
+            return 0;
+        if (ip[0] != 0x45 || ip[9] != 17 || (get16(ip + 6) & 0x3fff) ||
+            memcmp(ip + 16, d->dns_ip, 4))
+            return 0; /* options, not UDP, a fragment, or not to the DNS address */
+        size_t total = get16(ip + 2);
+        if (total < IP4_LEN + UDP_HDR || total > l3_len || ns_checksum(ip, IP4_LEN, 0) != 0)
+            return 0;
+        memcpy(gip, V4_MAPPED, 12);
+        memcpy(gip + 12, ip + 12, 4);
+        memset(dip, 0, 16);
+        memcpy(dip, ip + 16, 4);
+        u = ip + IP4_LEN;
+        l4_len = total - IP4_LEN;
+        pseudo = ns_sum16(ip + 12, 8, 0) + 17 + (uint32_t)l4_len;
+        v6 = 0;
+    } else if (ethertype == 0x86dd) {
+        if (!d->v6 || (memcmp(eth, ctx->router_mac, 6) && memcmp(eth, ctx->dns6_mac, 6)))
+            return 0;
+        if (l3_len < IP6_LEN + UDP_HDR || (ip[0] >> 4) != 6 || ip[6] != 17 ||
+            memcmp(ip + 24, d->dns6_ip, 16))
+            return 0; /* extension headers, not UDP, or not to the DNS address */
+        size_t payload = get16(ip + 4);
+        if (payload < UDP_HDR || IP6_LEN + payload > l3_len)
+            return 0;
+        memcpy(gip, ip + 8, 16);
+        memcpy(dip, ip + 24, 16);
+        u = ip + IP6_LEN;
+        l4_len = payload;
+        pseudo = ns_sum16(ip + 8, 32, 0) + 17 + (uint32_t)l4_len;
+        v6 = 1;
+    } else {
+        return 0;
+    }
+    if (get16(u + 2) != 53 || get16(u + 4) != l4_len)
+        return 0; /* another port; or a UDP length short of the IP one (Python's rule) */
+    if (v[1] != 0)
+        return 0; /* a GSO frame */
+    if (!(v[0] & 1)) { /* VIRTIO_NET_HDR_F_NEEDS_CSUM: the guest's kernel left it partial */
+        if (get16(u + 6) == 0) {
+            if (v6)
+                return 0; /* no checksum is not allowed in IPv6 */
+        } else if (ns_sum16(u, l4_len, pseudo) != 0xffff) {
+            return 0;
+        }
+    }
+    if (!known_guest(d, eth + 6, gip))
+        return 0;
+    const uint8_t *m = u + UDP_HDR;
+    uint32_t mlen = (uint32_t)l4_len - UDP_HDR;
+    if (mlen < DNS_HEADER || mlen > DNS_QUERY_MAX)
+        return 0;
+    /* a standard query: QR 0, opcode 0; one question; no answers or authority */
+    if ((m[2] & 0xf8) || get16(m + 4) != 1 || get16(m + 6) || get16(m + 8) || get16(m + 10) > 1)
+        return 0;
+    uint32_t qlen = question_len(m + DNS_HEADER, mlen - DNS_HEADER);
+    if (!qlen)
+        return 0;
+    uint16_t ident = get16(m);
+    if (d->by_id[ident])
+        return 0; /* one of C's in flight has this ID: Python's forwarder takes it */
+    int s = d->free_slots[d->nfree - 1];
+    struct ns_dns_query *q = &d->q[s];
+    ssize_t w = sendto(d->fd, m, mlen, MSG_DONTWAIT, (const struct sockaddr *)d->server,
+                       d->server_len);
+    if (w != (ssize_t)mlen) {
+        d->send_errors++;
+        return 0; /* Python's forwarder tries it (and the next nameserver) */
+    }
+    d->nfree--;
+    memset(q, 0, sizeof(*q));
+    q->used = 1;
+    q->v6 = v6;
+    memcpy(q->guest_mac, eth + 6, 6);
+    memcpy(q->guest_ip, gip, 16);
+    memcpy(q->dns_ip, dip, 16);
+    q->guest_port = get16(u);
+    q->ident = ident;
+    q->len = (uint16_t)mlen;
+    q->qlen = (uint16_t)qlen;
+    q->sent = now;
+    memcpy(q->query, m, mlen);
+    d->by_id[ident] = (int16_t)(s + 1);
+    d->inflight++;
+    d->queries++;
+    if (!d->timer_armed) {
+        d->timer_armed = 1;
+        d->arm = 1; /* Python arms its timeout timer */
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------- replies to the guest */
+
+static int from_server(const struct ns_dns *d, const struct sockaddr_in6 *from)
+{
+    const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)d->server;
+    if (from->sin6_family != s->sin6_family || from->sin6_port != s->sin6_port)
+        return 0;
+    if (s->sin6_family == AF_INET)
+        return !memcmp(&((const struct sockaddr_in *)from)->sin_addr,
+                       &((const struct sockaddr_in *)d->server)->sin_addr, 4);
+    return !memcmp(&from->sin6_addr, &s->sin6_addr, 16);
+}
+
+static uint8_t lower(uint8_t c) { return c >= 'A' && c <= 'Z' ? (uint8_t)(c + 32) : c; }
+
+/* The reply repeats q's question: the name's ASCII letters in any case, the rest (label
+ * lengths, type, class) exactly. As DnsQuery.answered_by accepts. */
+static int same_question(const struct ns_dns_query *q, const uint8_t *r, uint32_t len)
+{
+    uint32_t end = DNS_HEADER + q->qlen;
+    if (len < end || !(r[2] & 0x80) || get16(r + 4) != 1)
+        return 0;
+    const uint8_t *a = q->query + DNS_HEADER, *b = r + DNS_HEADER;
+    uint32_t name = q->qlen - 4;
+    for (uint32_t i = 0; i < name; i++)
+        if (a[i] != b[i] && lower(a[i]) != lower(b[i]))
+            return 0;
+    return !memcmp(a + name, b + name, 4);
+}
+
+static void answer(struct ns_ctx *ctx, int s, const uint8_t *r, uint32_t len)
+{
+    struct ns_dns *d = ctx->dns;
+    struct ns_dns_query *q = &d->q[s];
+    size_t l3 = q->v6 ? IP6_LEN : IP4_LEN;
+    d->inflight--;
+    d->answers++;
+    if (l3 + UDP_HDR + len > d->mtu) {
+        if (!for_python(d, s, r, len)) { /* Python fragments it */
+            d->answers--;
+            d->py_full++;
+            slot_free(d, s);
+        }
+        return;
+    }
+    const uint8_t *dst = q->v6 ? q->guest_ip : q->guest_ip + 12;
+    long end = ns_udp_frame(d->frame, DNS_FRAME_CAP, q->guest_mac,
+                            q->v6 ? ctx->router_mac : ctx->gateway_mac, q->dns_ip, dst, q->v6, 53,
+                            q->guest_port, r, len, ctx->ip_id++);
+    slot_free(d, s);
+    if (end < 0)
+        return;
+    size_t skip = ctx->vnet ? 0 : VNET_LEN;
+    ssize_t n = write(ctx->tap_fd, d->frame + skip, (size_t)end - skip);
+    if (n < 0 && errno != EAGAIN && errno != EINTR && errno != ENOBUFS)
+        ctx->link_errno = errno;
+    ctx->frames_out++;
+}
+
+/* An event on a host socket: 1 when it is the upstream's (served here), else 0. */
+int dns_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now)
+{
+    struct ns_dns *d = ctx->dns;
+    (void)events; /* readable, or an error to clear: recvfrom does both */
+    (void)now;
+    if (!d || fd < 0 || fd != d->fd)
+        return 0;
+    for (int i = 0; i < DNS_READS; i++) {
+        struct sockaddr_in6 from;
+        socklen_t fl = sizeof(from);
+        memset(&from, 0, sizeof(from));
+        ssize_t n = recvfrom(fd, d->in, DNS_IN_CAP, MSG_DONTWAIT, (struct sockaddr *)&from, &fl);
+        if (n < 0) {
+            if (errno == EAGAIN)
+                break;
+            continue; /* EINTR, or an ICMP error queued on the socket: read on */
+        }
+        if (!from_server(d, &from)) {
+            d->reply_foreign++;
+            continue;
+        }
+        int s = n >= 2 ? d->by_id[get16(d->in)] - 1 : -1;
+        if (s < 0 || !same_question(&d->q[s], d->in, (uint32_t)n)) {
+            d->reply_mismatch++;
+            continue;
+        }
+        answer(ctx, s, d->in, (uint32_t)n);
+    }
+    return 1;
+}
