@@ -204,7 +204,7 @@ def answer_from_server(p: Path, data: bytes, sender: socket.socket | None = None
 
 
 def guest_frames(p: Path) -> list[bytes]:
-    out = []
+    out: list[bytes] = []
     while True:
         try:
             f = p.guest.recv(1 << 17)
@@ -520,3 +520,146 @@ def test_mutated_and_garbage_frames_are_taken_as_queries_or_handed_back(
         taken.append(msg)
     assert nxt is None
     assert at_server(path, len(taken)) == taken
+
+
+# ------------------------------------------------------------------ with the forwarder
+
+
+class GlueHost:
+    """The runtime as dns/fastpath.py sees it: the fake host's nameservers, and the
+    sockets registered with the host epoll."""
+
+    def __init__(self, servers: list[str]) -> None:
+        self.servers = servers
+        self.registered: list[int] = []
+
+    def nameservers(self) -> list[str]:
+        return self.servers
+
+    def bind_outbound(self, sock: socket.socket, family: int) -> None:
+        pass
+
+    def register(self, fd: int, events: int, handler: Any) -> None:
+        self.registered.append(fd)
+
+    def unregister(self, fd: int) -> None:
+        self.registered.remove(fd)
+
+
+@dataclass(repr=False)
+class Glue:
+    rig: Any
+    fast: Any
+    host: GlueHost
+    tap: socket.socket  # the guest's end of the fake TAP
+    lib: Any
+    ctx: Any
+
+    def c_query(self, q: bytes) -> int:
+        """q from the guest, through ns_rx: its result."""
+        self.tap.send(frame(q))
+        return int(self.lib.ns_rx(self.ctx, self.rig.now, 64))
+
+    def sent_by_python(self) -> list[tuple[bytes, tuple[str, int]]]:
+        return [(d, a) for _, s in self.rig.host.udp for d, a in s.sent]
+
+
+@pytest.fixture
+def glue() -> Iterator[Glue]:
+    from types import SimpleNamespace
+
+    from netstack._fastc import ffi, lib
+    from scapy.packet import Raw
+
+    from netstack.dns.fastpath import DnsFastPath
+    from tests.fakes import Rig
+
+    rig = Rig()
+    rig.host.servers = ["127.0.0.1", "127.0.0.2"]
+    tap_ours, tap_guest = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    tap_ours.setblocking(False)
+    rx_buf = bytearray(FRAME_BUFFER_SIZE)
+    rx_ref = ffi.from_buffer(rx_buf)
+    ctx = lib.ns_ctx_new(tap_ours.fileno(), 1, rx_ref, len(rx_buf), 16, 4096)
+    ctx.gateway_mac = GW_MAC
+    ctx.dns_mac = DNS_MAC
+    host = GlueHost(rig.host.servers)
+    path: Any = SimpleNamespace(ffi=ffi, lib=lib, ctx=ctx)  # what it reads of a FastPath
+    fast = DnsFastPath(path, rig.stack.dns, host, DNS_IP, None, 1500)
+    rig.stack.stats.add_source(fast.counters, fast.drops)
+    # the guest's first query goes through the forwarder, which makes C ready for it
+    q = query(1)
+    rig.send(IP(src="10.0.2.100", dst="10.0.2.3") / UDP(sport=GUEST_PORT, dport=53) / Raw(q))
+    owner, sock = rig.host.udp[0]
+    assert sock.sent == [(q, ("127.0.0.1", 53))]
+    owner.on_datagram(reply_to(q), ("127.0.0.1", 53), rig.now)
+    assert len(rig.frames()) == 1
+    try:
+        yield Glue(rig, fast, host, tap_guest, lib, ctx)
+    finally:
+        rig.stack.close()
+        lib.ns_ctx_free(ctx)
+        tap_ours.close()
+        tap_guest.close()
+        del rx_ref
+
+
+def test_the_forwarder_points_c_at_its_preferred_nameserver(glue: Glue) -> None:
+    fast = glue.fast
+    assert fast.server == "127.0.0.1"
+    assert fast.sock is not None and glue.host.registered == [fast.sock.fileno()]
+    assert fast.sock.family == socket.AF_INET
+    # the guest's next query is C's: it asks for the timer once
+    assert glue.c_query(query(2)) == PYTHON_WORK
+    assert fast.deadline is None
+    fast.after_call(glue.rig.now)
+    assert fast.deadline == glue.rig.now + 0.25
+    assert glue.c_query(query(3)) == 0
+    assert glue.rig.stack.stats.snapshot()["events"]["dns_queries"] == 3
+    assert glue.sent_by_python() == [(query(1), ("127.0.0.1", 53))]
+
+
+def test_a_query_c_sent_goes_to_the_next_nameserver_after_the_timeout(glue: Glue) -> None:
+    fast, rig = glue.fast, glue.rig
+    q = query(2)
+    glue.c_query(q)
+    fast.after_call(rig.now)
+    rig.advance(0.3)  # the timer looks: not yet
+    assert glue.sent_by_python() == [(query(1), ("127.0.0.1", 53))]
+    assert fast.deadline is not None
+    rig.advance(1.3)
+    assert glue.sent_by_python()[1:] == [(q, ("127.0.0.2", 53))]
+    stats = rig.stack.stats.snapshot()["events"]
+    assert stats["dns_server_timeouts"] == 1 and stats["dns_queries"] == 2
+    assert glue.ctx.dns.inflight == 0 and len(rig.stack.dns.queries) == 1
+    # its answer from there reaches the guest through the forwarder
+    owner = next(o for o, s in rig.host.udp if s.sent and s.sent[-1] == (q, ("127.0.0.2", 53)))
+    owner.on_datagram(reply_to(q), ("127.0.0.2", 53), rig.now)
+    [f] = rig.frames()
+    assert f[UDP].dport == GUEST_PORT and bytes(f[UDP].payload) == reply_to(q)
+    # the second nameserver answered: it is C's now
+    assert fast.server == "127.0.0.2"
+    rig.advance(0.3)
+    assert fast.deadline is None and glue.ctx.dns.timer_armed == 0  # nothing in flight
+
+
+def test_a_new_preferred_nameserver_takes_the_queries_in_flight(glue: Glue) -> None:
+    fast, rig = glue.fast, glue.rig
+    old = fast.sock
+    q = query(5)
+    glue.c_query(q)
+    rig.stack.dns.preferred = 1
+    fast.check(rig.now)
+    assert fast.server == "127.0.0.2" and old.fileno() == -1  # closed
+    assert glue.host.registered == [fast.sock.fileno()]
+    assert glue.ctx.dns.inflight == 0
+    assert glue.sent_by_python()[1:] == [(q, ("127.0.0.2", 53))]  # not a timeout
+    assert "dns_server_timeouts" not in rig.stack.stats.snapshot()["events"]
+    # the list changes (resolv.conf): C follows
+    glue.host.servers[:] = ["::1"]
+    fast.check(rig.now)
+    assert fast.server == "::1" and fast.sock.family == socket.AF_INET6
+    glue.host.servers.clear()
+    fast.check(rig.now)
+    assert fast.server is None and fast.sock is None and glue.host.registered == []
+    assert glue.c_query(query(6)) > 0  # no upstream: Python's
