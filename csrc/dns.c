@@ -21,11 +21,13 @@
  * Timeouts are Python's: ns_dns_expire lists the queries sent before a time, with
  * their bytes, and frees their slots; the forwarder sends them to the next nameserver.
  */
+#define _GNU_SOURCE /* recvmmsg */
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "flow.h"
@@ -33,7 +35,8 @@
 #define DNS_HEADER 12
 #define DNS_IN_CAP 65536
 #define DNS_FRAME_CAP (VNET_LEN + ETH_LEN + IP6_LEN + 8 + DNS_IN_CAP)
-#define DNS_READS 64 /* datagrams read per event */
+#define DNS_READS 64      /* datagrams read per event at most */
+#define DNS_RECV_SLOTS 16 /* ... in recvmmsg calls of this many */
 #define UDP_HDR 8
 
 int ns_dns_new(struct ns_ctx *ctx, const uint8_t *dns_ip, const uint8_t *dns6_ip, uint32_t mtu)
@@ -46,7 +49,7 @@ int ns_dns_new(struct ns_ctx *ctx, const uint8_t *dns_ip, const uint8_t *dns6_ip
     ctx->dns = d;
     d->by_id = calloc(65536, sizeof(*d->by_id));
     d->py = malloc(sizeof(*d->py) * DNS_PY_MAX);
-    d->in = malloc(DNS_IN_CAP);
+    d->in = malloc((size_t)DNS_RECV_SLOTS * DNS_IN_CAP); /* pages touched as replies fill them */
     d->frame = malloc(DNS_FRAME_CAP);
     if (!d->by_id || !d->py || !d->in || !d->frame) {
         dns_free(ctx);
@@ -379,34 +382,57 @@ static void answer(struct ns_ctx *ctx, int s, const uint8_t *r, uint32_t len)
     ctx->frames_out++;
 }
 
-/* An event on a host socket: 1 when it is the upstream's (served here), else 0. */
+/* One datagram read from the upstream: to the guest, or dropped and counted. */
+static void reply(struct ns_ctx *ctx, const uint8_t *r, uint32_t n,
+                  const struct sockaddr_in6 *from)
+{
+    struct ns_dns *d = ctx->dns;
+    if (!from_server(d, from)) {
+        d->reply_foreign++;
+        return;
+    }
+    int s = n >= 2 ? d->by_id[get16(r)] - 1 : -1;
+    if (s < 0 || !same_question(&d->q[s], r, n)) {
+        d->reply_mismatch++;
+        return;
+    }
+    answer(ctx, s, r, n);
+}
+
+/* An event on a host socket: 1 when it is the upstream's (served here), else 0.
+ * recvmmsg in rounds of DNS_RECV_SLOTS; a read that comes back short ends it (no
+ * call to find the socket empty). */
 int dns_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now)
 {
     struct ns_dns *d = ctx->dns;
-    (void)events; /* readable, or an error to clear: recvfrom does both */
+    (void)events; /* readable, or an error to clear: recvmmsg does both */
     (void)now;
     if (!d || fd < 0 || fd != d->fd)
         return 0;
-    for (int i = 0; i < DNS_READS; i++) {
-        struct sockaddr_in6 from;
-        socklen_t fl = sizeof(from);
-        memset(&from, 0, sizeof(from));
-        ssize_t n = recvfrom(fd, d->in, DNS_IN_CAP, MSG_DONTWAIT, (struct sockaddr *)&from, &fl);
-        if (n < 0) {
+    struct mmsghdr m[DNS_RECV_SLOTS];
+    struct iovec iov[DNS_RECV_SLOTS];
+    struct sockaddr_in6 from[DNS_RECV_SLOTS];
+    for (int round = 0; round < DNS_READS / DNS_RECV_SLOTS; round++) {
+        for (int i = 0; i < DNS_RECV_SLOTS; i++) {
+            iov[i].iov_base = d->in + (size_t)i * DNS_IN_CAP;
+            iov[i].iov_len = DNS_IN_CAP;
+            memset(&m[i].msg_hdr, 0, sizeof(m[i].msg_hdr));
+            memset(&from[i], 0, sizeof(from[i]));
+            m[i].msg_hdr.msg_name = &from[i];
+            m[i].msg_hdr.msg_namelen = sizeof(from[i]);
+            m[i].msg_hdr.msg_iov = &iov[i];
+            m[i].msg_hdr.msg_iovlen = 1;
+        }
+        int r = recvmmsg(fd, m, DNS_RECV_SLOTS, MSG_DONTWAIT, NULL);
+        if (r < 0) {
             if (errno == EAGAIN)
                 break;
             continue; /* EINTR, or an ICMP error queued on the socket: read on */
         }
-        if (!from_server(d, &from)) {
-            d->reply_foreign++;
-            continue;
-        }
-        int s = n >= 2 ? d->by_id[get16(d->in)] - 1 : -1;
-        if (s < 0 || !same_question(&d->q[s], d->in, (uint32_t)n)) {
-            d->reply_mismatch++;
-            continue;
-        }
-        answer(ctx, s, d->in, (uint32_t)n);
+        for (int i = 0; i < r; i++)
+            reply(ctx, iov[i].iov_base, m[i].msg_len, &from[i]);
+        if (r < DNS_RECV_SLOTS)
+            break;
     }
     return 1;
 }
