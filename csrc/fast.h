@@ -237,6 +237,7 @@ struct ns_dns_query {           /* a query C forwarded and waits on */
 
 struct ns_dns_for_python {      /* a query C leaves to Python: timed out, or its reply */
     struct ns_dns_query query;
+    int tried;                  /* 1: timed out at the upstream; 0: Python's forwarder sends it */
     uint32_t reply_off;         /* in ns_dns.py_buf */
     uint32_t reply_len;         /* 0: no reply (expired) */
 };
@@ -256,6 +257,8 @@ struct ns_dns {
     int free_slots[256];
     int nfree;
     int inflight;
+    int out[256];               /* slots taken in this batch, sent at its end */
+    int nout;
     int16_t *by_id;             /* slot + 1 of the query in flight with this ID, 0: none */
     int timer_armed;            /* Python's timeout timer runs (Python clears it) */
     int arm;                    /* a query was taken with no timer: Python arms it */

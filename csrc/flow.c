@@ -570,6 +570,7 @@ long ns_rx(struct ns_ctx *ctx, double now, int max_frames)
         if (!rx_frame(ctx, (size_t)n, now) && !dns_rx_frame(ctx, (size_t)n, now) &&
             !udp_rx_frame(ctx, (size_t)n, now)) {
             udp_flush_to_host(ctx); /* a flow's datagrams leave in order, C's first */
+            dns_flush_to_host(ctx);
             return n;
         }
         ctx->frames_in_c++;
@@ -589,6 +590,7 @@ long ns_rx(struct ns_ctx *ctx, double now, int max_frames)
         }
     }
     udp_flush_to_host(ctx);
+    dns_flush_to_host(ctx);
     flush_dirty(ctx, now);
     if (ctx->link_errno)
         return -ctx->link_errno;
@@ -601,6 +603,7 @@ long ns_rx(struct ns_ctx *ctx, double now, int max_frames)
 long ns_rx_flush(struct ns_ctx *ctx, double now)
 {
     udp_flush_to_host(ctx);
+    dns_flush_to_host(ctx);
     flush_dirty(ctx, now);
     if (ctx->link_errno)
         return -ctx->link_errno;

@@ -63,6 +63,7 @@ void udp_free(struct ns_ctx *ctx);
 #define DNS_QUERY_MAX 512
 #define DNS_PY_MAX 512
 int dns_rx_frame(struct ns_ctx *ctx, size_t len, double now);
+void dns_flush_to_host(struct ns_ctx *ctx);
 int dns_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now);
 int dns_python_work(const struct ns_ctx *ctx);
 void dns_free(struct ns_ctx *ctx);

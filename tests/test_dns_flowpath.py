@@ -251,8 +251,11 @@ def check_answer(f: bytes, payload: bytes, v6: bool = False) -> None:
     assert u.chksum not in (0, None) and rebuilt[UDP].chksum == u.chksum
 
 
-def expired(p: Path, older_than: float) -> list[tuple[bytes, bytes, int, bytes, bytes, bytes]]:
-    """ns_dns_expire's list: (mac, guest ip, port, dns ip, query, reply) each."""
+Entry = tuple[bytes, bytes, int, bytes, bytes, bytes, int]
+
+
+def expired(p: Path, older_than: float) -> list[Entry]:
+    """ns_dns_expire's list: (mac, guest ip, port, dns ip, query, reply, tried) each."""
     n = p.lib.ns_dns_expire(p.ctx, older_than)
     d, ffi = p.d, p.ffi
     out = []
@@ -267,6 +270,7 @@ def expired(p: Path, older_than: float) -> list[tuple[bytes, bytes, int, bytes, 
                 bytes(ffi.buffer(q.dns_ip)),
                 bytes(ffi.buffer(q.query, q.len)),
                 bytes(ffi.buffer(d.py_buf + e.reply_off, e.reply_len)),
+                int(e.tried),
             )
         )
     p.lib.ns_dns_python_done(p.ctx)
@@ -363,15 +367,8 @@ def test_a_reply_larger_than_the_mtu_goes_to_python_with_its_query(path: Path) -
     r = reply_to(q, bytes(200))
     assert answer_from_server(path, r) >= PYTHON_WORK
     assert guest_frames(path) == []
-    [(mac, gip, port, dip, qq, rr)] = expired(path, 0)  # nothing expires; the list is read
-    assert (mac, gip, port, dip[:4], qq, rr) == (
-        GUEST_MAC,
-        MAPPED + GUEST_IP,
-        GUEST_PORT,
-        DNS_IP,
-        q,
-        r,
-    )
+    [entry] = expired(path, 0)  # nothing expires; the list is read
+    assert entry == (GUEST_MAC, MAPPED + GUEST_IP, GUEST_PORT, DNS_IP + bytes(12), q, r, 1)
     assert path.d.inflight == 0
 
 
@@ -432,8 +429,8 @@ def test_expiry_hands_queries_back_with_their_bytes(path: Path) -> None:
     assert path.d.inflight == 2
     back = sorted(expired(path, time.monotonic() + 1), key=lambda e: e[4])
     assert back == [
-        (GUEST_MAC, MAPPED + GUEST_IP, GUEST_PORT, DNS_IP + bytes(12), q1, b""),
-        (GUEST_MAC, MAPPED + GUEST_IP, 5353, DNS_IP + bytes(12), q2, b""),
+        (GUEST_MAC, MAPPED + GUEST_IP, GUEST_PORT, DNS_IP + bytes(12), q1, b"", 1),
+        (GUEST_MAC, MAPPED + GUEST_IP, 5353, DNS_IP + bytes(12), q2, b"", 1),
     ]
     assert path.d.inflight == 0
     # a late answer is dropped; the IDs are free again
@@ -449,8 +446,9 @@ def test_a_new_upstream_hands_the_queries_in_flight_back(path: Path) -> None:
     other = udp_socket()
     try:
         path.point_at(other)
-        assert path.d.npy == 1 and path.d.inflight == 0
-        path.lib.ns_dns_python_done(path.ctx)
+        assert path.d.inflight == 0
+        [entry] = expired(path, 0)
+        assert entry[4:] == (q, b"", 0)  # not a timeout: the forwarder's first choice
         answer_from_server(path, reply_to(q))  # the old nameserver: foreign now
         assert path.d.reply_foreign == 1
         assert run(path, [frame(q)]) == []
@@ -458,6 +456,24 @@ def test_a_new_upstream_hands_the_queries_in_flight_back(path: Path) -> None:
         assert other.recv(600) == q
     finally:
         other.close()
+
+
+def test_a_query_the_socket_refuses_goes_to_python_untried(path: Path) -> None:
+    addr = sockaddr(socket.AF_INET, ("127.0.0.1", 0))  # port 0: sendmmsg fails (EINVAL)
+    assert addr is not None
+    path.lib.ns_dns_set_upstream(path.ctx, path.upstream.fileno(), addr, len(addr))
+    q1, q2 = query(0x41), query(0x42)
+    assert run(path, [frame(q1), frame(q2)]) == []
+    assert (path.d.send_errors, path.d.inflight) == (2, 0)
+    back = expired(path, 0)
+    assert [(e[4], e[6]) for e in back] == [(q1, 0), (q2, 0)]
+    assert run(path, [frame(q1)]) == []  # its ID is free
+
+
+def test_a_batch_of_queries_leaves_in_one_sendmmsg_in_order(path: Path) -> None:
+    qs = [query(0x500 + i) for i in range(20)]
+    assert run(path, [frame(q, sport=2000 + i) for i, q in enumerate(qs)]) == []
+    assert at_server(path, 20) == qs
 
 
 def test_the_in_flight_cap_leaves_the_rest_to_python(path: Path) -> None:

@@ -111,7 +111,7 @@ class DnsFastPath:
                 self.lib.ns_dns_set_upstream(self.ctx, sock.fileno(), addr, len(addr))
         # the queries C had in flight went to the old nameserver: the forwarder sends
         # them to the preferred one now
-        self._take_back(now, tried=0)
+        self._take_back(now)
 
     def _close_sock(self) -> None:
         if self.sock is not None:
@@ -132,7 +132,7 @@ class DnsFastPath:
         self.check(now)
         self.after_call(now)
         self.lib.ns_dns_expire(self.ctx, now - PER_SERVER_TIMEOUT)
-        self._take_back(now, tried=1)
+        self._take_back(now)
         if int(self.d.inflight):
             self._deadline = now + CHECK_INTERVAL
             self.fwd.timers.touch(self)
@@ -141,19 +141,21 @@ class DnsFastPath:
 
     # ------------------------------------------------------- what C gives back
     def after_call(self, now: float) -> None:
-        """After a C call returned Python work: arm the timer C asked for, and send
-        the answers C listed (too large for one frame: Python fragments them)."""
+        """After a C call returned Python work: arm the timer C asked for, send the
+        answers C listed (too large for one frame: Python fragments them) and forward
+        the queries C's socket refused."""
         d = self.d
         if not (d.arm or d.npy):
             return
         if d.arm and self._deadline is None:
             self._deadline = now + CHECK_INTERVAL
             self.fwd.timers.touch(self)
-        self._take_back(now, tried=1)
+        self._take_back(now)
 
-    def _take_back(self, now: float, tried: int) -> None:
+    def _take_back(self, now: float) -> None:
         """C's list for Python: answers go to their guest; queries without one go to
-        the forwarder (tried 1: a timeout at C's nameserver; 0: C's one changed)."""
+        the forwarder (tried 1: a timeout at C's nameserver; 0: C's nameserver changed,
+        or its socket refused the query)."""
         d, ffi = self.d, self.ffi
         entries = []
         for i in range(int(d.npy)):
@@ -171,10 +173,11 @@ class DnsFastPath:
                     bytes(ffi.buffer(q.query, q.len)),
                     dip if v6 else dip[:4],
                     reply,
+                    int(e.tried),
                 )
             )
         self.lib.ns_dns_python_done(self.ctx)
-        for mac, gip, port, query, dip, reply in entries:
+        for mac, gip, port, query, dip, reply, tried in entries:
             if reply:
                 self.fwd.output.send_udp(mac, dip, dns.PORT, gip, port, reply)
             else:
