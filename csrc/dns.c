@@ -61,6 +61,7 @@ int ns_dns_new(struct ns_ctx *ctx, const uint8_t *dns_ip, const uint8_t *dns6_ip
         d->free_slots[i] = DNS_SLOTS - 1 - i;
     d->nfree = DNS_SLOTS;
     d->fd = -1;
+    d->old_fd = -1;
     memcpy(d->dns_ip, dns_ip, 4);
     if (dns6_ip) {
         memcpy(d->dns6_ip, dns6_ip, 16);
@@ -84,6 +85,11 @@ void dns_free(struct ns_ctx *ctx)
     ctx->dns = NULL;
 }
 
+int dns_wants_socket(const struct ns_dns *d)
+{
+    return d->fd >= 0 && d->cur_sent >= DNS_SOCKET_QUERIES && !d->old_inflight;
+}
+
 /* Allow queries from guest (mac, ip: IPv4 as ::ffff:a.b.c.d). 0, or -1 when full. */
 int ns_dns_guest(struct ns_ctx *ctx, const uint8_t *mac, const uint8_t *ip)
 {
@@ -101,7 +107,7 @@ int ns_dns_guest(struct ns_ctx *ctx, const uint8_t *mac, const uint8_t *ip)
     return 0;
 }
 
-/* Python's list: a copy of slot s (and a reply, if any), then the slot is freed. */
+/* A query leaves flight: answered, given to Python, or dropped. */
 static void slot_free(struct ns_dns *d, int s)
 {
     struct ns_dns_query *q = &d->q[s];
@@ -109,7 +115,14 @@ static void slot_free(struct ns_dns *d, int s)
         d->by_id[q->ident] = 0;
     q->used = 0;
     d->free_slots[d->nfree++] = s;
+    d->inflight--;
+    if (q->gen == d->gen)
+        d->cur_inflight--;
+    else
+        d->old_inflight--;
 }
+
+/* Python's list: a copy of slot s (and a reply, if any), then the slot is freed. */
 
 static int for_python(struct ns_dns *d, int s, const uint8_t *reply, uint32_t len, int tried)
 {
@@ -148,7 +161,6 @@ static void expire(struct ns_ctx *ctx, double older_than, int tried)
         if (d->q[s].used && d->q[s].sent < older_than) {
             if (!for_python(d, s, NULL, 0, tried))
                 break;
-            d->inflight--;
         }
 }
 
@@ -160,12 +172,44 @@ int ns_dns_set_upstream(struct ns_ctx *ctx, int fd, const uint8_t *addr, uint32_
     if (!d || addr_len > sizeof(d->server))
         return -1;
     expire(ctx, 1e300, 0);
+    d->old_fd = -1;
+    d->cur_sent = 0;
+    d->gen++;
+    d->old_inflight = d->inflight; /* none, unless Python's list was full: they expire */
+    d->cur_inflight = 0;
     d->fd = fd;
     memset(d->server, 0, sizeof(d->server));
     if (fd >= 0)
         memcpy(d->server, addr, addr_len);
     d->server_len = fd >= 0 ? addr_len : 0;
     return 0;
+}
+
+/* A fresh socket to the same nameserver (the forwarder's Upstream retires its socket
+ * after UPSTREAM_QUERIES too: a new source port). The current one becomes the old
+ * one, read until its queries are answered or expire; queries still on the one
+ * before (they should be none: C asks only when it drained) go to Python's list.
+ * fd -1: keep the current socket (Python could not open one). Returns the fd Python
+ * may close now, or -1. */
+int ns_dns_rotate(struct ns_ctx *ctx, int fd)
+{
+    struct ns_dns *d = ctx->dns;
+    if (!d || d->fd < 0)
+        return -1;
+    d->cur_sent = 0;
+    if (fd < 0)
+        return -1;
+    dns_flush_to_host(ctx);
+    int closable = d->old_fd;
+    for (int s = 0; s < DNS_SLOTS && d->old_inflight; s++)
+        if (d->q[s].used && d->q[s].gen != d->gen && !for_python(d, s, NULL, 0, 0))
+            slot_free(d, s); /* Python's list is full: dropped (the guest asks again) */
+    d->old_fd = d->fd;
+    d->fd = fd;
+    d->gen++;
+    d->old_inflight = d->cur_inflight;
+    d->cur_inflight = 0;
+    return closable;
 }
 
 /* Queries sent before older_than to Python's list, as timed out; returns how many
@@ -193,7 +237,13 @@ void ns_dns_python_done(struct ns_ctx *ctx)
     }
 }
 
-int dns_python_work(const struct ns_ctx *ctx) { return ctx->dns && (ctx->dns->npy || ctx->dns->arm); }
+/* Python has work: a list, a timer to arm, or a socket to give (the current one sent
+ * DNS_SOCKET_QUERIES and the old one has none in flight). */
+int dns_python_work(const struct ns_ctx *ctx)
+{
+    const struct ns_dns *d = ctx->dns;
+    return d && (d->npy || d->arm || dns_wants_socket(d));
+}
 
 /* ----------------------------------------------------------- queries from the guest */
 
@@ -316,10 +366,13 @@ int dns_rx_frame(struct ns_ctx *ctx, size_t len, double now)
     q->len = (uint16_t)mlen;
     q->qlen = (uint16_t)qlen;
     q->sent = now;
+    q->gen = d->gen;
     memcpy(q->query, m, mlen);
     d->by_id[ident] = (int16_t)(s + 1);
     d->out[d->nout++] = s; /* sent at the end of the batch (dns_flush_to_host) */
     d->inflight++;
+    d->cur_inflight++;
+    d->cur_sent++;
     d->queries++;
     if (!d->timer_armed) {
         d->timer_armed = 1;
@@ -358,8 +411,7 @@ void dns_flush_to_host(struct ns_ctx *ctx)
         if (r < 0 && errno == EINTR)
             continue;
         d->send_errors++;
-        if (for_python(d, d->out[k], NULL, 0, 0))
-            d->inflight--;
+        for_python(d, d->out[k], NULL, 0, 0);
         k++;
     }
     d->nout = 0;
@@ -400,7 +452,6 @@ static void answer(struct ns_ctx *ctx, int s, const uint8_t *r, uint32_t len)
     struct ns_dns *d = ctx->dns;
     struct ns_dns_query *q = &d->q[s];
     size_t l3 = q->v6 ? IP6_LEN : IP4_LEN;
-    d->inflight--;
     d->answers++;
     if (l3 + UDP_HDR + len > d->mtu) {
         if (!for_python(d, s, r, len, 1)) { /* Python fragments it */
@@ -424,9 +475,10 @@ static void answer(struct ns_ctx *ctx, int s, const uint8_t *r, uint32_t len)
     ctx->frames_out++;
 }
 
-/* One datagram read from the upstream: to the guest, or dropped and counted. */
+/* One datagram read from the upstream socket of generation gen: to the guest, or
+ * dropped and counted. */
 static void reply(struct ns_ctx *ctx, const uint8_t *r, uint32_t n,
-                  const struct sockaddr_in6 *from)
+                  const struct sockaddr_in6 *from, uint32_t gen)
 {
     struct ns_dns *d = ctx->dns;
     if (!from_server(d, from)) {
@@ -434,7 +486,7 @@ static void reply(struct ns_ctx *ctx, const uint8_t *r, uint32_t n,
         return;
     }
     int s = n >= 2 ? d->by_id[get16(r)] - 1 : -1;
-    if (s < 0 || !same_question(&d->q[s], r, n)) {
+    if (s < 0 || d->q[s].gen != gen || !same_question(&d->q[s], r, n)) {
         d->reply_mismatch++;
         return;
     }
@@ -449,8 +501,9 @@ int dns_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now)
     struct ns_dns *d = ctx->dns;
     (void)events; /* readable, or an error to clear: recvmmsg does both */
     (void)now;
-    if (!d || fd < 0 || fd != d->fd)
+    if (!d || fd < 0 || (fd != d->fd && fd != d->old_fd))
         return 0;
+    uint32_t gen = fd == d->fd ? d->gen : d->gen - 1;
     struct mmsghdr m[DNS_RECV_SLOTS];
     struct iovec iov[DNS_RECV_SLOTS];
     struct sockaddr_in6 from[DNS_RECV_SLOTS];
@@ -472,7 +525,7 @@ int dns_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now)
             continue; /* EINTR, or an ICMP error queued on the socket: read on */
         }
         for (int i = 0; i < r; i++)
-            reply(ctx, iov[i].iov_base, m[i].msg_len, &from[i]);
+            reply(ctx, iov[i].iov_base, m[i].msg_len, &from[i], gen);
         if (r < DNS_RECV_SLOTS)
             break;
     }

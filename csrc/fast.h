@@ -232,6 +232,7 @@ struct ns_dns_query {           /* a query C forwarded and waits on */
     uint16_t len;               /* of query */
     uint16_t qlen;              /* of the question, after the header */
     double sent;
+    uint32_t gen;               /* the upstream socket it went out on (ns_dns.gen) */
     uint8_t query[512];
 };
 
@@ -244,6 +245,11 @@ struct ns_dns_for_python {      /* a query C leaves to Python: timed out, or its
 
 struct ns_dns {
     int fd;                     /* the upstream socket (Python's), -1: off */
+    int old_fd;                 /* the one before it, read until it drains; -1: none */
+    uint32_t gen;               /* fd's generation (old_fd's: gen - 1) */
+    int cur_inflight;           /* queries in flight on fd ... */
+    int old_inflight;           /* ... and on old_fd */
+    int cur_sent;               /* queries sent on fd (a new one after DNS_SOCKET_QUERIES) */
     uint8_t server[28];         /* the nameserver's sockaddr */
     uint32_t server_len;
     uint8_t dns_ip[4];
@@ -280,6 +286,7 @@ struct ns_dns {
 int ns_dns_new(struct ns_ctx *ctx, const uint8_t *dns_ip, const uint8_t *dns6_ip, uint32_t mtu);
 int ns_dns_guest(struct ns_ctx *ctx, const uint8_t *mac, const uint8_t *ip);
 int ns_dns_set_upstream(struct ns_ctx *ctx, int fd, const uint8_t *addr, uint32_t addr_len);
+int ns_dns_rotate(struct ns_ctx *ctx, int fd);
 int ns_dns_expire(struct ns_ctx *ctx, double older_than);
 void ns_dns_python_done(struct ns_ctx *ctx);
 

@@ -62,10 +62,12 @@ void udp_free(struct ns_ctx *ctx);
 #define DNS_GUESTS 8
 #define DNS_QUERY_MAX 512
 #define DNS_PY_MAX 512
+#define DNS_SOCKET_QUERIES 100 /* forwarder.UPSTREAM_QUERIES */
 int dns_rx_frame(struct ns_ctx *ctx, size_t len, double now);
 void dns_flush_to_host(struct ns_ctx *ctx);
 int dns_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now);
 int dns_python_work(const struct ns_ctx *ctx);
+int dns_wants_socket(const struct ns_dns *d);
 void dns_free(struct ns_ctx *ctx);
 
 /* csrc/flow.c, for csrc/loop.c */

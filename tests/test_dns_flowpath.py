@@ -171,10 +171,10 @@ def run(p: Path, frames: list[bytes]) -> list[bytes]:
     return handed_back
 
 
-def at_server(p: Path, at_least: int = 0) -> list[bytes]:
-    """Datagrams at the nameserver, from the upstream socket only."""
+def at_server(p: Path, at_least: int = 0, up_sock: socket.socket | None = None) -> list[bytes]:
+    """Datagrams at the nameserver, from the upstream socket (or up_sock) only."""
     out: list[bytes] = []
-    up = p.upstream.getsockname()
+    up = (up_sock or p.upstream).getsockname()
     deadline = time.monotonic() + 1
     while True:
         try:
@@ -188,11 +188,12 @@ def at_server(p: Path, at_least: int = 0) -> list[bytes]:
         out.append(data)
 
 
-def poll_host(p: Path) -> int:
+def poll_host(p: Path, *more: socket.socket) -> int:
     time.sleep(0.01)  # loopback delivery is synchronous; a margin all the same
     ep = select.epoll()
     try:
-        ep.register(p.upstream.fileno(), select.EPOLLIN)
+        for s in (p.upstream, *more):
+            ep.register(s.fileno(), select.EPOLLIN)
         return int(p.lib.ns_host_poll(p.ctx, ep.fileno(), time.monotonic()))
     finally:
         ep.close()
@@ -476,6 +477,45 @@ def test_a_batch_of_queries_leaves_in_one_sendmmsg_in_order(path: Path) -> None:
     assert at_server(path, 20) == qs
 
 
+def test_after_100_queries_c_asks_for_a_fresh_socket_and_drains_the_old(path: Path) -> None:
+    """As the forwarder's Upstream retires its socket after UPSTREAM_QUERIES: a new
+    source port; replies are taken only on the socket their query went out on."""
+    for i in range(99):
+        assert run(path, [frame(query(i))]) == []
+        path.lib.ns_dns_python_done(path.ctx)  # (the timer's request)
+        path.server.sendto(reply_to(query(i)), path.upstream.getsockname())
+        assert poll_host(path) == 0
+    assert path.d.answers == 99 and len(guest_frames(path)) == 99
+    late = query(0x600)
+    path.guest.send(wire(path, frame(late)))
+    assert int(path.lib.ns_rx(path.ctx, time.monotonic(), 8)) == PYTHON_WORK  # a socket
+    assert at_server(path, 100)[-1] == late
+    fresh, newer = udp_socket(), udp_socket()
+    try:
+        assert path.lib.ns_dns_rotate(path.ctx, fresh.fileno()) == -1  # nothing to close
+        assert int(path.lib.ns_rx(path.ctx, time.monotonic(), 8)) == 0  # asked no more
+        q = query(0x601)
+        assert run(path, [frame(q)]) == []
+        assert at_server(path, 1, up_sock=fresh) == [q]
+        # a reply on the wrong socket is a mismatch; on the right one, each is taken
+        path.server.sendto(reply_to(q), path.upstream.getsockname())
+        path.server.sendto(reply_to(late), fresh.getsockname())
+        poll_host(path, fresh)
+        assert path.d.reply_mismatch == 2 and guest_frames(path) == []
+        path.server.sendto(reply_to(late), path.upstream.getsockname())
+        path.server.sendto(reply_to(q), fresh.getsockname())
+        poll_host(path, fresh)
+        assert sorted(bytes(Ether(f)[UDP].payload) for f in guest_frames(path)) == sorted(
+            [reply_to(late), reply_to(q)]
+        )
+        # the next rotation gives the first socket back to close
+        assert path.lib.ns_dns_rotate(path.ctx, newer.fileno()) == path.upstream.fileno()
+        assert path.d.inflight == 0
+    finally:
+        fresh.close()
+        newer.close()
+
+
 def test_the_in_flight_cap_leaves_the_rest_to_python(path: Path) -> None:
     frames = [frame(query(i), sport=1000 + i) for i in range(260)]
     back = run(path, frames)
@@ -698,3 +738,21 @@ def test_a_new_preferred_nameserver_takes_the_queries_in_flight(glue: Glue) -> N
     fast.check(rig.now)
     assert fast.server is None and fast.sock is None and glue.host.registered == []
     assert glue.c_query(query(6)) > 0  # no upstream: Python's
+
+
+def test_c_gets_a_fresh_socket_every_100_queries(glue: Glue) -> None:
+    fast, rig = glue.fast, glue.rig
+    first = fast.sock
+    for i in range(100):
+        glue.c_query(query(0x700 + i))
+    fast.after_call(rig.now)
+    assert fast.rotations == 1 and fast.old_sock is first and fast.sock is not first
+    assert sorted(glue.host.registered) == sorted([first.fileno(), fast.sock.fileno()])
+    assert glue.ctx.dns.fd == fast.sock.fileno() and glue.ctx.dns.old_fd == first.fileno()
+    fast.after_call(rig.now)
+    assert fast.rotations == 1
+    # a new nameserver: both sockets close
+    rig.stack.dns.preferred = 1
+    fast.check(rig.now)
+    assert first.fileno() == -1 and glue.host.registered == [fast.sock.fileno()]
+    assert glue.ctx.dns.old_fd == -1

@@ -19,7 +19,7 @@ import select
 import socket
 from typing import TYPE_CHECKING, Any, Protocol
 
-from netstack.dns.forwarder import PER_SERVER_TIMEOUT, DnsForwarder
+from netstack.dns.forwarder import PER_SERVER_TIMEOUT, UPSTREAM_QUERIES, DnsForwarder
 from netstack.udp.fastpath import sockaddr
 from netstack.wire import dns
 
@@ -64,6 +64,8 @@ class DnsFastPath:
         self.host = host
         self.server: str | None = None
         self.sock: socket.socket | None = None
+        self.old_sock: socket.socket | None = None  # C reads it until it drains
+        self.rotations = 0
         self.guests: set[tuple[bytes, bytes]] = set()
         self.switches = 0
         self._deadline: float | None = None
@@ -94,16 +96,7 @@ class DnsFastPath:
         if server is not None:
             family = socket.AF_INET6 if ":" in server else socket.AF_INET
             addr = sockaddr(family, (server, dns.PORT))
-            sock = None
-            try:
-                sock = socket.socket(family, socket.SOCK_DGRAM)
-                sock.setblocking(False)
-                self.host.bind_outbound(sock, family)
-                self.host.register(sock.fileno(), select.EPOLLIN, self)
-            except OSError:
-                if sock is not None:
-                    sock.close()
-                sock = None
+            sock = self._open(family) if addr is not None else None
             if sock is not None and addr is not None:
                 self.sock = sock
                 self.server = server
@@ -113,11 +106,40 @@ class DnsFastPath:
         # them to the preferred one now
         self._take_back(now)
 
+    def _open(self, family: int) -> socket.socket | None:
+        sock = None
+        try:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            self.host.bind_outbound(sock, family)
+            self.host.register(sock.fileno(), select.EPOLLIN, self)
+        except OSError:
+            if sock is not None:
+                sock.close()
+            return None
+        return sock
+
+    def rotate(self) -> None:
+        """C sent UPSTREAM_QUERIES on its socket (and the one before has drained): a
+        fresh one, a new source port, as the forwarder's Upstream does."""
+        sock = self._open(self.sock.family) if self.sock is not None else None
+        closable = int(self.lib.ns_dns_rotate(self.ctx, sock.fileno() if sock else -1))
+        if sock is None:
+            return  # C keeps its socket
+        old = self.old_sock
+        if old is not None and old.fileno() == closable:
+            self.host.unregister(old.fileno())
+            old.close()
+        self.old_sock = self.sock
+        self.sock = sock
+        self.rotations += 1
+
     def _close_sock(self) -> None:
-        if self.sock is not None:
-            self.host.unregister(self.sock.fileno())
-            self.sock.close()
-            self.sock = None
+        for sock in (self.sock, self.old_sock):
+            if sock is not None:
+                self.host.unregister(sock.fileno())
+                sock.close()
+        self.sock = self.old_sock = None
 
     def on_events(self, events: int, now: float) -> None:
         """C serves the socket's events (csrc/dns.c dns_host_event); not reached."""
@@ -145,11 +167,13 @@ class DnsFastPath:
         answers C listed (too large for one frame: Python fragments them) and forward
         the queries C's socket refused."""
         d = self.d
-        if not (d.arm or d.npy):
+        if not (d.arm or d.npy or d.cur_sent >= UPSTREAM_QUERIES):
             return
         if d.arm and self._deadline is None:
             self._deadline = now + CHECK_INTERVAL
             self.fwd.timers.touch(self)
+        if d.cur_sent >= UPSTREAM_QUERIES and not d.old_inflight and d.fd >= 0:
+            self.rotate()
         self._take_back(now)
 
     def _take_back(self, now: float) -> None:
@@ -210,5 +234,6 @@ class DnsFastPath:
             "dns_queries_from_c": int(d.queries),
             "dns_answers_from_c": int(d.answers),
             "dns_upstream_switches": self.switches,
+            "dns_upstream_rotations": self.rotations,
             "dns_send_errors_in_c": int(d.send_errors),
         }
