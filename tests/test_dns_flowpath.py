@@ -751,8 +751,20 @@ def test_c_gets_a_fresh_socket_every_100_queries(glue: Glue) -> None:
     assert glue.ctx.dns.fd == fast.sock.fileno() and glue.ctx.dns.old_fd == first.fileno()
     fast.after_call(rig.now)
     assert fast.rotations == 1
+    # the next 100 go out on the second; the first is closed once its queries expired
+    second = fast.sock
+    for i in range(100):
+        glue.c_query(query(0x800 + i))
+    fast.after_call(rig.now)
+    assert fast.rotations == 1 and first.fileno() >= 0  # the first one still waits
+    rig.advance(2.0)  # its queries time out: the forwarder has them
+    assert glue.ctx.dns.old_inflight == 0
+    glue.c_query(query(0x900))
+    fast.after_call(rig.now)
+    assert fast.rotations == 2 and first.fileno() == -1 and fast.old_sock is second
+    assert sorted(glue.host.registered) == sorted([second.fileno(), fast.sock.fileno()])
     # a new nameserver: both sockets close
     rig.stack.dns.preferred = 1
     fast.check(rig.now)
-    assert first.fileno() == -1 and glue.host.registered == [fast.sock.fileno()]
+    assert second.fileno() == -1 and glue.host.registered == [fast.sock.fileno()]
     assert glue.ctx.dns.old_fd == -1

@@ -123,11 +123,11 @@ class DnsFastPath:
         """C sent UPSTREAM_QUERIES on its socket (and the one before has drained): a
         fresh one, a new source port, as the forwarder's Upstream does."""
         sock = self._open(self.sock.family) if self.sock is not None else None
-        closable = int(self.lib.ns_dns_rotate(self.ctx, sock.fileno() if sock else -1))
+        self.lib.ns_dns_rotate(self.ctx, sock.fileno() if sock else -1)
         if sock is None:
             return  # C keeps its socket
-        old = self.old_sock
-        if old is not None and old.fileno() == closable:
+        old = self.old_sock  # C reads it no more (ns_dns_rotate returned its fd)
+        if old is not None:
             self.host.unregister(old.fileno())
             old.close()
         self.old_sock = self.sock
