@@ -18,6 +18,7 @@ ffibuilder.set_source(
         "csrc/flow_table.c",
         "csrc/udp.c",
         "csrc/udp_to_guest.c",
+        "csrc/dns.c",
         "csrc/loop.c",
     ],
     include_dirs=["csrc"],

@@ -122,6 +122,7 @@ struct ns_ctx {
     uint64_t frames_in_c;
     uint64_t frames_out;
     struct ns_udp *udp;     /* established UDP flows (csrc/udp.c); NULL until ns_udp_new */
+    struct ns_dns *dns;     /* DNS queries to the DNS address (csrc/dns.c); NULL: off */
     /* ns_loop (csrc/loop.c) */
     int loop_delack;            /* delayed ACKs wait in the loop, not on delack_fd */
     int rx_lone;                /* one frame per TAP wakeup: no read that finds it empty */
@@ -219,6 +220,76 @@ struct ns_udp_flow *ns_udp_lookup(struct ns_ctx *ctx, const uint8_t *guest_ip,
                                   uint16_t guest_port);
 void ns_udp_close(struct ns_ctx *ctx, struct ns_udp_flow *flow);
 void ns_udp_python_done(struct ns_ctx *ctx);
+
+/* ---- DNS queries to the DNS address (csrc/dns.c) ---- */
+struct ns_dns_query {           /* a query C forwarded and waits on */
+    int used;
+    int v6;
+    uint8_t guest_mac[6];
+    uint8_t guest_ip[16];       /* IPv4 as ::ffff:a.b.c.d */
+    uint8_t dns_ip[16];         /* the address the guest asked (IPv4: its first 4 bytes) */
+    uint16_t guest_port;
+    uint16_t ident;
+    uint16_t len;               /* of query */
+    uint16_t qlen;              /* of the question, after the header */
+    double sent;
+    uint32_t gen;               /* the upstream socket it went out on (ns_dns.gen) */
+    uint8_t query[512];
+};
+
+struct ns_dns_for_python {      /* a query C leaves to Python: timed out, or its reply */
+    struct ns_dns_query query;
+    int tried;                  /* 1: timed out at the upstream; 0: Python's forwarder sends it */
+    uint32_t reply_off;         /* in ns_dns.py_buf */
+    uint32_t reply_len;         /* 0: no reply (expired) */
+};
+
+struct ns_dns {
+    int fd;                     /* the upstream socket (Python's), -1: off */
+    int old_fd;                 /* the one before it, read until it drains; -1: none */
+    uint32_t gen;               /* fd's generation (old_fd's: gen - 1) */
+    int cur_inflight;           /* queries in flight on fd ... */
+    int old_inflight;           /* ... and on old_fd */
+    int cur_sent;               /* queries sent on fd (a new one after DNS_SOCKET_QUERIES) */
+    uint8_t server[28];         /* the nameserver's sockaddr */
+    uint32_t server_len;
+    uint8_t dns_ip[4];
+    uint8_t dns6_ip[16];
+    int v6;                     /* IPv6 queries too */
+    uint32_t mtu;
+    int nguests;
+    uint8_t guest_mac[8][6];    /* the guests whose queries C takes */
+    uint8_t guest_ip[8][16];
+    struct ns_dns_query q[256];
+    int free_slots[256];
+    int nfree;
+    int inflight;
+    int out[256];               /* slots taken in this batch, sent at its end */
+    int nout;
+    int16_t *by_id;             /* slot + 1 of the query in flight with this ID, 0: none */
+    int timer_armed;            /* Python's timeout timer runs (Python clears it) */
+    int arm;                    /* a query was taken with no timer: Python arms it */
+    struct ns_dns_for_python *py;
+    int npy;
+    uint8_t *py_buf;
+    uint32_t py_cap;
+    uint32_t py_used;
+    uint8_t *in;
+    uint8_t *frame;
+    uint64_t queries;
+    uint64_t answers;
+    uint64_t reply_foreign;
+    uint64_t reply_mismatch;
+    uint64_t send_errors;
+    uint64_t py_full;
+};
+
+int ns_dns_new(struct ns_ctx *ctx, const uint8_t *dns_ip, const uint8_t *dns6_ip, uint32_t mtu);
+int ns_dns_guest(struct ns_ctx *ctx, const uint8_t *mac, const uint8_t *ip);
+int ns_dns_set_upstream(struct ns_ctx *ctx, int fd, const uint8_t *addr, uint32_t addr_len);
+int ns_dns_rotate(struct ns_ctx *ctx, int fd);
+int ns_dns_expire(struct ns_ctx *ctx, double older_than);
+void ns_dns_python_done(struct ns_ctx *ctx);
 
 double ns_monotonic(void);
 long ns_loop(struct ns_ctx *ctx, int epfd, double deadline, int max_frames);

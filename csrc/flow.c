@@ -569,8 +569,10 @@ long ns_rx(struct ns_ctx *ctx, double now, int max_frames)
             return -errno;
         }
         ctx->frames_in++;
-        if (!rx_frame(ctx, (size_t)n, now) && !udp_rx_frame(ctx, (size_t)n, now)) {
+        if (!rx_frame(ctx, (size_t)n, now) && !dns_rx_frame(ctx, (size_t)n, now) &&
+            !udp_rx_frame(ctx, (size_t)n, now)) {
             udp_flush_to_host(ctx); /* a flow's datagrams leave in order, C's first */
+            dns_flush_to_host(ctx);
             return n;
         }
         ctx->frames_in_c++;
@@ -590,10 +592,11 @@ long ns_rx(struct ns_ctx *ctx, double now, int max_frames)
         }
     }
     udp_flush_to_host(ctx);
+    dns_flush_to_host(ctx);
     flush_dirty(ctx, now);
     if (ctx->link_errno)
         return -ctx->link_errno;
-    return ctx->nejects || ctx->ntimers ? NS_PYTHON_WORK : 0;
+    return ctx->nejects || ctx->ntimers || dns_python_work(ctx) ? NS_PYTHON_WORK : 0;
 }
 
 /* What ns_rx does when it stops at a drained TAP, for a reader that stops early (after
@@ -602,10 +605,11 @@ long ns_rx(struct ns_ctx *ctx, double now, int max_frames)
 long ns_rx_flush(struct ns_ctx *ctx, double now)
 {
     udp_flush_to_host(ctx);
+    dns_flush_to_host(ctx);
     flush_dirty(ctx, now);
     if (ctx->link_errno)
         return -ctx->link_errno;
-    return ctx->nejects || ctx->ntimers ? NS_PYTHON_WORK : 0;
+    return ctx->nejects || ctx->ntimers || dns_python_work(ctx) ? NS_PYTHON_WORK : 0;
 }
 
 /* -------------------------------------------------------------- host socket events */
@@ -636,7 +640,7 @@ void flow_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now)
         delack_run(ctx, now);
         return;
     }
-    if (udp_host_event(ctx, fd, events, now))
+    if (udp_host_event(ctx, fd, events, now) || dns_host_event(ctx, fd, events, now))
         return;
     struct ns_flow *f = NULL;
     if (fd >= 0 && fd < ctx->by_fd_cap && ctx->by_fd[fd])
@@ -682,6 +686,6 @@ long ns_host_poll(struct ns_ctx *ctx, int epfd, double now)
         flow_host_event(ctx, evs[i].data.fd, evs[i].events, now);
     if (ctx->link_errno)
         return -ctx->link_errno;
-    int work = ctx->nejects || ctx->ntimers || udp_python_work(ctx);
+    int work = ctx->nejects || ctx->ntimers || udp_python_work(ctx) || dns_python_work(ctx);
     return ctx->nev + (work ? NS_PYTHON_WORK : 0);
 }

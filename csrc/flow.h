@@ -57,6 +57,19 @@ int udp_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now);
 int udp_python_work(const struct ns_ctx *ctx);
 void udp_free(struct ns_ctx *ctx);
 
+/* csrc/dns.c: the hooks flow.c, loop.c and flow_table.c call */
+#define DNS_SLOTS 256
+#define DNS_GUESTS 8
+#define DNS_QUERY_MAX 512
+#define DNS_PY_MAX 512
+#define DNS_SOCKET_QUERIES 100 /* forwarder.UPSTREAM_QUERIES */
+int dns_rx_frame(struct ns_ctx *ctx, size_t len, double now);
+void dns_flush_to_host(struct ns_ctx *ctx);
+int dns_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now);
+int dns_python_work(const struct ns_ctx *ctx);
+int dns_wants_socket(const struct ns_dns *d);
+void dns_free(struct ns_ctx *ctx);
+
 /* csrc/flow.c, for csrc/loop.c */
 void flow_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now);
 void delack_run(struct ns_ctx *ctx, double now);

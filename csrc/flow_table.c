@@ -131,6 +131,7 @@ void ns_ctx_free(struct ns_ctx *ctx)
     if (ctx->delack_fd >= 0)
         close(ctx->delack_fd);
     udp_free(ctx);
+    dns_free(ctx);
     free(ctx);
 }
 

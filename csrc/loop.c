@@ -84,7 +84,7 @@ long ns_loop(struct ns_ctx *ctx, int epfd, double deadline, int max_frames)
             delack_run(ctx, now);
         if (ctx->link_errno)
             return -ctx->link_errno;
-        if (ctx->nejects || ctx->ntimers || udp_python_work(ctx))
+        if (ctx->nejects || ctx->ntimers || udp_python_work(ctx) || dns_python_work(ctx))
             return NS_PYTHON_WORK;
         if (!first && now >= deadline)
             return 0;
@@ -130,7 +130,7 @@ long ns_loop(struct ns_ctx *ctx, int epfd, double deadline, int max_frames)
             return r;
         if (ctx->link_errno)
             return -ctx->link_errno;
-        int work = ctx->nejects || ctx->ntimers || udp_python_work(ctx);
+        int work = ctx->nejects || ctx->ntimers || udp_python_work(ctx) || dns_python_work(ctx);
         if (r > 0 || ctx->nev || work) {
             if (r >= NS_PYTHON_WORK)
                 return r;

@@ -45,6 +45,7 @@ KNOBS = (
     "NETSTACK_DELACK_MS",
     "NETSTACK_CLOOP",
     "NETSTACK_SPIN_US",
+    "NETSTACK_DNS_FAST",
 )
 IFF_VNET_HDR = 0x4000  # linux/if_tun.h, as /sys/class/net/<tap>/tun_flags shows it
 # What netstack logs when it catches a bug (dispatcher, host event handlers)

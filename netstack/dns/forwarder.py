@@ -12,6 +12,9 @@ close per query: a third of the forwarder's time.) The answer comes back to the 
 address. The nameserver list is the host's resolv.conf, re-read when it changes
 (HostIO.nameservers). TCP queries are proxied by the TCP table to the same list.
 With --directory, queries for directory names are answered here (dns/directory.py).
+With the C flow path (and without --directory), the common query of a guest seen here
+is forwarded to the preferred nameserver by C (csrc/dns.c, dns/fastpath.py); what C
+does not answer in PER_SERVER_TIMEOUT comes back through `resume`.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from netstack.stack.stats import Stats
 from netstack.stack.timers import TimerQueue
 from netstack.wire import WireError, dns
 
-if TYPE_CHECKING:  # with --directory only
-    from netstack.dns.directory import DirectoryAnswers
+if TYPE_CHECKING:
+    from netstack.dns.directory import DirectoryAnswers  # with --directory only
+    from netstack.dns.fastpath import DnsFastPath  # with the C flow path
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +210,8 @@ class DnsForwarder:
         self.queries: set[DnsQuery] = set()
         self.upstreams: dict[str, list[Upstream]] = {}  # per nameserver
         self.directory: DirectoryAnswers | None = None
+        # csrc/dns.c forwards the common queries to the preferred nameserver itself
+        self.fast: DnsFastPath | None = None
         if names is not None:  # --directory
             from netstack.dns.directory import DirectoryAnswers
 
@@ -259,6 +265,48 @@ class DnsForwarder:
         self.queries.add(q)
         self.stats.count("dns_queries")
         self.timers.touch(q)
+        if self.fast is not None:
+            self.fast.seen(guest_mac, src, now)
+
+    def resume(
+        self,
+        guest_mac: bytes,
+        src: bytes,
+        sport: int,
+        query: bytes,
+        dns_ip: bytes,
+        now: float,
+        tried: int,
+    ) -> None:
+        """A query the C path (dns/fastpath.py) forwarded and gave back without an
+        answer: after PER_SERVER_TIMEOUT at the preferred nameserver (tried 1, so the
+        next one gets it, as on_timer would), or because C's nameserver changed
+        (tried 0). Counted in dns_queries by C already."""
+        try:
+            question = dns.question_key(query)
+        except WireError:
+            self.stats.drop("dns_malformed")
+            return
+        if tried:
+            self.stats.count("dns_server_timeouts")
+        servers = self.host.nameservers()
+        if not servers:
+            self.stats.drop("dns_no_nameserver")
+            return
+        if len(self.queries) >= self.max_queries:
+            self.stats.drop("dns_query_limit")
+            return
+        if self.preferred >= len(servers):
+            self.preferred = 0
+        q = DnsQuery(self, guest_mac, src, sport, query, question, servers)
+        q.dns_ip = dns_ip
+        q.tried = min(tried, len(servers))
+        if not q.send_next(now):
+            if not tried:
+                self.stats.drop("dns_send_failed")
+            return  # every nameserver was tried, as when on_timer finishes a query
+        self.queries.add(q)
+        self.timers.touch(q)
 
     def upstream_for(self, server: str, ident: int) -> Upstream:
         """A socket to server with no query of this ID in flight; raises OSError."""
@@ -281,6 +329,8 @@ class DnsForwarder:
         self.output.send_udp(q.guest_mac, q.dns_ip, dns.PORT, q.guest_ip, q.guest_port, data)
         self.stats.count("dns_answers")
         self.finish(q, now)
+        if self.fast is not None:
+            self.fast.check(now)  # the preferred nameserver may have changed
 
     def finish(self, q: DnsQuery, now: float) -> None:
         q.done = True
@@ -290,6 +340,8 @@ class DnsForwarder:
         self.timers.forget(q)
 
     def close_all(self) -> None:
+        if self.fast is not None:
+            self.fast.close()
         for q in list(self.queries):
             self.finish(q, 0.0)
         for pool in list(self.upstreams.values()):

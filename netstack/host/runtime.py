@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from netstack.dns.fastpath import DnsFastPath
 from netstack.forward.rules import ForwardRule, Forwards
 from netstack.host.datagrams import HostDatagram
 from netstack.host.loop import EpollLoop, EventHandler, Handle
@@ -82,6 +83,7 @@ EVENTS_PER_WAKEUP = 256
 
 class Runtime:
     udp_fast: UdpFastPath | None = None  # established UDP flows in C (with fastpath)
+    dns_fast: DnsFastPath | None = None  # UDP DNS queries forwarded in C (with fastpath)
 
     def __init__(
         self,
@@ -171,6 +173,26 @@ class Runtime:
             else:
                 self.stack.udp.fast = self.udp_fast
                 self.stack.stats.add_source(self.udp_fast.counters, self.udp_fast.drops)
+            # UDP DNS queries to the DNS address too (csrc/dns.c), unless --directory
+            # answers names here or NETSTACK_DNS_FAST=0 (a developer's A/B knob)
+            if (
+                directory is None
+                and config.dns_enabled
+                and os.environ.get("NETSTACK_DNS_FAST", "1") != "0"
+            ):
+                try:
+                    self.dns_fast = DnsFastPath(
+                        self.fastpath,
+                        self.stack.dns,
+                        self,
+                        config.dns,
+                        DNS6 if config.ipv6 else None,
+                        link.mtu,
+                    )
+                except MemoryError:
+                    log.warning("no memory for the DNS path: DNS stays in Python")
+                else:
+                    self.stack.stats.add_source(self.dns_fast.counters, self.dns_fast.drops)
             # the C loop is the default on EpollLoop; NETSTACK_CLOOP=0 keeps the wait in
             # Python (the twin the tests also run)
             if isinstance(self.loop, EpollLoop) and os.environ.get("NETSTACK_CLOOP", "1") == "1":
@@ -315,6 +337,8 @@ class Runtime:
         out: dict[str, Any] = self.fastpath.snapshot()
         if self.udp_fast is not None:
             out.update(self.udp_fast.snapshot())
+        if self.dns_fast is not None:
+            out.update(self.dns_fast.snapshot())
         return out
 
     def _directory_stats(self) -> dict[str, Any] | None:
@@ -491,6 +515,8 @@ class Runtime:
     def _after_fast(self, fast: FastPath, now: float) -> None:
         for conn in fast.after_call(now):
             self.stack.tcp.after(conn)
+        if self.dns_fast is not None:
+            self.dns_fast.after_call(now)  # a timer to arm, answers for Python
 
     def _on_host_events(self) -> None:
         self._dispatch_host_events(self.epoll.poll(0, EVENTS_PER_WAKEUP), time.monotonic())

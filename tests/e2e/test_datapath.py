@@ -463,3 +463,41 @@ def test_dns_replies_with_another_id_or_question_never_reach_the_guest(world: Wo
     world.start_netstack()
     r = world.guest_python(FIRST_DNS_REPLY)
     assert r.stdout.split() == ["0x4242", "192.0.2.77"], r.stdout + r.stderr
+
+
+FIRST_DNS_REPLIES = r"""
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+for i in range(int(sys.argv[1])):
+    q = struct.pack("!HHHHHH", 0x100 + i, 0x0100, 1, 0, 0, 0) + b"\x01a\x04test\x00"
+    s.sendto(q + struct.pack("!HH", 1, 1), ("10.0.2.3", 53))
+    data, _ = s.recvfrom(512)
+    assert data[:2] == q[:2] and socket.inet_ntoa(data[-4:]) == "192.0.2.77", (i, data)
+print("ok")
+"""
+
+
+def test_dns_queries_after_the_first_are_answered_in_c(
+    world: World, frames: dict[str, str], tmp_path: Path
+) -> None:
+    """The guest's first query goes through Python's forwarder; the next ones through
+    C (csrc/dns.c) when flows run in C: each first reply is the right one (the forger
+    sends one with another ID and one for another question before it), and the
+    counters add up either way."""
+    n = 40
+    world.server("host", "dnsforge", "53", "127.0.0.1", "192.0.2.77")
+    world.start_netstack("--api-socket", str(tmp_path / "api.sock"), env=frames)
+    r = world.guest_python(FIRST_DNS_REPLIES, str(n))
+    assert r.stdout.strip() == "ok", r.stdout + r.stderr + world.log()
+    stats = world.api("get_stats")
+    assert stats["events"]["dns_queries"] == n
+    assert stats["events"]["dns_answers"] == n
+    assert stats["drops"]["dns_reply_mismatch"] == 2 * n
+    fast = stats["fast_path"]
+    if mode(frames)["flows_in_c"]:
+        assert fast["dns_queries_from_c"] == n - 1, fast
+        assert fast["dns_answers_from_c"] == n - 1, fast
+    else:
+        assert fast is None
+    world.assert_mode(**mode(frames))
