@@ -685,8 +685,8 @@ def test_the_forwarder_points_c_at_its_preferred_nameserver(glue: Glue) -> None:
     assert fast.sock is not None and glue.host.registered == [fast.sock.fileno()]
     assert fast.sock.family == socket.AF_INET
     # the guest's next query is C's: it asks for the timer once
+    assert fast.deadline == glue.rig.now + 5.0  # the idle check of a fresh socket
     assert glue.c_query(query(2)) == PYTHON_WORK
-    assert fast.deadline is None
     fast.after_call(glue.rig.now)
     assert fast.deadline == glue.rig.now + 0.25
     assert glue.c_query(query(3)) == 0
@@ -715,7 +715,34 @@ def test_a_query_c_sent_goes_to_the_next_nameserver_after_the_timeout(glue: Glue
     # the second nameserver answered: it is C's now
     assert fast.server == "127.0.0.2"
     rig.advance(0.3)
-    assert fast.deadline is None and glue.ctx.dns.timer_armed == 0  # nothing in flight
+    assert glue.ctx.dns.timer_armed == 0  # nothing in flight: C asks with its next query
+    assert fast.sock is not None and fast.deadline is not None  # the idle check
+
+
+def test_c_s_socket_closes_after_upstream_idle_and_the_next_query_opens_one(
+    glue: Glue,
+) -> None:
+    # as the forwarder's Upstream sockets: a socket nothing waits on closes after
+    # UPSTREAM_IDLE, so an idle stack holds no upstream socket
+    from netstack.dns.forwarder import UPSTREAM_IDLE
+
+    fast, rig = glue.fast, glue.rig
+    glue.c_query(query(2))
+    fast.after_call(rig.now)
+    rig.advance(UPSTREAM_IDLE - 1)  # the query expired to Python (no nameserver answers)
+    assert fast.sock is not None and glue.ctx.dns.inflight == 0
+    glue.c_query(query(3))  # a query keeps it open
+    fast.after_call(rig.now)
+    rig.advance(UPSTREAM_IDLE - 1)
+    assert fast.sock is not None
+    rig.advance(UPSTREAM_IDLE + 1)
+    assert fast.sock is None and fast.server is None and glue.host.registered == []
+    assert glue.c_query(query(4)) > 0  # no upstream: the frame is Python's
+    from scapy.packet import Raw
+
+    q = query(5)
+    rig.send(IP(src="10.0.2.100", dst="10.0.2.3") / UDP(sport=GUEST_PORT, dport=53) / Raw(q))
+    assert fast.server == "127.0.0.1" and glue.host.registered == [fast.sock.fileno()]
 
 
 def test_a_new_preferred_nameserver_takes_the_queries_in_flight(glue: Glue) -> None:

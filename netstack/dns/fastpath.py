@@ -19,7 +19,12 @@ import select
 import socket
 from typing import TYPE_CHECKING, Any, Protocol
 
-from netstack.dns.forwarder import PER_SERVER_TIMEOUT, UPSTREAM_QUERIES, DnsForwarder
+from netstack.dns.forwarder import (
+    PER_SERVER_TIMEOUT,
+    UPSTREAM_IDLE,
+    UPSTREAM_QUERIES,
+    DnsForwarder,
+)
 from netstack.udp.fastpath import sockaddr
 from netstack.wire import dns
 
@@ -69,6 +74,8 @@ class DnsFastPath:
         self.guests: set[tuple[bytes, bytes]] = set()
         self.switches = 0
         self._deadline: float | None = None
+        # C's query count when its sockets were last seen idle (nothing in flight)
+        self._idle_queries: int | None = None
         forwarder.fast = self
 
     # ------------------------------------------------------------------ policy
@@ -102,6 +109,10 @@ class DnsFastPath:
                 self.server = server
                 self.switches += 1
                 self.lib.ns_dns_set_upstream(self.ctx, sock.fileno(), addr, len(addr))
+                if self._deadline is None:  # it closes if no query comes (on_timer)
+                    self._idle_queries = int(self.d.queries)
+                    self._deadline = now + UPSTREAM_IDLE
+                    self.fwd.timers.touch(self)
         # the queries C had in flight went to the old nameserver: the forwarder sends
         # them to the preferred one now
         self._take_back(now)
@@ -155,11 +166,24 @@ class DnsFastPath:
         self.after_call(now)
         self.lib.ns_dns_expire(self.ctx, now - PER_SERVER_TIMEOUT)
         self._take_back(now)
-        if int(self.d.inflight):
+        d = self.d
+        if int(d.inflight):
+            self._idle_queries = None
             self._deadline = now + CHECK_INTERVAL
             self.fwd.timers.touch(self)
+            return
+        d.timer_armed = 0  # C asks again with its next query
+        if self.sock is None:
+            self._idle_queries = None
+        elif self._idle_queries == int(d.queries):
+            # no query for UPSTREAM_IDLE: the sockets close, as the forwarder's idle
+            # Upstream sockets do; the next query goes through Python and opens one
+            self._idle_queries = None
+            self.switch(None, now)
         else:
-            self.d.timer_armed = 0  # C asks again with its next query
+            self._idle_queries = int(d.queries)
+            self._deadline = now + UPSTREAM_IDLE
+            self.fwd.timers.touch(self)
 
     # ------------------------------------------------------- what C gives back
     def after_call(self, now: float) -> None:
@@ -169,8 +193,8 @@ class DnsFastPath:
         d = self.d
         if not (d.arm or d.npy or d.cur_sent >= UPSTREAM_QUERIES):
             return
-        if d.arm and self._deadline is None:
-            self._deadline = now + CHECK_INTERVAL
+        if d.arm and (self._deadline is None or self._deadline > now + CHECK_INTERVAL):
+            self._deadline = now + CHECK_INTERVAL  # (not the idle check's, later)
             self.fwd.timers.touch(self)
         if d.cur_sent >= UPSTREAM_QUERIES and not d.old_inflight and d.fd >= 0:
             self.rotate()
