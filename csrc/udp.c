@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -310,6 +311,8 @@ static void send_batch(struct ns_ctx *ctx, struct ns_udp_flow *f, struct batch *
     while (k < b->n) {
         int r = sendmmsg(f->fd, b->msgs + k, (unsigned int)(b->n - k), MSG_DONTWAIT);
         if (r > 0) {
+            if (r > 1 || b->count[k] > 1)
+                sched_yield(); /* see YIELDING in udp.h */
             for (int j = k; j < k + r; j++) {
                 f->datagrams_to_host += b->count[j];
                 u->datagrams_to_host += b->count[j];

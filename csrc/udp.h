@@ -24,6 +24,16 @@
 #define SLOT_SIZE 65536
 #define READ_ROUNDS 4         /* recvmmsg calls per event: up to 128 datagrams */
 
+/* YIELDING: after a send of more than one datagram (a sendmmsg batch or a UDP_SEGMENT
+ * send to the host, a UDP GSO frame to the guest) the sender yields the CPU. The
+ * receiving application was just woken; on a small machine it is often runnable on
+ * our CPU, and until it runs its socket buffer (about 90 datagrams of 1400 B by
+ * default) takes the next batch too and drops the rest: the receiver, not netstack,
+ * was where iperf3 lost its datagrams (RcvbufErrors in its namespace). Paired rounds
+ * on 2 cores, iperf3 -u -b 0: 1400 B guest->host 2.29 against 1.45 Gbit/s,
+ * host->guest 2.91 against 2.28; 8192 B at MTU 65520 host->guest 10.8 against 8.0,
+ * guest->host unchanged. */
+
 static const uint8_t ZERO16[16];
 
 static inline void put16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = v & 0xff; }
