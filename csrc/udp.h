@@ -18,7 +18,10 @@
 #define GSO_MAX_SEGS 64       /* UDP_MAX_SEGMENTS on older kernels */
 #define GUEST_GSO_MAX_SEGS 128 /* UDP_MAX_SEGMENTS since 6.2; netstack/stack/dispatch.py */
 #define GSO_MAX_BYTES 65000   /* under the largest UDP payload, IPv4 or IPv6 */
-#define SEND_NOW_MIN 8192     /* datagrams this large are sent from the frame, not gathered */
+/* datagrams this large are sent from the frame, not gathered: below it a copy costs
+ * less than the send it saves (8192 B datagrams at MTU 65520 gathered into UDP_SEGMENT
+ * sends: iperf3 guest->host 8.09 Gbit/s against 3.60 sent one by one, 2026-11-29) */
+#define SEND_NOW_MIN 16384
 #define RECV_SLOTS 32
 #define SLOT_HEAD (VNET_LEN + ETH_LEN + IP6_LEN + UDP_LEN) /* headers to the guest */
 #define SLOT_SIZE 65536
