@@ -143,7 +143,7 @@ static void arm_rto(struct ns_ctx *ctx, struct ns_flow *f, double now)
     }
 }
 
-/* Twin of TcpConnection._send_fin: the host's EOF was read. */
+/* Twin of tcp/to_guest.py send_fin: the host's EOF was read. */
 static void send_fin(struct ns_ctx *ctx, struct ns_flow *f, double now)
 {
     emit(ctx, f, F_FIN | F_ACK, window_field(ctx, f, 0), 0, now);
@@ -158,7 +158,7 @@ static void send_fin(struct ns_ctx *ctx, struct ns_flow *f, double now)
         arm_rto(ctx, f, now);
 }
 
-/* Twin of TcpConnection._pump_to_guest: host data the guest's window allows, then our
+/* Twin of tcp/to_guest.py pump: host data the guest's window allows, then our
  * FIN once the host's EOF is reached. */
 static void pump(struct ns_ctx *ctx, struct ns_flow *f, double now)
 {

@@ -21,8 +21,13 @@ host -> guest
     acknowledges are counted in `acked_in_queue` and dropped from the queue (MSG_TRUNC,
     no copy) once per batch, and always before the socket is closed; until then the
     peek offset is acked_in_queue + (snd_nxt - snd_una).
-    A retransmission is a rewind: snd_nxt = snd_una, peek again from acked_in_queue.
+    Loss (tcp/to_guest.py) is NewReno's without a congestion window: three duplicate
+    ACKs send again the frame at snd_una only (peeked at acked_in_queue), and
+    `recover` (the highest sequence sent then) keeps duplicates from starting another
+    until it is acknowledged; a partial ACK sends the next hole. A timeout rewinds:
+    snd_nxt = snd_una, peek again from acked_in_queue.
 
-The core (connection.py) is sans-I/O: it is handed `now`, a `HostStream` (the host
-socket as an interface) and a `SegmentWriter`; host/ supplies the real ones.
+The core (connection.py, with handshake.py and to_guest.py) is sans-I/O: it is
+handed `now`, a `HostStream` (the host socket as an interface) and a `SegmentWriter`;
+host/ supplies the real ones.
 """

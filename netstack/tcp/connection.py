@@ -12,7 +12,7 @@ import errno
 import logging
 import random
 
-from netstack.tcp import handshake
+from netstack.tcp import handshake, to_guest
 from netstack.tcp.fastpath import FastFlow
 from netstack.tcp.interfaces import Guest, HostStream, Refusal, TcpState, refusal_for_errno
 from netstack.tcp.output import FlowAddrs, SegmentWriter
@@ -31,7 +31,7 @@ from netstack.tcp.params import (
 )
 from netstack.tcp.to_host import GATHER_MAX_SEGMENT, WINDOW_MAX, PendingBudget, ToHost
 from netstack.wire import icmpv4, tcp
-from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, seq_diff, seq_lt
+from netstack.wire.tcp import ACK, FIN, RST, SYN, seq_diff, seq_lt
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class TcpConnection:
     def on_host_readable(self, now: float) -> None:
         self.host_readable = True
         if self.state is TcpState.ESTABLISHED:
-            self._pump_to_guest(now)
+            to_guest.pump(self, now)
             self._maybe_finish(now)
 
     def on_host_writable(self, now: float) -> None:
@@ -246,7 +246,7 @@ class TcpConnection:
         elif seg.seq != self.rcv_nxt:
             self.ack_needed = True  # a window probe or keepalive: answer with our window
         if self.host_readable:
-            self._pump_to_guest(now)
+            to_guest.pump(self, now)
         self._maybe_finish(now)
 
     def established_in_c(self) -> None:
@@ -290,7 +290,7 @@ class TcpConnection:
                 if not seq_lt(ack, recover):
                     self.recover = None  # all that was outstanding arrived
                 elif self.resend_on_partial_ack:
-                    self._retransmit_first(now)  # a partial ACK: the next hole
+                    to_guest.retransmit_first(self, now)  # a partial ACK: the next hole
             if self.snd_una == self.snd_nxt:
                 self._disarm_rto()
             else:
@@ -311,7 +311,7 @@ class TcpConnection:
                 # duplicate ACK per segment, and with them the next "loss"
                 self.recover = self.snd_nxt
                 self.resend_on_partial_ack = True
-                self._retransmit_first(now)
+                to_guest.retransmit_first(self, now)
         self.guest_window = window
 
     def _on_data(self, seq: int, payload: memoryview, fin: bool, now: float) -> None:
@@ -393,132 +393,6 @@ class TcpConnection:
             pass
 
     # ------------------------------------------------------ data to the guest
-    def _pump_to_guest(self, now: float) -> None:
-        """Send host data the guest's window allows; FIN once the host's EOF is reached."""
-        host = self.host
-        if host is None or self.fin_to_guest:
-            return
-        writer = self.writer
-        hlen = 20 + (12 if self.ts_enabled else 0)
-        while True:
-            in_flight = seq_diff(self.snd_nxt, self.snd_una)
-            room = self.guest_window - in_flight
-            if room <= 0:
-                if in_flight == 0 and self.rto_deadline is None:
-                    self._arm_rto(now)  # persist: probe a zero window
-                return
-            view = writer.payload_view(hlen, room)
-            try:
-                n = host.peek_into(view, self.acked_in_queue + in_flight)
-            except OSError as e:
-                self.on_host_error(e.errno or errno.EIO, now)
-                return
-            if n is None:
-                self.host_readable = False
-                return
-            if n == 0:
-                self.host_readable = False
-                self.eof_from_host = True
-                self._send_fin(now)
-                return
-            drained = n < len(view) and not host.peer_closed
-            window = self._window_field()
-            writer.send(
-                self.flow,
-                self.snd_nxt,
-                self.rcv_nxt,
-                ACK | PSH,
-                window,
-                self._ts(now),
-                n,
-                self.seg_size,
-            )
-            self.ack_needed = False
-            self.snd_nxt = (self.snd_nxt + n) & 0xFFFFFFFF
-            self.bytes_to_guest += n
-            self.last_activity = now
-            if self.rto_deadline is None:
-                self._arm_rto(now)
-            if drained:
-                # a short read emptied the queue: the next byte (or FIN) from the host
-                # brings a fresh edge, so asking again now would only say EAGAIN
-                self.host_readable = False
-                return
-
-    def _send_fin(self, now: float) -> None:
-        if self.fin_to_guest:
-            return
-        self.fin_to_guest = True
-        if not self.fin_from_guest:
-            self.fin_to_guest_first = True
-        self.writer.send(
-            self.flow,
-            self.snd_nxt,
-            self.rcv_nxt,
-            FIN | ACK,
-            self._window_field(),
-            self._ts(now),
-            0,
-            self.seg_size,
-        )
-        self.ack_needed = False
-        self.snd_nxt = (self.snd_nxt + 1) & 0xFFFFFFFF
-        self._arm_rto(now)
-
-    def _rewind(self, why: str) -> None:
-        """Go back to the oldest unacknowledged byte (a retransmission after a timeout);
-        what was sent before stays acceptable to acknowledge (`recover`)."""
-        log.debug("tcp retransmit from %d: %s", self.snd_una, why)
-        top = self.snd_nxt
-        if self.fin_to_guest and not self.fin_acked:
-            top = (top - 1) & 0xFFFFFFFF  # an ACK of our FIN waits for it to be resent
-        if self.recover is None or seq_lt(self.recover, top):
-            self.recover = top
-        self.resend_on_partial_ack = False  # all of it is being sent again
-        self.snd_nxt = self.snd_una
-        if self.fin_to_guest and not self.fin_acked:
-            self.fin_to_guest = False
-        self.host_readable = True
-        self.dupacks = 0
-
-    def _retransmit_first(self, now: float) -> None:
-        """Resend what starts at snd_una, leaving snd_nxt where it is: one segment on a
-        plain link, one frame (up to 64 KiB, what a lost write to the TAP took with it)
-        on a vnet link."""
-        log.debug("tcp fast retransmit at %d", self.snd_una)
-        host = self.host
-        data_in_flight = seq_diff(self.snd_nxt, self.snd_una)
-        if self.fin_to_guest and not self.fin_acked:
-            data_in_flight -= 1
-        if host is None or data_in_flight <= 0:
-            if self.fin_to_guest and not self.fin_acked and data_in_flight == 0:
-                self.fin_to_guest = False  # only our FIN is outstanding: send it again
-                self.snd_nxt = self.snd_una
-                self._send_fin(now)
-            return
-        hlen = 20 + (12 if self.ts_enabled else 0)
-        limit = data_in_flight if self.writer.link.vnet else min(self.seg_size, data_in_flight)
-        view = self.writer.payload_view(hlen, limit)
-        try:
-            n = host.peek_into(view, self.acked_in_queue)
-        except OSError as e:
-            self.on_host_error(e.errno or errno.EIO, now)
-            return
-        if not n:
-            return  # not there any more: the timeout's rewind decides
-        self.writer.send(
-            self.flow,
-            self.snd_una,
-            self.rcv_nxt,
-            ACK | PSH,
-            self._window_field(),
-            self._ts(now),
-            n,
-            self.seg_size,
-        )
-        self.ack_needed = False
-        self._arm_rto(now, restart=True)
-
     # ----------------------------------------------------------------- timers
     def _arm_rto(self, now: float, restart: bool = False) -> None:
         if self.rto_deadline is None or restart:
@@ -563,11 +437,11 @@ class TcpConnection:
                 self._arm_rto(now)
             elif self.state is TcpState.ESTABLISHED:
                 if self.snd_nxt == self.snd_una and self.guest_window == 0:
-                    self._send_window_probe(now)
+                    to_guest.send_window_probe(self, now)
                     self._arm_rto(now)
                 else:
-                    self._rewind("timeout")
-                    self._pump_to_guest(now)
+                    to_guest.rewind(self, "timeout")
+                    to_guest.pump(self, now)
                     if self.rto_deadline is None and self.snd_nxt != self.snd_una:
                         self._arm_rto(now)
         self._update_state_deadline(now)
@@ -580,19 +454,6 @@ class TcpConnection:
     def _idle_limit(self) -> float:
         both_closed = self.fin_from_guest and self.fin_to_guest
         return FIN_TIMEOUT if both_closed else IDLE_TIMEOUT
-
-    def _send_window_probe(self, now: float) -> None:
-        # a segment just below the window: the guest answers with its current window
-        self.writer.send(
-            self.flow,
-            (self.snd_una - 1) & 0xFFFFFFFF,
-            self.rcv_nxt,
-            ACK,
-            self._window_field(),
-            self._ts(now),
-            0,
-            self.seg_size,
-        )
 
     # ----------------------------------------------------------------- output
     def flush(self, now: float) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from netstack.tcp import to_guest
 from netstack.tcp.interfaces import TcpState
 from netstack.tcp.params import CONNECT_TIMEOUT, DEFAULT_MSS, OUR_WSCALE, RTO_INITIAL
 from netstack.wire import tcp
@@ -105,4 +106,4 @@ def on_synack(conn: TcpConnection, seg: tcp.TcpHeader, now: float) -> None:
     conn._set_state(TcpState.ESTABLISHED, "guest accepted")
     conn._send_ack(now)
     conn.host_readable = True  # the client may have written before the guest answered
-    conn._pump_to_guest(now)
+    to_guest.pump(conn, now)
