@@ -62,7 +62,12 @@ log = logging.getLogger(__name__)
 # hides the files they come from, so it imports them before it pivots
 # (Runtime.later_modules); tests/test_startup.py checks these lists against the
 # imports made inside functions.
-LAZY_MODULES = ("netstack.api.commands", "netstack.api.server", "netstack.host.listeners")
+LAZY_MODULES = (
+    "netstack.api.commands",
+    "netstack.api.server",
+    "netstack.host.listeners",
+    "netstack.host.report",
+)
 LAZY_ASYNCIO_MODULES = (
     "asyncio.base_events",
     "asyncio.streams",
@@ -271,88 +276,14 @@ class Runtime:
         self.api.start()
 
     def api_connections(self) -> list[dict[str, Any]]:
-        from netstack.api import commands as api_commands
+        from netstack.host import report
 
-        now = time.monotonic()
-        out: list[dict[str, Any]] = []
-        for conn in self.stack.tcp.conns.values():
-            if conn.fast is not None and self.fastpath is not None:
-                self.fastpath.sync(conn)
-            f = conn.flow
-            out.append(
-                {
-                    "proto": "tcp",
-                    "state": conn.state.value,
-                    "direction": "inbound" if conn.opened_by_host else "outbound",
-                    "guest": api_commands.addr(f.guest_ip, f.guest_port),
-                    "remote": api_commands.addr(f.remote_ip, f.remote_port),
-                    "bytes_from_guest": conn.bytes_from_guest,
-                    "bytes_to_guest": conn.bytes_to_guest,
-                    "age_seconds": round(now - conn.created, 3),
-                }
-            )
-        self.stack.udp.sync()
-        for flow in self.stack.udp.flows.values():
-            out.append(
-                {
-                    "proto": "udp",
-                    "state": "open",
-                    "direction": "outbound",
-                    "guest": api_commands.addr(flow.guest_ip, flow.guest_port),
-                    "remote": "*",
-                    "idle_seconds": round(now - flow.last_activity, 3),
-                    "in_c": flow.fast is not None,
-                }
-            )
-        return out
+        return report.connections(self)
 
     def api_stats(self) -> dict[str, Any]:
-        from netstack.api import commands as api_commands
+        from netstack.host import report
 
-        stats = self.stack.stats.snapshot()
-        if self.fastpath is not None:  # C reads every frame (and counts them)
-            stats["events"]["frames_from_guest"] = self.fastpath.frames_in()
-        return {
-            **stats,
-            "flows": {
-                "tcp": len(self.stack.tcp.conns),
-                "tcp_half_open": len(self.stack.tcp.half_open),
-                "udp": len(self.stack.udp.flows),
-                "icmp": len(self.stack.ping.flows),
-                "dns_queries": len(self.stack.dns.queries),
-                "neighbours": len(self.stack.neighbours),
-            },
-            "forwards": len(self.forwards.rules),
-            "frames_to_guest": self.stack.segments.frames_sent
-            + self.stack.output.frames_sent
-            + (self.fastpath.frames_out() if self.fastpath is not None else 0),
-            "uptime_seconds": api_commands.uptime(self.started),
-            "fast_path": self._fast_path_stats(),
-            "directory": self._directory_stats(),
-        }
-
-    def _fast_path_stats(self) -> dict[str, Any] | None:
-        if self.fastpath is None:
-            return None
-        out: dict[str, Any] = self.fastpath.snapshot()
-        if self.udp_fast is not None:
-            out.update(self.udp_fast.snapshot())
-        if self.dns_fast is not None:
-            out.update(self.dns_fast.snapshot())
-        return out
-
-    def _directory_stats(self) -> dict[str, Any] | None:
-        """--directory: whether netstackd's watch is up, and what the view holds."""
-        client, vips = self.directory_client, self.stack.vips
-        if client is None or vips is None:
-            return None
-        view = client.view
-        return {
-            "watching": client.connected,
-            "services": len(view.services) if view is not None else 0,
-            "instances": sum(len(s.instances) for s in view.services) if view else 0,
-            "connects_waiting": len(vips.waiting),
-        }
+        return report.stats(self)
 
     # -------------------------------------------------------------- directory
     def follow_directory(self, client: DirectoryClient) -> None:
