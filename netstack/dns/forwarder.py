@@ -20,7 +20,7 @@ does not answer in PER_SERVER_TIMEOUT comes back through `resume`.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from netstack.stack.guest_output import GuestOutput
 from netstack.stack.hostio import DatagramSocket, DirectoryNames, HostAddr, HostIO
@@ -30,9 +30,17 @@ from netstack.wire import WireError, dns
 
 if TYPE_CHECKING:
     from netstack.dns.directory import DirectoryAnswers  # with --directory only
-    from netstack.dns.fastpath import DnsFastPath  # with the C flow path
 
 log = logging.getLogger(__name__)
+
+
+class FastDns(Protocol):
+    """What the forwarder tells the C path (dns/fastpath.py DnsFastPath), if there is one."""
+
+    def seen(self, guest_mac: bytes, guest_ip: bytes, now: float) -> None: ...  # a query sent
+    def check(self, now: float) -> None: ...  # the preferred nameserver may have changed
+    def close(self) -> None: ...
+
 
 PER_SERVER_TIMEOUT = 1.5
 MAX_QUERIES = 256
@@ -211,7 +219,7 @@ class DnsForwarder:
         self.upstreams: dict[str, list[Upstream]] = {}  # per nameserver
         self.directory: DirectoryAnswers | None = None
         # csrc/dns.c forwards the common queries to the preferred nameserver itself
-        self.fast: DnsFastPath | None = None
+        self.fast: FastDns | None = None
         if names is not None:  # --directory
             from netstack.dns.directory import DirectoryAnswers
 
@@ -247,24 +255,9 @@ class DnsForwarder:
 
             if self.directory.take(bytes(payload), send):
                 return
-        servers = self.host.nameservers()
-        if not servers:
-            self.stats.drop("dns_no_nameserver")
+        if not self._start(guest_mac, src, sport, bytes(payload), question, dns_ip, now):
             return
-        if len(self.queries) >= self.max_queries:
-            self.stats.drop("dns_query_limit")
-            return
-        if self.preferred >= len(servers):
-            self.preferred = 0
-        q = DnsQuery(self, guest_mac, src, sport, bytes(payload), question, servers)
-        if dns_ip is not None:
-            q.dns_ip = dns_ip
-        if not q.send_next(now):
-            self.stats.drop("dns_send_failed")
-            return
-        self.queries.add(q)
         self.stats.count("dns_queries")
-        self.timers.touch(q)
         if self.fast is not None:
             self.fast.seen(guest_mac, src, now)
 
@@ -289,24 +282,41 @@ class DnsForwarder:
             return
         if tried:
             self.stats.count("dns_server_timeouts")
+        self._start(guest_mac, src, sport, query, question, dns_ip, now, tried)
+
+    def _start(
+        self,
+        guest_mac: bytes,
+        src: bytes,
+        sport: int,
+        query: bytes,
+        question: bytes,
+        dns_ip: bytes | None,
+        now: float,
+        tried: int = 0,
+    ) -> bool:
+        """Send a query to the next untried nameserver (the first `tried` count as
+        tried) and track it; False (counted) when it could not go."""
         servers = self.host.nameservers()
         if not servers:
             self.stats.drop("dns_no_nameserver")
-            return
+            return False
         if len(self.queries) >= self.max_queries:
             self.stats.drop("dns_query_limit")
-            return
+            return False
         if self.preferred >= len(servers):
             self.preferred = 0
         q = DnsQuery(self, guest_mac, src, sport, query, question, servers)
-        q.dns_ip = dns_ip
+        if dns_ip is not None:
+            q.dns_ip = dns_ip
         q.tried = min(tried, len(servers))
         if not q.send_next(now):
             if not tried:
                 self.stats.drop("dns_send_failed")
-            return  # every nameserver was tried, as when on_timer finishes a query
+            return False  # every nameserver was tried, as when on_timer finishes a query
         self.queries.add(q)
         self.timers.touch(q)
+        return True
 
     def upstream_for(self, server: str, ident: int) -> Upstream:
         """A socket to server with no query of this ID in flight; raises OSError."""
