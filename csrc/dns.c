@@ -284,48 +284,20 @@ int dns_rx_frame(struct ns_ctx *ctx, size_t len, double now)
         len < VNET_LEN + ETH_LEN + IP4_LEN + UDP_HDR + DNS_HEADER)
         return 0;
     const uint8_t *v = ctx->rx, *eth = v + VNET_LEN, *ip = eth + ETH_LEN;
-    size_t l3_len = len - VNET_LEN - ETH_LEN;
-    uint8_t gip[16], dip[16];
-    const uint8_t *u;
-    size_t l4_len;
-    uint32_t pseudo;
-    int v6;
-    uint16_t ethertype = get16(eth + 12);
-    if (ethertype == 0x0800) {
-        if (memcmp(eth, ctx->gateway_mac, 6) && memcmp(eth, ctx->dns_mac, 6))
-            return 0;
-        if (ip[0] != 0x45 || ip[9] != 17 || (get16(ip + 6) & 0x3fff) ||
-            memcmp(ip + 16, d->dns_ip, 4))
-            return 0; /* options, not UDP, a fragment, or not to the DNS address */
-        size_t total = get16(ip + 2);
-        if (total < IP4_LEN + UDP_HDR || total > l3_len || ns_checksum(ip, IP4_LEN, 0) != 0)
-            return 0;
-        memcpy(gip, V4_MAPPED, 12);
-        memcpy(gip + 12, ip + 12, 4);
-        memset(dip, 0, 16);
-        memcpy(dip, ip + 16, 4);
-        u = ip + IP4_LEN;
-        l4_len = total - IP4_LEN;
-        pseudo = ns_sum16(ip + 12, 8, 0) + 17 + (uint32_t)l4_len;
-        v6 = 0;
-    } else if (ethertype == 0x86dd) {
-        if (!d->v6 || (memcmp(eth, ctx->router_mac, 6) && memcmp(eth, ctx->dns6_mac, 6)))
-            return 0;
-        if (l3_len < IP6_LEN + UDP_HDR || (ip[0] >> 4) != 6 || ip[6] != 17 ||
-            memcmp(ip + 24, d->dns6_ip, 16))
-            return 0; /* extension headers, not UDP, or not to the DNS address */
-        size_t payload = get16(ip + 4);
-        if (payload < UDP_HDR || IP6_LEN + payload > l3_len)
-            return 0;
-        memcpy(gip, ip + 8, 16);
-        memcpy(dip, ip + 24, 16);
-        u = ip + IP6_LEN;
-        l4_len = payload;
-        pseudo = ns_sum16(ip + 8, 32, 0) + 17 + (uint32_t)l4_len;
-        v6 = 1;
-    } else {
+    /* every UDP frame comes here first: the destination address is read before
+     * anything is checked (the length check above covers it) */
+    if (get16(eth + 12) == 0x0800 ? memcmp(ip + 16, d->dns_ip, 4)
+                                   : !d->v6 || memcmp(ip + 24, d->dns6_ip, 16))
         return 0;
-    }
+    struct guest_ip g;
+    if (!guest_ip_parse(ctx, len, 17, UDP_HDR, &g))
+        return 0;
+    const uint8_t *u = g.l4;
+    size_t l4_len = g.l4_len;
+    int v6 = g.v6;
+    const uint8_t *gip = g.src;
+    uint8_t dip[16] = {0}; /* the address the guest asked (IPv4: its first 4 bytes) */
+    memcpy(dip, v6 ? g.dst : g.dst + 12, v6 ? 16 : 4);
     if (get16(u + 2) != 53 || get16(u + 4) != l4_len)
         return 0; /* another port; or a UDP length short of the IP one (Python's rule) */
     if (v[1] != 0)
@@ -334,7 +306,7 @@ int dns_rx_frame(struct ns_ctx *ctx, size_t len, double now)
         if (get16(u + 6) == 0) {
             if (v6)
                 return 0; /* no checksum is not allowed in IPv6 */
-        } else if (ns_sum16(u, l4_len, pseudo) != 0xffff) {
+        } else if (ns_sum16(u, l4_len, guest_ip_pseudo(&g, 17)) != 0xffff) {
             return 0;
         }
     }

@@ -417,41 +417,11 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
     if (len < VNET_LEN + ETH_LEN + IP4_LEN + TCP_LEN)
         return 0;
     const uint8_t *eth = ctx->rx + VNET_LEN;
-    const uint8_t *ip = eth + ETH_LEN;
-    size_t l3_len = len - VNET_LEN - ETH_LEN;
-    uint8_t src[16], dst[16];
-    const uint8_t *t;
-    size_t l4_len;
-    uint16_t ethertype = get16(eth + 12);
-    if (ethertype == 0x0800) {
-        if (memcmp(eth, ctx->gateway_mac, 6) && memcmp(eth, ctx->dns_mac, 6))
-            return 0;
-        if (ip[0] != 0x45 || ip[9] != 6 || (get16(ip + 6) & 0x3fff))
-            return 0; /* options, not TCP, or a fragment */
-        size_t total = get16(ip + 2);
-        if (total < IP4_LEN + TCP_LEN || total > l3_len || ns_checksum(ip, IP4_LEN, 0) != 0)
-            return 0;
-        memcpy(src, V4_MAPPED, 12);
-        memcpy(src + 12, ip + 12, 4);
-        memcpy(dst, V4_MAPPED, 12);
-        memcpy(dst + 12, ip + 16, 4);
-        t = ip + IP4_LEN;
-        l4_len = total - IP4_LEN;
-    } else if (ethertype == 0x86dd) {
-        if (memcmp(eth, ctx->router_mac, 6) && memcmp(eth, ctx->dns6_mac, 6))
-            return 0;
-        if (l3_len < IP6_LEN + TCP_LEN || (ip[0] >> 4) != 6 || ip[6] != 6)
-            return 0; /* not TCP right after the fixed header: extension headers go to Python */
-        size_t payload = get16(ip + 4);
-        if (payload < TCP_LEN || IP6_LEN + payload > l3_len)
-            return 0;
-        memcpy(src, ip + 8, 16);
-        memcpy(dst, ip + 24, 16);
-        t = ip + IP6_LEN;
-        l4_len = payload;
-    } else {
+    struct guest_ip g;
+    if (!guest_ip_parse(ctx, len, 6, TCP_LEN, &g))
         return 0;
-    }
+    const uint8_t *t = g.l4;
+    size_t l4_len = g.l4_len;
     size_t hlen = (size_t)(t[12] >> 4) * 4;
     uint8_t flags = t[13];
     if ((flags & (F_SYN | F_RST | F_URG)) || !(flags & F_ACK))
@@ -463,8 +433,8 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
         has_ts = 1;
     else if (hlen != TCP_LEN)
         return 0;
-    struct ns_flow *f = flow_lookup(ctx, src, get16(t), dst, get16(t + 2));
-    if (!f || f->eject || f->v6 != (ethertype == 0x86dd) || memcmp(eth + 6, f->guest_mac, 6))
+    struct ns_flow *f = flow_lookup(ctx, g.src, get16(t), g.dst, get16(t + 2));
+    if (!f || f->eject || f->v6 != g.v6 || memcmp(eth + 6, f->guest_mac, 6))
         return 0; /* an IPv6 frame with v4-mapped addresses is not the IPv4 flow's */
     uint32_t seq = get32(t + 4), ack = get32(t + 8);
     uint32_t window = (uint32_t)get16(t + 14) << f->guest_wscale;

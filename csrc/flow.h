@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "fast.h"
 
@@ -49,6 +50,69 @@ extern const uint8_t V4_MAPPED[12];
 struct ns_flow *flow_lookup(struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport,
                             const uint8_t *rip, uint16_t rport);
 void flow_eject(struct ns_ctx *ctx, struct ns_flow *f, int why, int err);
+
+/* The IP layer of a frame from the guest at ctx->rx (len bytes, virtio-net header
+ * first), as every C path takes it: IPv4 without options or fragments, its header
+ * checksum right, sent to the gateway's or the DNS address's MAC; or IPv6 with no
+ * extension header, sent to the router's or DNS's MAC; carrying `proto` in at least
+ * min_l4 bytes. 1 with *g filled; 0 for anything else (the frame is Python's). The
+ * caller has checked len covers the headers (VNET_LEN + ETH_LEN + IP4_LEN + min_l4). */
+struct guest_ip {
+    uint8_t src[16], dst[16]; /* IPv4 as ::ffff:a.b.c.d */
+    uint8_t *ip;              /* the IP header */
+    uint8_t *l4;
+    size_t l4_len;
+    int v6;
+};
+
+static inline int guest_ip_parse(const struct ns_ctx *ctx, size_t len, uint8_t proto,
+                                 size_t min_l4, struct guest_ip *g)
+{
+    const uint8_t *eth = ctx->rx + VNET_LEN;
+    uint8_t *ip = ctx->rx + VNET_LEN + ETH_LEN;
+    size_t l3_len = len - VNET_LEN - ETH_LEN;
+    uint16_t ethertype = get16(eth + 12);
+    if (ethertype == 0x0800) {
+        if (memcmp(eth, ctx->gateway_mac, 6) && memcmp(eth, ctx->dns_mac, 6))
+            return 0;
+        if (ip[0] != 0x45 || ip[9] != proto || (get16(ip + 6) & 0x3fff))
+            return 0; /* options, another protocol, or a fragment */
+        size_t total = get16(ip + 2);
+        if (total < IP4_LEN + min_l4 || total > l3_len || ns_checksum(ip, IP4_LEN, 0) != 0)
+            return 0;
+        memcpy(g->src, V4_MAPPED, 12);
+        memcpy(g->src + 12, ip + 12, 4);
+        memcpy(g->dst, V4_MAPPED, 12);
+        memcpy(g->dst + 12, ip + 16, 4);
+        g->l4 = ip + IP4_LEN;
+        g->l4_len = total - IP4_LEN;
+        g->v6 = 0;
+    } else if (ethertype == 0x86dd) {
+        if (memcmp(eth, ctx->router_mac, 6) && memcmp(eth, ctx->dns6_mac, 6))
+            return 0;
+        if (l3_len < IP6_LEN + min_l4 || (ip[0] >> 4) != 6 || ip[6] != proto)
+            return 0; /* another protocol after the fixed header: extension headers too */
+        size_t payload = get16(ip + 4);
+        if (payload < min_l4 || IP6_LEN + payload > l3_len)
+            return 0;
+        memcpy(g->src, ip + 8, 16);
+        memcpy(g->dst, ip + 24, 16);
+        g->l4 = ip + IP6_LEN;
+        g->l4_len = payload;
+        g->v6 = 1;
+    } else {
+        return 0;
+    }
+    g->ip = ip;
+    return 1;
+}
+
+/* The sum of g's UDP/TCP pseudo-header (its length included). */
+static inline uint32_t guest_ip_pseudo(const struct guest_ip *g, uint8_t proto)
+{
+    uint32_t addrs = g->v6 ? ns_sum16(g->ip + 8, 32, 0) : ns_sum16(g->ip + 12, 8, 0);
+    return addrs + proto + (uint32_t)g->l4_len;
+}
 
 /* csrc/udp.c: the hooks flow.c and flow_table.c call */
 int udp_rx_frame(struct ns_ctx *ctx, size_t len, double now);

@@ -195,47 +195,13 @@ int udp_rx_frame(struct ns_ctx *ctx, size_t len, double now)
     struct ns_udp *u = ctx->udp;
     if (!u || u->nfree == u->max_flows || len < VNET_LEN + ETH_LEN + IP4_LEN + UDP_LEN)
         return 0;
-    const uint8_t *v = ctx->rx, *eth = v + VNET_LEN, *ip = eth + ETH_LEN;
-    size_t l3_len = len - VNET_LEN - ETH_LEN;
-    uint8_t gip[16], dip[16];
-    uint8_t *d;
-    size_t l4_len;
-    uint32_t pseudo;
-    int v6;
-    uint16_t ethertype = get16(eth + 12);
-    if (ethertype == 0x0800) {
-        if (memcmp(eth, ctx->gateway_mac, 6) && memcmp(eth, ctx->dns_mac, 6))
-            return 0;
-        if (ip[0] != 0x45 || ip[9] != 17 || (get16(ip + 6) & 0x3fff))
-            return 0; /* options, not UDP, or a fragment */
-        size_t total = get16(ip + 2);
-        if (total < IP4_LEN + UDP_LEN || total > l3_len || ns_checksum(ip, IP4_LEN, 0) != 0)
-            return 0;
-        memcpy(gip, V4_MAPPED, 12);
-        memcpy(gip + 12, ip + 12, 4);
-        memcpy(dip, V4_MAPPED, 12);
-        memcpy(dip + 12, ip + 16, 4);
-        d = ctx->rx + VNET_LEN + ETH_LEN + IP4_LEN;
-        l4_len = total - IP4_LEN;
-        pseudo = ns_sum16(ip + 12, 8, 0) + 17 + (uint32_t)l4_len;
-        v6 = 0;
-    } else if (ethertype == 0x86dd) {
-        if (memcmp(eth, ctx->router_mac, 6) && memcmp(eth, ctx->dns6_mac, 6))
-            return 0;
-        if (l3_len < IP6_LEN + UDP_LEN || (ip[0] >> 4) != 6 || ip[6] != 17)
-            return 0; /* extension headers go to Python */
-        size_t payload = get16(ip + 4);
-        if (payload < UDP_LEN || IP6_LEN + payload > l3_len)
-            return 0;
-        memcpy(gip, ip + 8, 16);
-        memcpy(dip, ip + 24, 16);
-        d = ctx->rx + VNET_LEN + ETH_LEN + IP6_LEN;
-        l4_len = payload;
-        pseudo = ns_sum16(ip + 8, 32, 0) + 17 + (uint32_t)l4_len;
-        v6 = 1;
-    } else {
+    const uint8_t *v = ctx->rx, *eth = v + VNET_LEN;
+    struct guest_ip g;
+    if (!guest_ip_parse(ctx, len, 17, UDP_LEN, &g))
         return 0;
-    }
+    uint8_t *d = g.l4;
+    size_t l4_len = g.l4_len;
+    int v6 = g.v6;
     if (get16(d + 4) != l4_len)
         return 0; /* a UDP length short of the IP one: Python's reading is the rule */
     uint16_t gso = 0;
@@ -250,13 +216,13 @@ int udp_rx_frame(struct ns_ctx *ctx, size_t len, double now)
         if (get16(d + 6) == 0) {
             if (v6)
                 return 0; /* no checksum is not allowed in IPv6 */
-        } else if (ns_sum16(d, l4_len, pseudo) != 0xffff) {
+        } else if (ns_sum16(d, l4_len, guest_ip_pseudo(&g, 17)) != 0xffff) {
             return 0;
         }
     }
-    struct ns_udp_flow *f = ns_udp_lookup(ctx, gip, get16(d));
+    struct ns_udp_flow *f = ns_udp_lookup(ctx, g.src, get16(d));
     if (!f || f->v6 != v6 || memcmp(eth + 6, f->guest_mac, 6) || get16(d + 2) != f->dst_port ||
-        memcmp(dip, f->dst_ip, 16))
+        memcmp(g.dst, f->dst_ip, 16))
         return 0;
     uint32_t plen = (uint32_t)l4_len - UDP_LEN;
     if (gso >= plen)
