@@ -29,6 +29,7 @@ from netstack.link.base import FRAME_BUFFER_SIZE
 from netstack.tcp.fastpath import PYTHON_WORK
 from netstack.udp.fastpath import sockaddr
 from netstack.wire import ipv4, udp
+from tests.helpers import fake_tap
 
 pytestmark = pytest.mark.skipif(not _fast.FAST, reason="C fast path not built")
 
@@ -119,26 +120,12 @@ def path(request: pytest.FixtureRequest) -> Iterator[Path]:
 
 
 def wire(p: Path, frame: bytes) -> bytes:
-    """What crosses the fake TAP for frame (plain: without its virtio-net header)."""
-    return frame if p.vnet else frame[10:] or b"\0"
+    return fake_tap.wire(p.vnet, frame)
 
 
 def run(p: Path, frames: list[bytes]) -> list[bytes]:
-    """Feed frames; returns those C handed back, after checking each is one of those
-    sent, unchanged, in sending order."""
-    for f in frames:
-        p.guest.send(wire(p, f))
-    handed_back = []
-    for _ in range(len(frames) + 1):
-        n = int(p.lib.ns_rx(p.ctx, time.monotonic(), 256))
-        assert n >= 0, f"ns_rx failed: errno {-n}"
-        if n in (0, PYTHON_WORK):
-            break
-        handed_back.append(bytes(p.rx_buf[:n]))
-    expected = iter(f if p.vnet else bytes(10) + wire(p, f) for f in frames)
-    for got in handed_back:
-        assert any(got == want for want in expected), "C handed back a frame it changed"
-    return handed_back
+    """Feed frames; the frames C handed back (checked: unchanged, in order)."""
+    return fake_tap.feed(p.lib, p.ctx, p.guest, p.rx_buf, p.vnet, frames)
 
 
 def received(peer: socket.socket, at_least: int = 0) -> list[bytes]:
