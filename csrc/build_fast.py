@@ -16,6 +16,7 @@ ffibuilder.set_source(
         "csrc/fast.c",
         "csrc/flow.c",
         "csrc/flow_table.c",
+        "csrc/flow_syn.c",
         "csrc/udp.c",
         "csrc/udp_to_guest.c",
         "csrc/dns.c",

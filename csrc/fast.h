@@ -75,6 +75,11 @@ struct ns_flow {
     uint8_t *unsent;
     uint32_t unsent_len;
     uint32_t unsent_cap;
+    /* a flow C opened from the guest's SYN (csrc/flow_syn.c) */
+    uint32_t iss;               /* our initial sequence number */
+    int unadopted;              /* Python has no connection for it yet */
+    int adopt_listed;           /* ... and it is in ctx->adopts */
+    double created;
 };
 
 struct ns_ctx {
@@ -131,6 +136,28 @@ struct ns_ctx {
     uint64_t loop_returns;      /* returns from ns_loop to Python */
     double spin;                /* seconds to poll without sleeping after an event (0: off) */
     double last_event;          /* when ns_loop last had an event */
+    /* guest SYNs to the gateway, connected to host loopback here (csrc/flow_syn.c) */
+    int syn_on;                 /* 0: every SYN is Python's */
+    int syn_epfd;               /* the loop's epoll: a new host socket joins it */
+    uint8_t syn_net[4];         /* the guest's IPv4 network and mask: its sources */
+    uint8_t syn_mask[4];
+    uint8_t syn_gateway[4];     /* the destination taken (host loopback behind it) */
+    uint8_t syn_dns[4];         /* not a guest's source */
+    uint32_t syn_mtu;
+    int syn_our_wscale;
+    uint32_t syn_default_mss;
+    int syn_flow_limit;         /* Python's limits on flows and half-open ones ... */
+    int syn_half_open_limit;
+    int py_flows;               /* ... and its counts now (it sets them) */
+    int py_half_open;
+    int nunadopted;             /* flows C opened that Python has no connection for */
+    int *adopts;                /* of those, the ones Python is to take on now */
+    int nadopts;
+    double adopt_after;         /* an open flow is Python's after this long */
+    double adopt_at;            /* when ns_loop lists every flow Python lacks (0: none) */
+    uint64_t iss_key[2];        /* SipHash key of initial sequence numbers (RFC 6528) */
+    uint64_t syns_in_c;         /* flows opened here */
+    uint64_t closed_in_c;       /* ... of which closed here, Python never told */
 };
 
 struct ns_ctx *ns_ctx_new(int tap_fd, int vnet, uint8_t *rx, size_t rx_cap, int max_flows,
@@ -146,6 +173,8 @@ void ns_flow_flush(struct ns_ctx *ctx, struct ns_flow *flow, double now);
 long ns_rx(struct ns_ctx *ctx, double now, int max_frames);
 long ns_rx_flush(struct ns_ctx *ctx, double now);
 long ns_host_poll(struct ns_ctx *ctx, int epfd, double now);
+void ns_adopt_all(struct ns_ctx *ctx);
+void ns_adopted(struct ns_ctx *ctx, struct ns_flow *flow);
 
 /* ---- established UDP flows (csrc/udp.c) ---- */
 struct ns_udp_flow {

@@ -35,7 +35,7 @@
 
 /* ------------------------------------------------------------ frames to the guest */
 
-static void link_write(struct ns_ctx *ctx, size_t start, size_t end)
+void link_write(struct ns_ctx *ctx, size_t start, size_t end)
 {
     size_t skip = ctx->vnet ? 0 : VNET_LEN;
     ssize_t n = write(ctx->tap_fd, ctx->tx + start + skip, end - start - skip);
@@ -136,7 +136,8 @@ static void send_ack(struct ns_ctx *ctx, struct ns_flow *f, double now)
 static void arm_rto(struct ns_ctx *ctx, struct ns_flow *f, double now)
 {
     f->rto_deadline = now + f->rto;
-    if (f->rto_deadline < f->py_timer_at && !f->timer_listed) {
+    if (f->rto_deadline < f->py_timer_at && !f->timer_listed && !f->unadopted) {
+        /* (a flow Python has not seen is adopted before its deadline: flow_syn.c) */
         /* Python's timer would come too late: it is told after this call */
         f->timer_listed = 1;
         ctx->timers[ctx->ntimers++] = f->slot;
@@ -400,6 +401,10 @@ static void flush_dirty(struct ns_ctx *ctx, double now)
     for (int i = 0; i < ctx->ndirty; i++) {
         struct ns_flow *f = &ctx->flows[ctx->dirty[i]];
         f->dirty = 0;
+        if (f->eject == EJECT_DONE && f->unadopted && !f->fin_to_guest_first) {
+            syn_close(ctx, f, now); /* Python never saw it: closed here */
+            continue;
+        }
         if (f->eject)
             continue;
         flush_data(ctx, f);
@@ -425,7 +430,7 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
     size_t hlen = (size_t)(t[12] >> 4) * 4;
     uint8_t flags = t[13];
     if ((flags & (F_SYN | F_RST | F_URG)) || !(flags & F_ACK))
-        return 0;
+        return flags & F_SYN ? syn_rx_frame(ctx, &g, now) : 0;
     int fin = flags & F_FIN;
     int has_ts = 0;
     if (hlen == TCP_LEN + TS_LEN && hlen <= l4_len && t[20] == 1 && t[21] == 1 && t[22] == 8 &&
@@ -543,6 +548,7 @@ long ns_rx(struct ns_ctx *ctx, double now, int max_frames)
             !udp_rx_frame(ctx, (size_t)n, now)) {
             udp_flush_to_host(ctx); /* a flow's datagrams leave in order, C's first */
             dns_flush_to_host(ctx);
+            syn_frame_to_python(ctx, (size_t)n); /* its flow first, if Python lacks it */
             return n;
         }
         ctx->frames_in_c++;
@@ -566,7 +572,7 @@ long ns_rx(struct ns_ctx *ctx, double now, int max_frames)
     flush_dirty(ctx, now);
     if (ctx->link_errno)
         return -ctx->link_errno;
-    return ctx->nejects || ctx->ntimers || dns_python_work(ctx) ? NS_PYTHON_WORK : 0;
+    return tcp_python_work(ctx) || dns_python_work(ctx) ? NS_PYTHON_WORK : 0;
 }
 
 /* What ns_rx does when it stops at a drained TAP, for a reader that stops early (after
@@ -579,7 +585,7 @@ long ns_rx_flush(struct ns_ctx *ctx, double now)
     flush_dirty(ctx, now);
     if (ctx->link_errno)
         return -ctx->link_errno;
-    return ctx->nejects || ctx->ntimers || dns_python_work(ctx) ? NS_PYTHON_WORK : 0;
+    return tcp_python_work(ctx) || dns_python_work(ctx) ? NS_PYTHON_WORK : 0;
 }
 
 /* -------------------------------------------------------------- host socket events */
@@ -624,6 +630,8 @@ void flow_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now)
     }
     const uint32_t served = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLHUP;
     if (!f || f->eject || f->handshake || (events & ~served)) {
+        if (f)
+            syn_list_adopt(ctx, f); /* Python takes the flow on before the event */
         ctx->ev_fd[ctx->nev] = fd;
         ctx->ev_mask[ctx->nev] = events;
         ctx->nev++;
@@ -656,6 +664,6 @@ long ns_host_poll(struct ns_ctx *ctx, int epfd, double now)
         flow_host_event(ctx, evs[i].data.fd, evs[i].events, now);
     if (ctx->link_errno)
         return -ctx->link_errno;
-    int work = ctx->nejects || ctx->ntimers || udp_python_work(ctx) || dns_python_work(ctx);
+    int work = tcp_python_work(ctx) || udp_python_work(ctx) || dns_python_work(ctx);
     return ctx->nev + (work ? NS_PYTHON_WORK : 0);
 }

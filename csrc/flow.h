@@ -50,6 +50,8 @@ extern const uint8_t V4_MAPPED[12];
 struct ns_flow *flow_lookup(struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport,
                             const uint8_t *rip, uint16_t rport);
 void flow_eject(struct ns_ctx *ctx, struct ns_flow *f, int why, int err);
+uint64_t tuple_siphash(const uint64_t key[2], const uint8_t *gip, uint16_t gport,
+                       const uint8_t *rip, uint16_t rport);
 
 /* The IP layer of a frame from the guest at ctx->rx (len bytes, virtio-net header
  * first), as every C path takes it: IPv4 without options or fragments, its header
@@ -134,8 +136,22 @@ int dns_python_work(const struct ns_ctx *ctx);
 int dns_wants_socket(const struct ns_dns *d);
 void dns_free(struct ns_ctx *ctx);
 
-/* csrc/flow.c, for csrc/loop.c */
+/* csrc/flow.c, for csrc/loop.c and csrc/flow_syn.c */
 void flow_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now);
 void delack_run(struct ns_ctx *ctx, double now);
+void link_write(struct ns_ctx *ctx, size_t start, size_t end);
+
+/* csrc/flow_syn.c: guest SYNs opened here, and the flows Python has not seen */
+int syn_rx_frame(struct ns_ctx *ctx, const struct guest_ip *g, double now);
+void syn_list_adopt(struct ns_ctx *ctx, struct ns_flow *f);
+void syn_frame_to_python(struct ns_ctx *ctx, size_t len);
+void syn_close(struct ns_ctx *ctx, struct ns_flow *f, double now);
+void syn_adopt_due(struct ns_ctx *ctx, double now);
+
+/* Whether Python has TCP work after a C call: flows to take back or on, timers */
+static inline int tcp_python_work(const struct ns_ctx *ctx)
+{
+    return ctx->nejects || ctx->ntimers || ctx->nadopts;
+}
 
 #endif

@@ -24,10 +24,10 @@
         v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                      \
     } while (0)
 
-static unsigned int flow_hash(const struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport,
-                              const uint8_t *rip, uint16_t rport)
+uint64_t tuple_siphash(const uint64_t key[2], const uint8_t *gip, uint16_t gport,
+                       const uint8_t *rip, uint16_t rport)
 {
-    uint64_t k0 = ctx->hash_key[0], k1 = ctx->hash_key[1];
+    uint64_t k0 = key[0], k1 = key[1];
     uint64_t v0 = k0 ^ 0x736f6d6570736575ull, v1 = k1 ^ 0x646f72616e646f6dull;
     uint64_t v2 = k0 ^ 0x6c7967656e657261ull, v3 = k1 ^ 0x7465646279746573ull;
     uint64_t m[5];
@@ -45,7 +45,13 @@ static unsigned int flow_hash(const struct ns_ctx *ctx, const uint8_t *gip, uint
     SIPROUND;
     SIPROUND;
     SIPROUND;
-    uint64_t h = v0 ^ v1 ^ v2 ^ v3;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static unsigned int flow_hash(const struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport,
+                              const uint8_t *rip, uint16_t rport)
+{
+    uint64_t h = tuple_siphash(ctx->hash_key, gip, gport, rip, rport);
     return (unsigned int)(h ^ (h >> 32));
 }
 
@@ -64,7 +70,8 @@ struct ns_ctx *ns_ctx_new(int tap_fd, int vnet, uint8_t *rx, size_t rx_cap, int 
     if (!ctx)
         return NULL;
     ctx->delack_fd = -1;
-    if (getrandom(ctx->hash_key, sizeof(ctx->hash_key), 0) != (ssize_t)sizeof(ctx->hash_key)) {
+    if (getrandom(ctx->hash_key, sizeof(ctx->hash_key), 0) != (ssize_t)sizeof(ctx->hash_key) ||
+        getrandom(ctx->iss_key, sizeof(ctx->iss_key), 0) != (ssize_t)sizeof(ctx->iss_key)) {
         free(ctx); /* no secret, no table: the caller runs without the flow path */
         return NULL;
     }
@@ -88,10 +95,11 @@ struct ns_ctx *ns_ctx_new(int tap_fd, int vnet, uint8_t *rx, size_t rx_cap, int 
     ctx->ejects = malloc(sizeof(int) * (size_t)max_flows);
     ctx->timers = malloc(sizeof(int) * (size_t)max_flows);
     ctx->delacks = malloc(sizeof(int) * (size_t)max_flows);
+    ctx->adopts = malloc(sizeof(int) * (size_t)max_flows);
     ctx->ev_fd = malloc(sizeof(int) * EVENTS_MAX);
     ctx->ev_mask = malloc(sizeof(uint32_t) * EVENTS_MAX);
     if (!ctx->tx || !ctx->flows || !ctx->free_slots || !ctx->buckets || !ctx->by_fd ||
-        !ctx->dirty || !ctx->ejects || !ctx->timers || !ctx->delacks || !ctx->ev_fd ||
+        !ctx->dirty || !ctx->ejects || !ctx->timers || !ctx->delacks || !ctx->adopts || !ctx->ev_fd ||
         !ctx->ev_mask) {
         ns_ctx_free(ctx);
         return NULL;
@@ -115,8 +123,11 @@ void ns_ctx_free(struct ns_ctx *ctx)
     if (!ctx)
         return;
     if (ctx->flows)
-        for (int i = 0; i < ctx->max_flows; i++)
+        for (int i = 0; i < ctx->max_flows; i++) {
             free(ctx->flows[i].unsent);
+            if (ctx->flows[i].unadopted)
+                close(ctx->flows[i].fd); /* Python never had it */
+        }
     free(ctx->tx);
     free(ctx->flows);
     free(ctx->free_slots);
@@ -126,6 +137,7 @@ void ns_ctx_free(struct ns_ctx *ctx)
     free(ctx->ejects);
     free(ctx->timers);
     free(ctx->delacks);
+    free(ctx->adopts);
     free(ctx->ev_fd);
     free(ctx->ev_mask);
     if (ctx->delack_fd >= 0)
@@ -209,7 +221,13 @@ void ns_flow_close(struct ns_ctx *ctx, struct ns_flow *f)
     list_remove(ctx->timers, &ctx->ntimers, slot);
     if (f->delack_listed)
         list_remove(ctx->delacks, &ctx->ndelacks, slot);
+    if (f->adopt_listed)
+        list_remove(ctx->adopts, &ctx->nadopts, slot);
     f->delack_listed = 0;
+    f->adopt_listed = 0;
+    if (f->unadopted)
+        ctx->nunadopted--;
+    f->unadopted = 0;
     f->dirty = 0;
     f->eject = 0;
     f->unsent_len = 0;
@@ -226,5 +244,8 @@ void flow_eject(struct ns_ctx *ctx, struct ns_flow *f, int why, int err)
         return;
     f->eject = why;
     f->err = err;
+    if (f->unadopted && why == EJECT_DONE && !f->fin_to_guest_first)
+        return; /* closed here once its ACK is out (flush_dirty): Python never knew it */
     ctx->ejects[ctx->nejects++] = f->slot;
+    syn_list_adopt(ctx, f); /* Python takes it on before it takes it back */
 }

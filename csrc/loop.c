@@ -84,7 +84,9 @@ long ns_loop(struct ns_ctx *ctx, int epfd, double deadline, int max_frames)
             delack_run(ctx, now);
         if (ctx->link_errno)
             return -ctx->link_errno;
-        if (ctx->nejects || ctx->ntimers || udp_python_work(ctx) || dns_python_work(ctx))
+        if (ctx->adopt_at != 0 && ctx->adopt_at <= now)
+            syn_adopt_due(ctx, now);
+        if (tcp_python_work(ctx) || udp_python_work(ctx) || dns_python_work(ctx))
             return NS_PYTHON_WORK;
         if (!first && now >= deadline)
             return 0;
@@ -92,6 +94,8 @@ long ns_loop(struct ns_ctx *ctx, int epfd, double deadline, int max_frames)
         double until = deadline;
         if (ctx->delack_next != 0 && ctx->delack_next < until)
             until = ctx->delack_next;
+        if (ctx->adopt_at != 0 && ctx->adopt_at < until)
+            until = ctx->adopt_at;
         ctx->loop_waits++;
         int timeout = timeout_ms(until, now);
         int n;
@@ -130,7 +134,7 @@ long ns_loop(struct ns_ctx *ctx, int epfd, double deadline, int max_frames)
             return r;
         if (ctx->link_errno)
             return -ctx->link_errno;
-        int work = ctx->nejects || ctx->ntimers || udp_python_work(ctx) || dns_python_work(ctx);
+        int work = tcp_python_work(ctx) || udp_python_work(ctx) || dns_python_work(ctx);
         if (r > 0 || ctx->nev || work) {
             if (r >= NS_PYTHON_WORK)
                 return r;

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 def connections(rt: Runtime) -> list[dict[str, Any]]:
     """The API's list_connections: every TCP connection and UDP flow."""
     now = time.monotonic()
+    if rt.fastpath is not None:
+        rt.fastpath.adopt_all()  # the flows C opened are listed too
     out: list[dict[str, Any]] = []
     for conn in rt.stack.tcp.conns.values():
         if conn.fast is not None and rt.fastpath is not None:
@@ -52,6 +54,8 @@ def connections(rt: Runtime) -> list[dict[str, Any]]:
 
 def stats(rt: Runtime) -> dict[str, Any]:
     """The API's get_stats: the stack's counters, flows, the C path's and the directory's."""
+    if rt.fastpath is not None:
+        rt.fastpath.adopt_all()  # the flows C opened count in the tables below
     stats = rt.stack.stats.snapshot()
     if rt.fastpath is not None:  # C reads every frame (and counts them)
         stats["events"]["frames_from_guest"] = rt.fastpath.frames_in()

@@ -212,8 +212,44 @@ class Runtime:
                 # sets it (see csrc/loop.c and SPIN_US)
                 spin_us = float(os.environ.get("NETSTACK_SPIN_US", SPIN_US))
                 self.fastpath.ctx.spin = spin_us / 1e6
+                self._open_syns_in_c(config, link.mtu)
             elif self.fastpath.delack_fd() >= 0:  # C reads it in ns_host_poll
                 self.epoll.register(self.fastpath.delack_fd(), select.EPOLLIN)
+
+    def _open_syns_in_c(self, config: NetworkConfig, mtu: int) -> None:
+        """Guest SYNs to the gateway are answered in C (csrc/flow_syn.c) when the
+        policy maps the gateway to host loopback and nothing else is decided per
+        connection: the host loopback allowed, no --outbound-addr (C connects unbound),
+        no directory. NETSTACK_SYN_C=0 keeps them in Python (the twin the tests run)."""
+        fast = self.fastpath
+        if (
+            fast is None
+            or not config.host_loopback
+            or self.outbound[socket.AF_INET] is not None
+            or self.stack.vips is not None
+            or os.environ.get("NETSTACK_SYN_C", "1") == "0"
+        ):
+            return
+        table = self.stack.tcp
+        fast.open_syns(
+            self.epoll.fileno(),
+            config.network,
+            config.netmask,
+            config.gateway,
+            config.dns,
+            mtu,
+            table.max_flows,
+            table.max_half_open,
+            table.adopt_from_c,
+        )
+        ctx = fast.ctx
+        self.stack.stats.add_source(
+            lambda: {
+                "tcp_flows_opened": int(ctx.syns_in_c),
+                "tcp_flows_closed": int(ctx.closed_in_c),
+            },
+            dict,
+        )
 
     def later_modules(self) -> tuple[str, ...]:
         """What this runtime may import on first use (see LAZY_MODULES)."""
@@ -231,6 +267,9 @@ class Runtime:
             self.soon(lambda: self.stack.tcp.host_connected(conn, True, 0, self.now()))
             return HostTcpStream(self, conn, targets, accepted=host_end)
         return HostTcpStream(self, conn, targets)
+
+    def adopt_tcp(self, conn: TcpConnection, fd: int) -> HostStream:
+        return HostTcpStream.opened_in_c(self, conn, fd)
 
     def open_udp(self, owner: DatagramReceiver, family_of: str) -> HostDatagram:
         family = socket.AF_INET6 if ":" in family_of else socket.AF_INET
@@ -320,6 +359,10 @@ class Runtime:
         self.epoll.register(fd, events)
         self.handlers[fd] = handler
 
+    def registered_in_c(self, fd: int, handler: EventHandler) -> None:
+        """fd is in the epoll already (C added it): its events go to handler."""
+        self.handlers[fd] = handler
+
     def modify(self, fd: int, events: int) -> None:
         self.epoll.modify(fd, events)
 
@@ -386,7 +429,10 @@ class Runtime:
         stack = self.stack
         buf = self.rx_buf
         frames = 0
+        ctx = fast.ctx
         while 0 < n < PYTHON_WORK:
+            if ctx.nadopts:
+                fast.adopt_listed()  # the frame's flow, which C opened
             stack.receive(buf, n, now)
             frames += 1
             if frames == FRAMES_PER_WAKEUP:
@@ -415,6 +461,8 @@ class Runtime:
         if n == 0 and not events:
             return events  # the deadline, or a signal
         now = time.monotonic()
+        if fast.ctx.nadopts:
+            fast.adopt_listed()  # flows C opened whose frames or events follow
         readers: list[tuple[int, int]] = []
         host: list[tuple[int, int]] = []
         handlers = self.handlers

@@ -32,6 +32,10 @@ class HostIO(Protocol):
         """Start a non-blocking connect to the first target (the next on failure)."""
         ...
 
+    def adopt_tcp(self, conn: TcpConnection, fd: int) -> HostStream:
+        """The host stream on a socket the C flow path connected (csrc/flow_syn.c)."""
+        ...
+
     def open_udp(self, owner: DatagramReceiver, family_of: str) -> DatagramSocket:
         """A UDP socket whose datagrams go to owner.on_datagram. Raises OSError."""
         ...

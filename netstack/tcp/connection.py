@@ -109,6 +109,28 @@ class TcpConnection:
         self.bytes_to_guest = 0
         self.fast: FastFlow | None = None  # set while the C flow path holds the state
 
+    @classmethod
+    def opened_in_c(
+        cls,
+        flow: FlowAddrs,
+        writer: SegmentWriter,
+        mtu: int,
+        created: float,
+        iss: int,
+        guest: Guest,
+        budget: PendingBudget | None = None,
+    ) -> TcpConnection:
+        """A guest-opened connection whose SYN the C flow path answered (csrc/
+        flow_syn.c): SYN_RECEIVED with C's initial sequence number; the options and
+        the rest of the state are C's, copied in by FastPath.take_on."""
+        conn = cls(flow, writer, None, b"", mtu, created, guest, budget)
+        conn.opened_by_host = False
+        conn.iss = conn.snd_una = iss
+        conn.snd_nxt = (iss + 1) & 0xFFFFFFFF
+        conn.state = TcpState.SYN_RECEIVED
+        conn.state_deadline = None
+        return conn
+
     # ---------------------------------------------------------------- state
     def _set_state(self, state: TcpState, why: str) -> None:
         if log.isEnabledFor(logging.DEBUG):

@@ -14,6 +14,13 @@ flags Python keeps; a released flow with any of them set stays in Python. `hold`
 runs after every event the table sees, so a released connection goes back to C once
 it is ordinary again.
 
+C also answers a plain SYN to the gateway itself once Python has said what it maps to
+(`open_syns`: host loopback, where connect() completes when it returns; see
+csrc/flow_syn.c). Python has no connection for such a flow until it must see it:
+`adopt_listed` builds one from C's state (the table's `adopt_from_c`), holding it as
+`hold` would have; one closed both ways, the guest first, is closed in C and Python
+never hears of it.
+
 Timers: C arms retransmission deadlines in its struct. A connection's `deadline` reads
 them, and C lists the flows whose new deadline comes before the one Python's timer
 queue holds (`py_timer_at`), so the queue is touched only then.
@@ -27,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from netstack import _fast
 from netstack.tcp.interfaces import TcpState
-from netstack.tcp.params import IDLE_TIMEOUT, RTO_INITIAL
+from netstack.tcp.params import DEFAULT_MSS, IDLE_TIMEOUT, OUR_WSCALE, RTO_INITIAL
 from netstack.tcp.to_host import GATHER_MAX_SEGMENT, PENDING_SLACK, WINDOW_MAX
 
 if TYPE_CHECKING:
@@ -40,6 +47,9 @@ EJECT_BLOCKED = 3
 EJECT_DONE = 4
 
 MAX_FRAMES_PER_CALL = 256
+# a flow C opened is Python's (adopted) this long after, if still open: before its
+# first retransmission could be due (RTO_INITIAL), since its timers are Python's
+ADOPT_AFTER = 0.1
 PYTHON_WORK = 1 << 24  # added to ns_rx / ns_host_poll results: ejects or timers wait
 _RELEASE_REASONS = {
     EJECT_ERROR: "host_error",
@@ -77,7 +87,13 @@ _SHARED: tuple[tuple[str, type], ...] = (
     ("fin_to_guest_first", bool),
 )
 # ... and those C only reads
-_SET_ONCE = ("seg_size", "our_mss", "guest_wscale", "our_wscale", "ts_enabled")
+_SET_ONCE: tuple[tuple[str, type], ...] = (
+    ("seg_size", int),
+    ("our_mss", int),
+    ("guest_wscale", int),
+    ("our_wscale", int),
+    ("ts_enabled", bool),
+)
 
 
 class FlowPathError(Exception):
@@ -122,6 +138,8 @@ class FastPath:
         self._ns_host_poll = lib.ns_host_poll
         self._ns_loop = lib.ns_loop
         self.touch_timer: Callable[[TcpConnection], float | None] = lambda conn: None
+        # builds a TcpConnection for a flow C opened (set with open_syns)
+        self.adopt_from_c: Callable[[Any], TcpConnection] | None = None
         self.holds = 0
         self.releases: dict[str, int] = {}
 
@@ -129,6 +147,74 @@ class FastPath:
         if self.ctx is not None:
             self.lib.ns_ctx_free(self.ctx)
             self.ctx = None
+
+    # ------------------------------------------------- SYNs opened in C
+    def open_syns(
+        self,
+        epfd: int,
+        network: bytes,
+        netmask: bytes,
+        gateway: bytes,
+        dns: bytes,
+        mtu: int,
+        max_flows: int,
+        max_half_open: int,
+        adopt: Callable[[Any], TcpConnection],
+    ) -> None:
+        """C answers plain IPv4 SYNs to gateway, connecting to 127.0.0.1 on the same
+        port (the policy's mapping, which the caller has checked holds: the host
+        loopback allowed, no outbound address) and adding the socket to epfd."""
+        ctx = self.ctx
+        ctx.syn_epfd = epfd
+        ctx.syn_net = network
+        ctx.syn_mask = netmask
+        ctx.syn_gateway = gateway
+        ctx.syn_dns = dns
+        ctx.syn_mtu = mtu
+        ctx.syn_our_wscale = OUR_WSCALE
+        ctx.syn_default_mss = DEFAULT_MSS
+        ctx.syn_flow_limit = max_flows
+        ctx.syn_half_open_limit = max_half_open
+        ctx.adopt_after = ADOPT_AFTER
+        self.adopt_from_c = adopt
+        ctx.syn_on = 1
+
+    def set_counts(self, flows: int, half_open: int) -> None:
+        """Python's flows and half-open ones now (C counts its own against the limits)."""
+        ctx = self.ctx
+        ctx.py_flows = flows
+        ctx.py_half_open = half_open
+
+    def unadopted(self) -> int:
+        """Flows C opened that Python has no connection for."""
+        return int(self.ctx.nunadopted)
+
+    def adopt_listed(self) -> None:
+        """Connections for the flows C listed: Python is about to see them."""
+        ctx = self.ctx
+        adopt = self.adopt_from_c
+        while ctx.nadopts:
+            c = ctx.flows + int(ctx.adopts[0])
+            self.lib.ns_adopted(ctx, c)  # off the list
+            if adopt is not None:
+                adopt(c)
+
+    def adopt_all(self) -> None:
+        """Connections for every flow C opened (the API lists them; the stack closes)."""
+        if self.ctx.nunadopted:
+            self.lib.ns_adopt_all(self.ctx)
+            self.adopt_listed()
+
+    def take_on(self, conn: TcpConnection, c: Any) -> None:
+        """conn was built for C's flow c (state SYN_RECEIVED, its host stream on c's
+        socket): it takes c's state and C goes on holding the flow for it."""
+        for name, kind in _SET_ONCE:
+            setattr(conn, name, kind(getattr(c, name)))
+        conn.fast = FastFlow(self, c)
+        self.held[int(c.slot)] = conn
+        self.holds += 1
+        conn.state_deadline = float(c.last_activity) + IDLE_TIMEOUT
+        self._copy_back(conn, c)  # ESTABLISHED if C took the guest's ACK already
 
     # ------------------------------------------------------------ hand-over
     def eligible(self, conn: TcpConnection) -> bool:
@@ -179,7 +265,7 @@ class FastPath:
         c.guest_mac = f.guest_mac
         for name, _ in _SHARED:
             setattr(c, name, getattr(conn, name))
-        for name in _SET_ONCE:
+        for name, _ in _SET_ONCE:
             setattr(c, name, getattr(conn, name))
         c.rcv_acked = conn.rcv_nxt
         c.rto_deadline = conn.rto_deadline or 0.0
@@ -291,6 +377,9 @@ class FastPath:
             "frames_from_guest": int(ctx.frames_in),
             "frames_from_guest_in_c": int(ctx.frames_in_c),
             "frames_to_guest_from_c": int(ctx.frames_out),
+            "syns_in_c": int(ctx.syns_in_c),
+            "closed_in_c": int(ctx.closed_in_c),
+            "flows_unadopted": int(ctx.nunadopted),
             "loop_waits": int(ctx.loop_waits),
             "loop_returns": int(ctx.loop_returns),
         }
@@ -340,6 +429,8 @@ class FastPath:
         flows. Returns the connections taken back (the caller runs the table's
         bookkeeping on them)."""
         ctx = self.ctx
+        if ctx.nadopts:
+            self.adopt_listed()  # ejected flows among them: taken on, then back
         if ctx.ntimers:
             for i in range(ctx.ntimers):
                 conn = self.held.get(int(ctx.timers[i]))

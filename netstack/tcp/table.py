@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from netstack.stack.stats import Stats
 from netstack.stack.timers import TimerQueue
@@ -29,6 +29,10 @@ class HostConnector(Protocol):
     def connect_tcp(
         self, conn: TcpConnection, targets: list[tuple[str, int]], now: float
     ) -> HostStream: ...
+
+    def adopt_tcp(self, conn: TcpConnection, fd: int) -> HostStream:
+        """The host stream on a socket C connected (and added to the loop's epoll)."""
+        ...
 
 
 HALF_OPEN = (TcpState.CONNECTING, TcpState.SYN_RECEIVED)
@@ -125,22 +129,14 @@ class TcpTable:
             self.stats.count("tcp_refused_" + target.value)
             conn.refuse(target)
             return
-        while len(self.half_open) >= self.max_half_open:
-            old_key, old = next(iter(self.half_open.items()))
-            if self.fastpath is not None:
-                self.fastpath.sync(old)  # C may have taken the ACK that establishes it
-            if old.state not in HALF_OPEN:
-                del self.half_open[old_key]
-                continue
-            self.stats.drop("tcp_half_open_evicted")
-            old.abort("half-open limit: the oldest handshake gives way")
-            self._remove(old_key, old)
+        self._half_open_room()
         if not self._room():
             self.stats.drop("tcp_flow_limit")
             conn.refuse(Refusal.RESET)
             return
         self.conns[key] = conn
         self.half_open[key] = conn
+        self._counts_changed()
         self.stats.count("tcp_flows_opened")
         if isinstance(target, list):
             host = self.connector.connect_tcp(conn, target, now)
@@ -153,6 +149,44 @@ class TcpTable:
         else:
             target.then(lambda decided, when: self._decided_late(key, conn, decided, when), now)
         self.timers.touch(conn)
+
+    def adopt_from_c(self, c: Any) -> TcpConnection:
+        """A connection for the flow C opened from a guest's SYN (csrc/flow_syn.c),
+        which Python is about to see: C goes on holding it."""
+        v4 = not c.v6
+        guest_ip = bytes(c.guest_ip)[12:] if v4 else bytes(c.guest_ip)
+        remote_ip = bytes(c.remote_ip)[12:] if v4 else bytes(c.remote_ip)
+        flow = FlowAddrs(
+            bytes(c.guest_mac), guest_ip, int(c.guest_port), remote_ip, int(c.remote_port)
+        )
+        conn = TcpConnection.opened_in_c(
+            flow,
+            self.writer,
+            self.mtu,
+            float(c.created),
+            int(c.iss),
+            self.guest,
+            self.pending_budget,
+        )
+        conn.attach_host(self.connector.adopt_tcp(conn, int(c.fd)))
+        assert self.fastpath is not None
+        self.fastpath.take_on(conn, c)
+        key = (guest_ip, flow.guest_port, remote_ip, flow.remote_port)
+        old = self.conns.get(key)
+        if old is not None:  # in TIME_WAIT, or a guest that opened a live 4-tuple again
+            self._remove(key, old)
+        if conn.state in HALF_OPEN:
+            self._half_open_room(adopting=True)
+            self.half_open[key] = conn
+        self.conns[key] = conn
+        self.after(conn)
+        self._counts_changed()
+        return conn
+
+    def _counts_changed(self) -> None:
+        """C counts the flows it opens against the limits, with Python's."""
+        if self.fastpath is not None:
+            self.fastpath.set_counts(len(self.conns), len(self.half_open))
 
     def _decided_late(
         self,
@@ -191,17 +225,42 @@ class TcpTable:
         )
         conn.attach_host(make_host(conn))
         self.conns[key] = conn
+        self._counts_changed()
         self.stats.count("tcp_forwards_opened")
         conn.open_to_guest(now)
         self.timers.touch(conn)
         return conn
 
+    def _half_open_room(self, adopting: bool = False) -> None:
+        """Under the half-open limit, the oldest handshake gives way to the newest. The
+        flows C opened count as half-open: at the limit they are taken on first, so
+        that they can give way too (not when one of them is being taken on)."""
+        fast = self.fastpath
+        if (
+            not adopting
+            and fast is not None
+            and len(self.half_open) + fast.unadopted() >= self.max_half_open
+        ):
+            fast.adopt_all()
+        while len(self.half_open) >= self.max_half_open:
+            old_key, old = next(iter(self.half_open.items()))
+            if self.fastpath is not None:
+                self.fastpath.sync(old)  # C may have taken the ACK that establishes it
+            if old.state not in HALF_OPEN:
+                del self.half_open[old_key]
+                continue
+            self.stats.drop("tcp_half_open_evicted")
+            old.abort("half-open limit: the oldest handshake gives way")
+            self._remove(old_key, old)
+
     def _room(self) -> bool:
-        """Whether a new flow fits, making room from TIME_WAIT flows if need be."""
-        while len(self.conns) >= self.max_flows and self.time_wait:
+        """Whether a new flow fits, making room from TIME_WAIT flows if need be (the
+        flows C opened and Python has not seen count too)."""
+        in_c = self.fastpath.unadopted() if self.fastpath is not None else 0
+        while len(self.conns) + in_c >= self.max_flows and self.time_wait:
             key, conn = next(iter(self.time_wait.items()))
             self._remove(key, conn)
-        return len(self.conns) < self.max_flows
+        return len(self.conns) + in_c < self.max_flows
 
     def _reset_stray(self, flow: FlowAddrs, seg: tcp.TcpHeader, payload_len: int) -> None:
         """RFC 9293 3.10.7.1: a segment for no connection gets a RST."""
@@ -231,6 +290,7 @@ class TcpTable:
             return
         if key in self.half_open and conn.state not in HALF_OPEN:
             del self.half_open[key]
+            self._counts_changed()
         if conn.state is TcpState.TIME_WAIT and key not in self.time_wait:
             self.time_wait[key] = conn
         if self.fastpath is not None and conn.fast is None and self.conns.get(key) is conn:
@@ -256,11 +316,14 @@ class TcpTable:
         self.time_wait.pop(key, None)
         self.timers.forget(conn)
         self.half_open.pop(key, None)
+        self._counts_changed()
         if conn.host is not None:
             conn.host.close(reset=True)
             conn.host = None
         self.stats.count("tcp_flows_closed")
 
     def close_all(self) -> None:
+        if self.fastpath is not None:
+            self.fastpath.adopt_all()  # C's flows close as Python's do
         for key, conn in list(self.conns.items()):
             self._remove(key, conn)

@@ -1,0 +1,314 @@
+/* netstack C fast path: a guest's SYN to the gateway, opened here without Python.
+ *
+ * The gateway's TCP ports are host loopback's (stack/policy.py), and a loopback
+ * connect() is complete when it returns. So when Python has said the gateway goes
+ * to 127.0.0.1 and nothing more is decided per connection (ctx->syn_on: the C loop
+ * runs, the host loopback is allowed, no --outbound-addr), a plain SYN to it is
+ * answered here: a host socket connected, a SYN-ACK with the options Python's
+ * handshake would pick (tcp/handshake.py, the twin), and the flow held in C as Python
+ * holds one whose SYN-ACK is out (`handshake`). Anything else about the SYN (data on
+ * it, a malformed option, an address Python would drop, a connect that did not
+ * complete at once, a full table) leaves it to Python, as before.
+ *
+ * Python has no connection for such a flow (`unadopted`). A short connection is done
+ * before it needs one: when both ways close with the guest first, the flow is closed
+ * here (syn_close). Python takes a flow on (ctx->adopts, then ns_adopted) the moment it
+ * has to see it: a frame or host event C leaves to Python, an eject, its API listing,
+ * and every flow still open adopt_after seconds after it was opened (before its first
+ * retransmission could be due: its timers are Python's).
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "flow.h"
+
+#define OPT_END 0
+#define OPT_NOP 1
+#define OPT_MSS 2
+#define OPT_WSCALE 3
+#define OPT_TIMESTAMP 8
+#define MAX_WSCALE 14
+#define SYNACK_OPTIONS_MAX 20 /* MSS 4, NOP NOP timestamp 12, NOP window scale 4 */
+
+struct syn_options {
+    int mss, wscale, has_ts;
+    uint32_t ts_val;
+};
+
+/* Twin of wire/tcp.py parse_options for what a SYN carries: 0 with o filled, -1 for
+ * a malformed list (Python's to refuse). */
+static int parse_options(const uint8_t *p, size_t n, struct syn_options *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->wscale = -1;
+    size_t i = 0;
+    while (i < n) {
+        uint8_t kind = p[i];
+        if (kind == OPT_END)
+            break;
+        if (kind == OPT_NOP) {
+            i++;
+            continue;
+        }
+        if (i + 1 >= n)
+            return -1;
+        uint8_t len = p[i + 1];
+        if (len < 2 || i + len > n)
+            return -1;
+        if (kind == OPT_MSS && len == 4) {
+            o->mss = get16(p + i + 2);
+        } else if (kind == OPT_WSCALE && len == 3) {
+            o->wscale = p[i + 2] < MAX_WSCALE ? p[i + 2] : MAX_WSCALE;
+        } else if (kind == OPT_TIMESTAMP && len == 10) {
+            o->has_ts = 1;
+            o->ts_val = get32(p + i + 2);
+        }
+        i += len;
+    }
+    return 0;
+}
+
+/* Whether src (IPv4) is an address Python takes segments from: inside the guest's
+ * network and neither the gateway nor the DNS address (dispatch.py _ipv4). */
+static int guest_source(const struct ns_ctx *ctx, const uint8_t *src)
+{
+    for (int i = 0; i < 4; i++)
+        if ((src[i] & ctx->syn_mask[i]) != ctx->syn_net[i])
+            return 0;
+    return memcmp(src, ctx->syn_gateway, 4) && memcmp(src, ctx->syn_dns, 4);
+}
+
+/* A host socket connected to 127.0.0.1:port, or -1. Twin of HostTcpStream's
+ * _start_connect and _tune, for a connect that is complete when it returns. */
+static int connect_loopback(struct ns_ctx *ctx, uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1, zero = 0;
+    struct sockaddr_in to;
+    memset(&to, 0, sizeof(to));
+    to.sin_family = AF_INET;
+    to.sin_port = htons(port);
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct tcp_info info;
+    socklen_t info_len = sizeof(info);
+    if (fd >= ctx->by_fd_cap ||
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof(zero)) < 0)
+        goto fail;
+    if (connect(fd, (struct sockaddr *)&to, sizeof(to)) < 0 && errno != EINPROGRESS)
+        goto fail; /* refused, for one: Python connects again and answers the guest */
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &info_len) < 0 ||
+        info.tcpi_state != TCP_ESTABLISHED)
+        goto fail; /* not complete at once (a full backlog): Python waits for it */
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET; /* streams.py STREAM_EVENTS */
+    ev.data.fd = fd;
+    if (epoll_ctl(ctx->syn_epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        goto fail;
+    return fd;
+fail:
+    close(fd);
+    return -1;
+}
+
+/* Twin of handshake.send_synack: SYN-ACK with MSS, the timestamp if the guest sent
+ * one, the window scale if it offered one; the window unscaled. */
+static void send_synack(struct ns_ctx *ctx, struct ns_flow *f, double now)
+{
+    long space = ns_sock_send_space(f->fd);
+    f->space_known = space > 0 ? space : 0;
+    f->written_since = 0;
+    int64_t window = f->space_known + ctx->pending_slack;
+    if (window > ctx->window_max)
+        window = ctx->window_max;
+    if (window > 0xffff)
+        window = 0xffff;
+    f->window_advertised = (uint32_t)window;
+    f->rcv_adv = f->rcv_nxt + (uint32_t)window;
+
+    /* the options go where a payload would, then the header's length says so */
+    size_t start = 0, l4 = VNET_LEN + ETH_LEN + IP4_LEN;
+    uint8_t *o = ctx->tx + l4 + TCP_LEN;
+    size_t olen = 0;
+    o[olen++] = OPT_MSS;
+    o[olen++] = 4;
+    o[olen++] = (uint8_t)(f->our_mss >> 8);
+    o[olen++] = (uint8_t)f->our_mss;
+    if (f->ts_enabled) {
+        uint32_t tsv = (uint32_t)(uint64_t)(now * 1000.0);
+        o[olen++] = OPT_NOP;
+        o[olen++] = OPT_NOP;
+        o[olen++] = OPT_TIMESTAMP;
+        o[olen++] = 10;
+        for (int i = 3; i >= 0; i--)
+            o[olen++] = (uint8_t)(tsv >> (8 * i));
+        for (int i = 3; i >= 0; i--)
+            o[olen++] = (uint8_t)(f->ts_recent >> (8 * i));
+    }
+    if (f->guest_wscale || f->our_wscale) {
+        o[olen++] = OPT_NOP;
+        o[olen++] = OPT_WSCALE;
+        o[olen++] = 3;
+        o[olen++] = (uint8_t)f->our_wscale;
+    }
+    long end = ns_tcp4_frame(ctx->tx, ctx->tx_cap, start, f->guest_mac, ctx->gateway_mac,
+                             f->remote_ip + 12, f->guest_ip + 12, f->remote_port, f->guest_port,
+                             f->iss, f->rcv_nxt, F_SYN | F_ACK, (uint16_t)window, 0, 0, 0,
+                             (uint32_t)olen, ctx->ip_id++, ctx->vnet, 0);
+    if (end < 0)
+        return;
+    uint8_t *t = ctx->tx + l4;
+    t[12] = (uint8_t)(((TCP_LEN + olen) / 4) << 4);
+    if (!ctx->vnet) { /* a complete checksum covers the header length: again */
+        const uint8_t *ip = ctx->tx + VNET_LEN + ETH_LEN;
+        uint32_t pseudo = ns_sum16(ip + 12, 8, 0) + 6 + (uint32_t)(TCP_LEN + olen);
+        while (pseudo >> 16)
+            pseudo = (pseudo & 0xffff) + (pseudo >> 16);
+        t[16] = t[17] = 0;
+        uint16_t sum = ns_checksum(t, TCP_LEN + olen, pseudo);
+        t[16] = (uint8_t)(sum >> 8);
+        t[17] = (uint8_t)sum;
+    }
+    link_write(ctx, start, (size_t)end);
+}
+
+/* A guest's SYN (the TCP header at g->l4): 1 when it was opened here, 0 for Python. */
+int syn_rx_frame(struct ns_ctx *ctx, const struct guest_ip *g, double now)
+{
+    if (!ctx->syn_on || g->v6)
+        return 0;
+    const uint8_t *eth = ctx->rx + VNET_LEN, *t = g->l4, *src = g->src + 12;
+    size_t hlen = (size_t)(t[12] >> 4) * 4;
+    uint8_t flags = t[13];
+    if ((flags & (F_SYN | F_ACK | F_RST | F_FIN | F_URG | F_PSH)) != F_SYN || hlen < TCP_LEN ||
+        hlen != g->l4_len)
+        return 0; /* a plain SYN without data only (ECN's bits aside) */
+    if (memcmp(g->dst + 12, ctx->syn_gateway, 4) || !guest_source(ctx, src))
+        return 0;
+    if ((eth[6] & 1) || !memcmp(eth + 6, ctx->gateway_mac, 6) || !memcmp(eth + 6, ctx->dns_mac, 6))
+        return 0; /* a multicast or spoofed source MAC: Python drops it */
+    uint16_t gport = get16(t), rport = get16(t + 2);
+    if (flow_lookup(ctx, g->src, gport, g->dst, rport))
+        return 0; /* a retransmitted SYN, or a 4-tuple reused: Python decides */
+    if (ctx->py_flows + ctx->nunadopted >= ctx->syn_flow_limit ||
+        ctx->py_half_open + ctx->nunadopted >= ctx->syn_half_open_limit || ctx->nfree == 0)
+        return 0; /* Python's limits, each flow here counted half-open: past them Python
+                   * evicts or refuses */
+    struct syn_options opts;
+    if (parse_options(t + TCP_LEN, hlen - TCP_LEN, &opts) < 0)
+        return 0;
+    int fd = connect_loopback(ctx, rport);
+    if (fd < 0)
+        return 0;
+    struct ns_flow *f = ns_flow_open(ctx, fd, g->src, gport, g->dst, rport, 0);
+    if (!f) {
+        close(fd);
+        return 0;
+    }
+    uint32_t seq = get32(t + 4);
+    memcpy(f->guest_mac, eth + 6, 6);
+    /* RFC 6528: a keyed hash of the 4-tuple plus a 4-microsecond clock */
+    f->iss = (uint32_t)tuple_siphash(ctx->iss_key, g->src, gport, g->dst, rport) +
+             (uint32_t)(uint64_t)(now * 250000.0);
+    /* twin of handshake.take_syn_options and TcpConnection's MSS */
+    uint32_t headers_len = IP4_LEN + TCP_LEN;
+    uint32_t mss_to_guest = opts.mss ? (uint32_t)opts.mss : ctx->syn_default_mss;
+    if (mss_to_guest > ctx->syn_mtu - headers_len)
+        mss_to_guest = ctx->syn_mtu - headers_len;
+    int64_t seg = (int64_t)mss_to_guest - (opts.has_ts ? TS_LEN : 0);
+    f->seg_size = seg > 64 ? (uint32_t)seg : 64;
+    f->our_mss = ctx->syn_mtu - headers_len > 64 ? ctx->syn_mtu - headers_len : 64;
+    f->guest_wscale = opts.wscale >= 0 ? opts.wscale : 0;
+    f->our_wscale = opts.wscale >= 0 ? ctx->syn_our_wscale : 0;
+    f->ts_enabled = opts.has_ts;
+    f->ts_recent = opts.ts_val;
+    f->guest_window = get16(t + 14); /* a SYN's window is never scaled */
+    f->rcv_nxt = seq + 1;
+    f->rcv_acked = f->rcv_nxt;
+    f->snd_una = f->iss;
+    f->snd_nxt = f->iss + 1;
+    f->rto = ctx->rto_initial;
+    f->handshake = 1;
+    f->unadopted = 1;
+    f->created = now;
+    f->last_activity = now;
+    ctx->nunadopted++;
+    ctx->syns_in_c++;
+    send_synack(ctx, f, now);
+    f->rto_deadline = now + f->rto; /* Python's, once it adopts the flow (before then) */
+    if (ctx->adopt_at == 0)
+        ctx->adopt_at = now + ctx->adopt_after;
+    return 1;
+}
+
+/* Python is to take f on (a frame, event or eject of its own that C leaves). */
+void syn_list_adopt(struct ns_ctx *ctx, struct ns_flow *f)
+{
+    if (!f->unadopted || f->adopt_listed)
+        return;
+    if (f->eject == EJECT_DONE && !f->fin_to_guest_first)
+        return; /* closing here: Python never sees it (a late segment is a stray) */
+    f->adopt_listed = 1;
+    ctx->adopts[ctx->nadopts++] = f->slot;
+}
+
+/* A TCP frame at ctx->rx (len bytes) goes to Python: a flow it belongs to that Python
+ * has not seen is listed first. */
+void syn_frame_to_python(struct ns_ctx *ctx, size_t len)
+{
+    struct guest_ip g;
+    if (!ctx->nunadopted || len < VNET_LEN + ETH_LEN + IP4_LEN + TCP_LEN ||
+        !guest_ip_parse(ctx, len, 6, TCP_LEN, &g))
+        return;
+    struct ns_flow *f = flow_lookup(ctx, g.src, get16(g.l4), g.dst, get16(g.l4 + 2));
+    if (f)
+        syn_list_adopt(ctx, f);
+}
+
+/* A flow Python never saw closed both ways, the guest first: what it owes goes out,
+ * then the host socket closes (twin of the release of EJECT_DONE and _close). */
+void syn_close(struct ns_ctx *ctx, struct ns_flow *f, double now)
+{
+    f->eject = 0; /* ns_flow_flush's ACK goes out */
+    ns_flow_flush(ctx, f, now);
+    close(f->fd); /* out of the epoll with it */
+    ctx->closed_in_c++;
+    ns_flow_close(ctx, f);
+}
+
+/* ns_loop at ctx->adopt_at: every flow Python has not seen is listed. */
+void syn_adopt_due(struct ns_ctx *ctx, double now)
+{
+    (void)now;
+    ctx->adopt_at = 0;
+    for (int i = 0; i < ctx->max_flows && ctx->nadopts < ctx->nunadopted; i++)
+        if (ctx->flows[i].unadopted)
+            syn_list_adopt(ctx, &ctx->flows[i]);
+}
+
+/* The API lists connections, or the stack closes: Python takes every flow on. */
+void ns_adopt_all(struct ns_ctx *ctx) { syn_adopt_due(ctx, 0); }
+
+/* Python took f on: its connection has f's state. */
+void ns_adopted(struct ns_ctx *ctx, struct ns_flow *f)
+{
+    if (f->unadopted)
+        ctx->nunadopted--;
+    f->unadopted = 0;
+    if (f->adopt_listed) {
+        for (int i = 0; i < ctx->nadopts; i++)
+            if (ctx->adopts[i] == f->slot) {
+                ctx->adopts[i] = ctx->adopts[--ctx->nadopts];
+                break;
+            }
+    }
+    f->adopt_listed = 0;
+}
