@@ -1,4 +1,5 @@
-"""bench/run: measure netstack, slirp4netns, pasta and a veth pair side by side.
+"""bench/run: measure netstack, slirp4netns, pasta and a veth pair side by side, with
+loopback (client and server in one namespace, no network between them) as the floor.
 
 For each system and MTU: iperf3 TCP throughput both ways with 1 and 4 streams (and
 the stack's CPU seconds per GB moved); iperf3 UDP both ways, unlimited rate
@@ -316,7 +317,7 @@ class Runner:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
             )
-            world.procs.append(srv)  # type: ignore[arg-type]
+            world.procs.append(srv)
             assert srv.stdout is not None and srv.stdout.readline().strip() == b"ready"
             resolver = Dnsmasq(world)
             world.start()
@@ -331,9 +332,13 @@ class Runner:
             self.record(
                 world,
                 "rss idle",
-                proc_rss_mib(world.stack_pid) if world.stack_pid and system != "veth" else None,
+                proc_rss_mib(world.stack_pid) if world.stack_pid else None,
                 "MiB",
             )
+            if world.latency_only:
+                self.dns(world, resolver)
+                self.latency(world)
+                return
             for streams in self.args.streams:
                 for reverse in (False, True):
                     self.iperf(world, streams, reverse)
@@ -380,7 +385,7 @@ def main() -> int:
     p = argparse.ArgumentParser(
         prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--systems", default="netstack,slirp4netns,pasta,veth")
+    p.add_argument("--systems", default="netstack,slirp4netns,pasta,veth,loopback")
     p.add_argument("--mtus", default="1500,65520")
     p.add_argument("--streams", default="1,4")
     p.add_argument("--duration", type=int, default=3, help="seconds per iperf3 run")
@@ -410,6 +415,9 @@ def main() -> int:
     for s in systems:
         cpu = 2 if s in ("netstack", "slirp4netns") else 1
         tcp_runs = len(args.streams) * 2 + (2 if args.ipv6 else 0)
+        if SYSTEMS[s].latency_only:
+            runner.total += len(mtus) * (2 + 3 + 3)
+            continue
         runner.total += len(mtus) * (
             2 + tcp_runs * cpu + 2 * (cpu + 1) + 3 + 3 + 1 + (s == "netstack")
         )

@@ -38,6 +38,7 @@ def sh(*cmd: str) -> None:
 
 class World:
     name = "?"
+    latency_only = False  # measure only DNS, latency and connections (the floor)
     server_ip = ""
     server_ip6: str | None = None  # None: no IPv6 path to measure
     dns_ip: str | None = None  # the guest's DNS address (None: the system has none)
@@ -232,6 +233,30 @@ class VethWorld(World):
         self.ready_seconds = 0.0
 
 
+class LoopbackWorld(World):
+    """The floor: no network at all. The "guest" is the host namespace itself and the
+    server its loopback (its MTU set to the run's), so a client pays only for its own
+    and the server's work: what no stack between them can beat."""
+
+    name = "loopback"
+    # throughput has no floor here (iperf3's UDP sender and receiver contend on one
+    # device, and lose more than through a stack): only latency, connections and DNS
+    latency_only = True
+    server_ip = "127.0.0.1"
+    server_ip6 = "::1"
+    dns_ip = "127.0.0.1"  # the resolver itself
+
+    def start(self) -> None:
+        sh("ip", "-n", self.host, "link", "set", "lo", "mtu", str(self.mtu))
+        self.ready_seconds = 0.0
+
+    def in_guest(self, *cmd: str) -> list[str]:
+        return self.in_host(*cmd)
+
+    def wait_ipv6(self, timeout: float = 10) -> bool:
+        return True  # ::1 is there from the start
+
+
 class PastaWorld(World):
     """pasta will not enter a namespace root made, and drops root, so each guest-side
     command runs under its own `pasta --config-net -- CMD` as nobody, in the host
@@ -276,4 +301,5 @@ SYSTEMS: dict[str, type[World]] = {
     "slirp4netns": SlirpWorld,
     "pasta": PastaWorld,
     "veth": VethWorld,
+    "loopback": LoopbackWorld,
 }
