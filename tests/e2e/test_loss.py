@@ -79,9 +79,11 @@ def test_download_with_frames_to_the_guest_lost(world: World, mode: dict[str, st
     lost = dropped(world)
     assert lost >= 10, "the rule dropped (almost) nothing: the test tests nothing"
     wrote = rx_after - rx_before
-    # each loss is sent again once, a frame of up to 64 KiB; a go-back-N storm resends
-    # whole windows (megabytes) per loss
-    assert wrote < (BLOCKS << 20) * 1.5, f"{wrote} bytes to the guest for {BLOCKS} MiB"
+    # each loss is sent again once, a frame of up to 64 KiB (69-82 MB in all here); on a
+    # loaded machine a hole may wait out the retransmission timeout, whose rewind
+    # resends what was in flight once (101 MB once under the full suite); a go-back-N
+    # storm resends whole windows for every third duplicate ACK (16 GB)
+    assert wrote < (BLOCKS << 20) * 2, f"{wrote} bytes to the guest for {BLOCKS} MiB"
     print(f"\n{BLOCKS} MiB down in {took:.2f} s, {lost} frames dropped, {wrote} bytes written")
     world.assert_no_internal_errors()
 
