@@ -269,7 +269,7 @@ class Runtime:
         return HostTcpStream(self, conn, targets)
 
     def adopt_tcp(self, conn: TcpConnection, fd: int) -> HostStream:
-        return HostTcpStream.opened_in_c(self, conn, fd)
+        return HostTcpStream(self, conn, [], socket.socket(fileno=fd), opened_in_c=True)
 
     def open_udp(self, owner: DatagramReceiver, family_of: str) -> HostDatagram:
         family = socket.AF_INET6 if ":" in family_of else socket.AF_INET

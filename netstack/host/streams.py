@@ -38,8 +38,11 @@ class HostTcpStream:
         conn: TcpConnection,
         targets: list[HostAddr],
         accepted: socket.socket | None = None,
+        opened_in_c: bool = False,
     ) -> None:
-        """Connect to the first of targets, or wrap an accepted (connected) socket."""
+        """Connect to the first of targets, or wrap an accepted (connected) socket; or
+        one the C flow path connected, tuned and added to the loop's epoll already
+        (opened_in_c: csrc/flow_syn.c)."""
         self.runtime = runtime
         self.conn = conn
         self.targets = targets
@@ -53,26 +56,12 @@ class HostTcpStream:
             self._start_connect()
             return
         self.sock = accepted
+        if opened_in_c:
+            runtime.registered_in_c(accepted.fileno(), self)
+            return
         accepted.setblocking(False)
         self._tune(accepted)
         runtime.register(accepted.fileno(), STREAM_EVENTS, self)
-
-    @classmethod
-    def opened_in_c(cls, runtime: Runtime, conn: TcpConnection, fd: int) -> HostTcpStream:
-        """The stream on a socket the C flow path connected, tuned and added to the
-        loop's epoll (csrc/flow_syn.c)."""
-        stream = cls.__new__(cls)
-        stream.runtime = runtime
-        stream.conn = conn
-        stream.targets = []
-        stream.next_target = 0
-        stream.sock = socket.socket(fileno=fd)
-        stream.connecting = False
-        stream.peek_off = 0
-        stream.peek_off_supported = True
-        stream.peer_closed = False
-        runtime.registered_in_c(fd, stream)
-        return stream
 
     def _tune(self, sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
