@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 from netstack.dns.fastpath import DnsFastPath
 from netstack.forward.rules import ForwardRule, Forwards
+from netstack.host import cpaths
 from netstack.host.datagrams import HostDatagram
 from netstack.host.loop import EpollLoop, EventHandler, Handle
 from netstack.host.resolvconf import ResolvConf
 from netstack.host.streams import HostTcpStream
 from netstack.link.base import FRAME_BUFFER_SIZE, LinkClosed, LinkEndpoint
 from netstack.link.tap import TapLink
-from netstack.stack.config import DNS6, NetworkConfig, virtual_mac
+from netstack.stack.config import DNS6, NetworkConfig
 from netstack.stack.dispatch import Stack
 from netstack.stack.hostio import DatagramReceiver, HostAddr
 from netstack.stack.limits import Limits
@@ -78,13 +79,6 @@ LAZY_ASYNCIO_MODULES = (
 )
 
 FRAMES_PER_WAKEUP = 256
-# The C loop's poll without sleeping after an event, in us (yielding the CPU between
-# polls): an answer that comes within it costs no wakeup. 2026-11-29, 4 rounds side by
-# side: request/response p50 77 us (50 us of polling: 94, none: 104; slirp4netns
-# 113), new connections 3,614/s (3,313; slirp4netns 3,469); bulk TCP, UDP and DNS
-# unchanged. The price: while a request/response loop runs netstack uses 90 % of a
-# core against 34 % without polling (slirp4netns 34 %); an idle stack does not poll.
-SPIN_US = 100
 EVENTS_PER_WAKEUP = 256
 
 
@@ -145,111 +139,13 @@ class Runtime:
             from netstack.host.dns_tcp import DnsOverTcp
 
             self.dns_over_tcp = DnsOverTcp(self.aio, answers, self.outbound)
-        # established TCP flows run in C (csrc/flow.c) unless NETSTACK_FASTPATH=0
+        # the C paths: established TCP and UDP flows, DNS, the loop's wait, SYNs
         if (
             isinstance(link, TapLink)
             and fastpath.available()
             and os.environ.get("NETSTACK_FASTPATH", "1") != "0"
         ):
-            self.fastpath = FastPath(
-                link.fileno(),
-                link.vnet,
-                self.rx_buf,
-                config.gateway_mac,
-                config.dns_mac,
-                self.stack.tcp.max_flows,
-                router_mac=config.router_mac,
-                dns6_mac=virtual_mac(DNS6),
-            )
-            self.fastpath.touch_timer = self.stack.timers.touch
-            delack = os.environ.get("NETSTACK_DELACK_MS")  # a developer's knob: 0 turns it off
-            if delack is not None:
-                self.fastpath.ctx.delack_delay = float(delack) / 1000
-            self.stack.tcp.fastpath = self.fastpath
-            # established UDP flows too (csrc/udp.c), in the same context
-            try:
-                self.udp_fast = UdpFastPath(
-                    self.fastpath,
-                    config,
-                    link.mtu,
-                    self.stack.udp.max_flows,
-                    self.stack.udp_routes_to_host,
-                )
-            except MemoryError:
-                log.warning("no memory for the UDP flow path: UDP stays in Python")
-            else:
-                self.stack.udp.fast = self.udp_fast
-                self.stack.stats.add_source(self.udp_fast.counters, self.udp_fast.drops)
-            # UDP DNS queries to the DNS address too (csrc/dns.c), unless --directory
-            # answers names here or NETSTACK_DNS_FAST=0 (a developer's A/B knob)
-            if (
-                directory is None
-                and config.dns_enabled
-                and os.environ.get("NETSTACK_DNS_FAST", "1") != "0"
-            ):
-                try:
-                    self.dns_fast = DnsFastPath(
-                        self.fastpath,
-                        self.stack.dns,
-                        self,
-                        config.dns,
-                        DNS6 if config.ipv6 else None,
-                        link.mtu,
-                    )
-                except MemoryError:
-                    log.warning("no memory for the DNS path: DNS stays in Python")
-                else:
-                    self.stack.stats.add_source(self.dns_fast.counters, self.dns_fast.drops)
-            # the C loop is the default on EpollLoop; NETSTACK_CLOOP=0 keeps the wait in
-            # Python (the twin the tests also run)
-            if isinstance(self.loop, EpollLoop) and os.environ.get("NETSTACK_CLOOP", "1") == "1":
-                # one epoll: host sockets join the loop's readers, and C waits on it
-                self.c_loop = True
-                self.epoll.close()
-                self.epoll = self.loop.epoll
-                self.fastpath.use_loop()
-                # after an event, C polls without sleeping this long: NETSTACK_SPIN_US
-                # sets it (see csrc/loop.c and SPIN_US)
-                spin_us = float(os.environ.get("NETSTACK_SPIN_US", SPIN_US))
-                self.fastpath.ctx.spin = spin_us / 1e6
-                self._open_syns_in_c(config, link.mtu)
-            elif self.fastpath.delack_fd() >= 0:  # C reads it in ns_host_poll
-                self.epoll.register(self.fastpath.delack_fd(), select.EPOLLIN)
-
-    def _open_syns_in_c(self, config: NetworkConfig, mtu: int) -> None:
-        """Guest SYNs to the gateway are answered in C (csrc/flow_syn.c) when the
-        policy maps the gateway to host loopback and nothing else is decided per
-        connection: the host loopback allowed, no --outbound-addr (C connects unbound),
-        no directory. NETSTACK_SYN_C=0 keeps them in Python (the twin the tests run)."""
-        fast = self.fastpath
-        if (
-            fast is None
-            or not config.host_loopback
-            or self.outbound[socket.AF_INET] is not None
-            or self.stack.vips is not None
-            or os.environ.get("NETSTACK_SYN_C", "1") == "0"
-        ):
-            return
-        table = self.stack.tcp
-        fast.open_syns(
-            self.epoll.fileno(),
-            config.network,
-            config.netmask,
-            config.gateway,
-            config.dns,
-            mtu,
-            table.max_flows,
-            table.max_half_open,
-            table.adopt_from_c,
-        )
-        ctx = fast.ctx
-        self.stack.stats.add_source(
-            lambda: {
-                "tcp_flows_opened": int(ctx.syns_in_c),
-                "tcp_flows_closed": int(ctx.closed_in_c),
-            },
-            dict,
-        )
+            cpaths.attach(self, config, link, directory)
 
     def later_modules(self) -> tuple[str, ...]:
         """What this runtime may import on first use (see LAZY_MODULES)."""
