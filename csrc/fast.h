@@ -137,12 +137,16 @@ struct ns_ctx {
     double spin;                /* seconds to poll without sleeping after an event (0: off) */
     double last_event;          /* when ns_loop last had an event */
     /* guest SYNs to the gateway, connected to host loopback here (csrc/flow_syn.c) */
-    int syn_on;                 /* 0: every SYN is Python's */
+    int syn_on;                 /* IPv4 SYNs to the gateway are C's (0: Python's) */
     int syn_epfd;               /* the loop's epoll: a new host socket joins it */
     uint8_t syn_net[4];         /* the guest's IPv4 network and mask: its sources */
     uint8_t syn_mask[4];
     uint8_t syn_gateway[4];     /* the destination taken (host loopback behind it) */
     uint8_t syn_dns[4];         /* not a guest's source */
+    int syn_on6;                /* IPv6 too (-6): the router's address, ::1 behind it */
+    uint8_t syn_prefix6[8];     /* the guest's /64: its sources */
+    uint8_t syn_host6[16];      /* the destination taken */
+    uint8_t syn_dns6[16];       /* not a guest's source */
     uint32_t syn_mtu;
     int syn_our_wscale;
     uint32_t syn_default_mss;

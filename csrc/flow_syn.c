@@ -1,9 +1,10 @@
 /* netstack C fast path: a guest's SYN to the gateway, opened here without Python.
  *
- * The gateway's TCP ports are host loopback's (stack/policy.py), and a loopback
- * connect() is complete when it returns. So when Python has said the gateway goes
- * to 127.0.0.1 and nothing more is decided per connection (ctx->syn_on: the C loop
- * runs, the host loopback is allowed, no --outbound-addr), a plain SYN to it is
+ * The gateway's TCP ports are host loopback's (stack/policy.py; with -6 the router's
+ * address, fd00::2, is ::1's), and a loopback connect() is complete when it returns.
+ * So when Python has said the gateway goes to 127.0.0.1 and nothing more is decided
+ * per connection (ctx->syn_on, syn_on6: the C loop runs, the host loopback is
+ * allowed, no --outbound-addr for the family), a plain SYN to it is
  * answered here: a host socket connected, a SYN-ACK with the options Python's
  * handshake would pick (tcp/handshake.py, the twin), and the flow held in C as Python
  * holds one whose SYN-ACK is out (`handshake`). Anything else about the SYN (data on
@@ -73,36 +74,65 @@ static int parse_options(const uint8_t *p, size_t n, struct syn_options *o)
     return 0;
 }
 
-/* Whether src (IPv4) is an address Python takes segments from: inside the guest's
- * network and neither the gateway nor the DNS address (dispatch.py _ipv4). */
-static int guest_source(const struct ns_ctx *ctx, const uint8_t *src)
+/* Whether g is a SYN's IP layer C takes: to the gateway (IPv4) or the router's
+ * address (IPv6), from an address Python takes segments from (dispatch.py _ipv4,
+ * _ipv6): inside the guest's network or /64, and not one of ours. */
+static int syn_addresses(const struct ns_ctx *ctx, const struct guest_ip *g)
 {
+    if (g->v6) {
+        return ctx->syn_on6 && !memcmp(g->dst, ctx->syn_host6, 16) &&
+               !memcmp(g->src, ctx->syn_prefix6, 8) && memcmp(g->src, ctx->syn_host6, 16) &&
+               memcmp(g->src, ctx->syn_dns6, 16);
+    }
+    const uint8_t *src = g->src + 12;
+    if (!ctx->syn_on || memcmp(g->dst + 12, ctx->syn_gateway, 4))
+        return 0;
     for (int i = 0; i < 4; i++)
         if ((src[i] & ctx->syn_mask[i]) != ctx->syn_net[i])
             return 0;
     return memcmp(src, ctx->syn_gateway, 4) && memcmp(src, ctx->syn_dns, 4);
 }
 
-/* A host socket connected to 127.0.0.1:port, or -1. Twin of HostTcpStream's
- * _start_connect and _tune, for a connect that is complete when it returns. */
-static int connect_loopback(struct ns_ctx *ctx, uint16_t port)
+/* Whether mac is a source MAC Python drops: multicast, zero, or one of ours. */
+static int spoofed_mac(const struct ns_ctx *ctx, const uint8_t *mac)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    static const uint8_t zero[6];
+    return (mac[0] & 1) || !memcmp(mac, zero, 6) || !memcmp(mac, ctx->gateway_mac, 6) ||
+           !memcmp(mac, ctx->dns_mac, 6) || !memcmp(mac, ctx->router_mac, 6) ||
+           !memcmp(mac, ctx->dns6_mac, 6);
+}
+
+/* A host socket connected to 127.0.0.1:port (::1 with v6), or -1. Twin of
+ * HostTcpStream's _start_connect and _tune, for a connect complete when it returns. */
+static int connect_loopback(struct ns_ctx *ctx, uint16_t port, int v6)
+{
+    int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
     int one = 1, zero = 0;
-    struct sockaddr_in to;
+    struct sockaddr_storage to;
+    socklen_t to_len;
     memset(&to, 0, sizeof(to));
-    to.sin_family = AF_INET;
-    to.sin_port = htons(port);
-    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (v6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&to;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons(port);
+        a->sin6_addr = in6addr_loopback;
+        to_len = sizeof(*a);
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)&to;
+        a->sin_family = AF_INET;
+        a->sin_port = htons(port);
+        a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        to_len = sizeof(*a);
+    }
     struct tcp_info info;
     socklen_t info_len = sizeof(info);
     if (fd >= ctx->by_fd_cap ||
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0 ||
         setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof(zero)) < 0)
         goto fail;
-    if (connect(fd, (struct sockaddr *)&to, sizeof(to)) < 0 && errno != EINPROGRESS)
+    if (connect(fd, (struct sockaddr *)&to, to_len) < 0 && errno != EINPROGRESS)
         goto fail; /* refused, for one: Python connects again and answers the guest */
     if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &info_len) < 0 ||
         info.tcpi_state != TCP_ESTABLISHED)
@@ -135,7 +165,7 @@ static void send_synack(struct ns_ctx *ctx, struct ns_flow *f, double now)
     f->rcv_adv = f->rcv_nxt + (uint32_t)window;
 
     /* the options go where a payload would, then the header's length says so */
-    size_t start = 0, l4 = VNET_LEN + ETH_LEN + IP4_LEN;
+    size_t start = 0, l4 = VNET_LEN + ETH_LEN + (f->v6 ? IP6_LEN : IP4_LEN);
     uint8_t *o = ctx->tx + l4 + TCP_LEN;
     size_t olen = 0;
     o[olen++] = OPT_MSS;
@@ -159,17 +189,23 @@ static void send_synack(struct ns_ctx *ctx, struct ns_flow *f, double now)
         o[olen++] = 3;
         o[olen++] = (uint8_t)f->our_wscale;
     }
-    long end = ns_tcp4_frame(ctx->tx, ctx->tx_cap, start, f->guest_mac, ctx->gateway_mac,
-                             f->remote_ip + 12, f->guest_ip + 12, f->remote_port, f->guest_port,
-                             f->iss, f->rcv_nxt, F_SYN | F_ACK, (uint16_t)window, 0, 0, 0,
-                             (uint32_t)olen, ctx->ip_id++, ctx->vnet, 0);
+    long end =
+        f->v6 ? ns_tcp6_frame(ctx->tx, ctx->tx_cap, start, f->guest_mac, ctx->gateway_mac,
+                              f->remote_ip, f->guest_ip, f->remote_port, f->guest_port, f->iss,
+                              f->rcv_nxt, F_SYN | F_ACK, (uint16_t)window, 0, 0, 0,
+                              (uint32_t)olen, ctx->vnet, 0)
+              : ns_tcp4_frame(ctx->tx, ctx->tx_cap, start, f->guest_mac, ctx->gateway_mac,
+                              f->remote_ip + 12, f->guest_ip + 12, f->remote_port, f->guest_port,
+                              f->iss, f->rcv_nxt, F_SYN | F_ACK, (uint16_t)window, 0, 0, 0,
+                              (uint32_t)olen, ctx->ip_id++, ctx->vnet, 0);
     if (end < 0)
         return;
     uint8_t *t = ctx->tx + l4;
     t[12] = (uint8_t)(((TCP_LEN + olen) / 4) << 4);
     if (!ctx->vnet) { /* a complete checksum covers the header length: again */
         const uint8_t *ip = ctx->tx + VNET_LEN + ETH_LEN;
-        uint32_t pseudo = ns_sum16(ip + 12, 8, 0) + 6 + (uint32_t)(TCP_LEN + olen);
+        uint32_t pseudo = (f->v6 ? ns_sum16(ip + 8, 32, 0) : ns_sum16(ip + 12, 8, 0)) + 6 +
+                          (uint32_t)(TCP_LEN + olen);
         while (pseudo >> 16)
             pseudo = (pseudo & 0xffff) + (pseudo >> 16);
         t[16] = t[17] = 0;
@@ -183,18 +219,16 @@ static void send_synack(struct ns_ctx *ctx, struct ns_flow *f, double now)
 /* A guest's SYN (the TCP header at g->l4): 1 when it was opened here, 0 for Python. */
 int syn_rx_frame(struct ns_ctx *ctx, const struct guest_ip *g, double now)
 {
-    if (!ctx->syn_on || g->v6)
+    if (!ctx->syn_on && !ctx->syn_on6)
         return 0;
-    const uint8_t *eth = ctx->rx + VNET_LEN, *t = g->l4, *src = g->src + 12;
+    const uint8_t *eth = ctx->rx + VNET_LEN, *t = g->l4;
     size_t hlen = (size_t)(t[12] >> 4) * 4;
     uint8_t flags = t[13];
     if ((flags & (F_SYN | F_ACK | F_RST | F_FIN | F_URG | F_PSH)) != F_SYN || hlen < TCP_LEN ||
         hlen != g->l4_len)
         return 0; /* a plain SYN without data only (ECN's bits aside) */
-    if (memcmp(g->dst + 12, ctx->syn_gateway, 4) || !guest_source(ctx, src))
-        return 0;
-    if ((eth[6] & 1) || !memcmp(eth + 6, ctx->gateway_mac, 6) || !memcmp(eth + 6, ctx->dns_mac, 6))
-        return 0; /* a multicast or spoofed source MAC: Python drops it */
+    if (!syn_addresses(ctx, g) || spoofed_mac(ctx, eth + 6))
+        return 0; /* not the gateway's, or a source Python drops */
     uint16_t gport = get16(t), rport = get16(t + 2);
     if (flow_lookup(ctx, g->src, gport, g->dst, rport))
         return 0; /* a retransmitted SYN, or a 4-tuple reused: Python decides */
@@ -205,10 +239,10 @@ int syn_rx_frame(struct ns_ctx *ctx, const struct guest_ip *g, double now)
     struct syn_options opts;
     if (parse_options(t + TCP_LEN, hlen - TCP_LEN, &opts) < 0)
         return 0;
-    int fd = connect_loopback(ctx, rport);
+    int fd = connect_loopback(ctx, rport, g->v6);
     if (fd < 0)
         return 0;
-    struct ns_flow *f = ns_flow_open(ctx, fd, g->src, gport, g->dst, rport, 0);
+    struct ns_flow *f = ns_flow_open(ctx, fd, g->src, gport, g->dst, rport, g->v6);
     if (!f) {
         close(fd);
         return 0;
@@ -219,7 +253,7 @@ int syn_rx_frame(struct ns_ctx *ctx, const struct guest_ip *g, double now)
     f->iss = (uint32_t)tuple_siphash(ctx->iss_key, g->src, gport, g->dst, rport) +
              (uint32_t)(uint64_t)(now * 250000.0);
     /* twin of handshake.take_syn_options and TcpConnection's MSS */
-    uint32_t headers_len = IP4_LEN + TCP_LEN;
+    uint32_t headers_len = (g->v6 ? IP6_LEN : IP4_LEN) + TCP_LEN;
     uint32_t mss_to_guest = opts.mss ? (uint32_t)opts.mss : ctx->syn_default_mss;
     if (mss_to_guest > ctx->syn_mtu - headers_len)
         mss_to_guest = ctx->syn_mtu - headers_len;

@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
@@ -38,6 +39,9 @@ DNS_MAC = bytes.fromhex("52550a000203")
 GUEST_MAC = bytes.fromhex("020000000001")
 GUEST_IP, GW_IP, DNS_IP = "10.0.2.100", "10.0.2.2", "10.0.2.3"
 MAPPED = bytes(10) + b"\xff\xff"
+GUEST6, HOST6, DNS6 = "fd00::100", "fd00::2", "fd00::3"
+ROUTER_MAC = bytes.fromhex("52560000") + bytes.fromhex("0002")  # virtual_mac(fd00::2)
+DNS6_MAC = bytes.fromhex("52560000") + bytes.fromhex("0003")
 GUEST_PORT = 40000
 MTU = 1500
 OUR_MSS = MTU - 40
@@ -86,6 +90,26 @@ def syn(
         )
         / Raw(options + payload)
     )
+    return bytes(10) + bytes(pkt)
+
+
+def syn6(
+    dport: int,
+    *,
+    options: bytes = b"",
+    src: str = GUEST6,
+    dst: str = HOST6,
+    src_mac: bytes = GUEST_MAC,
+    seq: int = 1000,
+) -> bytes:
+    """An IPv6 SYN as Python reads it, to the router's MAC."""
+    pkt = (
+        Ether(src=mac_str(src_mac), dst=mac_str(ROUTER_MAC))
+        / IPv6(src=src, dst=dst)
+        / TCP(sport=GUEST_PORT, dport=dport, seq=seq, flags="S", window=64800,
+              dataofs=5 + len(options) // 4)
+        / Raw(options)
+    )  # fmt: skip
     return bytes(10) + bytes(pkt)
 
 
@@ -184,14 +208,23 @@ class Rig:
             s.close()
 
 
-def make_rig(syn_on: bool = True, max_flows: int = MAX_FLOWS) -> Rig:
+def make_rig(syn_on: bool = True, max_flows: int = MAX_FLOWS, v6: bool = True) -> Rig:
     tap, guest = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     tap.setblocking(False)
     guest.setblocking(False)
     listener = socket.create_server(("127.0.0.1", 0), backlog=64)
     ep = select.epoll()
     rx_buf = bytearray(FRAME_BUFFER_SIZE)
-    fast = FastPath(tap.fileno(), False, rx_buf, GW_MAC, DNS_MAC, max_flows)
+    fast = FastPath(
+        tap.fileno(),
+        False,
+        rx_buf,
+        GW_MAC,
+        DNS_MAC,
+        max_flows,
+        router_mac=ROUTER_MAC,
+        dns6_mac=DNS6_MAC,
+    )
     rig = Rig(fast, guest, tap, ep, listener, listener.getsockname()[1], rx_buf)
     fast.ctx.delack_delay = 0  # every ACK at the batch's end: the test reads them
 
@@ -201,12 +234,19 @@ def make_rig(syn_on: bool = True, max_flows: int = MAX_FLOWS) -> Rig:
         return None
 
     if syn_on:
+        v4 = (
+            socket.inet_aton("10.0.2.0"),
+            socket.inet_aton("255.255.255.0"),
+            socket.inet_aton(GW_IP),
+            socket.inet_aton(DNS_IP),
+        )
+        prefix6 = socket.inet_pton(socket.AF_INET6, "fd00::")[:8]
+        host6 = socket.inet_pton(socket.AF_INET6, HOST6)
+        dns6 = socket.inet_pton(socket.AF_INET6, DNS6)
         fast.open_syns(
             ep.fileno(),
-            network=socket.inet_aton("10.0.2.0"),
-            netmask=socket.inet_aton("255.255.255.0"),
-            gateway=socket.inet_aton(GW_IP),
-            dns=socket.inet_aton(DNS_IP),
+            v4=v4,
+            v6=(prefix6, host6, dns6) if v6 else None,
             mtu=MTU,
             max_flows=max_flows,
             max_half_open=max_flows,
@@ -339,6 +379,15 @@ PYTHONS: dict[str, Any] = {
     "multicast_source_mac": lambda p: syn(p, src_mac=bytes.fromhex("010000000001")),
     "gateway_source_mac": lambda p: syn(p, src_mac=GW_MAC),
     "dns_source_mac": lambda p: syn(p, src_mac=DNS_MAC),
+    "zero_source_mac": lambda p: syn(p, src_mac=bytes(6)),
+    "router_source_mac": lambda p: syn(p, src_mac=ROUTER_MAC),
+    "v6_to_dns6": lambda p: syn6(p, dst=DNS6),
+    "v6_to_foreign": lambda p: syn6(p, dst="2001:db8::1"),
+    "v6_from_outside_prefix": lambda p: syn6(p, src="fd01::100"),
+    "v6_from_router_address": lambda p: syn6(p, src=HOST6),
+    "v6_from_dns6": lambda p: syn6(p, src=DNS6),
+    "v6_link_local_source": lambda p: syn6(p, src="fe80::1"),
+    "v6_dns6_source_mac": lambda p: syn6(p, src_mac=DNS6_MAC),
 }
 
 
@@ -628,6 +677,55 @@ def test_mutated_syns_never_break_c(edits: list[Any], options: bytes) -> None:
         assert t.options[0] == ("MSS", OUR_MSS)
         assert pkt[IP].src == GW_IP
         assert checksums_valid(pkt)
+        r.accept()
+    finally:
+        r.close()
+
+
+# ------------------------------------------------------------------------- IPv6
+@pytest.fixture
+def listener6() -> Iterator[socket.socket]:
+    s = socket.create_server(("::1", 0), family=socket.AF_INET6, backlog=8)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_an_ipv6_syn_is_answered_in_c(rig: Rig, listener6: socket.socket) -> None:
+    port6 = int(listener6.getsockname()[1])
+    n = rig.rx_one(syn6(port6, options=FULL_OPTIONS, seq=77))
+    assert n in (0, PYTHON_WORK)
+    (synack,) = rig.out()
+    assert synack.src == mac_str(GW_MAC) and synack.dst == mac_str(GUEST_MAC)
+    ip = synack[IPv6]
+    assert (ip.src, ip.dst, ip.nh, ip.hlim) == (HOST6, GUEST6, 6, 64)
+    assert ip.plen == len(bytes(ip.payload))
+    t = synack[TCP]
+    assert t.flags == "SA" and (t.sport, t.dport) == (port6, GUEST_PORT) and t.ack == 78
+    assert [o[0] for o in t.options] == ["MSS", "NOP", "NOP", "Timestamp", "NOP", "WScale"]
+    assert t.options[0][1] == MTU - 60 and t.options[5][1] == 7
+    assert t.options[3][1][1] == 12345
+    again = synack.copy()
+    del again[TCP].chksum
+    assert Ether(bytes(again))[TCP].chksum == t.chksum
+    conn, peer = listener6.accept()
+    conn.close()
+    assert peer[0] == "::1"
+    f = next(rig.ctx.flows[i] for i in range(rig.ctx.max_flows) if rig.ctx.flows[i].unadopted)
+    assert (f.v6, f.our_mss, f.seg_size, f.iss) == (1, MTU - 60, 1000 - 12, t.seq)
+    assert rig.ctx.syns_in_c == 1
+
+
+def test_with_ipv6_off_an_ipv6_syn_is_pythons(listener6: socket.socket) -> None:
+    r = make_rig(v6=False)
+    try:
+        frame = syn6(int(listener6.getsockname()[1]))
+        assert r.feed([frame]) == [frame]
+        assert r.out() == [] and r.ctx.syns_in_c == 0
+        # IPv4 is still C's
+        assert r.rx_one(syn(r.port)) in (0, PYTHON_WORK)
+        assert len(r.out()) == 1
         r.accept()
     finally:
         r.close()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from netstack.dns.fastpath import DnsFastPath
 from netstack.host.loop import EpollLoop
 from netstack.link.tap import TapLink
-from netstack.stack.config import DNS6, NetworkConfig, virtual_mac
+from netstack.stack.config import DNS6, HOST6, PREFIX6, NetworkConfig, virtual_mac
 from netstack.tcp.fastpath import FastPath
 from netstack.udp.fastpath import UdpFastPath
 
@@ -103,26 +103,32 @@ def attach(
 
 
 def _open_syns(rt: Runtime, config: NetworkConfig, mtu: int) -> None:
-    """Guest SYNs to the gateway are answered in C (csrc/flow_syn.c) when the
-    policy maps the gateway to host loopback and nothing else is decided per
-    connection: the host loopback allowed, no --outbound-addr (C connects unbound),
-    no directory. NETSTACK_SYN_C=0 keeps them in Python (the twin the tests run)."""
+    """Guest SYNs to the gateway (with -6 also the router's address) are answered in
+    C (csrc/flow_syn.c) when the policy maps it to host loopback and nothing else is
+    decided per connection: the host loopback allowed, no --outbound-addr for the
+    family (C connects unbound), no directory. NETSTACK_SYN_C=0 keeps them in Python
+    (the twin the tests run)."""
     fast = rt.fastpath
     if (
         fast is None
         or not config.host_loopback
-        or rt.outbound[socket.AF_INET] is not None
         or rt.stack.vips is not None
         or os.environ.get("NETSTACK_SYN_C", "1") == "0"
     ):
         return
+    v4 = None
+    if rt.outbound[socket.AF_INET] is None:
+        v4 = (config.network, config.netmask, config.gateway, config.dns)
+    v6 = None
+    if config.ipv6 and rt.outbound[socket.AF_INET6] is None:
+        v6 = (PREFIX6.network_address.packed[:8], HOST6, DNS6)
+    if v4 is None and v6 is None:
+        return
     table = rt.stack.tcp
     fast.open_syns(
         rt.epoll.fileno(),
-        config.network,
-        config.netmask,
-        config.gateway,
-        config.dns,
+        v4,
+        v6,
         mtu,
         table.max_flows,
         table.max_half_open,

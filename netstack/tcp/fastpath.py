@@ -152,24 +152,26 @@ class FastPath:
     def open_syns(
         self,
         epfd: int,
-        network: bytes,
-        netmask: bytes,
-        gateway: bytes,
-        dns: bytes,
+        v4: tuple[bytes, bytes, bytes, bytes] | None,
+        v6: tuple[bytes, bytes, bytes] | None,
         mtu: int,
         max_flows: int,
         max_half_open: int,
         adopt: Callable[[Any], TcpConnection],
     ) -> None:
-        """C answers plain IPv4 SYNs to gateway, connecting to 127.0.0.1 on the same
-        port (the policy's mapping, which the caller has checked holds: the host
-        loopback allowed, no outbound address) and adding the socket to epfd."""
+        """C answers plain SYNs to the gateway, connecting to host loopback on the same
+        port (the policy's mapping, which the caller has checked holds for each family
+        given: the host loopback allowed, no outbound address) and adding the socket to
+        epfd. v4: (network, netmask, gateway, DNS address); v6: (the /64 prefix's first
+        8 bytes, the router's address, the DNS address)."""
         ctx = self.ctx
         ctx.syn_epfd = epfd
-        ctx.syn_net = network
-        ctx.syn_mask = netmask
-        ctx.syn_gateway = gateway
-        ctx.syn_dns = dns
+        if v4 is not None:
+            ctx.syn_net, ctx.syn_mask, ctx.syn_gateway, ctx.syn_dns = v4
+            ctx.syn_on = 1
+        if v6 is not None:
+            ctx.syn_prefix6, ctx.syn_host6, ctx.syn_dns6 = v6
+            ctx.syn_on6 = 1
         ctx.syn_mtu = mtu
         ctx.syn_our_wscale = OUR_WSCALE
         ctx.syn_default_mss = DEFAULT_MSS
@@ -177,7 +179,6 @@ class FastPath:
         ctx.syn_half_open_limit = max_half_open
         ctx.adopt_after = ADOPT_AFTER
         self.adopt_from_c = adopt
-        ctx.syn_on = 1
 
     def set_counts(self, flows: int, half_open: int) -> None:
         """Python's flows and half-open ones now (C counts its own against the limits)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.test_ipv6 import wait_slaac
 from tests.netns import PYTHON, World
 
 SHORT = r"""
@@ -20,7 +21,7 @@ import os, socket, sys
 n = int(sys.argv[1])
 good = 0
 for i in range(n):
-    s = socket.create_connection(("10.0.2.2", 7000), timeout=10)
+    s = socket.create_connection((sys.argv[2], 7000), timeout=10)
     msg = os.urandom(1 + i * 37 % 3000)
     s.sendall(msg)
     got = b""
@@ -71,12 +72,21 @@ def settled_counts(world: World, baseline_fds: dict[str, int]) -> dict[str, int]
     return {**events, **{k: fast[k] for k in ("syns_in_c", "closed_in_c", "flows_unadopted")}}
 
 
-@pytest.mark.parametrize("syn_c", ["1", "0"], ids=["syn-in-c", "syn-in-python"])
-def test_short_connections_the_guest_closes_first(world: World, syn_c: str, tmp_path: Path) -> None:
-    world.server("host", "echo", "7000", "127.0.0.1")
-    world.start_netstack("--api-socket", str(tmp_path / "api.sock"), env=syn_env(syn_c))
+@pytest.mark.parametrize(
+    "syn_c,v6",
+    [("1", False), ("0", False), ("1", True)],
+    ids=["syn-in-c", "syn-in-python", "syn-in-c-ipv6"],
+)
+def test_short_connections_the_guest_closes_first(
+    world: World, syn_c: str, v6: bool, tmp_path: Path
+) -> None:
+    world.server("host", "echo", "7000", "::1" if v6 else "127.0.0.1")
+    api = ("--api-socket", str(tmp_path / "api.sock"))
+    world.start_netstack(*(("-6", *api) if v6 else api), env=syn_env(syn_c))
+    if v6:
+        wait_slaac(world)
     baseline = world.netstack_fds()
-    r = world.guest_python(SHORT, "400")
+    r = world.guest_python(SHORT, "400", "fd00::2" if v6 else "10.0.2.2")
     assert r.returncode == 0, r.stderr + world.log()
     assert r.stdout.split() == ["400", "400"]
     counts = settled_counts(world, baseline)
