@@ -543,27 +543,24 @@ def test_a_retransmitted_syn_goes_to_python_and_lists_its_flow(rig: Rig) -> None
 
 
 # ------------------------------------------------------------------------ 7: limits
-def test_the_half_open_limit_counts_cs_flows(rig: Rig) -> None:
-    limit = int(rig.ctx.syn_half_open_limit)
-    rig.fast.set_counts(0, limit)  # Python at the limit: not even one
+@pytest.mark.parametrize("which", ["half_open", "flows"])
+def test_the_limits_count_cs_flows(rig: Rig, which: str) -> None:
+    """Python's count at the limit: not even one SYN in C; one below it: one."""
+    if which == "flows":
+        rig.ctx.syn_flow_limit = limit = 4
+    else:
+        limit = int(rig.ctx.syn_half_open_limit)
+
+    def python_has(n: int) -> None:
+        if which == "flows":
+            rig.fast.set_counts(n, 0)
+        else:
+            rig.fast.set_counts(0, n)
+
+    python_has(limit)
     first = syn(rig.port, sport=41000)
     assert rig.feed([first]) == [first]
-    rig.fast.set_counts(0, limit - 1)
-    assert rig.rx_one(syn(rig.port, sport=41001)) in (0, PYTHON_WORK)
-    assert rig.ctx.nunadopted == 1 and len(rig.out()) == 1
-    rig.accept()
-    second = syn(rig.port, sport=41002)
-    assert rig.feed([second]) == [second]
-    assert rig.out() == [] and rig.nothing_to_accept()
-    assert rig.ctx.syns_in_c == 1
-
-
-def test_the_flow_limit_counts_cs_flows(rig: Rig) -> None:
-    rig.ctx.syn_flow_limit = 4
-    rig.fast.set_counts(4, 0)
-    first = syn(rig.port, sport=41000)
-    assert rig.feed([first]) == [first]
-    rig.fast.set_counts(3, 0)
+    python_has(limit - 1)
     assert rig.rx_one(syn(rig.port, sport=41001)) in (0, PYTHON_WORK)
     assert rig.ctx.nunadopted == 1 and len(rig.out()) == 1
     rig.accept()
