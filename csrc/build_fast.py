@@ -15,6 +15,7 @@ ffibuilder.set_source(
     sources=[
         "csrc/fast.c",
         "csrc/flow.c",
+        "csrc/flow_to_guest.c",
         "csrc/flow_table.c",
         "csrc/flow_syn.c",
         "csrc/udp.c",

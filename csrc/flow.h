@@ -139,7 +139,15 @@ void dns_free(struct ns_ctx *ctx);
 /* csrc/flow.c, for csrc/loop.c and csrc/flow_syn.c */
 void flow_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now);
 void delack_run(struct ns_ctx *ctx, double now);
+
+/* csrc/flow_to_guest.c: a held flow's frames to the guest */
 void link_write(struct ns_ctx *ctx, size_t start, size_t end);
+void flow_emit(struct ns_ctx *ctx, struct ns_flow *f, uint8_t flags, uint16_t window,
+               uint32_t payload_len, double now);
+uint16_t flow_window_field(struct ns_ctx *ctx, struct ns_flow *f, int fresh);
+void flow_send_ack(struct ns_ctx *ctx, struct ns_flow *f, double now);
+void flow_arm_rto(struct ns_ctx *ctx, struct ns_flow *f, double now);
+void flow_pump(struct ns_ctx *ctx, struct ns_flow *f, double now);
 
 /* csrc/flow_syn.c: guest SYNs opened here, and the flows Python has not seen */
 int syn_rx_frame(struct ns_ctx *ctx, const struct guest_ip *g, double now);
