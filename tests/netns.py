@@ -46,6 +46,7 @@ KNOBS = (
     "NETSTACK_CLOOP",
     "NETSTACK_SPIN_US",
     "NETSTACK_DNS_FAST",
+    "NETSTACK_SYN_C",
 )
 IFF_VNET_HDR = 0x4000  # linux/if_tun.h, as /sys/class/net/<tap>/tun_flags shows it
 # What netstack logs when it catches a bug (dispatcher, host event handlers)
