@@ -7,9 +7,10 @@
  * allowed, no --outbound-addr for the family), a plain SYN to it is
  * answered here: a host socket connected, a SYN-ACK with the options Python's
  * handshake would pick (tcp/handshake.py, the twin), and the flow held in C as Python
- * holds one whose SYN-ACK is out (`handshake`). Anything else about the SYN (data on
- * it, a malformed option, an address Python would drop, a connect that did not
- * complete at once, a full table) leaves it to Python, as before.
+ * holds one whose SYN-ACK is out (`handshake`); a refused connect gets its RST here.
+ * Anything else about the SYN (data on it, a malformed option, an address Python
+ * would drop, a connect that did not complete at once, a full table) leaves it to
+ * Python, as before.
  *
  * Python has no connection for such a flow (`unadopted`). A short connection is done
  * before it needs one: when both ways close with the guest first, the flow is closed
@@ -102,13 +103,17 @@ static int spoofed_mac(const struct ns_ctx *ctx, const uint8_t *mac)
            !memcmp(mac, ctx->dns6_mac, 6);
 }
 
-/* A host socket connected to 127.0.0.1:port (::1 with v6), or -1. Twin of
- * HostTcpStream's _start_connect and _tune, for a connect complete when it returns. */
-static int connect_loopback(struct ns_ctx *ctx, uint16_t port, int v6)
+/* A host socket connected to 127.0.0.1:port (::1 with v6), or -1 with *err the errno
+ * of the call that failed (0: the connect is not complete). Twin of HostTcpStream's
+ * _start_connect and _tune, for a connect complete when it returns. */
+static int connect_loopback(struct ns_ctx *ctx, uint16_t port, int v6, int *err)
 {
+    *err = 0;
     int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
+    if (fd < 0) {
+        *err = errno;
         return -1;
+    }
     int one = 1, zero = 0;
     struct sockaddr_storage to;
     socklen_t to_len;
@@ -132,10 +137,19 @@ static int connect_loopback(struct ns_ctx *ctx, uint16_t port, int v6)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0 ||
         setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof(zero)) < 0)
         goto fail;
-    if (connect(fd, (struct sockaddr *)&to, to_len) < 0 && errno != EINPROGRESS)
-        goto fail; /* refused, for one: Python connects again and answers the guest */
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &info_len) < 0 ||
-        info.tcpi_state != TCP_ESTABLISHED)
+    if (connect(fd, (struct sockaddr *)&to, to_len) < 0 && errno != EINPROGRESS) {
+        *err = errno; /* refused, for one */
+        goto fail;
+    }
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &info_len) < 0)
+        goto fail;
+    if (info.tcpi_state == TCP_CLOSE) { /* refused at once: the RST came inline */
+        socklen_t len = sizeof(*err);
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, err, &len) < 0)
+            *err = 0;
+        goto fail;
+    }
+    if (info.tcpi_state != TCP_ESTABLISHED)
         goto fail; /* not complete at once (a full backlog): Python waits for it */
     struct epoll_event ev;
     memset(&ev, 0, sizeof(ev));
@@ -216,7 +230,25 @@ static void send_synack(struct ns_ctx *ctx, struct ns_flow *f, double now)
     link_write(ctx, start, (size_t)end);
 }
 
-/* A guest's SYN (the TCP header at g->l4): 1 when it was opened here, 0 for Python. */
+/* Twin of TcpConnection.refuse(Refusal.RESET) for a refused connect: RST|ACK to the
+ * guest's SYN (at g->l4). */
+static void refuse_syn(struct ns_ctx *ctx, const struct guest_ip *g)
+{
+    const uint8_t *guest_mac = ctx->rx + VNET_LEN + 6, *t = g->l4;
+    uint32_t ack = get32(t + 4) + 1;
+    uint16_t gport = get16(t), rport = get16(t + 2);
+    long end = g->v6 ? ns_tcp6_frame(ctx->tx, ctx->tx_cap, 0, guest_mac, ctx->gateway_mac,
+                                      g->dst, g->src, rport, gport, 0, ack, F_RST | F_ACK, 0, 0,
+                                      0, 0, 0, ctx->vnet, 0)
+                     : ns_tcp4_frame(ctx->tx, ctx->tx_cap, 0, guest_mac, ctx->gateway_mac,
+                                     g->dst + 12, g->src + 12, rport, gport, 0, ack,
+                                     F_RST | F_ACK, 0, 0, 0, 0, 0, ctx->ip_id++, ctx->vnet, 0);
+    if (end > 0)
+        link_write(ctx, 0, (size_t)end);
+}
+
+/* A guest's SYN (the TCP header at g->l4): 1 when it was answered here (opened, or
+ * refused as the host refused it), 0 for Python. */
 int syn_rx_frame(struct ns_ctx *ctx, const struct guest_ip *g, double now)
 {
     if (!ctx->syn_on && !ctx->syn_on6)
@@ -239,9 +271,17 @@ int syn_rx_frame(struct ns_ctx *ctx, const struct guest_ip *g, double now)
     struct syn_options opts;
     if (parse_options(t + TCP_LEN, hlen - TCP_LEN, &opts) < 0)
         return 0;
-    int fd = connect_loopback(ctx, rport, g->v6);
+    int err;
+    int fd = connect_loopback(ctx, rport, g->v6, &err);
+    if (fd < 0 && err == ECONNREFUSED) {
+        /* no listener: the guest's connect is refused here, not connected twice */
+        refuse_syn(ctx, g);
+        ctx->syns_in_c++;
+        ctx->closed_in_c++;
+        return 1;
+    }
     if (fd < 0)
-        return 0;
+        return 0; /* out of fds, not complete at once: Python tries, and answers */
     struct ns_flow *f = ns_flow_open(ctx, fd, g->src, gport, g->dst, rport, g->v6);
     if (!f) {
         close(fd);

@@ -402,12 +402,33 @@ def test_other_syns_go_to_python_unchanged(rig: Rig, make: Any) -> None:
     assert fd_count() == base
 
 
-def test_a_syn_to_a_closed_port_goes_to_python_without_a_leak(rig: Rig) -> None:
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_syn_to_a_closed_port_is_refused_in_c_without_a_leak(rig: Rig, v6: bool) -> None:
+    """Twin of TcpConnection.refuse(RESET) after a refused connect: RST|ACK, seq 0, the
+    SYN acknowledged, no window, no options; counted opened and closed."""
     base = fd_count()
-    frame = syn(closed_port())
-    assert rig.feed([frame]) == [frame]
-    assert rig.out() == []
-    assert rig.ctx.nunadopted == 0 and rig.ctx.syns_in_c == 0
+    port = closed_port()
+    frame = syn6(port, seq=500) if v6 else syn(port, seq=500)
+    assert rig.rx_one(frame) in (0, PYTHON_WORK)  # answered, not handed back
+    (rst,) = rig.out()
+    assert rst.src == mac_str(GW_MAC) and rst.dst == mac_str(GUEST_MAC)
+    if v6:
+        assert (rst[IPv6].src, rst[IPv6].dst) == (HOST6, GUEST6)
+    else:
+        assert (rst[IP].src, rst[IP].dst) == (GW_IP, GUEST_IP)
+        assert checksums_valid(rst)
+    t = rst[TCP]
+    assert (t.sport, t.dport, t.flags, t.seq, t.ack, t.window) == (
+        port,
+        GUEST_PORT,
+        "RA",
+        0,
+        501,
+        0,
+    )
+    assert t.options == [] and len(t.payload) == 0
+    assert rig.ctx.nunadopted == 0 and rig.ctx.nadopts == 0
+    assert (rig.ctx.syns_in_c, rig.ctx.closed_in_c) == (1, 1)
     assert rig.ctx.nfree == MAX_FLOWS
     assert fd_count() == base  # the refused socket was closed
 
