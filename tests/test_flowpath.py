@@ -254,17 +254,10 @@ def test_mutated_and_garbage_frames_never_break_the_flow(path: Path, edits: list
     sent = b""
     for good_payload, bad_payload, edit in edits:
         good = segment(path.seq + len(sent), path.ack, good_payload)
-        bad = bytearray(segment(path.seq + len(sent), path.ack, bad_payload))
-        if edit[0] == "cut":
-            bad = bad[: edit[1]]
-        elif edit[0] == "flip":
-            at = edit[1] % len(bad)
-            if at not in SEQ_FIELD:  # else it may be a valid next segment, rightly taken
-                bad[at] ^= edit[2]
-        else:
-            bad = bytearray(edit[1])
+        # its sequence number kept: else it may be a valid next segment, rightly taken
+        bad = fake_tap.damage(segment(path.seq + len(sent), path.ack, bad_payload), edit, SEQ_FIELD)
         # the good one first: a damaged copy arriving after it is old data at best
-        run(path, [good, bytes(bad) or b"\0"])
+        run(path, [good, bad])
         sent += good_payload
     assert host_bytes(path, len(sent)) == sent
     assert path.flow.rcv_nxt == (path.seq + len(sent)) & 0xFFFFFFFF

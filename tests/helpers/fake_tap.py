@@ -48,3 +48,35 @@ def feed(
     for got in handed_back:
         assert any(got == want for want in expected), "C handed back a frame it changed"
     return handed_back
+
+
+def damage(frame: bytes, edit: tuple[Any, ...], keep: range = range(0)) -> bytes:
+    """frame after one of the fuzz tests' edits: ("cut", n) keeps its first n bytes,
+    ("flip", at, bits) flips bits in the byte at `at` (wrapped; not one in keep, which a
+    test leaves alone), ("junk", data) replaces it. Never empty: a read returns a byte."""
+    bad = bytearray(frame)
+    if edit[0] == "cut":
+        bad = bad[: edit[1]]
+    elif edit[0] == "flip":
+        at = edit[1] % len(bad)
+        if at not in keep:
+            bad[at] ^= edit[2]
+    else:
+        bad = bytearray(edit[1])
+    return bytes(bad) or b"\0"
+
+
+def taken(vnet: bool, frames: list[bytes], handed_back: list[bytes]) -> list[bytes]:
+    """The frames C took (as read, virtio-net header first): those sent, less those it
+    handed back (feed checked those are in sending order)."""
+    back = iter(handed_back)
+    nxt = next(back, None)
+    out = []
+    for f in frames:
+        read = as_read(vnet, f)
+        if read == nxt:
+            nxt = next(back, None)
+        else:
+            out.append(read)
+    assert nxt is None, "C handed back a frame out of order"
+    return out
