@@ -154,7 +154,6 @@ int syn_rx_frame(struct ns_ctx *ctx, const struct guest_ip *g, double now);
 void syn_list_adopt(struct ns_ctx *ctx, struct ns_flow *f);
 void syn_frame_to_python(struct ns_ctx *ctx, size_t len);
 void syn_close(struct ns_ctx *ctx, struct ns_flow *f, double now);
-void syn_adopt_due(struct ns_ctx *ctx, double now);
 
 /* Whether Python has TCP work after a C call: flows to take back or on, timers */
 static inline int tcp_python_work(const struct ns_ctx *ctx)

@@ -358,18 +358,15 @@ void syn_close(struct ns_ctx *ctx, struct ns_flow *f, double now)
     ns_flow_close(ctx, f);
 }
 
-/* ns_loop at ctx->adopt_at: every flow Python has not seen is listed. */
-void syn_adopt_due(struct ns_ctx *ctx, double now)
+/* Every flow Python has not seen is listed: ns_loop at ctx->adopt_at, the API's
+ * listing, the stack closing. */
+void ns_adopt_all(struct ns_ctx *ctx)
 {
-    (void)now;
     ctx->adopt_at = 0;
     for (int i = 0; i < ctx->max_flows && ctx->nadopts < ctx->nunadopted; i++)
         if (ctx->flows[i].unadopted)
             syn_list_adopt(ctx, &ctx->flows[i]);
 }
-
-/* The API lists connections, or the stack closes: Python takes every flow on. */
-void ns_adopt_all(struct ns_ctx *ctx) { syn_adopt_due(ctx, 0); }
 
 /* Python took f on: its connection has f's state. */
 void ns_adopted(struct ns_ctx *ctx, struct ns_flow *f)

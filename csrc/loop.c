@@ -85,7 +85,7 @@ long ns_loop(struct ns_ctx *ctx, int epfd, double deadline, int max_frames)
         if (ctx->link_errno)
             return -ctx->link_errno;
         if (ctx->adopt_at != 0 && ctx->adopt_at <= now)
-            syn_adopt_due(ctx, now);
+            ns_adopt_all(ctx);
         if (tcp_python_work(ctx) || udp_python_work(ctx) || dns_python_work(ctx))
             return NS_PYTHON_WORK;
         if (!first && now >= deadline)
