@@ -11,6 +11,11 @@ connections per second, launch-to-ready time (and, for netstack, the import time
 to ready under `python -X importtime`, as bench/startup shows in detail), RSS idle
 and with 1,000 open flows. Writes results.json, results.md (ratios to slirp4netns)
 and PNG charts.
+
+--repeats N runs N rounds, and each round runs every system once (its world set up
+afresh), starting each round with a different system: on a shared, noisy machine a slow
+spell then falls on all systems alike instead of on the one measured during it. A
+figure is the median of its rounds; results.json also keeps each round's value.
 """
 
 from __future__ import annotations
@@ -105,18 +110,25 @@ def proc_rss_mib(pid: int) -> float:
 
 
 class Runner:
+    """Every figure of every round, by (system, MTU, metric); a figure is the median of
+    the rounds that measured it."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.results: list[dict[str, Any]] = []
+        self.runs: dict[tuple[str, int, str], list[float]] = {}
+        self.units: dict[tuple[str, int, str], str] = {}
         self.step = 0
         self.total = 0
         self.imports_top: dict[int, list[str]] = {}
 
     def record(self, world: World, metric: str, value: float | None, unit: str) -> None:
+        """One round's value of a figure (None: this round could not measure it)."""
         self.step += 1
-        self.results.append(
-            {"system": world.name, "mtu": world.mtu, "metric": metric, "value": value, "unit": unit}
-        )
+        key = (world.name, world.mtu, metric)
+        self.units[key] = unit
+        self.runs.setdefault(key, [])
+        if value is not None:
+            self.runs[key].append(value)
         shown = "n/a" if value is None else f"{value:,.2f}"
         print(
             f"[{self.step:3d}/{self.total}] {world.name:<12} mtu {world.mtu:<6} "
@@ -125,63 +137,75 @@ class Runner:
             flush=True,
         )
 
+    def figures(self) -> list[dict[str, Any]]:
+        """Each figure's median over its rounds (None if no round measured it), in the
+        order first recorded, with the rounds' values."""
+        return [
+            {
+                "system": system,
+                "mtu": mtu,
+                "metric": metric,
+                "value": statistics.median(values) if values else None,
+                "unit": self.units[(system, mtu, metric)],
+                "runs": values,
+            }
+            for (system, mtu, metric), values in self.runs.items()
+        ]
+
     def run_guest(self, world: World, *cmd: str, timeout: float = 120) -> str:
         r = subprocess.run(world.in_guest(*cmd), capture_output=True, text=True, timeout=timeout)
         if r.returncode != 0:
             raise RuntimeError(f"{cmd[0]} failed: {r.stderr.strip()[-300:]}")
         return r.stdout
 
-    def iperf_runs(
+    def iperf_run(
         self, world: World, label: str, args: list[str]
-    ) -> tuple[list[dict[str, Any]], list[float]]:
-        """--repeats runs of `iperf3 -c ... ARGS` in the guest: the receiving side's
-        end.sum_received of each run that worked, and the stack's CPU s per GB received."""
-        sums: list[dict[str, Any]] = []
-        cpu: list[float] = []
-        for _ in range(self.args.repeats):
-            before = proc_cpu_seconds(world.stack_pid) if world.stack_pid else None
-            try:
-                out = self.run_guest(
-                    world,
-                    "iperf3",
-                    "-p",
-                    IPERF_PORT,
-                    "-J",
-                    "-t",
-                    str(self.args.duration),
-                    *args,
-                    timeout=self.args.duration + 60,
-                )
-                # the receiver's figures, with or without -R (UDP's end.sum mixes the
-                # sender's bytes and rate with the receiver's loss)
-                data = json.loads(out)["end"]["sum_received"]
-            except (RuntimeError, subprocess.TimeoutExpired, ValueError, KeyError) as e:
-                print(f"    {label}: {e!r}", file=sys.stderr)
-                continue
-            sums.append(data)
-            if before is not None and world.stack_pid:
-                moved_gb = data["bytes"] / 1e9
-                used = proc_cpu_seconds(world.stack_pid) - before
-                # more CPU than the machine has in the run's time is a bad reading
-                # (seen twice, unexplained yet): keep it out of the median
-                if used <= (self.args.duration + 1) * (os.cpu_count() or 1):
-                    cpu.append(used / max(moved_gb, 1e-9))
-        return sums, cpu
+    ) -> tuple[dict[str, Any] | None, float | None]:
+        """One `iperf3 -c ... ARGS` in the guest: the receiving side's end.sum_received
+        (None if the run failed), and the stack's CPU s per GB received."""
+        before = proc_cpu_seconds(world.stack_pid) if world.stack_pid else None
+        try:
+            out = self.run_guest(
+                world,
+                "iperf3",
+                "-p",
+                IPERF_PORT,
+                "-J",
+                "-t",
+                str(self.args.duration),
+                *args,
+                timeout=self.args.duration + 60,
+            )
+            # the receiver's figures, with or without -R (UDP's end.sum mixes the
+            # sender's bytes and rate with the receiver's loss)
+            data: dict[str, Any] = json.loads(out)["end"]["sum_received"]
+        except (RuntimeError, subprocess.TimeoutExpired, ValueError, KeyError) as e:
+            print(f"    {label}: {e!r}", file=sys.stderr)
+            return None, None
+        if before is None or not world.stack_pid:
+            return data, None
+        moved_gb = data["bytes"] / 1e9
+        used = proc_cpu_seconds(world.stack_pid) - before
+        # more CPU than the machine has in the run's time is a bad reading (seen
+        # twice, unexplained yet): keep it out of the median
+        if used > (self.args.duration + 1) * (os.cpu_count() or 1):
+            return data, None
+        return data, used / max(moved_gb, 1e-9)
 
     def record_rate(
-        self, world: World, label: str, sums: list[dict[str, Any]], cpu: list[float]
+        self, world: World, label: str, data: dict[str, Any] | None, cpu: float | None
     ) -> None:
-        rates = [d["bits_per_second"] / 1e9 for d in sums]
-        self.record(world, label, statistics.median(rates) if rates else None, "Gbit/s")
+        rate = data["bits_per_second"] / 1e9 if data else None
+        self.record(world, label, rate, "Gbit/s")
         if world.stack_pid:
-            self.record(world, f"cpu s/GB {label}", statistics.median(cpu) if cpu else None, "s/GB")
+            self.record(world, f"cpu s/GB {label}", cpu, "s/GB")
 
     def iperf(self, world: World, streams: int, reverse: bool, v6: bool = False) -> None:
         label = f"tcp{'6' if v6 else ''} {'host->guest' if reverse else 'guest->host'} P{streams}"
         server = world.server_ip6 if v6 else world.server_ip
         assert server is not None
         args = ["-c", server, "-P", str(streams), *(["-R"] if reverse else [])]
-        self.record_rate(world, label, *self.iperf_runs(world, label, args))
+        self.record_rate(world, label, *self.iperf_run(world, label, args))
 
     def udp(self, world: World, reverse: bool) -> None:
         """iperf3 UDP at no rate limit: what the receiver got, and the loss (lost /
@@ -189,10 +213,10 @@ class Runner:
         length = udp_len(world.mtu)
         label = f"udp {'host->guest' if reverse else 'guest->host'} {length} B"
         args = ["-c", world.server_ip, "-u", "-b", "0", "-l", str(length)]
-        sums, cpu = self.iperf_runs(world, label, [*args, *(["-R"] if reverse else [])])
-        self.record_rate(world, label, sums, cpu)
-        loss = [100 * d["lost_packets"] / d["packets"] for d in sums if d["packets"]]
-        self.record(world, f"loss {label}", statistics.median(loss) if loss else None, "%")
+        data, cpu = self.iperf_run(world, label, [*args, *(["-R"] if reverse else [])])
+        self.record_rate(world, label, data, cpu)
+        loss = 100 * data["lost_packets"] / data["packets"] if data and data["packets"] else None
+        self.record(world, f"loss {label}", loss, "%")
 
     def probe(self, world: World, kind: str, arg: str) -> dict[str, float] | None:
         """One probe.py run in the guest against the host's probe server."""
@@ -206,65 +230,54 @@ class Runner:
             return None
 
     def latency(self, world: World) -> None:
-        """Request/response p50/p99 and new connections per second, each the median of
-        --repeats runs (a 2-core machine shared by client, server and stack is noisy)."""
-        p50: list[float] = []
-        p99: list[float] = []
-        rates: list[float] = []
-        for _ in range(self.args.repeats):
-            rr = self.probe(world, "rr", str(self.args.rr_count))
-            if rr is not None:
-                p50.append(rr["p50_us"])
-                p99.append(rr["p99_us"])
-            crr = self.probe(world, "crr", str(self.args.crr_seconds))
-            if crr is not None:
-                rates.append(crr["conn_per_s"])
-        self.record(world, "latency p50", statistics.median(p50) if p50 else None, "us")
-        self.record(world, "latency p99", statistics.median(p99) if p99 else None, "us")
-        self.record(world, "new connections", statistics.median(rates) if rates else None, "conn/s")
+        """Request/response p50/p99 and new connections per second."""
+        rr = self.probe(world, "rr", str(self.args.rr_count))
+        crr = self.probe(world, "crr", str(self.args.crr_seconds))
+        self.record(world, "latency p50", rr["p50_us"] if rr else None, "us")
+        self.record(world, "latency p99", rr["p99_us"] if rr else None, "us")
+        self.record(world, "new connections", crr["conn_per_s"] if crr else None, "conn/s")
 
     def dns(self, world: World, resolver: Dnsmasq) -> None:
         """Queries per second through the guest's DNS address, p50 latency and
-        timeouts, medians of --repeats runs. A run counts only if every answer was
-        the bench's address and the bench's resolver answered at least as many."""
-        qps: list[float] = []
-        p50: list[float] = []
-        lost: list[float] = []
-        for _ in range(self.args.repeats if world.dns_ip else 0):
-            assert world.dns_ip is not None
-            try:
-                before = resolver.answered()
-                out: dict[str, float] = json.loads(
-                    self.run_guest(
-                        world,
-                        PYTHON,
-                        PROBE,
-                        "dns",
-                        world.dns_ip,
-                        str(self.args.dns_seconds),
-                        str(DNS_INFLIGHT),
-                        DNS_NAME,
-                        DNS_ADDR,
-                        timeout=self.args.dns_seconds + 30,
-                    )
+        timeouts. The run counts only if every answer was the bench's address and the
+        bench's resolver answered at least as many."""
+        if not world.dns_ip:
+            return
+        out = self.dns_run(world, resolver)
+        self.record(world, "dns qps", out["qps"] if out else None, "queries/s")
+        self.record(world, "dns p50", out["p50_us"] if out else None, "us")
+        self.record(world, "dns timeouts", out["timeouts"] if out else None, "queries")
+
+    def dns_run(self, world: World, resolver: Dnsmasq) -> dict[str, float] | None:
+        assert world.dns_ip is not None
+        try:
+            before = resolver.answered()
+            out: dict[str, float] = json.loads(
+                self.run_guest(
+                    world,
+                    PYTHON,
+                    PROBE,
+                    "dns",
+                    world.dns_ip,
+                    str(self.args.dns_seconds),
+                    str(DNS_INFLIGHT),
+                    DNS_NAME,
+                    DNS_ADDR,
+                    timeout=self.args.dns_seconds + 30,
                 )
-                got = resolver.answered() - before
-            except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
-                print(f"    dns: {e!r}", file=sys.stderr)
-                continue
-            if out["wrong"] or got < out["answered"]:
-                print(
-                    f"    dns: {out['wrong']:.0f} wrong answers, {out['answered']:.0f} "
-                    f"answered but the bench's resolver answered {got}: run dropped",
-                    file=sys.stderr,
-                )
-                continue
-            qps.append(out["qps"])
-            p50.append(out["p50_us"])
-            lost.append(out["timeouts"])
-        self.record(world, "dns qps", statistics.median(qps) if qps else None, "queries/s")
-        self.record(world, "dns p50", statistics.median(p50) if p50 else None, "us")
-        self.record(world, "dns timeouts", statistics.median(lost) if lost else None, "queries")
+            )
+            got = resolver.answered() - before
+        except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+            print(f"    dns: {e!r}", file=sys.stderr)
+            return None
+        if out["wrong"] or got < out["answered"]:
+            print(
+                f"    dns: {out['wrong']:.0f} wrong answers, {out['answered']:.0f} "
+                f"answered but the bench's resolver answered {got}: run dropped",
+                file=sys.stderr,
+            )
+            return None
+        return out
 
     def imports(self, world: World) -> None:
         """netstack only: its imports to the ready byte, one launch under -X importtime
@@ -389,7 +402,12 @@ def main() -> int:
     p.add_argument("--mtus", default="1500,65520")
     p.add_argument("--streams", default="1,4")
     p.add_argument("--duration", type=int, default=3, help="seconds per iperf3 run")
-    p.add_argument("--repeats", type=int, default=1, help="runs per figure (median kept)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="rounds, each running every system once (a figure: the median of its rounds)",
+    )
     p.add_argument("--rr-count", type=int, default=3000)
     p.add_argument("--crr-seconds", type=float, default=2.0)
     p.add_argument("--dns-seconds", type=float, default=3.0, help="seconds per DNS run (max 30)")
@@ -421,18 +439,22 @@ def main() -> int:
         runner.total += len(mtus) * (
             2 + tcp_runs * cpu + 2 * (cpu + 1) + 3 + 3 + 1 + (s == "netstack")
         )
-    for mtu in mtus:
-        for system in systems:
-            try:
-                runner.one(system, mtu)
-            except Exception as e:  # one broken system must not sink the run
-                print(f"{system} mtu {mtu}: {e!r}", file=sys.stderr)
+    runner.total *= args.repeats
+    for round_no in range(args.repeats):
+        # each round starts with another system: none is always measured first
+        first = round_no % len(systems)
+        for mtu in mtus:
+            for system in systems[first:] + systems[:first]:
+                try:
+                    runner.one(system, mtu)
+                except Exception as e:  # one broken system must not sink the run
+                    print(f"{system} mtu {mtu}: {e!r}", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     doc = {
         "machine": machine(),
         "settings": {k: v for k, v in vars(args).items()},
-        "results": runner.results,
+        "results": runner.figures(),
         "imports_to_ready": runner.imports_top,
     }
     (out / "results.json").write_text(json.dumps(doc, indent=2))

@@ -1,13 +1,15 @@
 """bench/run's pieces that need no namespaces: the DNS probe against a small resolver on
-loopback, and the report's per-MTU tables."""
+loopback, the report's per-MTU tables, and how rounds become figures."""
 
 from __future__ import annotations
 
+import argparse
 import socket
 import struct
 import threading
 
 from bench import probe, report
+from bench.__main__ import Runner
 
 
 def answer_a(query: bytes, addr: str) -> bytes:
@@ -77,3 +79,38 @@ def test_report_shows_each_mtu_its_own_rows() -> None:
     # columns in order of first appearance, ratios to slirp4netns
     assert "| dns qps (queries/s) | 1,000 | 3,000 (3.0x) |" in mtu1500
     assert "| udp guest->host 8192 B (Gbit/s) | 1.00 | 2.00 (2.0x) |" in mtu65520
+
+
+class FakeWorld:
+    def __init__(self, name: str, mtu: int) -> None:
+        self.name = name
+        self.mtu = mtu
+
+
+def test_a_figure_is_the_median_of_the_rounds_that_measured_it() -> None:
+    args = argparse.Namespace(repeats=3)
+    runner = Runner(args)
+    ours, theirs = FakeWorld("netstack", 1500), FakeWorld("slirp4netns", 1500)
+    # three rounds, the systems interleaved as bench.main runs them; one round failed
+    for rate, base in ((5000.0, 3400.0), (None, 3300.0), (4800.0, 3500.0)):
+        runner.record(ours, "new connections", rate, "conn/s")  # type: ignore[arg-type]
+        runner.record(theirs, "new connections", base, "conn/s")  # type: ignore[arg-type]
+    runner.record(theirs, "rss with 1000 flows", None, "MiB")  # type: ignore[arg-type]
+    figures = runner.figures()
+    assert [(f["system"], f["metric"]) for f in figures] == [
+        ("netstack", "new connections"),
+        ("slirp4netns", "new connections"),
+        ("slirp4netns", "rss with 1000 flows"),
+    ]
+    assert figures[0]["value"] == 4900.0 and figures[0]["runs"] == [5000.0, 4800.0]
+    assert figures[1]["value"] == 3400.0 and figures[1]["runs"] == [3400.0, 3300.0, 3500.0]
+    assert figures[2]["value"] is None and figures[2]["runs"] == []
+    assert all(f["unit"] for f in figures)
+    # the report reads the medians
+    md = report.markdown(
+        {
+            "machine": {"cpu": "x", "cores": 2, "kernel": "k", "python": "3", "date": "d"},
+            "results": figures,
+        }
+    )
+    assert "| new connections (conn/s) | 4,900 (1.4x) | 3,400 |" in md
