@@ -7,7 +7,8 @@ the stack's CPU seconds per GB moved); iperf3 UDP both ways, unlimited rate
 each): the rate the receiver got and the loss; DNS queries per second through the
 guest's DNS address (32 in flight, against a dnsmasq on the host side's loopback
 that answers bench.test itself); request/response latency (p50, p99), new
-connections per second, launch-to-ready time (and, for netstack, the import time
+connections per second (probe.py's Python client and asyncio server, and bench/crr.c's
+C pair, which leaves the CPU to the stack), launch-to-ready time (and, for netstack, the import time
 to ready under `python -X importtime`, as bench/startup shows in detail), RSS idle
 and with 1,000 open flows. Writes results.json, results.md (ratios to slirp4netns)
 and PNG charts.
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -40,6 +42,8 @@ PROBE = str(Path(__file__).resolve().parent / "probe.py")
 PYTHON = "/usr/bin/python3"
 IPERF_PORT = "5201"
 PROBE_PORT = "7777"
+CRR_C = Path(__file__).resolve().parent / "crr.c"
+CRR_C_PORT = "7778"
 HOLD_FLOWS = 1000
 # UDP datagram (iperf3 -l) per MTU: the largest round size that fits one frame
 UDP_LEN = {1500: 1400, 65520: 8192}
@@ -120,6 +124,7 @@ class Runner:
         self.step = 0
         self.total = 0
         self.imports_top: dict[int, list[str]] = {}
+        self.crr_c: str | None = None  # bench/crr.c built (None: no C compiler)
 
     def record(self, world: World, metric: str, value: float | None, unit: str) -> None:
         """One round's value of a figure (None: this round could not measure it)."""
@@ -236,6 +241,21 @@ class Runner:
         self.record(world, "latency p50", rr["p50_us"] if rr else None, "us")
         self.record(world, "latency p99", rr["p99_us"] if rr else None, "us")
         self.record(world, "new connections", crr["conn_per_s"] if crr else None, "conn/s")
+        rate_c = None
+        if self.crr_c:
+            try:
+                out = self.run_guest(
+                    world,
+                    self.crr_c,
+                    "client",
+                    world.server_ip,
+                    CRR_C_PORT,
+                    str(self.args.crr_seconds),
+                )
+                rate_c = json.loads(out)["conn_per_s"]
+            except (RuntimeError, subprocess.TimeoutExpired, ValueError, KeyError) as e:
+                print(f"    crr (C): {e!r}", file=sys.stderr)
+        self.record(world, "new connections, C client and server", rate_c, "conn/s")
 
     def dns(self, world: World, resolver: Dnsmasq) -> None:
         """Queries per second through the guest's DNS address, p50 latency and
@@ -332,6 +352,12 @@ class Runner:
             )
             world.procs.append(srv)
             assert srv.stdout is not None and srv.stdout.readline().strip() == b"ready"
+            if self.crr_c:
+                srv_c = subprocess.Popen(
+                    world.in_host(self.crr_c, "serve", CRR_C_PORT), stdout=subprocess.PIPE
+                )
+                world.procs.append(srv_c)
+                assert srv_c.stdout is not None and srv_c.stdout.readline().strip() == b"ready"
             resolver = Dnsmasq(world)
             world.start()
             time.sleep(0.3)
@@ -374,6 +400,21 @@ class Runner:
             world.close()
             if resolver is not None:
                 resolver.close()
+
+
+def build_crr_c(build: Path) -> str | None:
+    """bench/crr.c built in BUILD (readable by all: pasta's guest commands run as
+    nobody); None, and its row n/a, without a C compiler."""
+    binary = build / "crr"
+    try:
+        subprocess.run(
+            ["cc", "-O2", "-o", str(binary), str(CRR_C)], check=True, capture_output=True
+        )
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"bench/crr.c not built, its row stays n/a: {e!r}", file=sys.stderr)
+        return None
+    build.chmod(0o755)
+    return str(binary)
 
 
 def machine() -> dict[str, Any]:
@@ -434,21 +475,26 @@ def main() -> int:
         cpu = 2 if s in ("netstack", "slirp4netns") else 1
         tcp_runs = len(args.streams) * 2 + (2 if args.ipv6 else 0)
         if SYSTEMS[s].latency_only:
-            runner.total += len(mtus) * (2 + 3 + 3)
+            runner.total += len(mtus) * (2 + 3 + 4)
             continue
         runner.total += len(mtus) * (
-            2 + tcp_runs * cpu + 2 * (cpu + 1) + 3 + 3 + 1 + (s == "netstack")
+            2 + tcp_runs * cpu + 2 * (cpu + 1) + 3 + 4 + 1 + (s == "netstack")
         )
     runner.total *= args.repeats
-    for round_no in range(args.repeats):
-        # each round starts with another system: none is always measured first
-        first = round_no % len(systems)
-        for mtu in mtus:
-            for system in systems[first:] + systems[:first]:
-                try:
-                    runner.one(system, mtu)
-                except Exception as e:  # one broken system must not sink the run
-                    print(f"{system} mtu {mtu}: {e!r}", file=sys.stderr)
+    build = tempfile.mkdtemp(prefix="bench-crr-")
+    try:
+        runner.crr_c = build_crr_c(Path(build))
+        for round_no in range(args.repeats):
+            # each round starts with another system: none is always measured first
+            first = round_no % len(systems)
+            for mtu in mtus:
+                for system in systems[first:] + systems[:first]:
+                    try:
+                        runner.one(system, mtu)
+                    except Exception as e:  # one broken system must not sink the run
+                        print(f"{system} mtu {mtu}: {e!r}", file=sys.stderr)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     doc = {
