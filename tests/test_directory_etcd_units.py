@@ -225,7 +225,7 @@ def test_a_name_deleted_under_a_live_instance_is_claimed_again() -> None:
         a = store(server, "A")
         await a.start()
         Directory(a).register(inst("web", 1), time.time())
-        await until(lambda: not a._ops and a._stored.get("web"), "written")
+        await until(lambda: not a._ops and a.view.stored.get("web"), "written")
         client = FakeClient(server)
         await client.txn([], [("delete", b"/netstack/v1/name/web"),
                               ("delete", b"/netstack/v1/vip/1")])

@@ -1,8 +1,7 @@
 """The directory in etcd, shared by the netstackd of every host (`--store etcd://...`).
 
-The key layout is in netstack.directory.etcdkeys. INDEX is a VIP's offset in both blocks
-(the IPv4 and the IPv6 VIP of a name share it), so every daemon must run with the same
---vip-cidr and --vip6-cidr. A name and its VIP key are created together in one
+The key layout is in netstack.directory.etcdkeys, what INDEX means in
+netstack.directory.etcdview. A name and its VIP key are created together in one
 transaction that fails if either exists: two daemons never hand out one VIP twice, and
 two that reserve one name at once agree on the first writer's VIP. Instance and host
 keys hang on the daemon's one lease (kept alive on one stream, revoked at a clean stop),
@@ -12,10 +11,12 @@ deletes it when its reservation has run out, guarded by the name key's mod revis
 (registering an instance rewrites the name key, so a registration racing with the
 deletion wins or starts over).
 
-The view: everything under PREFIX, read once and then followed by a watch; after a
-broken stream the watch resumes at the next revision, or reads everything again when
-etcd compacted that history away. The syscall path reads only the view. Writes change
-the view at once and go to etcd in order through one queue, retried while etcd is away.
+The view (netstack.directory.etcdview, no I/O): everything under PREFIX, read once and
+then followed by a watch; after a broken stream the watch resumes at the next revision,
+or reads everything again when etcd compacted that history away. The syscall path reads
+only the view. Writes change the view at once and go to etcd in order through one queue,
+retried while etcd is away. This module is the I/O around the view: the watch feeding
+it, the lease, the write queue and the claims.
 """
 
 from __future__ import annotations
@@ -31,14 +32,9 @@ from collections.abc import Callable
 from typing import Any
 
 from netstack.directory import etcd
-from netstack.directory.etcdkeys import (
-    DEFAULT_PREFIX,
-    Keys,
-    instance_value,
-    parse_instance,
-    reachable,
-)
-from netstack.directory.store import Instance, NameRecord, VipExhausted
+from netstack.directory.etcdkeys import DEFAULT_PREFIX, Keys, instance_value, reachable
+from netstack.directory.etcdview import EtcdView
+from netstack.directory.store import Instance, NameRecord
 
 log = logging.getLogger("netstackd.etcd")
 
@@ -57,7 +53,6 @@ class EtcdStore:
         self.client = client
         self.block = ipaddress.IPv4Network(vip_cidr)
         self.block6 = ipaddress.IPv6Network(vip6_cidr)
-        self.capacity = min(self.block.num_addresses, self.block6.num_addresses) - 2
         self.node = node
         self.ttl = ttl
         self.keys = Keys(prefix)
@@ -68,16 +63,9 @@ class EtcdStore:
             "etcd_resyncs", "etcd_compacted", "etcd_watch_restarts", "etcd_leases",
             "etcd_lease_lost", "etcd_retries", "etcd_claims", "etcd_claim_conflicts",
             "etcd_writes", "etcd_batches", "etcd_pending_writes")}
-        # the view
-        self._names: dict[str, NameRecord] = {}
-        self._vips: dict[bytes, NameRecord] = {}
-        self._index: dict[str, int] = {}  # name -> VIP index
-        self._stored: dict[str, tuple[int, float]] = {}  # name -> (mod revision, expires)
-        self._remote: dict[bytes, Instance] = {}  # other daemons' instances by key
-        self._local: dict[bytes, Instance] = {}  # ours by key
-        self._pending: set[str] = set()  # reserved here, VIP not agreed with etcd yet
-        self._taken: set[int] = set()  # indices etcd refused us (a name we have not seen)
-        self._revision = 0
+        self.view = EtcdView(self.block, self.block6, node, self.keys, reservation)
+        self.capacity = self.view.capacity
+        self._revision = 0  # the view's: the last one applied
         # machinery
         self._ops: collections.deque[tuple[Any, ...]] = collections.deque()
         self._wake = asyncio.Event()
@@ -89,46 +77,44 @@ class EtcdStore:
         self._closing = False
         self._single = 0  # ops to write one by one (after a batch that failed)
         self._down = False  # (for the log: one line per outage)
-        self._unreachable_nodes: set[str] = set()
         self._written: set[bytes] = set()  # our instance keys etcd has (as we know)
-        self._hosts: dict[str, dict[str, Any]] = {}  # node -> its host key's value
         self._since = time.time()
 
     # ------------------------------------------------------------ reads
     def name(self, name: str) -> NameRecord | None:
-        return self._names.get(name)
+        return self.view.name(name)
 
     def by_vip(self, ip: bytes) -> NameRecord | None:
-        return self._vips.get(ip)
+        return self.view.by_vip(ip)
 
     def records(self) -> list[NameRecord]:
-        return list(self._names.values())
+        return self.view.records()
 
     def hosts(self) -> list[dict[str, Any]]:
         """Every daemon whose host key lives (its lease), this one first (also while
         etcd is away or its key is not written yet)."""
         mine = {"node": self.node, **self.host_info, "since": self._since,
-                **self._hosts.get(self.node, {}), "local": True}
-        others = [{"node": n, **v, "local": False} for n, v in sorted(self._hosts.items())
+                **self.view.hosts.get(self.node, {}), "local": True}
+        others = [{"node": n, **v, "local": False} for n, v in sorted(self.view.hosts.items())
                   if n != self.node]
         return [mine, *others]
 
     # ----------------------------------------------------------- writes
     def reserve(self, name: str, expires: float) -> NameRecord:
-        rec = self._names.get(name)
+        rec = self.view.names.get(name)
         if rec is not None:
             return rec
         rec = NameRecord(name, b"", b"", expires=expires)
-        self._set_index(rec, self._free_index())  # tentative until the claim succeeds
-        self._names[name] = rec
-        self._pending.add(name)
+        self.view.set_index(rec, self.view.free_index())  # tentative until the claim succeeds
+        self.view.names[name] = rec
+        self.view.pending.add(name)
         self._queue(("claim", name))
         return rec
 
     def add(self, rec: NameRecord, inst: Instance) -> None:
         rec.instances.append(inst)
         key = self.keys.instance(rec.name, self.node, inst.cookie)
-        self._local[key] = inst
+        self.view.local[key] = inst
         self._queue(("put", key, inst))
 
     def remove(self, rec: NameRecord, inst: Instance, expires: float) -> None:
@@ -136,30 +122,30 @@ class EtcdStore:
         if not rec.instances:
             rec.expires = max(rec.expires, expires)
         key = self.keys.instance(rec.name, self.node, inst.cookie)
-        if self._local.get(key) is inst:
-            del self._local[key]
+        if self.view.local.get(key) is inst:
+            del self.view.local[key]
             self._queue(("delete", key))
 
     def extend(self, rec: NameRecord, expires: float) -> None:
         rec.expires = max(rec.expires, expires)
-        stored = self._stored.get(rec.name)
+        stored = self.view.stored.get(rec.name)
         # write only once half the stored reservation is used up
         if stored is not None and stored[1] < expires - self.reservation / 2:
-            self._stored[rec.name] = (stored[0], expires)
+            self.view.stored[rec.name] = (stored[0], expires)
             self._queue(("touch", rec.name))
 
     def drop(self, name: str) -> None:
-        rec = self._names.pop(name, None)
+        rec = self.view.names.pop(name, None)
         if rec is None:
             return
         if any(i.node == "" for i in rec.instances):  # (the directory never does this)
-            self._names[name] = rec
+            self.view.names[name] = rec
             return
-        self._unindex(rec)
-        index = self._index.pop(name, None)
-        stored = self._stored.pop(name, None)
-        if name in self._pending:
-            self._pending.discard(name)
+        self.view.unindex(rec)
+        index = self.view.index.pop(name, None)
+        stored = self.view.stored.pop(name, None)
+        if name in self.view.pending:
+            self.view.pending.discard(name)
         elif stored is not None and index is not None:
             self._queue(("drop", name, stored[0], index))
         self._pulse()
@@ -167,8 +153,8 @@ class EtcdStore:
     async def settle(self, name: str, timeout: float) -> NameRecord | None:
         deadline = time.monotonic() + timeout
         while True:
-            rec = self._names.get(name)
-            if rec is None or name not in self._pending:
+            rec = self.view.names.get(name)
+            if rec is None or name not in self.view.pending:
                 return rec
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -209,178 +195,16 @@ class EtcdStore:
         await self.client.close()
 
     # ------------------------------------------------------------ view
-    def _vips_of(self, index: int) -> tuple[bytes, bytes]:
-        return ((self.block.network_address + index).packed,
-                (self.block6.network_address + index).packed)
-
-    def _set_index(self, rec: NameRecord, index: int) -> None:
-        self._unindex(rec)
-        rec.vip, rec.vip6 = self._vips_of(index)
-        self._index[rec.name] = index
-        self._vips[rec.vip] = rec
-        self._vips[rec.vip6] = rec
-
-    def _unindex(self, rec: NameRecord) -> None:
-        for ip in (rec.vip, rec.vip6):
-            if ip and self._vips.get(ip) is rec:
-                del self._vips[ip]
-
-    def _free_index(self) -> int:
-        used = set(self._index.values()) | self._taken
-        start = max(used, default=0) + 1
-        if start <= self.capacity:
-            return start
-        for index in range(1, self.capacity + 1):  # wrapped: the lowest free one
-            if index not in used:
-                return index
-        raise VipExhausted(str(self.block))
-
-    def _instances_of(self, name: str) -> list[Instance]:
-        local = [i for k, i in self._local.items() if i.name == name]
-        remote = [i for k, i in sorted(self._remote.items()) if i.name == name]
-        return local + remote
-
-    def _apply_name(self, name: str, value: bytes, mod_revision: int) -> None:
-        try:
-            d = json.loads(value)
-            index = int(d["vip"])
-            owner = d.get("owner")
-            expires = float(d.get("expires") or 0.0)
-        except (ValueError, KeyError, TypeError):
-            log.warning("etcd: ignoring a bad record for %r", name)
-            return
-        if not 0 < index <= self.capacity:
-            log.warning("etcd: %r has a VIP outside our block (same --vip-cidr everywhere?)",
-                        name)
-            return
-        rec = self._names.get(name)
-        if rec is None:
-            rec = NameRecord(name, b"", b"", expires=expires)
-            self._names[name] = rec
-        if self._index.get(name) != index or not rec.vip:
-            for other, i in list(self._index.items()):  # a tentative VIP of ours it took
-                if i == index and other != name and other in self._pending:
-                    self._set_index(self._names[other], self._free_index_besides(index))
-            self._set_index(rec, index)
-        self._taken.discard(index)
-        self._pending.discard(name)
-        if owner is not None:
-            rec.owner = int(owner)
-        rec.expires = max(rec.expires, expires)
-        self._stored[name] = (mod_revision, expires)
-        rec.instances = self._instances_of(name)
-
-    def _free_index_besides(self, index: int) -> int:
-        self._taken.add(index)
-        try:
-            return self._free_index()
-        finally:
-            self._taken.discard(index)
-
-    def _remove_name(self, name: str) -> None:
-        self._stored.pop(name, None)
-        rec = self._names.get(name)
-        if rec is None:
-            return
-        if any(i.node == "" for i in rec.instances) or name in self._pending:
-            # deleted under a live local instance (etcd lost data?): claim it again
-            if name not in self._pending:
-                self._pending.add(name)
-                self._queue(("claim", name))
-                for key, inst in self._local.items():
-                    if inst.name == name:
-                        self._queue(("put", key, inst))
-            return
-        self._unindex(rec)
-        del self._names[name]
-        self._index.pop(name, None)
-
-    def _apply_instance(self, key: bytes, node: str, value: bytes | None) -> None:
-        if node == self.node:
-            return  # ours: the local view is the truth (lease loss is handled there)
-        gone = self._remote.pop(key, None)
-        if value is not None:
-            try:
-                inst = parse_instance(value)
-            except (ValueError, KeyError, TypeError):
-                log.warning("etcd: ignoring a bad instance at %r", key)
-                return
-            if not reachable(inst.host):
-                if node not in self._unreachable_nodes:
-                    self._unreachable_nodes.add(node)
-                    log.warning("etcd: node %s publishes on %s, which no other host can "
-                                "reach: ignoring its services (its --publish-addr?)",
-                                node, inst.host)
-                return
-            self._remote[key] = inst
-            name = inst.name
-        elif gone is not None:
-            name = gone.name
-        else:
-            return
-        rec = self._names.get(name)
-        if rec is not None:
-            rec.instances = self._instances_of(name)
-            if not rec.instances:
-                rec.expires = max(rec.expires, time.time() + self.reservation)
-
     def _apply(self, event: etcd.Event) -> None:
-        parsed = self.keys.parse(event.kv.key)
-        if parsed is None:
-            return
-        put = event.kind == "put"
-        if parsed[0] == "name":
-            if put:
-                self._apply_name(parsed[1], event.kv.value, event.kv.mod_revision)
-            else:
-                self._remove_name(parsed[1])
-        elif parsed[0] == "inst":
-            self._apply_instance(event.kv.key, parsed[2], event.kv.value if put else None)
-        elif parsed[0] == "host":
-            self._apply_host(parsed[1], event.kv.value if put else None)
-
-    def _apply_host(self, node: str, value: bytes | None) -> None:
-        if value is None:
-            self._hosts.pop(node, None)
-            return
-        try:
-            d = json.loads(value)
-            self._hosts[node] = {"addr": str(d.get("addr", "")), "pid": int(d.get("pid", 0)),
-                                 "since": float(d.get("since", 0.0))}
-        except (ValueError, TypeError, AttributeError):
-            log.warning("etcd: ignoring a bad host record for %r", node)
+        for op in self.view.apply(event, time.time()):
+            self._queue(op)
 
     def _rebuild(self, revision: int, kvs: list[etcd.KV]) -> None:
         """The view from a full read (start, or history compacted away)."""
-        names = {}
-        self._remote.clear()
-        self._hosts.clear()
-        mine: set[bytes] = set()
-        for kv in kvs:
-            parsed = self.keys.parse(kv.key)
-            if parsed is None:
-                continue
-            if parsed[0] == "host":
-                self._apply_host(parsed[1], kv.value)
-            elif parsed[0] == "name":
-                names[parsed[1]] = kv
-            elif parsed[0] == "inst":
-                if parsed[2] == self.node:
-                    mine.add(kv.key)
-                else:
-                    self._apply_instance(kv.key, parsed[2], kv.value)
-        for name in list(self._names):
-            if name not in names:
-                self._remove_name(name)
-        for name, kv in names.items():
-            self._apply_name(name, kv.value, kv.mod_revision)
-        for name in self._names:
-            self._names[name].instances = self._instances_of(name)
+        writes, mine = self.view.rebuild(kvs, time.time(), leased=bool(self._lease))
         self._written = mine
-        if self._lease:  # ours that etcd lost (while our lease lived): write them again
-            for key, inst in self._local.items():
-                if key not in mine:
-                    self._queue(("put", key, inst))
+        for op in writes:
+            self._queue(op)
         self._revision = revision
 
     def _notify(self) -> None:
@@ -468,7 +292,7 @@ class EtcdStore:
     def _republish(self) -> None:
         """A new lease: the host key and every local instance hang on it now."""
         self._queue(("host",))
-        for key, inst in self._local.items():
+        for key, inst in self.view.local.items():
             self._queue(("put", key, inst))
 
     # ---------------------------------------------------------- writes
@@ -530,8 +354,8 @@ class EtcdStore:
         if op[0] != "put":
             return False
         inst: Instance = op[2]
-        return (self._local.get(op[1]) is inst and inst.name in self._names
-                and inst.name not in self._pending)
+        return (self.view.local.get(op[1]) is inst and inst.name in self.view.names
+                and inst.name not in self.view.pending)
 
     def _batch(self, op: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         """op and the ready puts queued right after it, for one transaction (a burst of
@@ -556,7 +380,7 @@ class EtcdStore:
         names = sorted({op[2].name for op in batch})
         compares = [("version", self.keys.name(n), ">", 0) for n in names]
         puts: list[tuple[Any, ...]] = [
-            ("put", self.keys.name(n), self._name_value(self._names[n]), 0) for n in names]
+            ("put", self.keys.name(n), self._name_value(self.view.names[n]), 0) for n in names]
         puts += [("put", op[1], instance_value(op[2], self.node), lease) for op in batch]
         ok, _ = await self.client.txn(compares, puts)
         if ok:
@@ -568,7 +392,7 @@ class EtcdStore:
         return self._lease
 
     def _name_value(self, rec: NameRecord) -> bytes:
-        return json.dumps({"vip": self._index[rec.name], "owner": rec.owner,
+        return json.dumps({"vip": self.view.index[rec.name], "owner": rec.owner,
                            "expires": rec.expires}, separators=(",", ":")).encode()
 
     async def _write(self, op: tuple[Any, ...]) -> None:
@@ -578,12 +402,12 @@ class EtcdStore:
         elif kind == "put":
             key: bytes = op[1]
             inst: Instance = op[2]
-            if self._local.get(key) is not inst:
+            if self.view.local.get(key) is not inst:
                 return  # gone meanwhile
-            rec = self._names.get(inst.name)
+            rec = self.view.names.get(inst.name)
             if rec is None:
                 return
-            if inst.name in self._pending:  # its claim has to come first
+            if inst.name in self.view.pending:  # its claim has to come first
                 self._ops.appendleft(op)
                 self._ops.appendleft(("claim", inst.name))
                 return
@@ -596,17 +420,17 @@ class EtcdStore:
             if ok:
                 self._written.add(key)
             else:  # the name went away under us: claim it again, then this
-                self._pending.add(inst.name)
+                self.view.pending.add(inst.name)
                 self._ops.appendleft(op)
                 self._ops.appendleft(("claim", inst.name))
         elif kind == "delete":
-            if op[1] in self._local:
+            if op[1] in self.view.local:
                 return  # registered again meanwhile
             await self.client.txn([], [("delete", op[1])])
             self._written.discard(op[1])
         elif kind == "touch":
-            rec = self._names.get(op[1])
-            if rec is None or op[1] in self._pending:
+            rec = self.view.names.get(op[1])
+            if rec is None or op[1] in self.view.pending:
                 return
             nk = self.keys.name(op[1])
             await self.client.txn([("version", nk, ">", 0)],
@@ -617,8 +441,8 @@ class EtcdStore:
             ok, found = await self.client.txn(
                 [("mod", nk, "==", mod_revision)],
                 [("delete", nk), ("delete", self.keys.vip(index))], [("get", nk)])
-            if not ok and found and name not in self._names:
-                self._apply_name(name, found[0].value, found[0].mod_revision)  # it lives on
+            if not ok and found and name not in self.view.names:
+                self.view.apply_name(name, found[0].value, found[0].mod_revision)  # it lives on
                 self._notify()
         elif kind == "host":
             lease = await self._leased()
@@ -628,14 +452,14 @@ class EtcdStore:
     async def _claim(self, name: str) -> None:
         """A VIP for name that no other name has, agreed with etcd."""
         for _ in range(CLAIM_ATTEMPTS):
-            rec = self._names.get(name)
-            if rec is None or name not in self._pending:
+            rec = self.view.names.get(name)
+            if rec is None or name not in self.view.pending:
                 return
-            index = self._index[name]
-            owner = [n for n, i in self._index.items() if i == index and n != name]
-            if owner or index in self._taken:
-                self._set_index(rec, self._free_index_besides(index))
-                index = self._index[name]
+            index = self.view.index[name]
+            owner = [n for n, i in self.view.index.items() if i == index and n != name]
+            if owner or index in self.view.taken:
+                self.view.set_index(rec, self.view.free_index_besides(index))
+                index = self.view.index[name]
             nk, vk = self.keys.name(name), self.keys.vip(index)
             self.stats["etcd_claims"] += 1
             ok, found = await self.client.txn(
@@ -643,14 +467,14 @@ class EtcdStore:
                 [("put", nk, self._name_value(rec), 0), ("put", vk, name.encode(), 0)],
                 [("get", nk)])
             if ok:
-                self._pending.discard(name)
+                self.view.pending.discard(name)
                 self._notify()
                 return
             self.stats["etcd_claim_conflicts"] += 1
             if found:  # another daemon reserved the name first: its VIP it is
-                self._apply_name(name, found[0].value, found[0].mod_revision)
+                self.view.apply_name(name, found[0].value, found[0].mod_revision)
                 self._notify()
                 return
-            self._taken.add(index)  # that VIP went to a name we have not seen yet
+            self.view.taken.add(index)  # that VIP went to a name we have not seen yet
         log.warning("etcd: no VIP for %r after %d attempts", name, CLAIM_ATTEMPTS)
         raise etcd.Unavailable("no VIP agreed")  # (the writer backs off and tries again)
