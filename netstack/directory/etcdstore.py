@@ -104,10 +104,7 @@ class EtcdStore:
         rec = self.view.names.get(name)
         if rec is not None:
             return rec
-        rec = NameRecord(name, b"", b"", expires=expires)
-        self.view.set_index(rec, self.view.free_index())  # tentative until the claim succeeds
-        self.view.names[name] = rec
-        self.view.pending.add(name)
+        rec = self.view.reserve(name, expires)
         self._queue(("claim", name))
         return rec
 

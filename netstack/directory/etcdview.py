@@ -64,6 +64,16 @@ class EtcdView:
     def records(self) -> list[NameRecord]:
         return list(self.names.values())
 
+    # ----------------------------------------------------------- writes
+    def reserve(self, name: str, expires: float) -> NameRecord:
+        """A new name here, its VIP tentative (pending) until the store's claim agrees
+        with etcd."""
+        rec = NameRecord(name, b"", b"", expires=expires)
+        self.set_index(rec, self.free_index())
+        self.names[name] = rec
+        self.pending.add(name)
+        return rec
+
     # ---------------------------------------------------------- indices
     def set_index(self, rec: NameRecord, index: int) -> None:
         self.unindex(rec)
