@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import select
 import socket
-from typing import TYPE_CHECKING
 
+from netstack.host.interfaces import SocketRegistry
 from netstack.stack.hostio import DatagramReceiver, HostAddr
-
-if TYPE_CHECKING:
-    from netstack.host.runtime import Runtime
 
 READS_PER_WAKEUP = 64
 MAX_DATAGRAM = 65535
 
 
 class HostDatagram:
-    def __init__(self, runtime: Runtime, owner: DatagramReceiver, family: int, proto: int) -> None:
+    def __init__(
+        self, runtime: SocketRegistry, owner: DatagramReceiver, family: int, proto: int
+    ) -> None:
         self.runtime = runtime
         self.owner = owner
         self.sock: socket.socket | None = socket.socket(

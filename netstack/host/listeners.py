@@ -12,17 +12,14 @@ import ipaddress
 import logging
 import select
 import socket
-from typing import TYPE_CHECKING
 
 from netstack.forward.rules import ForwardRule
+from netstack.host.interfaces import SocketRegistry
 from netstack.host.streams import HostTcpStream
 from netstack.stack.config import HOST6, NetworkConfig
 from netstack.stack.policy import is_martian6
 from netstack.tcp.connection import TcpConnection
 from netstack.tcp.output import FlowAddrs
-
-if TYPE_CHECKING:
-    from netstack.host.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +62,7 @@ def _listen_socket(kind: int, host_addr: str) -> socket.socket:
 
 
 class TcpForwardListener:
-    def __init__(self, runtime: Runtime, rule: ForwardRule) -> None:
+    def __init__(self, runtime: SocketRegistry, rule: ForwardRule) -> None:
         self.runtime = runtime
         self.rule = rule
         self.guest_ip = ipaddress.ip_address(rule.guest_addr).packed
@@ -145,7 +142,7 @@ class UdpRoute:
 
 
 class UdpForwardListener:
-    def __init__(self, runtime: Runtime, rule: ForwardRule) -> None:
+    def __init__(self, runtime: SocketRegistry, rule: ForwardRule) -> None:
         self.runtime = runtime
         self.rule = rule
         self.guest_ip = ipaddress.ip_address(rule.guest_addr).packed

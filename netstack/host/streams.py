@@ -13,14 +13,11 @@ import logging
 import select
 import socket
 import struct
-from typing import TYPE_CHECKING
 
 from netstack import _fast
+from netstack.host.interfaces import SocketRegistry
 from netstack.stack.hostio import HostAddr
 from netstack.tcp.connection import TcpConnection
-
-if TYPE_CHECKING:
-    from netstack.host.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +31,7 @@ STREAM_EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EP
 class HostTcpStream:
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: SocketRegistry,
         conn: TcpConnection,
         targets: list[HostAddr],
         accepted: socket.socket | None = None,
