@@ -6,15 +6,13 @@ view. Imported on the first such command.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from netstack.api import commands as api_commands
-
-if TYPE_CHECKING:
-    from netstack.host.runtime import Runtime
+from netstack.host.interfaces import StatsSources
 
 
-def connections(rt: Runtime) -> list[dict[str, Any]]:
+def connections(rt: StatsSources) -> list[dict[str, Any]]:
     """The API's list_connections: every TCP connection and UDP flow."""
     now = time.monotonic()
     if rt.fastpath is not None:
@@ -52,7 +50,7 @@ def connections(rt: Runtime) -> list[dict[str, Any]]:
     return out
 
 
-def stats(rt: Runtime) -> dict[str, Any]:
+def stats(rt: StatsSources) -> dict[str, Any]:
     """The API's get_stats: the stack's counters, flows, the C path's and the directory's."""
     if rt.fastpath is not None:
         rt.fastpath.adopt_all()  # the flows C opened count in the tables below
@@ -79,7 +77,7 @@ def stats(rt: Runtime) -> dict[str, Any]:
     }
 
 
-def _fast_path_stats(rt: Runtime) -> dict[str, Any] | None:
+def _fast_path_stats(rt: StatsSources) -> dict[str, Any] | None:
     if rt.fastpath is None:
         return None
     out: dict[str, Any] = rt.fastpath.snapshot()
@@ -90,7 +88,7 @@ def _fast_path_stats(rt: Runtime) -> dict[str, Any] | None:
     return out
 
 
-def _directory_stats(rt: Runtime) -> dict[str, Any] | None:
+def _directory_stats(rt: StatsSources) -> dict[str, Any] | None:
     """--directory: whether netstackd's watch is up, and what the view holds."""
     client, vips = rt.directory_client, rt.stack.vips
     if client is None or vips is None:
