@@ -15,6 +15,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from netstack.dns.fastpath import DnsFastPath
+from netstack.host.interfaces import CPathsHost
 from netstack.host.loop import EpollLoop
 from netstack.link.tap import TapLink
 from netstack.stack.config import DNS6, HOST6, PREFIX6, NetworkConfig, virtual_mac
@@ -22,7 +23,6 @@ from netstack.tcp.fastpath import FastPath
 from netstack.udp.fastpath import UdpFastPath
 
 if TYPE_CHECKING:
-    from netstack.host.runtime import Runtime
     from netstack.stack.vips import DirectorySettings
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ SPIN_US = 100
 
 
 def attach(
-    rt: Runtime, config: NetworkConfig, link: TapLink, directory: DirectorySettings | None
+    rt: CPathsHost, config: NetworkConfig, link: TapLink, directory: DirectorySettings | None
 ) -> None:
     """Give rt its C paths (the caller has checked the C extension is built)."""
     rt.fastpath = FastPath(
@@ -102,7 +102,7 @@ def attach(
         rt.epoll.register(rt.fastpath.delack_fd(), select.EPOLLIN)
 
 
-def _open_syns(rt: Runtime, config: NetworkConfig, mtu: int) -> None:
+def _open_syns(rt: CPathsHost, config: NetworkConfig, mtu: int) -> None:
     """Guest SYNs to the gateway (with -6 also the router's address) are answered in
     C (csrc/flow_syn.c) when the policy maps it to host loopback and nothing else is
     decided per connection: the host loopback allowed, no --outbound-addr for the

@@ -1,21 +1,24 @@
 """What the host's parts need of the runtime that drives them, as interfaces: the
-host sockets and listeners (SocketRegistry) and the API's report (StatsSources). The
-runtime (runtime.py) supplies them."""
+host sockets and listeners (SocketRegistry), the API's report (StatsSources) and the
+C paths' set-up (CPathsHost). The runtime (runtime.py) supplies them."""
 
 from __future__ import annotations
 
+import select
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from netstack.dns.fastpath import DnsFastPath
+from netstack.dns.fastpath import DnsFastPath, DnsHost
 from netstack.forward.rules import Forwards
-from netstack.host.loop import EventHandler
+from netstack.host.loop import EpollLoop, EventHandler
 from netstack.stack.dispatch import Stack
 from netstack.tcp.fastpath import FastPath
 from netstack.udp.fastpath import UdpFastPath
 
 if TYPE_CHECKING:
+    import asyncio
+
     from netstack.directory.client import DirectoryClient
 
 
@@ -65,3 +68,27 @@ class StatsSources(Protocol):
 
     @property
     def directory_client(self) -> DirectoryClient | None: ...
+
+
+class CPathsHost(DnsHost, Protocol):
+    """What the C paths' set-up (cpaths.py) reads of the runtime and sets on it: the
+    C paths it builds, whether the loop waits in C, and the epoll host sockets join
+    (the loop's own when the loop waits in C). The DNS path's host (DnsHost) too."""
+
+    fastpath: FastPath | None
+    udp_fast: UdpFastPath | None
+    dns_fast: DnsFastPath | None
+    c_loop: bool
+    epoll: select.epoll
+
+    @property
+    def stack(self) -> Stack: ...
+
+    @property
+    def loop(self) -> EpollLoop | asyncio.AbstractEventLoop: ...
+
+    @property
+    def rx_buf(self) -> bytearray: ...
+
+    @property
+    def outbound(self) -> dict[int, str | None]: ...
