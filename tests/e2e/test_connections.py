@@ -53,6 +53,16 @@ print(got.decode(), flush=True)
 """
 
 
+# load_decides: how many SYNs C answers depends on the machine's load, so these tests
+# only ask that it answered some (tests/test_syn_flowpath.py checks each case on a fake
+# TAP; bench/run measures the rate). C answers a SYN when the loopback connect is
+# complete when connect() returns, which it is when the kernel's network softirq runs
+# inside our connect. Under CPU contention that work is left to ksoftirqd and the
+# connect completes later: that SYN is Python's. With two busy loops on this 2-core
+# machine, the 200 connections of the host-closes-first test had 87 SYNs in C in one
+# run of three (otherwise 187-200).
+
+
 def syn_env(syn_c: str) -> dict[str, str]:
     return {"NETSTACK_SYN_C": syn_c}
 
@@ -93,9 +103,9 @@ def test_short_connections_the_guest_closes_first(
     assert counts["tcp_flows_opened"] == counts["tcp_flows_closed"] == 400, counts
     assert counts["flows_unadopted"] == 0
     if syn_c == "1":
-        assert counts["syns_in_c"] >= 350, counts
-        # a flow still open when a timed adoption comes is Python's; most never are
-        assert counts["closed_in_c"] >= 300, counts
+        # how many: see load_decides above; a flow still open when a timed adoption
+        # comes is Python's
+        assert counts["syns_in_c"] > 0 and counts["closed_in_c"] > 0, counts
     else:
         assert counts["syns_in_c"] == counts["closed_in_c"] == 0, counts
     world.assert_no_internal_errors()
@@ -128,9 +138,7 @@ def test_short_connections_the_host_closes_first(world: World, syn_c: str, tmp_p
     counts = settled_counts(world, baseline)  # TIME_WAIT's 2 s included
     assert counts["tcp_flows_opened"] == counts["tcp_flows_closed"] == 200, counts
     if syn_c == "1":
-        # (a host port whose last use lingers in the server's TIME_WAIT may make a
-        # connect incomplete when it returns: that SYN is Python's)
-        assert counts["syns_in_c"] >= 150, counts
+        assert counts["syns_in_c"] > 0, counts  # how many: see load_decides above
     else:
         assert counts["syns_in_c"] == 0, counts
     # our FIN went first: each lingers in TIME_WAIT, which is Python's
