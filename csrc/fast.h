@@ -80,6 +80,11 @@ struct ns_flow {
     int unadopted;              /* Python has no connection for it yet */
     int adopt_listed;           /* ... and it is in ctx->adopts */
     double created;
+    /* ... closed both ways, our FIN first, lingering in TIME_WAIT (csrc/flow_time_wait.c) */
+    int time_wait;
+    int tw_prev;                /* the TIME_WAIT list, oldest first: slot + 1, 0 ends it */
+    int tw_next;
+    double tw_until;
 };
 
 struct ns_ctx {
@@ -162,6 +167,10 @@ struct ns_ctx {
     uint64_t iss_key[2];        /* SipHash key of initial sequence numbers (RFC 6528) */
     uint64_t syns_in_c;         /* flows opened here */
     uint64_t closed_in_c;       /* ... of which closed here, Python never told */
+    double time_wait_s;         /* how long a flow closed here lingers (tcp/params.py) */
+    int ntime_wait;             /* flows lingering here in TIME_WAIT (no socket) */
+    int tw_head;                /* their list, oldest first: slot + 1, 0 when empty */
+    int tw_tail;
 };
 
 struct ns_ctx *ns_ctx_new(int tap_fd, int vnet, uint8_t *rx, size_t rx_cap, int max_flows,
@@ -179,6 +188,8 @@ long ns_rx_flush(struct ns_ctx *ctx, double now);
 long ns_host_poll(struct ns_ctx *ctx, int epfd, double now);
 void ns_adopt_all(struct ns_ctx *ctx);
 void ns_adopted(struct ns_ctx *ctx, struct ns_flow *flow);
+void ns_tw_expire(struct ns_ctx *ctx, double now);
+int ns_tw_evict_oldest(struct ns_ctx *ctx);
 
 /* ---- established UDP flows (csrc/udp.c) ---- */
 struct ns_udp_flow {

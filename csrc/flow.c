@@ -16,7 +16,8 @@
  * socket's write side shut down, the FIN acknowledged at once), the host's EOF (our
  * FIN sent after its data), the guest's ACK of our FIN. When both ways are closed and
  * our FIN is acknowledged the flow is listed `EJECT_DONE`, and Python closes the
- * connection: a short connection costs Python its SYN and that, not a call per FIN.
+ * connection: a short connection costs Python its SYN and that, not a call per FIN (a
+ * flow Python never saw closes here, or lingers here in TIME_WAIT: flush_dirty).
  * Whatever else C cannot finish (a host error, a socket that filled, a zero window, a
  * FIN with data) marks the flow `eject` and lists it; Python takes the flow back
  * (ns_flow_flush, copy, ns_flow_close) and goes on in Python.
@@ -221,8 +222,11 @@ static void flush_dirty(struct ns_ctx *ctx, double now)
     for (int i = 0; i < ctx->ndirty; i++) {
         struct ns_flow *f = &ctx->flows[ctx->dirty[i]];
         f->dirty = 0;
-        if (f->eject == EJECT_DONE && f->unadopted && !f->fin_to_guest_first) {
-            syn_close(ctx, f, now); /* Python never saw it: closed here */
+        if (f->eject == EJECT_DONE && f->unadopted) { /* Python never saw it */
+            if (f->fin_to_guest_first)
+                tw_enter(ctx, f, now); /* our FIN went first: TIME_WAIT, here */
+            else
+                syn_close(ctx, f, now); /* closed here */
             continue;
         }
         if (f->eject)
@@ -249,6 +253,14 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
     size_t l4_len = g.l4_len;
     size_t hlen = (size_t)(t[12] >> 4) * 4;
     uint8_t flags = t[13];
+    if (ctx->ntime_wait) {
+        struct ns_flow *tw = flow_lookup(ctx, g.src, get16(t), g.dst, get16(t + 2));
+        if (tw && tw->time_wait && tw->v6 == g.v6) {
+            if ((flags & (F_SYN | F_ACK)) != F_SYN)
+                return tw_rx_frame(ctx, tw, &g, now);
+            tw_free(ctx, tw); /* the guest reuses the 4-tuple: a new flow (table.py) */
+        }
+    }
     if ((flags & (F_SYN | F_RST | F_URG)) || !(flags & F_ACK))
         return flags & F_SYN ? syn_rx_frame(ctx, &g, now) : 0;
     int fin = flags & F_FIN;

@@ -149,11 +149,25 @@ void flow_send_ack(struct ns_ctx *ctx, struct ns_flow *f, double now);
 void flow_arm_rto(struct ns_ctx *ctx, struct ns_flow *f, double now);
 void flow_pump(struct ns_ctx *ctx, struct ns_flow *f, double now);
 
+/* csrc/flow_table.c */
+void flow_list_remove(int *list, int *n, int slot);
+
 /* csrc/flow_syn.c: guest SYNs opened here, and the flows Python has not seen */
+struct syn_options {
+    int mss, wscale, has_ts;
+    uint32_t ts_val;
+};
+int syn_parse_options(const uint8_t *p, size_t n, struct syn_options *o);
 int syn_rx_frame(struct ns_ctx *ctx, const struct guest_ip *g, double now);
 void syn_list_adopt(struct ns_ctx *ctx, struct ns_flow *f);
 void syn_frame_to_python(struct ns_ctx *ctx, size_t len);
 void syn_close(struct ns_ctx *ctx, struct ns_flow *f, double now);
+
+/* csrc/flow_time_wait.c: flows Python never saw, closed our FIN first, in TIME_WAIT */
+void tw_enter(struct ns_ctx *ctx, struct ns_flow *f, double now);
+int tw_rx_frame(struct ns_ctx *ctx, struct ns_flow *f, const struct guest_ip *g, double now);
+void tw_free(struct ns_ctx *ctx, struct ns_flow *f);
+void tw_unlink(struct ns_ctx *ctx, struct ns_flow *f);
 
 /* Whether Python has TCP work after a C call: flows to take back or on, timers */
 static inline int tcp_python_work(const struct ns_ctx *ctx)

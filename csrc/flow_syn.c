@@ -14,7 +14,8 @@
  *
  * Python has no connection for such a flow (`unadopted`). A short connection is done
  * before it needs one: when both ways close with the guest first, the flow is closed
- * here (syn_close). Python takes a flow on (ctx->adopts, then ns_adopted) the moment it
+ * here (syn_close); with the host first, it lingers here in TIME_WAIT
+ * (csrc/flow_time_wait.c). Python takes a flow on (ctx->adopts, then ns_adopted) the moment it
  * has to see it: a frame or host event C leaves to Python, an eject, its API listing,
  * and every flow still open adopt_after seconds after it was opened (before its first
  * retransmission could be due: its timers are Python's).
@@ -37,14 +38,9 @@
 #define MAX_WSCALE 14
 #define SYNACK_OPTIONS_MAX 20 /* MSS 4, NOP NOP timestamp 12, NOP window scale 4 */
 
-struct syn_options {
-    int mss, wscale, has_ts;
-    uint32_t ts_val;
-};
-
-/* Twin of wire/tcp.py parse_options for what a SYN carries: 0 with o filled, -1 for
- * a malformed list (Python's to refuse). */
-static int parse_options(const uint8_t *p, size_t n, struct syn_options *o)
+/* Twin of wire/tcp.py parse_options for what a SYN carries (and a segment's
+ * timestamp): 0 with o filled, -1 for a malformed list (Python's to refuse). */
+int syn_parse_options(const uint8_t *p, size_t n, struct syn_options *o)
 {
     memset(o, 0, sizeof(*o));
     o->wscale = -1;
@@ -264,12 +260,17 @@ int syn_rx_frame(struct ns_ctx *ctx, const struct guest_ip *g, double now)
     uint16_t gport = get16(t), rport = get16(t + 2);
     if (flow_lookup(ctx, g->src, gport, g->dst, rport))
         return 0; /* a retransmitted SYN, or a 4-tuple reused: Python decides */
-    if (ctx->py_flows + ctx->nunadopted >= ctx->syn_flow_limit ||
+    /* the oldest flow lingering here in TIME_WAIT gives way (twin of table._room) */
+    while ((ctx->py_flows + ctx->nunadopted + ctx->ntime_wait >= ctx->syn_flow_limit ||
+            ctx->nfree == 0) &&
+           ns_tw_evict_oldest(ctx))
+        ;
+    if (ctx->py_flows + ctx->nunadopted + ctx->ntime_wait >= ctx->syn_flow_limit ||
         ctx->py_half_open + ctx->nunadopted >= ctx->syn_half_open_limit || ctx->nfree == 0)
         return 0; /* Python's limits, each flow here counted half-open: past them Python
                    * evicts or refuses */
     struct syn_options opts;
-    if (parse_options(t + TCP_LEN, hlen - TCP_LEN, &opts) < 0)
+    if (syn_parse_options(t + TCP_LEN, hlen - TCP_LEN, &opts) < 0)
         return 0;
     int err;
     int fd = connect_loopback(ctx, rport, g->v6, &err);
@@ -328,8 +329,8 @@ void syn_list_adopt(struct ns_ctx *ctx, struct ns_flow *f)
 {
     if (!f->unadopted || f->adopt_listed)
         return;
-    if (f->eject == EJECT_DONE && !f->fin_to_guest_first)
-        return; /* closing here: Python never sees it (a late segment is a stray) */
+    if (f->eject == EJECT_DONE)
+        return; /* closing here (or lingering here in TIME_WAIT): Python never sees it */
     f->adopt_listed = 1;
     ctx->adopts[ctx->nadopts++] = f->slot;
 }

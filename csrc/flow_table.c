@@ -112,6 +112,7 @@ struct ns_ctx *ns_ctx_new(int tap_fd, int vnet, uint8_t *rx, size_t rx_cap, int 
     ctx->pending_slack = 64 * 1024;
     ctx->gather_max_segment = 16 * 1024;
     ctx->delack_delay = 0.001;
+    ctx->time_wait_s = 2.0; /* tcp/params.py TIME_WAIT (Python sets it) */
     ctx->delack_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (ctx->delack_fd < 0)
         ctx->delack_delay = 0; /* no timer: ACKs are not delayed */
@@ -191,7 +192,7 @@ struct ns_flow *ns_flow_open(struct ns_ctx *ctx, int fd, const uint8_t *guest_ip
     return f;
 }
 
-static void list_remove(int *list, int *n, int slot)
+void flow_list_remove(int *list, int *n, int slot)
 {
     for (int i = 0; i < *n; i++)
         if (list[i] == slot) {
@@ -203,6 +204,8 @@ static void list_remove(int *list, int *n, int slot)
 void ns_flow_close(struct ns_ctx *ctx, struct ns_flow *f)
 {
     int slot = f->slot;
+    if (f->time_wait)
+        tw_unlink(ctx, f);
     unsigned int b = flow_hash(ctx, f->guest_ip, f->guest_port, f->remote_ip, f->remote_port) &
                      ctx->bucket_mask;
     int *link = &ctx->buckets[b];
@@ -216,13 +219,13 @@ void ns_flow_close(struct ns_ctx *ctx, struct ns_flow *f)
     if (f->fd >= 0 && f->fd < ctx->by_fd_cap && ctx->by_fd[f->fd] == slot + 1)
         ctx->by_fd[f->fd] = 0;
     if (f->dirty)
-        list_remove(ctx->dirty, &ctx->ndirty, slot);
-    list_remove(ctx->ejects, &ctx->nejects, slot);
-    list_remove(ctx->timers, &ctx->ntimers, slot);
+        flow_list_remove(ctx->dirty, &ctx->ndirty, slot);
+    flow_list_remove(ctx->ejects, &ctx->nejects, slot);
+    flow_list_remove(ctx->timers, &ctx->ntimers, slot);
     if (f->delack_listed)
-        list_remove(ctx->delacks, &ctx->ndelacks, slot);
+        flow_list_remove(ctx->delacks, &ctx->ndelacks, slot);
     if (f->adopt_listed)
-        list_remove(ctx->adopts, &ctx->nadopts, slot);
+        flow_list_remove(ctx->adopts, &ctx->nadopts, slot);
     f->delack_listed = 0;
     f->adopt_listed = 0;
     if (f->unadopted)
@@ -244,8 +247,9 @@ void flow_eject(struct ns_ctx *ctx, struct ns_flow *f, int why, int err)
         return;
     f->eject = why;
     f->err = err;
-    if (f->unadopted && why == EJECT_DONE && !f->fin_to_guest_first)
-        return; /* closed here once its ACK is out (flush_dirty): Python never knew it */
+    if (f->unadopted && why == EJECT_DONE)
+        return; /* closed here once its ACK is out, or lingering here in TIME_WAIT
+                 * (flush_dirty): Python never knew it */
     ctx->ejects[ctx->nejects++] = f->slot;
     syn_list_adopt(ctx, f); /* Python takes it on before it takes it back */
 }

@@ -86,6 +86,8 @@ long ns_loop(struct ns_ctx *ctx, int epfd, double deadline, int max_frames)
             return -ctx->link_errno;
         if (ctx->adopt_at != 0 && ctx->adopt_at <= now)
             ns_adopt_all(ctx);
+        if (ctx->tw_head && ctx->flows[ctx->tw_head - 1].tw_until <= now)
+            ns_tw_expire(ctx, now);
         if (tcp_python_work(ctx) || udp_python_work(ctx) || dns_python_work(ctx))
             return NS_PYTHON_WORK;
         if (!first && now >= deadline)
@@ -96,6 +98,8 @@ long ns_loop(struct ns_ctx *ctx, int epfd, double deadline, int max_frames)
             until = ctx->delack_next;
         if (ctx->adopt_at != 0 && ctx->adopt_at < until)
             until = ctx->adopt_at;
+        if (ctx->tw_head && ctx->flows[ctx->tw_head - 1].tw_until < until)
+            until = ctx->flows[ctx->tw_head - 1].tw_until;
         ctx->loop_waits++;
         int timeout = timeout_ms(until, now);
         int n;

@@ -4,7 +4,8 @@ in for the TAP (a plain link: no virtio-net header on the wire), a listening soc
 
 C must answer a plain SYN to the gateway with a host-loopback connect and a SYN-ACK
 whose every field is Python's twin; leave every other frame to Python unchanged; close
-a short connection the guest closes first without Python; list a flow for adoption when
+a short connection the guest closes first without Python, and keep one the host closes
+first in TIME_WAIT without Python (csrc/flow_time_wait.c); list a flow for adoption when
 Python must see it (a frame C leaves, an eject, adopt_after passing); and never break
 on a mutated SYN."""
 
@@ -29,7 +30,7 @@ from scapy.packet import Raw
 
 from netstack import _fast
 from netstack.link.base import FRAME_BUFFER_SIZE
-from netstack.tcp.fastpath import EJECT_DONE, PYTHON_WORK, FastPath
+from netstack.tcp.fastpath import PYTHON_WORK, FastPath
 from tests.helpers import fake_tap
 
 pytestmark = pytest.mark.skipif(not _fast.FAST, reason="C fast path not built")
@@ -514,33 +515,122 @@ def test_a_short_connection_the_guest_closes_first_ends_in_c(rig: Rig) -> None:
     assert rig.adopted == []
 
 
-def test_the_host_closing_first_hands_the_flow_to_python(rig: Rig) -> None:
-    seq = 5000
-    iss, conn = handshake(rig, seq)
+def lingering(r: Rig, sport: int = GUEST_PORT) -> Any:
+    """The flow in TIME_WAIT in C for the guest's port sport (None: none)."""
+    ctx = r.ctx
+    for i in range(ctx.max_flows):
+        f = ctx.flows[i]
+        if f.time_wait and f.guest_port == sport and f.remote_port == r.port:
+            return f
+    return None
+
+
+def host_closes_first(r: Rig, seq: int, sport: int = GUEST_PORT) -> tuple[int, socket.socket]:
+    """A connection from the guest's port sport that the host answers and closes first;
+    the guest acknowledges all and sends its FIN: our ISS and the host's end."""
+    assert r.rx_one(syn(r.port, sport=sport, seq=seq)) in (0, PYTHON_WORK)
+    (synack,) = r.out()
+    iss = int(synack[TCP].seq)
+    conn = r.accept()
+    assert r.rx_one(segment(r.port, seq + 1, iss + 1, sport=sport)) in (0, PYTHON_WORK)
     conn.sendall(b"answer")
     conn.shutdown(socket.SHUT_WR)
-    f = held(rig)
-    slot = int(f.slot)
-    rig.poll_host(lambda: f.fin_to_guest == 1)
-    frames = rig.out()
+    f = held(r, sport)
+    r.poll_host(lambda: f.fin_to_guest == 1)
+    frames = r.out()
     assert b"".join(bytes(p[TCP].payload) for p in frames) == b"answer"
-    assert frames[0][TCP].seq == iss + 1
     assert frames[-1][TCP].flags & 0x01 and frames[-1][TCP].seq == iss + 7
     assert f.fin_to_guest_first == 1
-    # the guest acknowledges, then closes its side
-    assert rig.rx_one(segment(rig.port, seq + 1, iss + 8)) in (0, PYTHON_WORK)
-    assert f.fin_acked == 1 and rig.ctx.nadopts == 0 and rig.ctx.nejects == 0
-    n = rig.rx_one(segment(rig.port, seq + 1, iss + 8, "FA"))
-    assert n == PYTHON_WORK
+    assert r.rx_one(segment(r.port, seq + 1, iss + 8, sport=sport)) in (0, PYTHON_WORK)
+    assert r.rx_one(segment(r.port, seq + 1, iss + 8, "FA", sport=sport)) == 0
+    return iss, conn
+
+
+def test_the_host_closing_first_lingers_in_time_wait_in_c(rig: Rig) -> None:
+    base = fd_count()
+    seq = 5000
+    iss, conn = host_closes_first(rig, seq)
+    # our ACK of the guest's FIN, with the window of the socket still open then
+    (ack,) = rig.out()
+    assert ack[TCP].flags == 0x10 and ack[TCP].seq == iss + 8 and ack[TCP].ack == seq + 2
+    assert ack[TCP].window > 0
     assert conn.recv(10) == b""  # the guest's FIN reached the host
-    assert rig.ctx.closed_in_c == 0
-    assert rig.ctx.nadopts == 1 and int(rig.ctx.adopts[0]) == slot
-    assert rig.ctx.nejects == 1 and int(rig.ctx.ejects[0]) == slot
-    assert f.eject == EJECT_DONE and f.adopt_listed == 1 and f.unadopted == 1
-    rig.fast.adopt_listed()
-    assert [s for s, _ in rig.adopted] == [slot]
-    assert rig.ctx.nadopts == 0 and rig.ctx.nunadopted == 0
-    assert rig.ctx.nejects == 1  # still Python's to release
+    assert fd_count() == base + 1  # C's host socket closed (the accepted one is the test's)
+    f = lingering(rig)
+    assert f is not None and f.fd == -1 and held(rig) is None
+    ctx = rig.ctx
+    assert ctx.ntime_wait == 1 and ctx.nunadopted == 0 and ctx.closed_in_c == 0
+    assert ctx.nadopts == 0 and ctx.nejects == 0 and rig.adopted == []
+    rig.fast.adopt_all()  # the API's listing: nothing for Python to take on
+    assert rig.adopted == [] and rig.fast.time_wait() == 1
+    # a retransmitted FIN: ACKed again, window 0 (no socket behind it), as Python's
+    assert rig.rx_one(segment(rig.port, seq + 1, iss + 8, "FA")) == 0
+    (again,) = rig.out()
+    assert again[TCP].flags == 0x10 and again[TCP].window == 0
+    assert (again[TCP].seq, again[TCP].ack) == (iss + 8, seq + 2)
+    # data and bare ACKs are dropped; a SYN with ACK gets a challenge ACK
+    assert rig.rx_one(segment(rig.port, seq + 2, iss + 8, "PA", b"late")) == 0
+    assert rig.rx_one(segment(rig.port, seq + 2, iss + 8)) == 0
+    assert rig.out() == []
+    assert rig.rx_one(segment(rig.port, seq + 9, iss + 8, "SA")) == 0
+    (challenge,) = rig.out()
+    assert challenge[TCP].flags == 0x10 and challenge[TCP].ack == seq + 2
+    # an RST outside the window is ignored
+    assert rig.rx_one(segment(rig.port, seq + 100, 0, "R")) == 0
+    assert ctx.ntime_wait == 1
+    # its time is up: closed (counted as Python counts a TIME_WAIT connection removed)
+    rig.fast.lib.ns_tw_expire(ctx, time.monotonic())
+    assert ctx.ntime_wait == 1  # not yet
+    rig.fast.lib.ns_tw_expire(ctx, time.monotonic() + 2.1)
+    assert ctx.ntime_wait == 0 and ctx.closed_in_c == 1 and ctx.nfree == MAX_FLOWS
+    assert lingering(rig) is None and rig.out() == []
+    # a late segment of the 4-tuple is Python's now (a stray), nothing to adopt
+    late = segment(rig.port, seq + 2, iss + 8, "FA")
+    assert rig.feed([late]) == [late]
+    assert rig.ctx.nadopts == 0 and rig.adopted == []
+
+
+def test_a_reset_in_the_window_ends_time_wait(rig: Rig) -> None:
+    seq = 7000
+    host_closes_first(rig, seq)
+    rig.out()
+    assert rig.rx_one(segment(rig.port, seq + 2, 0, "R")) == 0
+    assert rig.out() == []
+    assert rig.ctx.ntime_wait == 0 and rig.ctx.closed_in_c == 1
+    assert rig.ctx.nfree == MAX_FLOWS and lingering(rig) is None
+
+
+def test_a_new_syn_on_the_4_tuple_ends_time_wait_and_opens_a_new_flow(rig: Rig) -> None:
+    seq = 9000
+    host_closes_first(rig, seq)
+    rig.out()
+    assert rig.rx_one(syn(rig.port, seq=seq + 100000)) in (0, PYTHON_WORK)
+    (synack,) = rig.out()
+    assert synack[TCP].flags == 0x12 and synack[TCP].ack == seq + 100001
+    assert rig.ctx.ntime_wait == 0 and rig.ctx.closed_in_c == 1
+    assert rig.ctx.syns_in_c == 2 and held(rig) is not None
+    rig.accept()
+
+
+def test_time_wait_in_c_gives_way_when_the_table_is_full(rig: Rig) -> None:
+    for i in range(MAX_FLOWS):
+        host_closes_first(rig, 1000 * i, sport=GUEST_PORT + i)
+        rig.out()
+    ctx = rig.ctx
+    assert ctx.ntime_wait == MAX_FLOWS and ctx.nfree == 0
+    # a new SYN: the oldest lingering flow gives way to it
+    assert rig.rx_one(syn(rig.port, sport=GUEST_PORT + 100)) in (0, PYTHON_WORK)
+    (synack,) = rig.out()
+    assert synack[TCP].flags == 0x12
+    assert ctx.ntime_wait == MAX_FLOWS - 1 and ctx.closed_in_c == 1
+    assert lingering(rig, GUEST_PORT) is None and lingering(rig, GUEST_PORT + 1) is not None
+    rig.accept()
+    # Python's table makes room the same way (TcpTable._room)
+    assert rig.fast.evict_time_wait()
+    assert lingering(rig, GUEST_PORT + 1) is None and ctx.ntime_wait == MAX_FLOWS - 2
+    while rig.fast.evict_time_wait():
+        pass
+    assert ctx.ntime_wait == 0 and ctx.closed_in_c == MAX_FLOWS
 
 
 # --------------------------------------------------------------- 6: a retransmission
@@ -696,6 +786,54 @@ def test_mutated_syns_never_break_c(edits: list[Any], options: bytes) -> None:
         assert pkt[IP].src == GW_IP
         assert checksums_valid(pkt)
         r.accept()
+    finally:
+        r.close()
+
+
+@settings(
+    max_examples=int(os.environ.get("NETSTACK_FUZZ_EXAMPLES", "400")) // 2,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["F", "FA", "A", "PA", "R", "RA", "S", "SA", "U", "", "FPAU"]),
+            st.integers(-3, 3),  # off rcv_nxt
+            st.sampled_from([b"", b"\x01\x01\x08\x0a" + bytes(8), b"\x08\x02\x00\x00"]),
+            st.binary(max_size=20),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_segments_in_time_wait_never_break_c(segments: list[Any]) -> None:
+    """Whatever the guest sends on a 4-tuple lingering in C (malformed options
+    included), C keeps its books: the flow lingers or is closed and counted, once."""
+    r = make_rig()
+    try:
+        seq = 3000
+        iss, _ = host_closes_first(r, seq)
+        r.out()
+        for flags, off, options, payload in segments:
+            frame = syn(
+                r.port, seq=(seq + 2 + off) & 0xFFFFFFFF, ack=iss + 8, flags=flags,
+                options=options, payload=payload,
+            )  # fmt: skip
+            handed_back = r.feed([frame])
+            out = r.out()
+            if handed_back:
+                assert out == []
+            ctx = r.ctx
+            assert ctx.ntime_wait in (0, 1) and ctx.nfree >= MAX_FLOWS - 1
+            assert ctx.closed_in_c + ctx.ntime_wait + ctx.nunadopted >= 1
+            for pkt in out:
+                assert checksums_valid(pkt)
+            if ctx.nunadopted:  # a plain SYN opened the 4-tuple again
+                r.accept()
+                break
+        r.fast.lib.ns_tw_expire(r.ctx, time.monotonic() + 3)
+        assert r.ctx.ntime_wait == 0
     finally:
         r.close()
 

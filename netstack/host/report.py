@@ -13,7 +13,9 @@ from netstack.host.interfaces import StatsSources
 
 
 def connections(rt: StatsSources) -> list[dict[str, Any]]:
-    """The API's list_connections: every TCP connection and UDP flow."""
+    """The API's list_connections: every TCP connection and UDP flow (not the flows
+    lingering in TIME_WAIT in C, which get_stats counts: Python has no connection for
+    them)."""
     now = time.monotonic()
     if rt.fastpath is not None:
         rt.fastpath.adopt_all()  # the flows C opened are listed too
@@ -60,7 +62,9 @@ def stats(rt: StatsSources) -> dict[str, Any]:
     return {
         **stats,
         "flows": {
-            "tcp": len(rt.stack.tcp.conns),
+            # with the flows lingering in TIME_WAIT in C (csrc/flow_time_wait.c)
+            "tcp": len(rt.stack.tcp.conns)
+            + (rt.fastpath.time_wait() if rt.fastpath is not None else 0),
             "tcp_half_open": len(rt.stack.tcp.half_open),
             "udp": len(rt.stack.udp.flows),
             "icmp": len(rt.stack.ping.flows),

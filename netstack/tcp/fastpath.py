@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from netstack import _fast
 from netstack.tcp.interfaces import TcpState
-from netstack.tcp.params import DEFAULT_MSS, IDLE_TIMEOUT, OUR_WSCALE, RTO_INITIAL
+from netstack.tcp.params import DEFAULT_MSS, IDLE_TIMEOUT, OUR_WSCALE, RTO_INITIAL, TIME_WAIT
 from netstack.tcp.to_host import GATHER_MAX_SEGMENT, PENDING_SLACK, WINDOW_MAX
 
 if TYPE_CHECKING:
@@ -178,6 +178,7 @@ class FastPath:
         ctx.syn_flow_limit = max_flows
         ctx.syn_half_open_limit = max_half_open
         ctx.adopt_after = ADOPT_AFTER
+        ctx.time_wait_s = TIME_WAIT
         self.adopt_from_c = adopt
 
     def set_counts(self, flows: int, half_open: int) -> None:
@@ -189,6 +190,15 @@ class FastPath:
     def unadopted(self) -> int:
         """Flows C opened that Python has no connection for."""
         return int(self.ctx.nunadopted)
+
+    def time_wait(self) -> int:
+        """Flows C opened and closed, our FIN first, lingering in TIME_WAIT there
+        (csrc/flow_time_wait.c): Python never sees them."""
+        return int(self.ctx.ntime_wait)
+
+    def evict_time_wait(self) -> bool:
+        """The oldest of those gives way (False: there is none)."""
+        return bool(self.lib.ns_tw_evict_oldest(self.ctx))
 
     def adopt_listed(self) -> None:
         """Connections for the flows C listed: Python is about to see them."""
@@ -381,6 +391,7 @@ class FastPath:
             "syns_in_c": int(ctx.syns_in_c),
             "closed_in_c": int(ctx.closed_in_c),
             "flows_unadopted": int(ctx.nunadopted),
+            "time_wait_in_c": int(ctx.ntime_wait),
             "loop_waits": int(ctx.loop_waits),
             "loop_returns": int(ctx.loop_returns),
         }

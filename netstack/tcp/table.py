@@ -255,11 +255,15 @@ class TcpTable:
 
     def _room(self) -> bool:
         """Whether a new flow fits, making room from TIME_WAIT flows if need be (the
-        flows C opened and Python has not seen count too)."""
-        in_c = self.fastpath.unadopted() if self.fastpath is not None else 0
+        flows C opened and Python has not seen count too, and those lingering in
+        TIME_WAIT in C, which give way after Python's)."""
+        fast = self.fastpath
+        in_c = fast.unadopted() + fast.time_wait() if fast is not None else 0
         while len(self.conns) + in_c >= self.max_flows and self.time_wait:
             key, conn = next(iter(self.time_wait.items()))
             self._remove(key, conn)
+        while len(self.conns) + in_c >= self.max_flows and fast and fast.evict_time_wait():
+            in_c -= 1
         return len(self.conns) + in_c < self.max_flows
 
     def _reset_stray(self, flow: FlowAddrs, seg: tcp.TcpHeader, payload_len: int) -> None:
