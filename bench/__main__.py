@@ -8,9 +8,10 @@ each): the rate the receiver got and the loss; DNS queries per second through th
 guest's DNS address (32 in flight, against a dnsmasq on the host side's loopback
 that answers bench.test itself); request/response latency (p50, p99), new
 connections per second (probe.py's Python client and asyncio server, and bench/crr.c's
-C pair, which leaves the CPU to the stack), launch-to-ready time (and, for netstack, the import time
-to ready under `python -X importtime`, as bench/startup shows in detail), RSS idle
-and with 1,000 open flows. Writes results.json, results.md (ratios to slirp4netns)
+C pair, which leaves the CPU to the stack, also with its server closing first),
+launch-to-ready time (and, for netstack, the import time to ready under
+`python -X importtime`, as bench/startup shows in detail), RSS idle and with 1,000
+open flows. Writes results.json, results.md (ratios to slirp4netns)
 and PNG charts.
 
 --repeats N runs N rounds, and each round runs every system once (its world set up
@@ -44,6 +45,7 @@ IPERF_PORT = "5201"
 PROBE_PORT = "7777"
 CRR_C = Path(__file__).resolve().parent / "crr.c"
 CRR_C_PORT = "7778"
+CRR_C_CLOSING_PORT = "7779"  # the C pair's server that closes first
 HOLD_FLOWS = 1000
 # UDP datagram (iperf3 -l) per MTU: the largest round size that fits one frame
 UDP_LEN = {1500: 1400, 65520: 8192}
@@ -241,21 +243,24 @@ class Runner:
         self.record(world, "latency p50", rr["p50_us"] if rr else None, "us")
         self.record(world, "latency p99", rr["p99_us"] if rr else None, "us")
         self.record(world, "new connections", crr["conn_per_s"] if crr else None, "conn/s")
-        rate_c = None
-        if self.crr_c:
-            try:
-                out = self.run_guest(
-                    world,
-                    self.crr_c,
-                    "client",
-                    world.server_ip,
-                    CRR_C_PORT,
-                    str(self.args.crr_seconds),
-                )
-                rate_c = json.loads(out)["conn_per_s"]
-            except (RuntimeError, subprocess.TimeoutExpired, ValueError, KeyError) as e:
-                print(f"    crr (C): {e!r}", file=sys.stderr)
-        self.record(world, "new connections, C client and server", rate_c, "conn/s")
+        for port, metric in (
+            (CRR_C_PORT, "new connections, C client and server"),
+            (CRR_C_CLOSING_PORT, "new connections, C pair, server closes first"),
+        ):
+            self.record(world, metric, self.crr_c_rate(world, port), "conn/s")
+
+    def crr_c_rate(self, world: World, port: str) -> float | None:
+        """bench/crr.c's client against its server on port (None: not built, failed)."""
+        if not self.crr_c:
+            return None
+        try:
+            out = self.run_guest(
+                world, self.crr_c, "client", world.server_ip, port, str(self.args.crr_seconds)
+            )
+            return float(json.loads(out)["conn_per_s"])
+        except (RuntimeError, subprocess.TimeoutExpired, ValueError, KeyError) as e:
+            print(f"    crr (C, port {port}): {e!r}", file=sys.stderr)
+            return None
 
     def dns(self, world: World, resolver: Dnsmasq) -> None:
         """Queries per second through the guest's DNS address, p50 latency and
@@ -353,11 +358,13 @@ class Runner:
             world.procs.append(srv)
             assert srv.stdout is not None and srv.stdout.readline().strip() == b"ready"
             if self.crr_c:
-                srv_c = subprocess.Popen(
-                    world.in_host(self.crr_c, "serve", CRR_C_PORT), stdout=subprocess.PIPE
-                )
-                world.procs.append(srv_c)
-                assert srv_c.stdout is not None and srv_c.stdout.readline().strip() == b"ready"
+                for mode, port in (("serve", CRR_C_PORT), ("serve-closing", CRR_C_CLOSING_PORT)):
+                    srv_c = subprocess.Popen(
+                        world.in_host(self.crr_c, mode, port), stdout=subprocess.PIPE
+                    )
+                    world.procs.append(srv_c)
+                    assert srv_c.stdout is not None
+                    assert srv_c.stdout.readline().strip() == b"ready"
             resolver = Dnsmasq(world)
             world.start()
             time.sleep(0.3)
@@ -475,10 +482,10 @@ def main() -> int:
         cpu = 2 if s in ("netstack", "slirp4netns") else 1
         tcp_runs = len(args.streams) * 2 + (2 if args.ipv6 else 0)
         if SYSTEMS[s].latency_only:
-            runner.total += len(mtus) * (2 + 3 + 4)
+            runner.total += len(mtus) * (2 + 3 + 5)
             continue
         runner.total += len(mtus) * (
-            2 + tcp_runs * cpu + 2 * (cpu + 1) + 3 + 4 + 1 + (s == "netstack")
+            2 + tcp_runs * cpu + 2 * (cpu + 1) + 3 + 5 + 1 + (s == "netstack")
         )
     runner.total *= args.repeats
     build = tempfile.mkdtemp(prefix="bench-crr-")

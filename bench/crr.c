@@ -2,6 +2,8 @@
  *
  *   crr serve PORT                   echo server on 0.0.0.0:PORT, one connection at a
  *                                    time; prints "ready" once listening
+ *   crr serve-closing PORT           the same, but it closes first, after one answer
+ *                                    (as an HTTP/1.0 server does)
  *   crr client HOST PORT SECONDS     connect, send 1 byte, read it back, close, for
  *                                    SECONDS (at most 1,000,000 connections); prints
  *                                    {"conn_per_s": N}
@@ -26,7 +28,7 @@ static double monotonic(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static int serve(int port)
+static int serve(int port, int close_first)
 {
     int one = 1;
     int lfd = socket(AF_INET, SOCK_STREAM, 0);
@@ -48,7 +50,7 @@ static int serve(int port)
         char buf[64];
         ssize_t n;
         while ((n = read(fd, buf, sizeof(buf))) > 0)
-            if (write(fd, buf, (size_t)n) != n)
+            if (write(fd, buf, (size_t)n) != n || close_first)
                 break;
         close(fd);
     }
@@ -84,9 +86,12 @@ static int client(const char *host, int port, double seconds)
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "serve") == 0)
-        return serve(atoi(argv[2]));
+        return serve(atoi(argv[2]), 0);
+    if (argc == 3 && strcmp(argv[1], "serve-closing") == 0)
+        return serve(atoi(argv[2]), 1);
     if (argc == 5 && strcmp(argv[1], "client") == 0)
         return client(argv[2], atoi(argv[3]), atof(argv[4]));
-    fprintf(stderr, "usage: crr serve PORT | crr client HOST PORT SECONDS\n");
+    fprintf(stderr, "usage: crr serve PORT | crr serve-closing PORT | "
+                    "crr client HOST PORT SECONDS\n");
     return 2;
 }
