@@ -253,12 +253,19 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
     size_t l4_len = g.l4_len;
     size_t hlen = (size_t)(t[12] >> 4) * 4;
     uint8_t flags = t[13];
-    if (ctx->ntime_wait) {
-        struct ns_flow *tw = flow_lookup(ctx, g.src, get16(t), g.dst, get16(t + 2));
-        if (tw && tw->time_wait && tw->v6 == g.v6) {
+    struct ns_flow *f = NULL;
+    int looked_up = 0;
+    if (ctx->ntime_wait || ctx->nunadopted) { /* a flow of C's own in TIME_WAIT? */
+        f = flow_lookup(ctx, g.src, get16(t), g.dst, get16(t + 2));
+        looked_up = 1;
+        if (f && f->v6 == g.v6 && !f->time_wait && f->unadopted && f->eject == EJECT_DONE &&
+            f->fin_to_guest_first)
+            tw_enter(ctx, f, now); /* closed earlier in this batch: it lingers from now */
+        if (f && f->v6 == g.v6 && f->time_wait) {
             if ((flags & (F_SYN | F_ACK)) != F_SYN)
-                return tw_rx_frame(ctx, tw, &g, now);
-            tw_free(ctx, tw); /* the guest reuses the 4-tuple: a new flow (table.py) */
+                return tw_rx_frame(ctx, f, &g, now);
+            tw_free(ctx, f); /* the guest reuses the 4-tuple: a new flow (table.py) */
+            f = NULL;
         }
     }
     if ((flags & (F_SYN | F_RST | F_URG)) || !(flags & F_ACK))
@@ -270,7 +277,8 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
         has_ts = 1;
     else if (hlen != TCP_LEN)
         return 0;
-    struct ns_flow *f = flow_lookup(ctx, g.src, get16(t), g.dst, get16(t + 2));
+    if (!looked_up)
+        f = flow_lookup(ctx, g.src, get16(t), g.dst, get16(t + 2));
     if (!f || f->eject || f->v6 != g.v6 || memcmp(eth + 6, f->guest_mac, 6))
         return 0; /* an IPv6 frame with v4-mapped addresses is not the IPv4 flow's */
     uint32_t seq = get32(t + 4), ack = get32(t + 8);

@@ -56,6 +56,10 @@ void tw_enter(struct ns_ctx *ctx, struct ns_flow *f, double now)
 {
     f->eject = 0;
     ns_flow_flush(ctx, f, now); /* the ACK of the guest's FIN, acknowledged bytes dropped */
+    if (f->dirty) { /* entered from rx_frame: flush_dirty has nothing left to do for it */
+        flow_list_remove(ctx->dirty, &ctx->ndirty, f->slot);
+        f->dirty = 0;
+    }
     if (f->delack_listed)
         flow_list_remove(ctx->delacks, &ctx->ndelacks, f->slot);
     if (f->timer_listed)

@@ -590,6 +590,30 @@ def test_the_host_closing_first_lingers_in_time_wait_in_c(rig: Rig) -> None:
     assert rig.ctx.nadopts == 0 and rig.adopted == []
 
 
+def test_a_segment_right_behind_the_closing_fin_finds_the_flow_in_time_wait(rig: Rig) -> None:
+    """The guest's FIN and a retransmission of it in one read: the first closes the
+    flow (its TIME_WAIT would start at the batch's end), the second finds it in
+    TIME_WAIT already, not Python with no connection (which would reset the guest)."""
+    seq = 6000
+    assert rig.rx_one(syn(rig.port, seq=seq)) in (0, PYTHON_WORK)
+    (synack,) = rig.out()
+    iss = int(synack[TCP].seq)
+    conn = rig.accept()
+    assert rig.rx_one(segment(rig.port, seq + 1, iss + 1)) in (0, PYTHON_WORK)
+    conn.shutdown(socket.SHUT_WR)
+    f = held(rig)
+    rig.poll_host(lambda: f.fin_to_guest == 1)
+    (fin,) = rig.out()
+    assert fin[TCP].flags & 0x01 and fin[TCP].seq == iss + 1
+    fin_from_guest = segment(rig.port, seq + 1, iss + 2, "FA")
+    assert rig.feed([fin_from_guest, fin_from_guest]) == []
+    first, second = rig.out()
+    assert (first[TCP].ack, second[TCP].ack) == (seq + 2, seq + 2)
+    assert first[TCP].window > 0 and second[TCP].window == 0
+    assert rig.ctx.ntime_wait == 1 and rig.ctx.ndirty == 0 and rig.ctx.nejects == 0
+    assert rig.ctx.nunadopted == 0 and rig.ctx.nadopts == 0
+
+
 def test_a_reset_in_the_window_ends_time_wait(rig: Rig) -> None:
     seq = 7000
     host_closes_first(rig, seq)
