@@ -9,10 +9,10 @@ guest's DNS address (32 in flight, against a dnsmasq on the host side's loopback
 that answers bench.test itself); request/response latency (p50, p99), new
 connections per second (probe.py's Python client and asyncio server, and bench/crr.c's
 C pair, which leaves the CPU to the stack, also with its server closing first),
-launch-to-ready time (and, for netstack, the import time to ready under
-`python -X importtime`, as bench/startup shows in detail), RSS idle and with 1,000
-open flows. Writes results.json, results.md (ratios to slirp4netns)
-and PNG charts.
+launch-to-ready time (also alone: a few launches with `-c` in fresh namespaces; and,
+for netstack, the import time to ready under `python -X importtime`, as
+bench/startup shows in detail), RSS idle and with 1,000 open flows. Writes
+results.json, results.md (ratios to slirp4netns) and PNG charts.
 
 --repeats N runs N rounds, and each round runs every system once (its world set up
 afresh), starting each round with a different system: on a shared, noisy machine a slow
@@ -47,6 +47,7 @@ CRR_C = Path(__file__).resolve().parent / "crr.c"
 CRR_C_PORT = "7778"
 CRR_C_CLOSING_PORT = "7779"  # the C pair's server that closes first
 HOLD_FLOWS = 1000
+READY_LAUNCHES = 5  # launches per figure of "ready alone"
 # UDP datagram (iperf3 -l) per MTU: the largest round size that fits one frame
 UDP_LEN = {1500: 1400, 65520: 8192}
 DNS_NAME = "q.bench.test"  # the bench's dnsmasq answers this itself...
@@ -304,6 +305,23 @@ class Runner:
             return None
         return out
 
+    def ready_alone(self, world: World) -> None:
+        """netstack and slirp4netns: launch to ready with `-c` and this MTU alone, each
+        in a fresh namespace (bench/startup's launch), the median of READY_LAUNCHES. The
+        world's own launch (the "ready" row) adds -6 and comes right after another
+        world's teardown, which the kernel finishes in the background."""
+        if world.name not in ("netstack", "slirp4netns"):
+            return
+        values = []
+        for _ in range(READY_LAUNCHES):
+            try:
+                argv = [*startup.SYSTEMS[world.name], "-m", str(world.mtu)]
+                values.append(startup.launch(argv)[0])
+            except (RuntimeError, OSError) as e:
+                print(f"    ready alone: {e!r}", file=sys.stderr)
+        median = statistics.median(values) if values else None
+        self.record(world, f"ready alone, -c (median of {READY_LAUNCHES})", median, "ms")
+
     def imports(self, world: World) -> None:
         """netstack only: its imports to the ready byte, one launch under -X importtime
         (bench/startup prints the breakdown; the costliest few go to results.json)."""
@@ -374,6 +392,7 @@ class Runner:
                 None if world.ready_seconds is None else world.ready_seconds * 1000,
                 "ms",
             )
+            self.ready_alone(world)
             self.imports(world)
             self.record(
                 world,
@@ -485,7 +504,14 @@ def main() -> int:
             runner.total += len(mtus) * (2 + 3 + 5)
             continue
         runner.total += len(mtus) * (
-            2 + tcp_runs * cpu + 2 * (cpu + 1) + 3 + 5 + 1 + (s == "netstack")
+            2
+            + tcp_runs * cpu
+            + 2 * (cpu + 1)
+            + 3
+            + 5
+            + 1
+            + (s == "netstack")
+            + (s in ("netstack", "slirp4netns"))
         )
     runner.total *= args.repeats
     build = tempfile.mkdtemp(prefix="bench-crr-")
