@@ -3,8 +3,8 @@ netstack's start-up goes.
 
 Each run makes a fresh network namespace per system and launches it as a runtime does
 (`-c -r FD --netns-type=path NS tap0`; the +sandbox rows add --enable-sandbox
---enable-seccomp, as podman and rootlesskit do; +api an --api-socket, which puts the
-runtime on uvloop), rotating which system goes first; "ready"
+--enable-seccomp, as podman and rootlesskit do; +api an --api-socket, as rootlesskit
+does: its server runs on the stack's own loop), rotating which system goes first; "ready"
 is the time from the launch to the ready-fd byte, "rss idle" VmRSS 0.3 s later.
 Medians, with min and max to show the noise of a shared machine. Then one more
 netstack launch under `python -X importtime`: the imports it made before the ready
@@ -117,7 +117,7 @@ SYSTEMS = {
     "slirp4netns": ["slirp4netns"],
     "netstack+sandbox": [NETSTACK, *SANDBOX],
     "slirp+sandbox": ["slirp4netns", *SANDBOX],
-    # the API server is asyncio's: with it the runtime runs on uvloop
+    # the API server (its module, its socket) on the stack's own loop, as rootlesskit launches us
     "netstack+api": [NETSTACK, "--api-socket", "{api}"],
 }
 
