@@ -8,7 +8,9 @@ each): the rate the receiver got and the loss; DNS queries per second through th
 guest's DNS address (32 in flight, against a dnsmasq on the host side's loopback
 that answers bench.test itself); request/response latency (p50, p99), new
 connections per second (probe.py's Python client and asyncio server, and bench/crr.c's
-C pair, which leaves the CPU to the stack, also with its server closing first),
+C pair, which leaves the CPU to the stack, also with its server closing first, and
+for netstack and slirp4netns also through a port forward made on the API socket, which
+they are launched with, as rootlesskit does),
 launch-to-ready time (also alone: a few launches with `-c` in fresh namespaces; and,
 for netstack, the import time to ready under `python -X importtime`, as
 bench/startup shows in detail), RSS idle and with 1,000 open flows. Writes
@@ -263,6 +265,50 @@ class Runner:
             print(f"    crr (C, port {port}): {e!r}", file=sys.stderr)
             return None
 
+    def forwards(self, world: World) -> None:
+        """netstack and slirp4netns: new connections through a port forward (add_hostfwd
+        on the API socket, as rootlesskit and podman's slirp4netns port handler use it):
+        bench/crr.c's client on the host side's 127.0.0.1, its server in the guest,
+        echoing, then closing first."""
+        if world.api_path is None:
+            return
+        # the guest's server closing first goes first: in the other run the stack closes
+        # first towards the guest and keeps each connection in TIME_WAIT (slirp4netns
+        # too, in its socket list, which then slows its next run)
+        for mode, port, metric in (
+            ("serve-closing", 7781, "forwarded connections, C pair, guest server closes first"),
+            ("serve", 7780, "forwarded connections, C pair"),
+        ):
+            rate = None
+            if self.crr_c:
+                try:
+                    srv = subprocess.Popen(
+                        world.in_guest(self.crr_c, mode, str(port)), stdout=subprocess.PIPE
+                    )
+                    world.procs.append(srv)
+                    assert srv.stdout is not None
+                    if srv.stdout.readline().strip() != b"ready":
+                        raise RuntimeError(f"crr {mode} did not start in the guest")
+                    world.add_forward(10000 + port, port)
+                    r = subprocess.run(
+                        world.in_host(
+                            self.crr_c,
+                            "client",
+                            "127.0.0.1",
+                            str(10000 + port),
+                            str(self.args.crr_seconds),
+                        ),
+                        capture_output=True,
+                        text=True,
+                        timeout=self.args.crr_seconds + 30,
+                    )
+                    rate = float(json.loads(r.stdout)["conn_per_s"])
+                except (RuntimeError, OSError, ValueError, KeyError) as e:
+                    print(f"    forwards ({mode}): {e!r}", file=sys.stderr)
+                except subprocess.TimeoutExpired as e:
+                    print(f"    forwards ({mode}): {e!r}", file=sys.stderr)
+            self.record(world, metric, rate, "conn/s")
+
     def dns(self, world: World, resolver: Dnsmasq) -> None:
         """Queries per second through the guest's DNS address, p50 latency and
         timeouts. The run counts only if every answer was the bench's address and the
@@ -421,6 +467,7 @@ class Runner:
                 self.udp(world, reverse)
             self.dns(world, resolver)
             self.latency(world)
+            self.forwards(world)
             self.hold_flows(world)
         finally:
             world.close()
@@ -511,7 +558,7 @@ def main() -> int:
             + 5
             + 1
             + (s == "netstack")
-            + (s in ("netstack", "slirp4netns"))
+            + 3 * (s in ("netstack", "slirp4netns"))
         )
     runner.total *= args.repeats
     build = tempfile.mkdtemp(prefix="bench-crr-")

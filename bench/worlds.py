@@ -16,10 +16,12 @@ and forwards nothing; each stack forwards its DNS address's queries there.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import select
 import shutil
+import socket
 import stat
 import subprocess
 import time
@@ -42,6 +44,7 @@ class World:
     server_ip = ""
     server_ip6: str | None = None  # None: no IPv6 path to measure
     dns_ip: str | None = None  # the guest's DNS address (None: the system has none)
+    api_path: str | None = None  # the stack's API socket (None: no port forwards here)
 
     def __init__(self, mtu: int, ipv6: bool = False) -> None:
         tag = secrets.token_hex(3)
@@ -148,6 +151,37 @@ class World:
         for ns in (self.guest, self.host, self.dead):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         shutil.rmtree(NETNS_ETC / self.host, ignore_errors=True)
+        if self.api_path is not None and os.path.exists(self.api_path):
+            os.unlink(self.api_path)
+
+    def _api(self) -> str:
+        """The API socket's path, as rootlesskit passes one (its port driver uses it)."""
+        self.api_path = f"/tmp/{self.host}.api"
+        return self.api_path
+
+    def add_forward(self, host_port: int, guest_port: int) -> None:
+        """A TCP port forward from the host side's 127.0.0.1:host_port to the guest's
+        guest_port, through the API socket (slirp4netns's add_hostfwd)."""
+        assert self.api_path is not None
+        request = {
+            "execute": "add_hostfwd",
+            "arguments": {
+                "proto": "tcp",
+                "host_addr": "127.0.0.1",
+                "host_port": host_port,
+                "guest_port": guest_port,
+            },
+        }
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(self.api_path)
+            s.sendall(json.dumps(request).encode())
+            s.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := s.recv(4096):
+                reply += chunk
+        if b'"return"' not in reply:
+            raise RuntimeError(f"add_hostfwd: {reply!r}")
 
 
 class NetstackWorld(World):
@@ -170,6 +204,8 @@ class NetstackWorld(World):
                 str(self.mtu),
                 "-r",
                 "{fd}",
+                "--api-socket",
+                self._api(),
                 "--netns-type=path",
                 f"/run/netns/{self.guest}",
                 "tap0",
@@ -193,6 +229,8 @@ class SlirpWorld(World):
                 str(self.mtu),
                 "-r",
                 "{fd}",
+                "--api-socket",
+                self._api(),
                 "--netns-type=path",
                 f"/run/netns/{self.guest}",
                 "tap0",
