@@ -467,8 +467,10 @@ class Runner:
                 self.udp(world, reverse)
             self.dns(world, resolver)
             self.latency(world)
-            self.forwards(world)
             self.hold_flows(world)
+            # last: its thousands of short connections leave the stack's heap larger
+            # (a 1,000-flow RSS measured after them read 40 MiB instead of 19)
+            self.forwards(world)
         finally:
             world.close()
             if resolver is not None:
