@@ -73,13 +73,15 @@ def syn(
     dst: str = GW_IP,
     src_mac: bytes = GUEST_MAC,
     window: int = 64240,
+    v6: bool = False,
 ) -> bytes:
     """A guest frame as Python reads it (a zeroed virtio-net header first). The options
-    are raw bytes (a multiple of 4), so a malformed list can be sent too."""
+    are raw bytes (a multiple of 4), so a malformed list can be sent too. v6: over IPv6,
+    to the router's MAC."""
     assert len(options) % 4 == 0
     pkt = (
-        Ether(src=mac_str(src_mac), dst=mac_str(GW_MAC))
-        / IP(src=src, dst=dst, flags="DF")
+        Ether(src=mac_str(src_mac), dst=mac_str(ROUTER_MAC if v6 else GW_MAC))
+        / (IPv6(src=src, dst=dst) if v6 else IP(src=src, dst=dst, flags="DF"))
         / TCP(
             sport=sport,
             dport=dport,
@@ -104,14 +106,9 @@ def syn6(
     seq: int = 1000,
 ) -> bytes:
     """An IPv6 SYN as Python reads it, to the router's MAC."""
-    pkt = (
-        Ether(src=mac_str(src_mac), dst=mac_str(ROUTER_MAC))
-        / IPv6(src=src, dst=dst)
-        / TCP(sport=GUEST_PORT, dport=dport, seq=seq, flags="S", window=64800,
-              dataofs=5 + len(options) // 4)
-        / Raw(options)
-    )  # fmt: skip
-    return bytes(10) + bytes(pkt)
+    return syn(
+        dport, options=options, src=src, dst=dst, src_mac=src_mac, seq=seq, window=64800, v6=True
+    )
 
 
 def segment(
