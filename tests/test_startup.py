@@ -1,11 +1,17 @@
 """What the stack imports on first use is preloaded before the sandbox hides its files:
 every netstack import made inside a function of the runtime's modules is listed in
-host.runtime.LAZY_MODULES (the e2e proof: tests/e2e/test_sandbox.py)."""
+host.runtime.LAZY_MODULES (the e2e proof: tests/e2e/test_sandbox.py); logging waits
+for the first record (netstack/log.py), after the ready byte."""
 
 from __future__ import annotations
 
 import ast
+import logging
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import netstack
 from netstack.host.runtime import LAZY_ASYNCIO_MODULES, LAZY_MODULES
@@ -52,3 +58,67 @@ def _is_module(name: str) -> bool:
 def test_the_check_sees_the_runtime_lazy_imports() -> None:
     found = imports_in_functions(PACKAGE / "host" / "runtime.py")
     assert {"netstack.api.server", "netstack.host.listeners"} <= found
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def test_the_start_path_leaves_logging_unimported() -> None:
+    """Nothing before the ready byte logs, so logging (~5 ms of a launch with the
+    modules it imports) waits for the first record (netstack/log.py)."""
+    done = _python(
+        "import sys, netstack.cli.main, netstack.host.runtime\n"
+        "print(sorted({'logging', 'traceback', 'threading'} & set(sys.modules)))"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_record_imports_logging_and_applies_configure() -> None:
+    done = _python(
+        "import sys\n"
+        "from netstack import log\n"
+        "log.configure(log.INFO, 'fmt %(name)s: %(message)s')\n"
+        "x = log.get_logger('netstack.x')\n"
+        "x.debug('below the floor %d', 1)\n"
+        "assert not x.isEnabledFor(log.DEBUG)\n"
+        "assert 'logging' not in sys.modules, 'a dropped record imported logging'\n"
+        "x.info('kept %d', 2)\n"
+        "assert 'logging' in sys.modules\n"
+        "try:\n"
+        "    raise ValueError('boom')\n"
+        "except ValueError:\n"
+        "    x.exception('failed %s', 'here')\n"
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0] == "fmt netstack.x: kept 2"
+    assert lines[1] == "fmt netstack.x: failed here"
+    assert "ValueError: boom" in done.stderr
+    assert "below the floor" not in done.stderr
+
+
+def test_records_reach_logging_and_its_levels(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unconfigured (tests, library use) every record reaches logging, which filters;
+    a configured floor drops what is below it before logging sees it."""
+    from netstack import log
+
+    x = log.get_logger("netstack.test_startup")
+    with caplog.at_level(logging.DEBUG, logger="netstack.test_startup"):
+        x.debug("d %d", 1)
+        x.warning("w %s", "2")
+        monkeypatch.setattr(log, "_floor", log.INFO)
+        x.debug("dropped")
+        x.info("i")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.DEBUG, "d 1"),
+        (logging.WARNING, "w 2"),
+        (logging.INFO, "i"),
+    ]
+    assert caplog.records[0].name == "netstack.test_startup"
+    assert caplog.records[0].filename == "test_startup.py"  # stacklevel: the caller's line

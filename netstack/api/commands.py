@@ -15,14 +15,14 @@ list_hostfwd carries the entries twice: slirp4netns really answers with a top-le
 from __future__ import annotations
 
 import json
-import logging
 import socket
 import time
 from typing import Any, Protocol
 
 from netstack.forward.rules import BadRequest, Forwards
+from netstack.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MAX_REQUEST = 4096
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import select
 import socket
@@ -21,9 +20,10 @@ from typing import Protocol
 
 from netstack.api import commands
 from netstack.host.loop import EventHandler
+from netstack.log import get_logger
 from netstack.stack.timers import TimerQueue
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 FIRST_BYTE_TIMEOUT = 5.0
 QUIET_TIMEOUT = 0.5

@@ -3,17 +3,17 @@ run the stack until SIGTERM, the exit fd, or the TAP going away."""
 
 from __future__ import annotations
 
-import logging
 import os
 import resource
 import socket
 import sys
 
+from netstack import log as netstack_log
 from netstack.cli import args as cli_args
 from netstack.cli.nsenter import InterfaceSetup, TapChild, open_tap_in_namespace, target_for
 from netstack.stack.config import NetworkConfig
 
-log = logging.getLogger("netstack")
+log = netstack_log.get_logger("netstack")
 
 
 def _banner(opts: cli_args.Options, config: NetworkConfig) -> str:
@@ -96,10 +96,9 @@ def _raise_fd_limit() -> None:
 def main(argv: list[str] | None = None) -> int:
     opts = cli_args.parse(sys.argv[1:] if argv is None else argv)
     _raise_fd_limit()
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.DEBUG if os.environ.get("NETSTACK_DEBUG") else logging.INFO,
-        format="%(name)s: %(message)s",
+    netstack_log.configure(
+        netstack_log.DEBUG if os.environ.get("NETSTACK_DEBUG") else netstack_log.INFO,
+        "%(name)s: %(message)s",
     )
     if opts.enable_ipv6:
         print("WARNING: Support for IPv6 is experimental")
@@ -220,13 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     ready_fd = opts.ready_fd
 
     def on_ready() -> None:
-        log.info(
+        if ready_fd is not None:
+            _write_ready(ready_fd)
+        log.info(  # after the byte: the first record imports logging (netstack/log.py)
             "ready: TAP %s, %s frames",
             opts.tapname or f"fd {fd}",
             "virtio-net (offloads)" if vnet_on else "plain",
         )
-        if ready_fd is not None:
-            _write_ready(ready_fd)
 
     return runtime.run(on_ready)
 

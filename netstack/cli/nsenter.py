@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import traceback
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -101,6 +100,8 @@ def open_tap_in_namespace(
             code = 0
         except BaseException as e:
             if os.environ.get("NETSTACK_DEBUG"):
+                import traceback
+
                 traceback.print_exc()
             print(f"netstack: {e}", file=sys.stderr)
         finally:

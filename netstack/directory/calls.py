@@ -17,7 +17,6 @@ import contextlib
 import errno
 import fcntl
 import ipaddress
-import logging
 import os
 import select
 import socket
@@ -33,10 +32,11 @@ from netstack.directory.inflight import InFlight
 from netstack.directory.oci import ContainerState
 from netstack.directory.registry import effective_labels
 from netstack.directory.sockaddr import SockAddr
+from netstack.log import get_logger
 from netstack.stack.config import NetworkConfig
 from netstack.stack.policy import Policy
 
-log = logging.getLogger("netstackd")
+log = get_logger("netstackd")
 
 MAX_IN_FLIGHT = 256  # async notifications per container (waiting connects, accepts)
 BATCH = 64  # notifications taken per wakeup

@@ -16,14 +16,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from netstack.directory.view import View, ViewError
+from netstack.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 RESOLVE_TIMEOUT = 1.0
 BACKOFF_FIRST = 0.1

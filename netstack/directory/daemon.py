@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import logging
 import os
 import signal
 import socket
@@ -25,6 +24,7 @@ import sys
 import time
 from typing import Any
 
+from netstack import log as netstack_log
 from netstack.directory import cluster, keeper, oci
 from netstack.directory.calls import Container
 from netstack.directory.hostsock import Kind
@@ -33,7 +33,7 @@ from netstack.directory.paths import default_socket
 from netstack.directory.registry import Directory
 from netstack.directory.supervisor import Supervisor
 
-log = logging.getLogger("netstackd")
+log = netstack_log.get_logger("netstackd")
 
 VERSION = "0.1.0"
 DEFAULT_VIP_CIDR = "198.18.0.0/16"  # RFC 2544 benchmarking: never routed, not 10.0.2.0/24
@@ -449,8 +449,9 @@ def _error(desc: str) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="netstackd: %(message)s", stream=sys.stderr)
+    netstack_log.configure(
+        netstack_log.DEBUG if args.debug else netstack_log.INFO, "netstackd: %(message)s"
+    )
     try:
         import uvloop
 

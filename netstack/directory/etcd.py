@@ -14,12 +14,13 @@ Every failure to reach etcd (refused, timed out, a broken stream) is `Unavailabl
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-log = logging.getLogger("netstackd.etcd")
+from netstack.log import get_logger
+
+log = get_logger("netstackd.etcd")
 
 CALL_TIMEOUT_S = 3.0
 

@@ -26,7 +26,6 @@ import collections
 import contextlib
 import ipaddress
 import json
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,8 +34,9 @@ from netstack.directory import etcd
 from netstack.directory.etcdkeys import DEFAULT_PREFIX, Keys, instance_value, reachable
 from netstack.directory.etcdview import EtcdView
 from netstack.directory.store import Instance, NameRecord
+from netstack.log import get_logger
 
-log = logging.getLogger("netstackd.etcd")
+log = get_logger("netstackd.etcd")
 
 DEFAULT_TTL = 10
 SYNC_WAIT_S = 5.0

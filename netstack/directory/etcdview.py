@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import logging
 from typing import TYPE_CHECKING, Any
 
 from netstack.directory.etcdkeys import Keys, parse_instance, reachable
 from netstack.directory.store import Instance, NameRecord, VipExhausted
+from netstack.log import get_logger
 
 if TYPE_CHECKING:
     from netstack.directory.etcd import KV, Event
 
-log = logging.getLogger("netstackd.etcd")
+log = get_logger("netstackd.etcd")
 
 
 class EtcdView:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
-import logging
 import os
 import select
 import socket
@@ -66,10 +65,11 @@ from netstack.directory.hostsock import (
 from netstack.directory.registry import Directory, Pick, Refused
 from netstack.directory.sockaddr import SockAddr
 from netstack.directory.store import Instance
+from netstack.log import get_logger
 from netstack.stack.config import DNS6
 from netstack.tcp.interfaces import Refusal
 
-log = logging.getLogger("netstackd")
+log = get_logger("netstackd")
 
 CONNECT_TIMEOUT_S = 75.0
 BOUND_GRACE_S = 300.0  # how long a bound, never listening socket is remembered

@@ -12,15 +12,15 @@ working). This module does no I/O: netstackd is a DirectoryNames, replies go to 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from netstack.directory.view import View
+from netstack.log import get_logger
 from netstack.stack.hostio import DirectoryNames, Resolved
 from netstack.stack.stats import Stats
 from netstack.wire import WireError, dns
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 TTL = 10
 MAX_PENDING = 256  # resolves in flight; more get SERVFAIL at once

@@ -19,9 +19,9 @@ does not answer in PER_SERVER_TIMEOUT comes back through `resume`.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Protocol
 
+from netstack.log import get_logger
 from netstack.stack.guest_output import GuestOutput
 from netstack.stack.hostio import DatagramSocket, DirectoryNames, HostAddr, HostIO
 from netstack.stack.stats import Stats
@@ -31,7 +31,7 @@ from netstack.wire import WireError, dns
 if TYPE_CHECKING:
     from netstack.dns.directory import DirectoryAnswers  # with --directory only
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class FastDns(Protocol):

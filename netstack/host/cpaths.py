@@ -8,7 +8,6 @@ NETSTACK_CLOOP=0, NETSTACK_SYN_C=0; NETSTACK_SPIN_US sets the loop's polling.
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 import socket
@@ -18,6 +17,7 @@ from netstack.dns.fastpath import DnsFastPath
 from netstack.host.interfaces import CPathsHost
 from netstack.host.loop import EpollLoop
 from netstack.link.tap import TapLink
+from netstack.log import get_logger
 from netstack.stack.config import DNS6, HOST6, PREFIX6, NetworkConfig, virtual_mac
 from netstack.tcp.fastpath import FastPath
 from netstack.udp.fastpath import UdpFastPath
@@ -25,7 +25,7 @@ from netstack.udp.fastpath import UdpFastPath
 if TYPE_CHECKING:
     from netstack.stack.vips import DirectorySettings
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # The C loop's poll without sleeping after an event, in us (yielding the CPU between
 # polls): an answer that comes within it costs no wakeup. 2026-11-29, 4 rounds side by

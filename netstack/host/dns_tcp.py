@@ -15,13 +15,13 @@ from dns/directory.py.
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 
 from netstack.dns.directory import DirectoryAnswers
+from netstack.log import get_logger
 from netstack.stack.hostio import HostAddr
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 UPSTREAM_TIMEOUT = 5.0  # per nameserver connect, and per relayed answer
 IDLE_TIMEOUT = 30.0  # a guest connection with no query for this long is closed

@@ -9,19 +9,19 @@ unspecified or clashing address) appear as the gateway, as with slirp4netns.
 from __future__ import annotations
 
 import ipaddress
-import logging
 import select
 import socket
 
 from netstack.forward.rules import ForwardRule
 from netstack.host.interfaces import SocketRegistry
 from netstack.host.streams import HostTcpStream
+from netstack.log import get_logger
 from netstack.stack.config import HOST6, NetworkConfig
 from netstack.stack.policy import is_martian6
 from netstack.tcp.connection import TcpConnection
 from netstack.tcp.output import FlowAddrs
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 ACCEPTS_PER_WAKEUP = 64
 LISTEN_BACKLOG = 128

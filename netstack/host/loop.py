@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import os
 import select
 import signal
@@ -31,7 +30,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-log = logging.getLogger(__name__)
+from netstack.log import get_logger
+
+log = get_logger(__name__)
 
 _READ_EVENTS = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
 

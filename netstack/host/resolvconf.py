@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
 import time
 
-log = logging.getLogger(__name__)
+from netstack.log import get_logger
+
+log = get_logger(__name__)
 
 RECHECK_INTERVAL = 1.0
 
@@ -33,9 +34,12 @@ class ResolvConf:
         self._servers: list[str] = []
         self._stamp: tuple[int, int, int, int] | None = None
         self._checked = -RECHECK_INTERVAL
-        self.servers()
+        self.servers(log_change=False)  # announce() logs it, after the ready byte
 
-    def servers(self) -> list[str]:
+    def announce(self) -> None:
+        log.info("resolv.conf: nameservers %s", ", ".join(self._servers) or "none")
+
+    def servers(self, log_change: bool = True) -> list[str]:
         now = time.monotonic()
         if now - self._checked < RECHECK_INTERVAL:
             return self._servers
@@ -47,7 +51,8 @@ class ResolvConf:
                 with open(self.path) as f:
                     self._servers = parse_nameservers(f.read())
                 self._stamp = stamp
-                log.info("resolv.conf: nameservers %s", ", ".join(self._servers) or "none")
+                if log_change:
+                    self.announce()
         except OSError as e:
             if self._stamp is not None or self._servers:
                 log.warning("resolv.conf: %s", e)

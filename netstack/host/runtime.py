@@ -15,7 +15,6 @@ returns only what Python must see.
 from __future__ import annotations
 
 import errno
-import logging
 import math
 import os
 import select
@@ -34,6 +33,7 @@ from netstack.host.resolvconf import ResolvConf
 from netstack.host.streams import HostTcpStream
 from netstack.link.base import FRAME_BUFFER_SIZE, LinkClosed, LinkEndpoint
 from netstack.link.tap import TapLink
+from netstack.log import get_logger
 from netstack.stack.config import DNS6, NetworkConfig
 from netstack.stack.dispatch import Stack
 from netstack.stack.hostio import DatagramReceiver, HostAddr
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from netstack.host.listeners import TcpForwardListener, UdpForwardListener
     from netstack.stack.vips import DirectorySettings
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Imported on first use, not at start (the ready byte waits for every import before
 # it): the API's server and commands, forwarded ports' listeners; and with asyncio
@@ -539,6 +539,7 @@ class Runtime:
         self._reschedule()
         if on_ready is not None:
             loop.call_soon(on_ready)
+        loop.call_soon(self.resolv.announce)  # logging is imported after the ready byte
         profile_path = os.environ.get("NETSTACK_PROFILE")  # a developer's cProfile dump
         profiler = None
         if profile_path:

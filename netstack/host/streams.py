@@ -9,17 +9,17 @@ based fallback before that) and dropped without a copy once acknowledged.
 from __future__ import annotations
 
 import errno
-import logging
 import select
 import socket
 import struct
 
 from netstack import _fast
 from netstack.host.interfaces import SocketRegistry
+from netstack.log import get_logger
 from netstack.stack.hostio import HostAddr
 from netstack.tcp.connection import TcpConnection
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SO_PEEK_OFF = 42
 _LINGER_RESET = struct.pack("ii", 1, 0)

@@ -9,17 +9,17 @@ gets "communication administratively prohibited" for each echo, never silence.
 from __future__ import annotations
 
 import errno
-import logging
 import socket
 import struct
 
+from netstack.log import get_logger
 from netstack.stack.guest_output import GuestOutput
 from netstack.stack.hostio import DatagramSocket, HostAddr, HostIO
 from netstack.stack.stats import Stats
 from netstack.stack.timers import TimerQueue
 from netstack.wire import icmpv4, icmpv6
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 IDLE_TIMEOUT = 60.0
 MAX_FLOWS = 256

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import struct
 
 from netstack.link.base import VNET_HEADROOM, LinkClosed
+from netstack.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0

@@ -14,12 +14,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import importlib
-import logging
 import os
 
+from netstack.log import get_logger
 from netstack.sandbox import _libc as c
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 CAP_NET_BIND_SERVICE = 10
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -41,6 +41,7 @@ PRELOAD = (
     "tokenize",
     "errno",
     "ipaddress",
+    "logging",  # netstack/log.py imports it on the first record
 )
 
 

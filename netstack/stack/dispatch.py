@@ -9,7 +9,6 @@ addresses the guest can hold, into a bounded table whose idle entries expire
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
@@ -18,6 +17,7 @@ from netstack.dhcp.server import DhcpServer
 from netstack.dns.forwarder import DnsForwarder
 from netstack.icmp.echo import PingProxy
 from netstack.link.base import VNET_HEADROOM, LinkEndpoint
+from netstack.log import get_logger
 from netstack.stack.config import DNS6, ROUTER_LL, NetworkConfig, virtual_mac
 from netstack.stack.guest_output import GuestOutput
 from netstack.stack.hostio import HostIO
@@ -51,7 +51,7 @@ from netstack.wire import (
 if TYPE_CHECKING:  # the directory's modules load with --directory only
     from netstack.stack.vips import DirectorySettings, VipRoutes
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MAX_MAC_WAITERS = 64
 # a UDP GSO frame carries at most this many datagrams (the kernel's UDP_MAX_SEGMENTS

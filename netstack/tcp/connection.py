@@ -9,9 +9,9 @@ FIN_WAIT/CLOSE_WAIT names. Every state change goes through `_set_state`.
 from __future__ import annotations
 
 import errno
-import logging
 import random
 
+from netstack.log import DEBUG, get_logger
 from netstack.tcp import handshake, to_guest
 from netstack.tcp.fastpath import FastFlow
 from netstack.tcp.interfaces import Guest, HostStream, Refusal, TcpState, refusal_for_errno
@@ -33,7 +33,7 @@ from netstack.tcp.to_host import GATHER_MAX_SEGMENT, WINDOW_MAX, PendingBudget, 
 from netstack.wire import icmpv4, tcp
 from netstack.wire.tcp import ACK, FIN, RST, SYN, seq_diff, seq_lt
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class TcpConnection:
@@ -133,7 +133,7 @@ class TcpConnection:
 
     # ---------------------------------------------------------------- state
     def _set_state(self, state: TcpState, why: str) -> None:
-        if log.isEnabledFor(logging.DEBUG):
+        if log.isEnabledFor(DEBUG):
             log.debug(
                 "tcp %s:%d->%s:%d %s -> %s (%s)",
                 _ip(self.flow.guest_ip),

@@ -3,10 +3,10 @@ SYN (within limits), answers strays with RST, and reaps closed connections."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from netstack.log import get_logger
 from netstack.stack.stats import Stats
 from netstack.stack.timers import TimerQueue
 from netstack.tcp.connection import TcpConnection
@@ -16,7 +16,7 @@ from netstack.tcp.output import FlowAddrs, SegmentWriter
 from netstack.tcp.to_host import PendingBudget
 from netstack.wire import tcp
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 FlowKey = tuple[bytes, int, bytes, int]  # guest ip, guest port, remote ip, remote port
 

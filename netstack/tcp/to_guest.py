@@ -8,15 +8,15 @@ allows, our FIN at the host's EOF, and what is sent again: the segment after a h
 from __future__ import annotations
 
 import errno
-import logging
 from typing import TYPE_CHECKING
 
+from netstack.log import get_logger
 from netstack.wire.tcp import ACK, FIN, PSH, seq_diff, seq_lt
 
 if TYPE_CHECKING:
     from netstack.tcp.connection import TcpConnection
 
-log = logging.getLogger("netstack.tcp.connection")
+log = get_logger("netstack.tcp.connection")
 
 
 def pump(conn: TcpConnection, now: float) -> None:

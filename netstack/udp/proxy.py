@@ -11,11 +11,11 @@ module still opens, expires, evicts and closes every flow.
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from netstack.log import get_logger
 from netstack.stack.guest_output import GuestOutput
 from netstack.stack.hostio import DatagramSocket, HostAddr, HostIO
 from netstack.stack.stats import Stats
@@ -26,7 +26,7 @@ from netstack.wire import icmpv4
 if TYPE_CHECKING:
     from netstack.udp.fastpath import UdpFastPath
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 IDLE_TIMEOUT = 240.0
 MAX_FLOWS = 1024
