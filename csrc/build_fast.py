@@ -18,6 +18,7 @@ ffibuilder.set_source(
         "csrc/flow_to_guest.c",
         "csrc/flow_table.c",
         "csrc/flow_syn.c",
+        "csrc/flow_forward.c",
         "csrc/flow_time_wait.c",
         "csrc/udp.c",
         "csrc/udp_to_guest.c",

@@ -80,11 +80,25 @@ struct ns_flow {
     int unadopted;              /* Python has no connection for it yet */
     int adopt_listed;           /* ... and it is in ctx->adopts */
     double created;
+    /* a port forward's connection C accepted: our SYN waits for the guest's SYN-ACK
+     * (Python: SYN_SENT; csrc/flow_forward.c) */
+    int syn_sent;
+    int forwarded;              /* opened so (TcpConnection.opened_by_host) */
     /* ... closed both ways, our FIN first, lingering in TIME_WAIT (csrc/flow_time_wait.c) */
     int time_wait;
     int tw_prev;                /* the TIME_WAIT list, oldest first: slot + 1, 0 ends it */
     int tw_next;
     double tw_until;
+};
+
+/* A port forward's TCP listener whose connections C accepts (csrc/flow_forward.c). */
+struct ns_listener {
+    int fd;
+    int v6;                     /* the guest's address (the listener's own is IPv4) */
+    uint8_t guest_ip[16];       /* IPv4 as ::ffff:a.b.c.d */
+    uint16_t guest_port;
+    uint8_t guest_mac[6];
+    int mac_known;              /* 0: Python accepts (and resolves the MAC) */
 };
 
 struct ns_ctx {
@@ -171,6 +185,18 @@ struct ns_ctx {
     int ntime_wait;             /* flows lingering here in TIME_WAIT (no socket) */
     int tw_head;                /* their list, oldest first: slot + 1, 0 when empty */
     int tw_tail;
+    /* port forwards' connections accepted here (csrc/flow_forward.c) */
+    struct ns_listener listeners[64]; /* NS_LISTENERS_MAX (csrc/flow.h) */
+    int nlisteners;
+    uint8_t fwd_net[4];         /* clients from here, 0/8 or 127/8 appear as ... */
+    uint8_t fwd_mask[4];
+    uint8_t fwd_gateway[4];     /* ... the gateway (to an IPv4 guest) */
+    uint8_t fwd_host6[16];      /* every client to an IPv6 guest: the router's address */
+    int fwd_py_fd[64];          /* NS_FWD_PY_MAX accepted for Python (fd beyond the table) */
+    int fwd_py_listener[64];    /* ... and their listeners' fds */
+    int nfwd_py;
+    uint64_t forwards_in_c;     /* connections accepted and opened to the guest here */
+    uint64_t forwards_busy;     /* ... refused: the 4-tuple was a live flow's */
 };
 
 struct ns_ctx *ns_ctx_new(int tap_fd, int vnet, uint8_t *rx, size_t rx_cap, int max_flows,
@@ -189,6 +215,12 @@ long ns_host_poll(struct ns_ctx *ctx, int epfd, double now);
 void ns_adopt_all(struct ns_ctx *ctx);
 void ns_adopted(struct ns_ctx *ctx, struct ns_flow *flow);
 void ns_tw_expire(struct ns_ctx *ctx, double now);
+int ns_listen_add(struct ns_ctx *ctx, int fd, const uint8_t *guest_ip, uint16_t guest_port,
+                  int v6);
+void ns_listen_remove(struct ns_ctx *ctx, int fd);
+void ns_listen_set_mac(struct ns_ctx *ctx, int fd, const uint8_t *mac);
+struct ns_flow *ns_tuple_claim(struct ns_ctx *ctx, const uint8_t *guest_ip, uint16_t guest_port,
+                               const uint8_t *remote_ip, uint16_t remote_port);
 int ns_tw_evict_oldest(struct ns_ctx *ctx);
 
 /* ---- established UDP flows (csrc/udp.c) ---- */

@@ -268,8 +268,14 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
             f = NULL;
         }
     }
-    if ((flags & (F_SYN | F_RST | F_URG)) || !(flags & F_ACK))
+    if ((flags & (F_SYN | F_RST | F_URG)) || !(flags & F_ACK)) {
+        if ((flags & (F_SYN | F_ACK)) == (F_SYN | F_ACK)) { /* to a SYN of ours? */
+            if (!looked_up)
+                f = flow_lookup(ctx, g.src, get16(t), g.dst, get16(t + 2));
+            return f && f->syn_sent ? fwd_rx_synack(ctx, f, &g, now) : 0;
+        }
         return flags & F_SYN ? syn_rx_frame(ctx, &g, now) : 0;
+    }
     int fin = flags & F_FIN;
     int has_ts = 0;
     if (hlen == TCP_LEN + TS_LEN && hlen <= l4_len && t[20] == 1 && t[21] == 1 && t[22] == 8 &&
@@ -279,7 +285,7 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
         return 0;
     if (!looked_up)
         f = flow_lookup(ctx, g.src, get16(t), g.dst, get16(t + 2));
-    if (!f || f->eject || f->v6 != g.v6 || memcmp(eth + 6, f->guest_mac, 6))
+    if (!f || f->eject || f->syn_sent || f->v6 != g.v6 || memcmp(eth + 6, f->guest_mac, 6))
         return 0; /* an IPv6 frame with v4-mapped addresses is not the IPv4 flow's */
     uint32_t seq = get32(t + 4), ack = get32(t + 8);
     uint32_t window = (uint32_t)get16(t + 14) << f->guest_wscale;
@@ -458,18 +464,21 @@ void flow_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now)
     }
     if (udp_host_event(ctx, fd, events, now) || dns_host_event(ctx, fd, events, now))
         return;
+    if (ctx->nlisteners && fwd_host_event(ctx, fd, now))
+        return;
     struct ns_flow *f = NULL;
     if (fd >= 0 && fd < ctx->by_fd_cap && ctx->by_fd[fd])
         f = &ctx->flows[ctx->by_fd[fd] - 1];
     if (f && f->peer_closed)
         events &= ~(uint32_t)EPOLLRDHUP; /* known already */
-    if (f && f->handshake && !f->eject && !(events & ~(uint32_t)(EPOLLIN | EPOLLOUT))) {
+    if (f && (f->handshake || f->syn_sent) && !f->eject &&
+        !(events & ~(uint32_t)(EPOLLIN | EPOLLOUT))) {
         if (events & EPOLLIN)
-            f->host_readable = 1; /* pumped once the guest's ACK establishes */
+            f->host_readable = 1; /* pumped once the handshake is done */
         return;
     }
     const uint32_t served = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLHUP;
-    if (!f || f->eject || f->handshake || (events & ~served)) {
+    if (!f || f->eject || f->handshake || f->syn_sent || (events & ~served)) {
         if (f)
             syn_list_adopt(ctx, f); /* Python takes the flow on before the event */
         ctx->ev_fd[ctx->nev] = fd;

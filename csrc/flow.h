@@ -20,6 +20,8 @@
 #define UNSENT_KEEP (16 * 1024) /* a held flow keeps a gather buffer up to this size */
 #define EVENTS_MAX 256
 #define NS_PYTHON_WORK (1 << 24) /* above any frame length or event count */
+#define NS_LISTENERS_MAX 64 /* ctx->listeners (fast.h, whose cdef takes literal sizes) */
+#define NS_FWD_PY_MAX 64    /* ctx->fwd_py_fd */
 
 #define F_FIN 0x01
 #define F_SYN 0x02
@@ -163,6 +165,14 @@ void syn_list_adopt(struct ns_ctx *ctx, struct ns_flow *f);
 void syn_frame_to_python(struct ns_ctx *ctx, size_t len);
 void syn_close(struct ns_ctx *ctx, struct ns_flow *f, double now);
 
+void syn_send(struct ns_ctx *ctx, struct ns_flow *f, uint8_t flags, double now);
+uint32_t syn_iss(const struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport,
+                 const uint8_t *rip, uint16_t rport, double now);
+
+/* csrc/flow_forward.c: port forwards' connections accepted here */
+int fwd_host_event(struct ns_ctx *ctx, int fd, double now);
+int fwd_rx_synack(struct ns_ctx *ctx, struct ns_flow *f, const struct guest_ip *g, double now);
+
 /* csrc/flow_time_wait.c: flows Python never saw, closed our FIN first, in TIME_WAIT */
 void tw_enter(struct ns_ctx *ctx, struct ns_flow *f, double now);
 int tw_rx_frame(struct ns_ctx *ctx, struct ns_flow *f, const struct guest_ip *g, double now);
@@ -172,7 +182,7 @@ void tw_unlink(struct ns_ctx *ctx, struct ns_flow *f);
 /* Whether Python has TCP work after a C call: flows to take back or on, timers */
 static inline int tcp_python_work(const struct ns_ctx *ctx)
 {
-    return ctx->nejects || ctx->ntimers || ctx->nadopts;
+    return ctx->nejects || ctx->ntimers || ctx->nadopts || ctx->nfwd_py;
 }
 
 #endif

@@ -159,9 +159,11 @@ fail:
     return -1;
 }
 
-/* Twin of handshake.send_synack: SYN-ACK with MSS, the timestamp if the guest sent
- * one, the window scale if it offered one; the window unscaled. */
-static void send_synack(struct ns_ctx *ctx, struct ns_flow *f, double now)
+/* Twin of handshake.send_synack (flags SYN|ACK): MSS, the timestamp if the guest
+ * sent one, the window scale if it offered one; and of handshake.send_syn (flags SYN,
+ * a forwarded connection's: csrc/flow_forward.c), whose flow offers both. The window
+ * unscaled, as in every SYN. */
+void syn_send(struct ns_ctx *ctx, struct ns_flow *f, uint8_t flags, double now)
 {
     long space = ns_sock_send_space(f->fd);
     f->space_known = space > 0 ? space : 0;
@@ -202,11 +204,11 @@ static void send_synack(struct ns_ctx *ctx, struct ns_flow *f, double now)
     long end =
         f->v6 ? ns_tcp6_frame(ctx->tx, ctx->tx_cap, start, f->guest_mac, ctx->gateway_mac,
                               f->remote_ip, f->guest_ip, f->remote_port, f->guest_port, f->iss,
-                              f->rcv_nxt, F_SYN | F_ACK, (uint16_t)window, 0, 0, 0,
-                              (uint32_t)olen, ctx->vnet, 0)
+                              f->rcv_nxt, flags, (uint16_t)window, 0, 0, 0, (uint32_t)olen,
+                              ctx->vnet, 0)
               : ns_tcp4_frame(ctx->tx, ctx->tx_cap, start, f->guest_mac, ctx->gateway_mac,
                               f->remote_ip + 12, f->guest_ip + 12, f->remote_port, f->guest_port,
-                              f->iss, f->rcv_nxt, F_SYN | F_ACK, (uint16_t)window, 0, 0, 0,
+                              f->iss, f->rcv_nxt, flags, (uint16_t)window, 0, 0, 0,
                               (uint32_t)olen, ctx->ip_id++, ctx->vnet, 0);
     if (end < 0)
         return;
@@ -224,6 +226,14 @@ static void send_synack(struct ns_ctx *ctx, struct ns_flow *f, double now)
         t[17] = (uint8_t)sum;
     }
     link_write(ctx, start, (size_t)end);
+}
+
+/* RFC 6528: a keyed hash of the 4-tuple plus a 4-microsecond clock. */
+uint32_t syn_iss(const struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport,
+                 const uint8_t *rip, uint16_t rport, double now)
+{
+    return (uint32_t)tuple_siphash(ctx->iss_key, gip, gport, rip, rport) +
+           (uint32_t)(uint64_t)(now * 250000.0);
 }
 
 /* Twin of TcpConnection.refuse(Refusal.RESET) for a refused connect: RST|ACK to the
@@ -290,9 +300,7 @@ int syn_rx_frame(struct ns_ctx *ctx, const struct guest_ip *g, double now)
     }
     uint32_t seq = get32(t + 4);
     memcpy(f->guest_mac, eth + 6, 6);
-    /* RFC 6528: a keyed hash of the 4-tuple plus a 4-microsecond clock */
-    f->iss = (uint32_t)tuple_siphash(ctx->iss_key, g->src, gport, g->dst, rport) +
-             (uint32_t)(uint64_t)(now * 250000.0);
+    f->iss = syn_iss(ctx, g->src, gport, g->dst, rport, now);
     /* twin of handshake.take_syn_options and TcpConnection's MSS */
     uint32_t headers_len = (g->v6 ? IP6_LEN : IP4_LEN) + TCP_LEN;
     uint32_t mss_to_guest = opts.mss ? (uint32_t)opts.mss : ctx->syn_default_mss;
@@ -317,7 +325,7 @@ int syn_rx_frame(struct ns_ctx *ctx, const struct guest_ip *g, double now)
     f->last_activity = now;
     ctx->nunadopted++;
     ctx->syns_in_c++;
-    send_synack(ctx, f, now);
+    syn_send(ctx, f, F_SYN | F_ACK, now);
     f->rto_deadline = now + f->rto; /* Python's, once it adopts the flow (before then) */
     if (ctx->adopt_at == 0)
         ctx->adopt_at = now + ctx->adopt_after;

@@ -129,6 +129,8 @@ void ns_ctx_free(struct ns_ctx *ctx)
             if (ctx->flows[i].unadopted)
                 close(ctx->flows[i].fd); /* Python never had it */
         }
+    for (int i = 0; i < ctx->nfwd_py; i++)
+        close(ctx->fwd_py_fd[i]); /* accepted here, never given to Python */
     free(ctx->tx);
     free(ctx->flows);
     free(ctx->free_slots);

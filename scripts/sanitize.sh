@@ -52,7 +52,8 @@ PY
 
 # the C-facing tests, and the fuzzing (hostile input to the C helpers)
 tests=(tests/test_fast.py tests/test_flowpath.py tests/test_fuzz.py)
-for t in tests/test_*udp*.py tests/test_*loop*.py tests/test_dns_flowpath.py tests/test_syn_flowpath.py; do
+for t in tests/test_*udp*.py tests/test_*loop*.py tests/test_dns_flowpath.py tests/test_syn_flowpath.py \
+  tests/test_forward_flowpath.py; do
   [ -f "$t" ] && tests+=("$t")
 done
 

@@ -47,6 +47,7 @@ KNOBS = (
     "NETSTACK_SPIN_US",
     "NETSTACK_DNS_FAST",
     "NETSTACK_SYN_C",
+    "NETSTACK_FWD_C",
 )
 IFF_VNET_HDR = 0x4000  # linux/if_tun.h, as /sys/class/net/<tap>/tun_flags shows it
 # What netstack logs when it catches a bug (dispatcher, host event handlers)
@@ -203,6 +204,7 @@ class World:
             elif a.startswith("--api-socket="):
                 self.api_sockets.append(a.split("=", 1)[1])
         clean_env = {k: v for k, v in os.environ.items() if k not in KNOBS}
+        readies = self._ready_lines()
         t0 = time.monotonic()
         with open(self.netstack_log, "ab") as log:
             self.netstack = subprocess.Popen(
@@ -222,10 +224,14 @@ class World:
                     data = os.read(r, 16)
                     assert data == b"1", f"ready-fd gave {data!r}; log:\n{self.log()}"
                     took = time.monotonic() - t0
-                    # netstack closes the pipe just after the byte: once it has, its
+                    # netstack closes the pipe just after the byte, then logs its ready
+                    # line (importing logging then: netstack/log.py); once it has, its
                     # open files are what it runs with (a baseline for fd counts)
                     if select.select([r], [], [], 2)[0]:
                         os.read(r, 16)
+                    settle = time.monotonic() + 2
+                    while self._ready_lines() == readies and time.monotonic() < settle:
+                        time.sleep(0.005)
                     return took
                 if self.netstack.poll() is not None:
                     raise AssertionError(
@@ -234,6 +240,12 @@ class World:
             raise AssertionError(f"netstack not ready in {timeout}s:\n{self.log()}")
         finally:
             os.close(r)
+
+    def _ready_lines(self) -> int:
+        try:
+            return Path(self.netstack_log).read_bytes().count(b"netstack: ready: ")
+        except FileNotFoundError:
+            return 0
 
     def api(self, execute: str, path: str | None = None) -> Any:
         """One API command to the running netstack; returns the reply's "return"."""

@@ -1,9 +1,10 @@
 """The C paths' set-up on a runtime (csrc/): established TCP flows (csrc/flow.c),
 established UDP flows (csrc/udp.c) and UDP DNS queries (csrc/dns.c) in one context;
-on EpollLoop the loop's wait in C (csrc/loop.c) and guest SYNs to the gateway
-(csrc/flow_syn.c). Each has a developer's knob that keeps it in Python, the twin the
-tests also run: NETSTACK_FASTPATH=0 (all of them), NETSTACK_DNS_FAST=0,
-NETSTACK_CLOOP=0, NETSTACK_SYN_C=0; NETSTACK_SPIN_US sets the loop's polling.
+on EpollLoop the loop's wait in C (csrc/loop.c), guest SYNs to the gateway
+(csrc/flow_syn.c) and port forwards' connections (csrc/flow_forward.c). Each has a
+developer's knob that keeps it in Python, the twin the tests also run:
+NETSTACK_FASTPATH=0 (all of them), NETSTACK_DNS_FAST=0, NETSTACK_CLOOP=0,
+NETSTACK_SYN_C=0, NETSTACK_FWD_C=0; NETSTACK_SPIN_US sets the loop's polling.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def attach(
         spin_us = float(os.environ.get("NETSTACK_SPIN_US", SPIN_US))
         rt.fastpath.ctx.spin = spin_us / 1e6
         _open_syns(rt, config, link.mtu)
+        _open_forwards(rt, config, link.mtu)
     elif rt.fastpath.delack_fd() >= 0:  # C reads it in ns_host_poll
         rt.epoll.register(rt.fastpath.delack_fd(), select.EPOLLIN)
 
@@ -141,4 +143,29 @@ def _open_syns(rt: CPathsHost, config: NetworkConfig, mtu: int) -> None:
             "tcp_flows_closed": int(ctx.closed_in_c),
         },
         dict,
+    )
+
+
+def _open_forwards(rt: CPathsHost, config: NetworkConfig, mtu: int) -> None:
+    """A TCP port forward's connections (on an IPv4 listener) are accepted in C and
+    opened to the guest there (csrc/flow_forward.c); NETSTACK_FWD_C=0 keeps them in
+    Python (the twin the tests run)."""
+    fast = rt.fastpath
+    if fast is None or os.environ.get("NETSTACK_FWD_C", "1") == "0":
+        return
+    table = rt.stack.tcp
+    fast.open_forwards(
+        rt.epoll.fileno(),
+        (config.network, config.netmask, config.gateway),
+        HOST6,
+        mtu,
+        table.max_flows,
+        table.max_half_open,
+        table.adopt_from_c,
+        rt.accepted_in_c,
+    )
+    ctx = fast.ctx
+    rt.stack.stats.add_source(
+        lambda: {"tcp_forwards_opened": int(ctx.forwards_in_c)},
+        lambda: {"tcp_forward_tuple_busy": int(ctx.forwards_busy)},
     )

@@ -4,6 +4,10 @@ the guest sees it) that lives while it is used.
 
 The guest sees the real client address; clients on the host's loopback (or an
 unspecified or clashing address) appear as the gateway, as with slirp4netns.
+
+With the C loop, an IPv4 TCP listener's connections are accepted in C once it knows the
+guest's MAC (csrc/flow_forward.c, the twin of `take`); the first connection, and any C
+leaves, come here.
 """
 
 from __future__ import annotations
@@ -76,9 +80,17 @@ class TcpForwardListener:
             raise
         self.sock: socket.socket | None = sock
         runtime.register(sock.fileno(), select.EPOLLIN, self)
+        # C accepts (csrc/flow_forward.c) once it knows the guest's MAC; until then, and
+        # whatever C leaves, comes here
+        self.in_c = sock.family == socket.AF_INET and runtime.accept_in_c(
+            sock.fileno(), self.guest_ip, rule.guest_port
+        )
+        if self.in_c:
+            mac = runtime.stack.neighbours.mac_of(self.guest_ip)
+            if mac is not None:
+                runtime.forward_mac_in_c(sock.fileno(), mac)
 
     def on_events(self, events: int, now: float) -> None:
-        stack = self.runtime.stack
         for _ in range(ACCEPTS_PER_WAKEUP):
             if self.sock is None:
                 return
@@ -89,18 +101,27 @@ class TcpForwardListener:
             except OSError as e:
                 log.info("forward %d: accept: %s", self.rule.id, e)
                 return
-            remote = client_as_seen_by_guest(stack.config, addr[0], len(self.guest_ip) == 16)
-            flow = FlowAddrs(UNKNOWN_MAC, self.guest_ip, self.rule.guest_port, remote, addr[1])
+            self.take(client, addr[0], addr[1], now)
 
-            def make_host(conn: TcpConnection, client: socket.socket = client) -> HostTcpStream:
-                return HostTcpStream(self.runtime, conn, [], accepted=client)
+    def take(self, client: socket.socket, host: str, port: int, now: float) -> None:
+        """An accepted connection: SYN the guest (or close it when the table refuses)."""
+        stack = self.runtime.stack
+        remote = client_as_seen_by_guest(stack.config, host, len(self.guest_ip) == 16)
+        flow = FlowAddrs(UNKNOWN_MAC, self.guest_ip, self.rule.guest_port, remote, port)
 
-            conn = stack.tcp.open_to_guest(flow, make_host, now)
-            if conn is None:
-                client.close()
+        def make_host(conn: TcpConnection) -> HostTcpStream:
+            return HostTcpStream(self.runtime, conn, [], accepted=client)
+
+        conn = stack.tcp.open_to_guest(flow, make_host, now)
+        if conn is None:
+            client.close()
+        elif self.in_c and self.sock is not None and conn.flow.guest_mac != UNKNOWN_MAC:
+            self.runtime.forward_mac_in_c(self.sock.fileno(), conn.flow.guest_mac)
 
     def close(self) -> None:
         if self.sock is not None:
+            if self.in_c:
+                self.runtime.stop_accepting_in_c(self.sock.fileno())
             self.runtime.unregister(self.sock.fileno())
             self.sock.close()
             self.sock = None

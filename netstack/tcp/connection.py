@@ -119,16 +119,22 @@ class TcpConnection:
         iss: int,
         guest: Guest,
         budget: PendingBudget | None = None,
+        forwarded: bool = False,
     ) -> TcpConnection:
         """A guest-opened connection whose SYN the C flow path answered (csrc/
-        flow_syn.c): SYN_RECEIVED with C's initial sequence number; the options and
-        the rest of the state are C's, copied in by FastPath.take_on."""
+        flow_syn.c): SYN_RECEIVED with C's initial sequence number; or (forwarded) a
+        port forward's connection C accepted and sent its SYN for (csrc/
+        flow_forward.c): SYN_SENT. The options and the rest of the state are C's,
+        copied in by FastPath.take_on."""
         conn = cls(flow, writer, None, b"", mtu, created, guest, budget)
-        conn.opened_by_host = False
+        conn.opened_by_host = forwarded
         conn.iss = conn.snd_una = iss
         conn.snd_nxt = (iss + 1) & 0xFFFFFFFF
-        conn.state = TcpState.SYN_RECEIVED
-        conn.state_deadline = None
+        if forwarded:
+            conn.state = TcpState.SYN_SENT  # the connect timeout from `created` holds
+        else:
+            conn.state = TcpState.SYN_RECEIVED
+            conn.state_deadline = None
         return conn
 
     # ---------------------------------------------------------------- state

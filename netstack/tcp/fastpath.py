@@ -19,7 +19,10 @@ C also answers a plain SYN to the gateway itself once Python has said what it ma
 csrc/flow_syn.c). Python has no connection for such a flow until it must see it:
 `adopt_listed` builds one from C's state (the table's `adopt_from_c`), holding it as
 `hold` would have; one closed both ways, the guest first, is closed in C and Python
-never hears of it.
+never hears of it. C also accepts a port forward's connections (`open_forwards`,
+`listen`; csrc/flow_forward.c): it sends the guest our SYN and takes its SYN-ACK, and
+Python adopts such a flow (in SYN_SENT until C took the SYN-ACK) only as it adopts the
+others.
 
 Timers: C arms retransmission deadlines in its struct. A connection's `deadline` reads
 them, and C lists the flows whose new deadline comes before the one Python's timer
@@ -29,6 +32,7 @@ queue holds (`py_timer_at`), so the queue is touched only then.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -138,8 +142,10 @@ class FastPath:
         self._ns_host_poll = lib.ns_host_poll
         self._ns_loop = lib.ns_loop
         self.touch_timer: Callable[[TcpConnection], float | None] = lambda conn: None
-        # builds a TcpConnection for a flow C opened (set with open_syns)
-        self.adopt_from_c: Callable[[Any], TcpConnection] | None = None
+        # builds a TcpConnection for a flow C opened (set with open_syns, open_forwards)
+        self.adopt_from_c: Callable[[Any], TcpConnection | None] | None = None
+        # opens a connection C accepted on a listener of a forward (set with open_forwards)
+        self.accepted_for_python: Callable[[int, int], None] | None = None
         self.holds = 0
         self.releases: dict[str, int] = {}
 
@@ -157,7 +163,7 @@ class FastPath:
         mtu: int,
         max_flows: int,
         max_half_open: int,
-        adopt: Callable[[Any], TcpConnection],
+        adopt: Callable[[Any], TcpConnection | None],
     ) -> None:
         """C answers plain SYNs to the gateway, connecting to host loopback on the same
         port (the policy's mapping, which the caller has checked holds for each family
@@ -165,13 +171,47 @@ class FastPath:
         epfd. v4: (network, netmask, gateway, DNS address); v6: (the /64 prefix's first
         8 bytes, the router's address, the DNS address)."""
         ctx = self.ctx
-        ctx.syn_epfd = epfd
         if v4 is not None:
             ctx.syn_net, ctx.syn_mask, ctx.syn_gateway, ctx.syn_dns = v4
             ctx.syn_on = 1
         if v6 is not None:
             ctx.syn_prefix6, ctx.syn_host6, ctx.syn_dns6 = v6
             ctx.syn_on6 = 1
+        self._opens_in_c(epfd, mtu, max_flows, max_half_open, adopt)
+
+    def open_forwards(
+        self,
+        epfd: int,
+        v4: tuple[bytes, bytes, bytes],
+        host6: bytes,
+        mtu: int,
+        max_flows: int,
+        max_half_open: int,
+        adopt: Callable[[Any], TcpConnection | None],
+        accepted: Callable[[int, int], None],
+    ) -> None:
+        """C accepts the connections of the listeners given to `listen` and opens them
+        to the guest (csrc/flow_forward.c). v4: (network, netmask, gateway) for the
+        address an IPv4 guest sees a client by; host6 the one an IPv6 guest sees;
+        accepted(listener fd, client fd) opens a connection C accepted but left."""
+        ctx = self.ctx
+        ctx.fwd_net, ctx.fwd_mask, ctx.fwd_gateway = v4
+        ctx.fwd_host6 = host6
+        self.accepted_for_python = accepted
+        self._opens_in_c(epfd, mtu, max_flows, max_half_open, adopt)
+
+    def _opens_in_c(
+        self,
+        epfd: int,
+        mtu: int,
+        max_flows: int,
+        max_half_open: int,
+        adopt: Callable[[Any], TcpConnection | None],
+    ) -> None:
+        """What C needs to open flows of its own (SYNs, forwards): the epoll a new host
+        socket joins, the options Python would pick, Python's limits."""
+        ctx = self.ctx
+        ctx.syn_epfd = epfd
         ctx.syn_mtu = mtu
         ctx.syn_our_wscale = OUR_WSCALE
         ctx.syn_default_mss = DEFAULT_MSS
@@ -180,6 +220,40 @@ class FastPath:
         ctx.adopt_after = ADOPT_AFTER
         ctx.time_wait_s = TIME_WAIT
         self.adopt_from_c = adopt
+
+    def listen(self, fd: int, guest_ip: bytes, guest_port: int) -> bool:
+        """C accepts on fd (an IPv4 listener in the loop's epoll) once `listener_mac`
+        told it the guest's MAC. False: not with open_forwards, or no room."""
+        if self.accepted_for_python is None:
+            return False
+        v6 = len(guest_ip) == 16
+        ip = guest_ip if v6 else _V4_MAPPED + guest_ip
+        return int(self.lib.ns_listen_add(self.ctx, fd, ip, guest_port, v6)) == 0
+
+    def unlisten(self, fd: int) -> None:
+        self.lib.ns_listen_remove(self.ctx, fd)
+
+    def listener_mac(self, fd: int, mac: bytes | None) -> None:
+        """The guest's MAC for listener fd (None: unknown, Python accepts; fd -1: all)."""
+        self.lib.ns_listen_set_mac(self.ctx, fd, self.ffi.NULL if mac is None else mac)
+
+    def adopt_tuple(self, guest_ip: bytes, guest_port: int, remote_ip: bytes, port: int) -> None:
+        """Python is about to open this 4-tuple: a flow C opened on it that Python has
+        not seen is taken on now, one lingering in TIME_WAIT in C gives way."""
+        if not self.ctx.nunadopted and not self.ctx.ntime_wait:
+            return
+        v6 = len(guest_ip) == 16
+        c = self.lib.ns_tuple_claim(
+            self.ctx,
+            guest_ip if v6 else _V4_MAPPED + guest_ip,
+            guest_port,
+            remote_ip if v6 else _V4_MAPPED + remote_ip,
+            port,
+        )
+        if c != self.ffi.NULL and c.unadopted:
+            self.lib.ns_adopted(self.ctx, c)
+            if self.adopt_from_c is not None:
+                self.adopt_from_c(c)
 
     def set_counts(self, flows: int, half_open: int) -> None:
         """Python's flows and half-open ones now (C counts its own against the limits)."""
@@ -209,6 +283,21 @@ class FastPath:
             self.lib.ns_adopted(ctx, c)  # off the list
             if adopt is not None:
                 adopt(c)
+
+    def drop_unseen(self, c: Any) -> None:
+        """Close a flow C opened, adopted by no connection, without a segment."""
+        fd = int(c.fd)
+        self.lib.ns_flow_close(self.ctx, c)
+        os.close(fd)  # out of the epoll with it
+
+    def _accepted_left(self) -> None:
+        """Connections C accepted on a forward's listener and left to Python."""
+        ctx = self.ctx
+        left = [(int(ctx.fwd_py_listener[i]), int(ctx.fwd_py_fd[i])) for i in range(ctx.nfwd_py)]
+        ctx.nfwd_py = 0
+        for listener_fd, client_fd in left:
+            if self.accepted_for_python is not None:
+                self.accepted_for_python(listener_fd, client_fd)
 
     def adopt_all(self) -> None:
         """Connections for every flow C opened (the API lists them; the stack closes)."""
@@ -343,6 +432,10 @@ class FastPath:
             host.peer_closed = bool(c.peer_closed)
         if conn.state is TcpState.SYN_RECEIVED and not c.handshake:
             conn.established_in_c()
+        elif conn.state is TcpState.SYN_SENT and not c.syn_sent:
+            for name, kind in _SET_ONCE:  # the guest's SYN-ACK decided them (in C)
+                setattr(conn, name, kind(getattr(c, name)))
+            conn.established_in_c()
 
     # --------------------------------------------------------------- events
     def rx(self, now: float) -> int:
@@ -389,6 +482,7 @@ class FastPath:
             "frames_from_guest_in_c": int(ctx.frames_in_c),
             "frames_to_guest_from_c": int(ctx.frames_out),
             "syns_in_c": int(ctx.syns_in_c),
+            "forwards_in_c": int(ctx.forwards_in_c),
             "closed_in_c": int(ctx.closed_in_c),
             "flows_unadopted": int(ctx.nunadopted),
             "time_wait_in_c": int(ctx.ntime_wait),
@@ -441,6 +535,8 @@ class FastPath:
         flows. Returns the connections taken back (the caller runs the table's
         bookkeeping on them)."""
         ctx = self.ctx
+        if ctx.nfwd_py:
+            self._accepted_left()
         if ctx.nadopts:
             self.adopt_listed()  # ejected flows among them: taken on, then back
         if ctx.ntimers:

@@ -150,15 +150,28 @@ class TcpTable:
             target.then(lambda decided, when: self._decided_late(key, conn, decided, when), now)
         self.timers.touch(conn)
 
-    def adopt_from_c(self, c: Any) -> TcpConnection:
-        """A connection for the flow C opened from a guest's SYN (csrc/flow_syn.c),
-        which Python is about to see: C goes on holding it."""
+    def adopt_from_c(self, c: Any) -> TcpConnection | None:
+        """A connection for the flow C opened from a guest's SYN (csrc/flow_syn.c) or
+        for a forward (csrc/flow_forward.c), which Python is about to see: C goes on
+        holding it. None: a forwarded flow on a 4-tuple a live connection here has
+        (C could not know): it is dropped unseen, as open_to_guest drops one."""
         v4 = not c.v6
         guest_ip = bytes(c.guest_ip)[12:] if v4 else bytes(c.guest_ip)
         remote_ip = bytes(c.remote_ip)[12:] if v4 else bytes(c.remote_ip)
         flow = FlowAddrs(
             bytes(c.guest_mac), guest_ip, int(c.guest_port), remote_ip, int(c.remote_port)
         )
+        key = (guest_ip, flow.guest_port, remote_ip, flow.remote_port)
+        old = self.conns.get(key)
+        assert self.fastpath is not None
+        if (
+            c.forwarded
+            and old is not None
+            and old.state not in (TcpState.TIME_WAIT, TcpState.CLOSED)
+        ):
+            self.stats.drop("tcp_forward_tuple_busy")
+            self.fastpath.drop_unseen(c)
+            return None
         conn = TcpConnection.opened_in_c(
             flow,
             self.writer,
@@ -167,12 +180,12 @@ class TcpTable:
             int(c.iss),
             self.guest,
             self.pending_budget,
+            forwarded=bool(c.forwarded),
         )
         conn.attach_host(self.connector.adopt_tcp(conn, int(c.fd)))
-        assert self.fastpath is not None
+        if c.syn_sent:  # the guest has not answered C's SYN: its MAC is asked again
+            self.fastpath.listener_mac(-1, None)
         self.fastpath.take_on(conn, c)
-        key = (guest_ip, flow.guest_port, remote_ip, flow.remote_port)
-        old = self.conns.get(key)
         if old is not None:  # in TIME_WAIT, or a guest that opened a live 4-tuple again
             self._remove(key, old)
         if conn.state in HALF_OPEN:
@@ -211,6 +224,8 @@ class TcpTable:
         """A forwarded connection: the host side is accepted, SYN the guest. None when
         the table is full or the 4-tuple is taken (the caller closes the host side)."""
         key = (flow.guest_ip, flow.guest_port, flow.remote_ip, flow.remote_port)
+        if self.fastpath is not None:  # a flow C opened on it is seen first
+            self.fastpath.adopt_tuple(*key)
         old = self.conns.get(key)
         if old is not None:
             if old.state not in (TcpState.TIME_WAIT, TcpState.CLOSED):
