@@ -28,7 +28,11 @@ from scapy.layers.l2 import Ether
 
 from netstack import _fast
 from netstack.link.base import FRAME_BUFFER_SIZE
+from netstack.tcp.connection import TcpConnection
 from netstack.tcp.fastpath import PYTHON_WORK, FastPath
+from netstack.tcp.interfaces import TcpState
+from netstack.tcp.output import FlowAddrs
+from netstack.tcp.params import CONNECT_TIMEOUT
 from tests.helpers import fake_tap
 from tests.test_syn_flowpath import (
     DNS6_MAC,
@@ -195,7 +199,7 @@ def flow_of(r: Rig, port: int) -> Any:
             and f.remote_port == port
             and bytes(ffi.buffer(f.remote_ip)) == MAPPED + socket.inet_aton(GW_IP)
         ):
-            return f
+            return r.ctx.flows + i  # a pointer, as C's calls take it
     return None
 
 
@@ -339,6 +343,34 @@ def test_an_unanswered_syn_is_pythons_after_adopt_after(rig: Rig) -> None:
     rig.fast.adopt_listed()
     (c,) = rig.adopted
     assert c.syn_sent == 1 and c.rto_deadline > 0
+
+
+def test_a_flow_taken_on_before_the_syn_ack_keeps_its_connect_timeout(rig: Rig) -> None:
+    """Python's connection for it is SYN_SENT, opened by the host, with the connect
+    timeout (not the idle one) from when C opened it; the SYN-ACK C takes afterwards
+    makes it ESTABLISHED with the options the guest chose."""
+    _client, port, syn_out = opened(rig)
+    c = flow_of(rig, port)
+    rig.fast.lib.ns_adopted(rig.ctx, c)
+    rig.adopted.append(c)
+    flow = FlowAddrs(
+        GUEST_MAC, socket.inet_aton(GUEST_IP), GUEST_SERVICE_PORT, socket.inet_aton(GW_IP), port
+    )
+    guest: Any = None  # neither is used before a segment goes out in Python
+    writer: Any = None
+    conn = TcpConnection.opened_in_c(
+        flow, writer, MTU, float(c.created), int(c.iss), guest, forwarded=True
+    )
+    rig.fast.take_on(conn, c)
+    assert conn.state is TcpState.SYN_SENT and conn.opened_by_host
+    assert conn.state_deadline == pytest.approx(float(c.created) + CONNECT_TIMEOUT)
+    assert conn.deadline == pytest.approx(float(c.rto_deadline))  # C's SYN timer
+    iss = syn_out[TCP].seq
+    assert rig.rx_one(guest_segment(port, 5000, iss + 1, "SA", FULL_OPTIONS)) in (0, PYTHON_WORK)
+    rig.fast.sync(conn)
+    assert conn.state is TcpState.ESTABLISHED
+    assert (conn.seg_size, conn.guest_wscale, conn.our_wscale) == (1000 - 12, 5, 7)
+    assert conn.rcv_nxt == 5001 and conn.snd_una == (iss + 1) & 0xFFFFFFFF
 
 
 def test_the_client_closing_before_the_guest_answers_is_pythons(rig: Rig) -> None:

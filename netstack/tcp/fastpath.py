@@ -306,15 +306,17 @@ class FastPath:
             self.adopt_listed()
 
     def take_on(self, conn: TcpConnection, c: Any) -> None:
-        """conn was built for C's flow c (state SYN_RECEIVED, its host stream on c's
-        socket): it takes c's state and C goes on holding the flow for it."""
+        """conn was built for C's flow c (state SYN_RECEIVED, or SYN_SENT for a forward,
+        its host stream on c's socket): it takes c's state and C goes on holding the
+        flow for it."""
         for name, kind in _SET_ONCE:
             setattr(conn, name, kind(getattr(c, name)))
         conn.fast = FastFlow(self, c)
         self.held[int(c.slot)] = conn
         self.holds += 1
-        conn.state_deadline = float(c.last_activity) + IDLE_TIMEOUT
-        self._copy_back(conn, c)  # ESTABLISHED if C took the guest's ACK already
+        if conn.state is not TcpState.SYN_SENT:  # which keeps its connect timeout
+            conn.state_deadline = float(c.last_activity) + IDLE_TIMEOUT
+        self._copy_back(conn, c)  # ESTABLISHED if C took the guest's ACK (or SYN-ACK)
 
     # ------------------------------------------------------------ hand-over
     def eligible(self, conn: TcpConnection) -> bool:
