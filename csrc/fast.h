@@ -238,6 +238,9 @@ struct ns_udp_flow {
     uint32_t host_addr_len;
     int no_gso;                 /* UDP_SEGMENT failed on this socket: one datagram a send */
     int to_python;              /* a datagram of the current read went to Python: the rest too */
+    int route;                  /* a port forward's route back to one client (fd: the
+                                 * forward's listener, not this flow's; keyed by the
+                                 * 4-tuple, dst_* the client as the guest sees it) */
     uint64_t datagrams_to_host;
     uint64_t datagrams_to_guest;
     double last_activity;
@@ -261,6 +264,8 @@ struct ns_udp {
     unsigned int bucket_mask;
     int *by_fd;
     int by_fd_cap;
+    int *route_buckets;         /* forwards' routes, by 4-tuple (csrc/udp.c) */
+    int nroutes;
     uint8_t gateway_ip[4];      /* how host sources look to the guest: Policy.virtual_source */
     uint8_t host6_ip[16];
     int host_loopback;
@@ -294,6 +299,9 @@ struct ns_udp_flow *ns_udp_open(struct ns_ctx *ctx, int fd, const uint8_t *guest
                                 uint16_t guest_port, int v6);
 struct ns_udp_flow *ns_udp_lookup(struct ns_ctx *ctx, const uint8_t *guest_ip,
                                   uint16_t guest_port);
+struct ns_udp_flow *ns_udp_route_open(struct ns_ctx *ctx, int listener_fd,
+                                      const uint8_t *guest_ip, uint16_t guest_port,
+                                      const uint8_t *remote_ip, uint16_t remote_port, int v6);
 void ns_udp_close(struct ns_ctx *ctx, struct ns_udp_flow *flow);
 void ns_udp_python_done(struct ns_ctx *ctx);
 

@@ -51,6 +51,7 @@ int ns_udp_new(struct ns_ctx *ctx, int max_flows, int by_fd_cap)
     u->flows = calloc((size_t)max_flows, sizeof(*u->flows));
     u->free_slots = malloc(sizeof(int) * (size_t)max_flows);
     u->buckets = calloc(buckets, sizeof(int));
+    u->route_buckets = calloc(buckets, sizeof(int));
     u->bucket_mask = buckets - 1;
     u->by_fd = calloc((size_t)by_fd_cap, sizeof(int));
     u->by_fd_cap = by_fd_cap;
@@ -61,7 +62,8 @@ int ns_udp_new(struct ns_ctx *ctx, int max_flows, int by_fd_cap)
     u->out_off = malloc(sizeof(uint32_t) * OUT_MAX);
     u->out_len = malloc(sizeof(uint32_t) * OUT_MAX);
     u->in = malloc((size_t)RECV_SLOTS * SLOT_SIZE); /* pages are touched as datagrams fill them */
-    if (!u->flows || !u->free_slots || !u->buckets || !u->by_fd || !u->out || !u->out_slot ||
+    if (!u->flows || !u->free_slots || !u->buckets || !u->route_buckets || !u->by_fd || !u->out ||
+        !u->out_slot ||
         !u->out_off || !u->out_len || !u->in) {
         udp_free(ctx);
         return -ENOMEM;
@@ -83,6 +85,7 @@ void udp_free(struct ns_ctx *ctx)
     free(u->flows);
     free(u->free_slots);
     free(u->buckets);
+    free(u->route_buckets);
     free(u->by_fd);
     free(u->out);
     free(u->out_slot);
@@ -141,13 +144,66 @@ struct ns_udp_flow *ns_udp_open(struct ns_ctx *ctx, int fd, const uint8_t *guest
     return f;
 }
 
+static unsigned int route_bucket_of(struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport,
+                                    const uint8_t *rip, uint16_t rport)
+{
+    return ns_flow_hash(ctx, gip, gport, rip, rport) & ctx->udp->bucket_mask;
+}
+
+static struct ns_udp_flow *route_lookup(struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport,
+                                        const uint8_t *rip, uint16_t rport)
+{
+    struct ns_udp *u = ctx->udp;
+    int s = u->route_buckets[route_bucket_of(ctx, gip, gport, rip, rport)];
+    while (s) {
+        struct ns_udp_flow *f = &u->flows[s - 1];
+        if (f->guest_port == gport && f->dst_port == rport && !memcmp(f->guest_ip, gip, 16) &&
+            !memcmp(f->dst_ip, rip, 16))
+            return f;
+        s = f->next;
+    }
+    return NULL;
+}
+
+/* A port forward's route back to one client: the guest's datagrams from (guest_ip,
+ * guest_port) to (remote_ip, remote_port), the client as the guest sees it, go out of
+ * the forward's listener (listener_fd) to the client's sockaddr (the caller fills it,
+ * and the guest's MAC). Its replies stay Python's: the listener is read there. NULL
+ * when full or the route is held. Twin of listeners.UdpRoute.to_client. */
+struct ns_udp_flow *ns_udp_route_open(struct ns_ctx *ctx, int listener_fd,
+                                      const uint8_t *guest_ip, uint16_t guest_port,
+                                      const uint8_t *remote_ip, uint16_t remote_port, int v6)
+{
+    struct ns_udp *u = ctx->udp;
+    if (!u || u->nfree == 0 || route_lookup(ctx, guest_ip, guest_port, remote_ip, remote_port))
+        return NULL;
+    int slot = u->free_slots[--u->nfree];
+    struct ns_udp_flow *f = &u->flows[slot];
+    memset(f, 0, sizeof(*f));
+    f->fd = listener_fd;
+    f->slot = slot;
+    f->v6 = v6;
+    f->route = 1;
+    memcpy(f->guest_ip, guest_ip, 16);
+    f->guest_port = guest_port;
+    memcpy(f->dst_ip, remote_ip, 16);
+    f->dst_port = remote_port;
+    unsigned int b = route_bucket_of(ctx, guest_ip, guest_port, remote_ip, remote_port);
+    f->next = u->route_buckets[b];
+    u->route_buckets[b] = slot + 1;
+    u->nroutes++;
+    return f;
+}
+
 void ns_udp_close(struct ns_ctx *ctx, struct ns_udp_flow *f)
 {
     struct ns_udp *u = ctx->udp;
     int slot = f->slot;
     if (u->nout)
         udp_flush_to_host(ctx); /* its gathered datagrams still go, in order */
-    int *link = &u->buckets[bucket_of(ctx, f->guest_ip, f->guest_port)];
+    int *link = f->route ? &u->route_buckets[route_bucket_of(ctx, f->guest_ip, f->guest_port,
+                                                              f->dst_ip, f->dst_port)]
+                         : &u->buckets[bucket_of(ctx, f->guest_ip, f->guest_port)];
     while (*link) {
         if (*link == slot + 1) {
             *link = f->next;
@@ -155,7 +211,9 @@ void ns_udp_close(struct ns_ctx *ctx, struct ns_udp_flow *f)
         }
         link = &u->flows[*link - 1].next;
     }
-    if (f->fd >= 0 && f->fd < u->by_fd_cap && u->by_fd[f->fd] == slot + 1)
+    if (f->route)
+        u->nroutes--;
+    else if (f->fd >= 0 && f->fd < u->by_fd_cap && u->by_fd[f->fd] == slot + 1)
         u->by_fd[f->fd] = 0;
     for (int i = 0; i < u->npy; i++) /* a reused slot must not take them */
         if (u->py[i].slot == slot)
@@ -221,8 +279,9 @@ int udp_rx_frame(struct ns_ctx *ctx, size_t len, double now)
         }
     }
     struct ns_udp_flow *f = ns_udp_lookup(ctx, g.src, get16(d));
-    if (!f || f->v6 != v6 || memcmp(eth + 6, f->guest_mac, 6) || get16(d + 2) != f->dst_port ||
-        memcmp(g.dst, f->dst_ip, 16))
+    if (!f || get16(d + 2) != f->dst_port || memcmp(g.dst, f->dst_ip, 16))
+        f = u->nroutes ? route_lookup(ctx, g.src, get16(d), g.dst, get16(d + 2)) : NULL;
+    if (!f || f->v6 != v6 || memcmp(eth + 6, f->guest_mac, 6))
         return 0;
     uint32_t plen = (uint32_t)l4_len - UDP_LEN;
     if (gso >= plen)

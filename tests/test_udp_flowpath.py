@@ -401,3 +401,86 @@ def test_any_virtio_net_header_on_a_good_datagram(path: Path, vh: bytes, payload
     gso = struct.unpack("<H", vh[4:6])[0] if vh[1] == 5 else 0
     want = [payload[i : i + gso] for i in range(0, len(payload), gso)] if gso else [payload]
     assert received(peer, len(want)) == want
+
+
+# ------------------------------------------------- a port forward's routes (ns_udp_route_open)
+@dataclass(repr=False)
+class Route:
+    c: Any
+    listener: socket.socket  # the forward's: the route's datagrams leave from it
+    client: socket.socket  # the forward's client on the host
+
+
+def open_route(p: Path, client_port: int | None = None, guest_port: int = 7000) -> Route:
+    """A route of a forward on 127.0.0.1 to the guest's guest_port: its client (on
+    loopback, so the guest sees it as the gateway with the client's port)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", client_port or 0))
+    port = client.getsockname()[1]
+    c = p.lib.ns_udp_route_open(
+        p.ctx, listener.fileno(), MAPPED + GUEST_IP, guest_port, MAPPED + GW_IP, port, 0
+    )
+    assert c != p.ffi.NULL
+    c.guest_mac = GUEST_MAC
+    addr = sockaddr(socket.AF_INET, ("127.0.0.1", port))
+    assert addr is not None
+    c.host_addr = addr
+    c.host_addr_len = len(addr)
+    p.keep += [listener, client]
+    return Route(c, listener, client)
+
+
+def test_a_routes_datagrams_reach_the_client_from_the_listener(path: Path) -> None:
+    r = open_route(path)
+    port = r.client.getsockname()[1]
+    payloads = [os.urandom(n) for n in [1400] * 30 + [10, 0, 3000, 20000]]
+    frames = [datagram(pl, port, sport=7000) for pl in payloads]
+    assert run(path, frames) == []
+    r.client.settimeout(1)
+    got = []
+    for _ in payloads:
+        data, src = r.client.recvfrom(65535)
+        assert src == r.listener.getsockname()  # the reply comes from the forward's port
+        got.append(data)
+    assert got == payloads
+    assert r.c.datagrams_to_host == len(payloads) and path.ctx.udp.nroutes == 1
+    # another client's port, or another guest port: Python's (its route lookup)
+    for frame in (datagram(b"x", port + 1, sport=7000), datagram(b"y", port, sport=7001)):
+        assert run(path, [frame]) == [frame if path.vnet else bytes(10) + frame[10:]]
+    # the client's datagrams to the listener are Python's: the listener is not C's
+    r.client.sendto(b"to the guest", r.listener.getsockname())
+    time.sleep(0.01)
+    assert poll_host(path, r.listener) == 1
+    assert path.ctx.ev_fd[0] == r.listener.fileno()
+    # a route closed: its datagrams are Python's again
+    path.lib.ns_udp_close(path.ctx, r.c)
+    assert path.ctx.udp.nroutes == 0
+    frame = datagram(b"after", port, sport=7000)
+    assert run(path, [frame]) == [frame if path.vnet else bytes(10) + frame[10:]]
+
+
+def test_routes_and_a_held_flow_of_the_same_guest_port(path: Path) -> None:
+    """A held flow's cached destination is its own; a datagram to a route's client
+    from the same guest port takes the route."""
+    f, _, peer = path.hold(guest_port=7000)
+    r = open_route(path)
+    to_peer, to_client = os.urandom(100), os.urandom(120)
+    frames = [
+        datagram(to_peer, peer.getsockname()[1], sport=7000),
+        datagram(to_client, r.client.getsockname()[1], sport=7000),
+    ]
+    assert run(path, frames) == []
+    assert received(peer, 1) == [to_peer]
+    assert received(r.client, 1) == [to_client]
+    assert f.datagrams_to_host == 1 and r.c.datagrams_to_host == 1
+    path.lib.ns_udp_close(path.ctx, r.c)
+
+
+def test_a_route_from_another_mac_is_pythons(path: Path) -> None:
+    r = open_route(path)
+    frame = bytearray(datagram(b"x", r.client.getsockname()[1], sport=7000))
+    frame[10 + 6 : 10 + 12] = bytes.fromhex("020000000099")
+    assert run(path, [bytes(frame)]) == [bytes(frame) if path.vnet else bytes(10) + frame[10:]]
+    path.lib.ns_udp_close(path.ctx, r.c)

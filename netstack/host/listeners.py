@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import select
 import socket
+from typing import Any
 
 from netstack.forward.rules import ForwardRule
 from netstack.host.interfaces import SocketRegistry
@@ -138,6 +139,7 @@ class UdpRoute:
         self.remote = remote  # the client's address as the guest sees it
         self.last_activity = now
         self.closed = False
+        self.fast: Any = None  # its struct ns_udp_flow while C sends the guest's datagrams
 
     @property
     def key(self) -> tuple[bytes, int, bytes, int]:
@@ -148,6 +150,8 @@ class UdpRoute:
         return None if self.closed else self.last_activity + UDP_ROUTE_IDLE
 
     def on_timer(self, now: float) -> None:
+        if self.fast is not None:  # the guest's datagrams C sent count too
+            self.last_activity = max(self.last_activity, float(self.fast.last_activity))
         if now >= self.last_activity + UDP_ROUTE_IDLE:
             self.listener.drop_route(self)
 
@@ -215,8 +219,18 @@ class UdpForwardListener:
             mac, route.remote, route.client[1], self.guest_ip, self.rule.guest_port, data
         )
         stack.stats.count("udp_forward_datagrams_to_guest")
+        fast = stack.udp.fast
+        if route.fast is None and fast is not None and self.sock is not None and not route.closed:
+            # the guest's answers go to the client from C now (csrc/udp.c)
+            route.fast = fast.hold_route(
+                self.sock, route.key, mac, route.client, route.last_activity
+            )
 
     def drop_route(self, route: UdpRoute) -> None:
+        fast = self.runtime.stack.udp.fast
+        if route.fast is not None and fast is not None:
+            fast.release_route(route.fast)
+            route.fast = None
         route.closed = True
         self.routes.pop(route.client, None)
         stack = self.runtime.stack

@@ -119,6 +119,46 @@ class UdpFastPath:
         c.host_addr = addr
         c.host_addr_len = len(addr)
 
+    def hold_route(
+        self,
+        listener: socket.socket,
+        key: tuple[bytes, int, bytes, int],
+        guest_mac: bytes,
+        client: HostAddr,
+        now: float,
+    ) -> Any:
+        """A port forward's route (key: the guest's address and port, the client as the
+        guest sees it): C sends the guest's datagrams on it to the client from the
+        listener (csrc/udp.c ns_udp_route_open). Its struct, or None (full, or a client
+        of another family: Python keeps it)."""
+        addr = sockaddr(listener.family, client)
+        if addr is None:
+            return None
+        guest_ip, guest_port, remote_ip, remote_port = key
+        v6 = len(guest_ip) == 16
+        c = self.lib.ns_udp_route_open(
+            self.ctx,
+            listener.fileno(),
+            guest_ip if v6 else _V4_MAPPED + guest_ip,
+            guest_port,
+            remote_ip if v6 else _V4_MAPPED + remote_ip,
+            remote_port,
+            v6,
+        )
+        if c == self.ffi.NULL:
+            return None
+        c.guest_mac = guest_mac
+        c.host_addr = addr
+        c.host_addr_len = len(addr)
+        c.last_activity = now
+        return c
+
+    def release_route(self, c: Any) -> float:
+        """Take a route back; returns when C last sent on it."""
+        last = float(c.last_activity)
+        self.lib.ns_udp_close(self.ctx, c)
+        return last
+
     def release(self, flow: UdpFlow) -> None:
         """Take flow back (it is closing, or a forwarded port's route now needs it)."""
         c = flow.fast
@@ -179,6 +219,7 @@ class UdpFastPath:
         return {
             "udp_flows_held": len(self.held),
             "udp_holds": self.holds,
+            "udp_forward_routes_in_c": int(u.nroutes),
             "udp_datagrams_to_host_from_c": int(u.datagrams_to_host),
             "udp_datagrams_to_guest_from_c": int(u.datagrams_to_guest),
             "udp_gso_sends": int(u.gso_sends),
