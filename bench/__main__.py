@@ -10,7 +10,8 @@ that answers bench.test itself); request/response latency (p50, p99), new
 connections per second (probe.py's Python client and asyncio server, and bench/crr.c's
 C pair, which leaves the CPU to the stack, also with its server closing first, and
 for netstack and slirp4netns also through a port forward made on the API socket, which
-they are launched with, as rootlesskit does),
+they are launched with, as rootlesskit does; through such a forward iperf3 UDP too, both
+ways),
 launch-to-ready time (also alone: a few launches with `-c` in fresh namespaces; and,
 for netstack, the import time to ready under `python -X importtime`, as
 bench/startup shows in detail), RSS idle and with 1,000 open flows. Writes
@@ -44,6 +45,7 @@ from bench.worlds import SYSTEMS, World
 PROBE = str(Path(__file__).resolve().parent / "probe.py")
 PYTHON = "/usr/bin/python3"
 IPERF_PORT = "5201"
+FWD_IPERF_PORT = "5301"  # iperf3 -s in the guest, behind a port forward
 PROBE_PORT = "7777"
 CRR_C = Path(__file__).resolve().parent / "crr.c"
 CRR_C_PORT = "7778"
@@ -308,6 +310,58 @@ class Runner:
                 except subprocess.TimeoutExpired as e:
                     print(f"    forwards ({mode}): {e!r}", file=sys.stderr)
             self.record(world, metric, rate, "conn/s")
+        self.forwarded_udp(world)
+
+    def forwarded_udp(self, world: World) -> None:
+        """iperf3 UDP at no rate limit through a port forward (TCP for its control
+        connection and UDP on one port): the client on the host side's 127.0.0.1, the
+        server in the guest; the receiver's rate and loss, both ways."""
+        try:
+            srv = subprocess.Popen(
+                world.in_guest("iperf3", "-s", "-p", FWD_IPERF_PORT),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            world.procs.append(srv)
+            time.sleep(0.3)
+            for proto in ("tcp", "udp"):
+                world.add_forward(10000 + int(FWD_IPERF_PORT), int(FWD_IPERF_PORT), proto)
+        except (RuntimeError, OSError) as e:
+            print(f"    forwarded udp: {e!r}", file=sys.stderr)
+            return
+        length = udp_len(world.mtu)
+        for reverse in (False, True):
+            label = f"forwarded udp {'guest->host' if reverse else 'host->guest'} {length} B"
+            data = None
+            try:
+                r = subprocess.run(
+                    world.in_host(
+                        "iperf3",
+                        "-c",
+                        "127.0.0.1",
+                        "-p",
+                        str(10000 + int(FWD_IPERF_PORT)),
+                        "-J",
+                        "-t",
+                        str(self.args.duration),
+                        "-u",
+                        "-b",
+                        "0",
+                        "-l",
+                        str(length),
+                        *(["-R"] if reverse else []),
+                    ),
+                    capture_output=True,
+                    text=True,
+                    timeout=self.args.duration + 60,
+                )
+                data = json.loads(r.stdout)["end"]["sum_received"]
+            except (subprocess.TimeoutExpired, ValueError, KeyError) as e:
+                print(f"    {label}: {e!r}", file=sys.stderr)
+            self.record(world, label, data["bits_per_second"] / 1e9 if data else None, "Gbit/s")
+            sent = data["packets"] if data else 0
+            loss = 100 * data["lost_packets"] / sent if data and sent else None
+            self.record(world, f"loss {label}", loss, "%")
 
     def dns(self, world: World, resolver: Dnsmasq) -> None:
         """Queries per second through the guest's DNS address, p50 latency and

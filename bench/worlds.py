@@ -159,14 +159,14 @@ class World:
         self.api_path = f"/tmp/{self.host}.api"
         return self.api_path
 
-    def add_forward(self, host_port: int, guest_port: int) -> None:
-        """A TCP port forward from the host side's 127.0.0.1:host_port to the guest's
+    def add_forward(self, host_port: int, guest_port: int, proto: str = "tcp") -> None:
+        """A port forward from the host side's 127.0.0.1:host_port to the guest's
         guest_port, through the API socket (slirp4netns's add_hostfwd)."""
         assert self.api_path is not None
         request = {
             "execute": "add_hostfwd",
             "arguments": {
-                "proto": "tcp",
+                "proto": proto,
                 "host_addr": "127.0.0.1",
                 "host_port": host_port,
                 "guest_port": guest_port,

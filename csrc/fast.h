@@ -241,6 +241,8 @@ struct ns_udp_flow {
     int route;                  /* a port forward's route back to one client (fd: the
                                  * forward's listener, not this flow's; keyed by the
                                  * 4-tuple, dst_* the client as the guest sees it) */
+    int listener;               /* a UDP port forward's listener, read here: its clients'
+                                 * datagrams go to the guest by their routes */
     uint64_t datagrams_to_host;
     uint64_t datagrams_to_guest;
     double last_activity;
@@ -267,6 +269,9 @@ struct ns_udp {
     int *route_buckets;         /* forwards' routes, by 4-tuple (csrc/udp.c) */
     int nroutes;
     uint8_t gateway_ip[4];      /* how host sources look to the guest: Policy.virtual_source */
+    uint8_t net4[4];            /* the guest's network and mask, and its IPv6 /64: how a */
+    uint8_t mask4[4];           /* forward's client looks to the guest (listeners.py */
+    uint8_t prefix6[8];         /* client_as_seen_by_guest) */
     uint8_t host6_ip[16];
     int host_loopback;
     uint32_t mtu;
@@ -302,6 +307,8 @@ struct ns_udp_flow *ns_udp_lookup(struct ns_ctx *ctx, const uint8_t *guest_ip,
 struct ns_udp_flow *ns_udp_route_open(struct ns_ctx *ctx, int listener_fd,
                                       const uint8_t *guest_ip, uint16_t guest_port,
                                       const uint8_t *remote_ip, uint16_t remote_port, int v6);
+struct ns_udp_flow *ns_udp_listener_open(struct ns_ctx *ctx, int fd, const uint8_t *guest_ip,
+                                         uint16_t guest_port, int v6);
 void ns_udp_close(struct ns_ctx *ctx, struct ns_udp_flow *flow);
 void ns_udp_python_done(struct ns_ctx *ctx);
 

@@ -150,8 +150,8 @@ static unsigned int route_bucket_of(struct ns_ctx *ctx, const uint8_t *gip, uint
     return ns_flow_hash(ctx, gip, gport, rip, rport) & ctx->udp->bucket_mask;
 }
 
-static struct ns_udp_flow *route_lookup(struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport,
-                                        const uint8_t *rip, uint16_t rport)
+struct ns_udp_flow *udp_route_lookup(struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport,
+                                     const uint8_t *rip, uint16_t rport)
 {
     struct ns_udp *u = ctx->udp;
     int s = u->route_buckets[route_bucket_of(ctx, gip, gport, rip, rport)];
@@ -175,7 +175,7 @@ struct ns_udp_flow *ns_udp_route_open(struct ns_ctx *ctx, int listener_fd,
                                       const uint8_t *remote_ip, uint16_t remote_port, int v6)
 {
     struct ns_udp *u = ctx->udp;
-    if (!u || u->nfree == 0 || route_lookup(ctx, guest_ip, guest_port, remote_ip, remote_port))
+    if (!u || u->nfree == 0 || udp_route_lookup(ctx, guest_ip, guest_port, remote_ip, remote_port))
         return NULL;
     int slot = u->free_slots[--u->nfree];
     struct ns_udp_flow *f = &u->flows[slot];
@@ -195,6 +195,30 @@ struct ns_udp_flow *ns_udp_route_open(struct ns_ctx *ctx, int listener_fd,
     return f;
 }
 
+/* A UDP port forward's listener (fd) to the guest's guest_ip:guest_port: read here
+ * (csrc/udp_to_guest.c), each client's datagrams go to the guest by the client's route;
+ * a datagram without one is Python's, which opens the route. NULL when full or fd is
+ * out of range or held. */
+struct ns_udp_flow *ns_udp_listener_open(struct ns_ctx *ctx, int fd, const uint8_t *guest_ip,
+                                         uint16_t guest_port, int v6)
+{
+    struct ns_udp *u = ctx->udp;
+    if (!u || u->nfree == 0 || fd < 0 || fd >= u->by_fd_cap || u->by_fd[fd] ||
+        (fd < ctx->by_fd_cap && ctx->by_fd[fd]))
+        return NULL;
+    int slot = u->free_slots[--u->nfree];
+    struct ns_udp_flow *f = &u->flows[slot];
+    memset(f, 0, sizeof(*f));
+    f->fd = fd;
+    f->slot = slot;
+    f->v6 = v6;
+    f->listener = 1;
+    memcpy(f->guest_ip, guest_ip, 16);
+    f->guest_port = guest_port;
+    u->by_fd[fd] = slot + 1;
+    return f;
+}
+
 void ns_udp_close(struct ns_ctx *ctx, struct ns_udp_flow *f)
 {
     struct ns_udp *u = ctx->udp;
@@ -204,7 +228,7 @@ void ns_udp_close(struct ns_ctx *ctx, struct ns_udp_flow *f)
     int *link = f->route ? &u->route_buckets[route_bucket_of(ctx, f->guest_ip, f->guest_port,
                                                               f->dst_ip, f->dst_port)]
                          : &u->buckets[bucket_of(ctx, f->guest_ip, f->guest_port)];
-    while (*link) {
+    while (!f->listener && *link) { /* a listener is in no chain */
         if (*link == slot + 1) {
             *link = f->next;
             break;
@@ -280,7 +304,7 @@ int udp_rx_frame(struct ns_ctx *ctx, size_t len, double now)
     }
     struct ns_udp_flow *f = ns_udp_lookup(ctx, g.src, get16(d));
     if (!f || get16(d + 2) != f->dst_port || memcmp(g.dst, f->dst_ip, 16))
-        f = u->nroutes ? route_lookup(ctx, g.src, get16(d), g.dst, get16(d + 2)) : NULL;
+        f = u->nroutes ? udp_route_lookup(ctx, g.src, get16(d), g.dst, get16(d + 2)) : NULL;
     if (!f || f->v6 != v6 || memcmp(eth + 6, f->guest_mac, 6))
         return 0;
     uint32_t plen = (uint32_t)l4_len - UDP_LEN;

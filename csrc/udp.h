@@ -39,6 +39,10 @@
 
 static const uint8_t ZERO16[16];
 
+/* csrc/udp.c, for csrc/udp_to_guest.c: a forward's route by its 4-tuple */
+struct ns_udp_flow *udp_route_lookup(struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport,
+                                     const uint8_t *rip, uint16_t rport);
+
 static inline void put16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = v & 0xff; }
 static inline void put16le(uint8_t *p, uint16_t v) { p[0] = v & 0xff; p[1] = v >> 8; }
 static inline uint16_t get16le(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }

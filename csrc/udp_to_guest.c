@@ -272,7 +272,91 @@ static int datagrams_to_guest(struct ns_ctx *ctx, struct ns_udp_flow *f, struct 
     return count;
 }
 
-/* An event on a host socket: 1 when it is a held UDP flow's (served here), else 0. */
+/* Twin of listeners.client_as_seen_by_guest: the address a forward's client (from) has
+ * for the guest of listener l, in remote (IPv4 as ::ffff:a.b.c.d); 0 when C does not
+ * know it (an IPv6 client outside loopback and the guest's /64 that is no martian):
+ * Python's. */
+static int client_as_seen(const struct ns_udp *u, const struct ns_udp_flow *l,
+                          const struct sockaddr_in6 *from, uint8_t *remote)
+{
+    const uint8_t *a = (const uint8_t *)&from->sin6_addr;
+    const uint8_t *v4 = NULL;
+    if (from->sin6_family == AF_INET)
+        v4 = (const uint8_t *)&((const struct sockaddr_in *)from)->sin_addr;
+    else if (from->sin6_family == AF_INET6 && !memcmp(a, V4_MAPPED, 12))
+        v4 = a + 12;
+    else if (from->sin6_family != AF_INET6)
+        return 0;
+    if (l->v6) {
+        if (v4 || is_martian6(a) || !memcmp(a, u->prefix6, 8)) {
+            memcpy(remote, u->host6_ip, 16); /* the stand-in, fd00::2 */
+            return 1;
+        }
+        return 0; /* (the martian list is Python's in full: stack/policy.py) */
+    }
+    memcpy(remote, V4_MAPPED, 12);
+    int stand_in = !v4 || v4[0] == 0 || v4[0] == 127;
+    for (int i = 0; v4 && !stand_in && i < 4; i++)
+        if ((v4[i] & u->mask4[i]) != u->net4[i])
+            break;
+        else if (i == 3)
+            stand_in = 1; /* in the guest's own network */
+    memcpy(remote + 12, stand_in ? u->gateway_ip : v4, 4);
+    return 1;
+}
+
+/* Datagrams i.. of a read on a forward's listener l to the guest, each client's by its
+ * route (runs of one client and one size as one GSO frame, as datagrams_to_guest);
+ * a client with no route here, or one C cannot send, and all after it: Python's.
+ * Returns how many were consumed. */
+static int listener_datagrams_to_guest(struct ns_ctx *ctx, struct ns_udp_flow *l,
+                                       struct mmsghdr *m, struct iovec *iov,
+                                       struct sockaddr_in6 *from, int i, int r, double now)
+{
+    struct ns_udp *u = ctx->udp;
+    uint8_t remote[16];
+    uint32_t n = m[i].msg_len;
+    uint16_t sport = ntohs(from[i].sin6_port); /* sin_port shares its place */
+    struct ns_udp_flow *route = NULL;
+    if (!l->to_python && client_as_seen(u, l, &from[i], remote))
+        route = udp_route_lookup(ctx, l->guest_ip, l->guest_port, remote, sport);
+    size_t l3 = l->v6 ? IP6_LEN : IP4_LEN;
+    if (!route || l3 + UDP_LEN + n > u->mtu) {
+        for_python(ctx, l, iov[i].iov_base, n, &from[i]);
+        return 1;
+    }
+    struct iovec out[GSO_MAX_SEGS + 1];
+    out[1].iov_base = iov[i].iov_base;
+    out[1].iov_len = n;
+    int count = 1;
+    uint32_t total = n;
+    if (ctx->vnet && u->uso && n > 0) {
+        while (i + count < r && count < GSO_MAX_SEGS) {
+            uint32_t next = m[i + count].msg_len;
+            if (next == 0 || next > n || total + next > GSO_MAX_BYTES ||
+                !same_peer(&from[i], &from[i + count]))
+                break;
+            out[count + 1].iov_base = iov[i + count].iov_base;
+            out[count + 1].iov_len = next;
+            total += next;
+            count++;
+            if (next < n)
+                break; /* a shorter one ends the run */
+        }
+    }
+    const uint8_t *src = l->v6 ? remote : remote + 12;
+    if (!frame_to_guest(ctx, route, src, sport, out, count, now)) {
+        for (int k = 0; k < count; k++) {
+            struct iovec one[2] = {{0}, out[k + 1]};
+            frame_to_guest(ctx, route, src, sport, one, 1, now);
+        }
+    }
+    l->datagrams_to_guest += (uint64_t)count;
+    return count;
+}
+
+/* An event on a host socket: 1 when it is a held UDP flow's or a forward's listener's
+ * (served here), else 0. */
 int udp_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now)
 {
     struct ns_udp *u = ctx->udp;
@@ -301,7 +385,8 @@ int udp_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now)
             continue; /* EINTR, or an ICMP error queued on the socket: read on */
         }
         for (int i = 0; i < r;)
-            i += datagrams_to_guest(ctx, f, m, iov, from, i, r, now);
+            i += f->listener ? listener_datagrams_to_guest(ctx, f, m, iov, from, i, r, now)
+                             : datagrams_to_guest(ctx, f, m, iov, from, i, r, now);
         if (r < RECV_SLOTS)
             break;
     }

@@ -31,12 +31,15 @@ _floor = 0  # records below this level are dropped before logging is imported
 _settings: tuple[int, str] | None = None  # basicConfig's level and format, until applied
 
 
-def configure(level: int, fmt: str) -> None:
+def configure(level: int, fmt: str, eager: bool = False) -> None:
     """What basicConfig would do (records to stderr in `fmt`, from `level` up), done
-    when the first record is emitted."""
+    when the first record is emitted; or now (eager: a process whose libraries log
+    through logging themselves, netstackd's asyncio and etcd client)."""
     global _floor, _settings
     _floor = level
     _settings = (level, fmt)
+    if eager:
+        _stdlib_logger("netstack")
 
 
 def _stdlib_logger(name: str) -> logging.Logger:

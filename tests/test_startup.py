@@ -101,6 +101,18 @@ def test_a_record_imports_logging_and_applies_configure() -> None:
     assert "below the floor" not in done.stderr
 
 
+def test_an_eager_configure_applies_at_once() -> None:
+    """netstackd's: a library's record through logging itself is formatted too."""
+    done = _python(
+        "import logging\n"
+        "from netstack import log\n"
+        "log.configure(log.INFO, 'd: %(message)s', eager=True)\n"
+        "logging.getLogger('asyncio').warning('from a library')\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "d: from a library\n"
+
+
 def test_records_reach_logging_and_its_levels(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

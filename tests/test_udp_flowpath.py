@@ -484,3 +484,47 @@ def test_a_route_from_another_mac_is_pythons(path: Path) -> None:
     frame[10 + 6 : 10 + 12] = bytes.fromhex("020000000099")
     assert run(path, [bytes(frame)]) == [bytes(frame) if path.vnet else bytes(10) + frame[10:]]
     path.lib.ns_udp_close(path.ctx, r.c)
+
+
+def test_a_forwards_listener_read_in_c_sends_each_routed_client_to_the_guest(
+    path: Path,
+) -> None:
+    """The listener's datagrams from a client with a route reach the guest from the
+    gateway and the client's port (a loopback client), equal-size runs as GSO frames
+    with virtio-net headers; a client without a route, and all behind it in that read,
+    are left to Python in order (their slot the listener's)."""
+    r = open_route(path, guest_port=GUEST_PORT)
+    lst = path.lib.ns_udp_listener_open(
+        path.ctx, r.listener.fileno(), MAPPED + GUEST_IP, GUEST_PORT, 0
+    )
+    assert lst != path.ffi.NULL and lst.listener == 1
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger.bind(("127.0.0.1", 0))
+    path.keep.append(stranger)
+    to = r.listener.getsockname()
+    routed = [os.urandom(1200) for _ in range(20)] + [os.urandom(300)]
+    for pl in routed:
+        r.client.sendto(pl, to)
+    stranger.sendto(b"no route yet", to)
+    r.client.sendto(b"behind it", to)
+    time.sleep(0.02)
+    assert poll_host(path, r.listener) == PYTHON_WORK  # served in C; some left to Python
+    port = r.client.getsockname()[1]
+    assert frames_to_guest(path) == [(GW_IP, port, pl) for pl in routed]
+    u = path.ctx.udp
+    left = [
+        (bytes(path.ffi.buffer(u.py_buf + u.py[i].off, u.py[i].len)), int(u.py[i].port))
+        for i in range(u.npy)
+    ]
+    assert left == [(b"no route yet", stranger.getsockname()[1]), (b"behind it", port)]
+    assert all(u.py[i].slot == lst.slot for i in range(u.npy))
+    assert r.c.datagrams_to_guest == len(routed) and lst.datagrams_to_guest == len(routed)
+    if path.vnet:
+        assert u.gso_frames_to_guest >= 1  # the 1200-byte run as GSO frames
+    path.lib.ns_udp_python_done(path.ctx)
+    path.lib.ns_udp_close(path.ctx, lst)
+    path.lib.ns_udp_close(path.ctx, r.c)
+    # closed: the listener's events are Python's again
+    r.client.sendto(b"after", to)
+    time.sleep(0.01)
+    assert poll_host(path, r.listener) == 1

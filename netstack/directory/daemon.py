@@ -450,7 +450,9 @@ def _error(desc: str) -> bytes:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     netstack_log.configure(
-        netstack_log.DEBUG if args.debug else netstack_log.INFO, "netstackd: %(message)s"
+        netstack_log.DEBUG if args.debug else netstack_log.INFO,
+        "netstackd: %(message)s",
+        eager=True,  # asyncio's records and the etcd client's too
     )
     try:
         import uvloop

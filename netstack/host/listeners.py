@@ -22,6 +22,7 @@ from netstack.host.interfaces import SocketRegistry
 from netstack.host.streams import HostTcpStream
 from netstack.log import get_logger
 from netstack.stack.config import HOST6, NetworkConfig
+from netstack.stack.hostio import DatagramSocket
 from netstack.stack.policy import is_martian6
 from netstack.tcp.connection import TcpConnection
 from netstack.tcp.output import FlowAddrs
@@ -166,6 +167,26 @@ class UdpRoute:
             log.debug("forward %d: sendto %s: %s", self.listener.rule.id, self.client, e)
 
 
+class ListenerInC:
+    """A UDP forward's listener as the C path reads it (udp/fastpath.py's UdpFlow):
+    each client with a route in C has its datagrams sent to the guest there; the
+    others come back here, in order, as if read."""
+
+    def __init__(self, listener: UdpForwardListener) -> None:
+        self.listener = listener
+        self.guest_mac = UNKNOWN_MAC
+        self.guest_ip = listener.guest_ip
+        self.guest_port = listener.rule.guest_port
+        self.last_activity = 0.0
+        self.sock: DatagramSocket | None = None  # (a flow's; the listener's is its own)
+        self.fast: Any = None
+        self.datagrams_from_guest_in_c = 0
+        self.datagrams_to_guest_in_c = 0
+
+    def on_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        self.listener.take(data, addr, now)
+
+
 class UdpForwardListener:
     def __init__(self, runtime: SocketRegistry, rule: ForwardRule) -> None:
         self.runtime = runtime
@@ -180,9 +201,15 @@ class UdpForwardListener:
         self.sock: socket.socket | None = sock
         self.routes: dict[tuple[str, int], UdpRoute] = {}
         runtime.register(sock.fileno(), select.EPOLLIN, self)
+        # C reads it (csrc/udp_to_guest.c) when it can: clients with a route in C go
+        # to the guest there
+        self.in_c: ListenerInC | None = None
+        fast = runtime.stack.udp.fast
+        if fast is not None:
+            self.in_c = ListenerInC(self)
+            fast.hold_listener(self.in_c, sock)
 
     def on_events(self, events: int, now: float) -> None:
-        stack = self.runtime.stack
         for _ in range(64):
             if self.sock is None:
                 return
@@ -192,23 +219,30 @@ class UdpForwardListener:
                 return
             except OSError:
                 continue
-            client = (addr[0], addr[1])
-            route = self.routes.get(client)
-            if route is None:
-                if len(self.routes) >= UDP_ROUTES_PER_FORWARD:
-                    stack.stats.drop("udp_forward_route_limit")
-                    continue
-                remote = client_as_seen_by_guest(stack.config, addr[0], len(self.guest_ip) == 16)
-                route = UdpRoute(self, client, remote, now)
-                if route.key in stack.udp_routes_to_host:
-                    stack.stats.drop("udp_forward_tuple_busy")
-                    continue
-                self.routes[client] = route
-                stack.udp_routes_to_host[route.key] = route
-                stack.udp.route_opened(route.key[0], route.key[1])
-            route.last_activity = now
-            stack.timers.touch(route)
-            self._to_guest(route, data)
+            self.take(data, addr, now)
+
+    def take(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        """A client's datagram (read here or left by C): to the guest by its route."""
+        stack = self.runtime.stack
+        if self.sock is None:
+            return
+        client = (addr[0], addr[1])
+        route = self.routes.get(client)
+        if route is None:
+            if len(self.routes) >= UDP_ROUTES_PER_FORWARD:
+                stack.stats.drop("udp_forward_route_limit")
+                return
+            remote = client_as_seen_by_guest(stack.config, addr[0], len(self.guest_ip) == 16)
+            route = UdpRoute(self, client, remote, now)
+            if route.key in stack.udp_routes_to_host:
+                stack.stats.drop("udp_forward_tuple_busy")
+                return
+            self.routes[client] = route
+            stack.udp_routes_to_host[route.key] = route
+            stack.udp.route_opened(route.key[0], route.key[1])
+        route.last_activity = now
+        stack.timers.touch(route)
+        self._to_guest(route, data)
 
     def _to_guest(self, route: UdpRoute, data: bytes) -> None:
         stack = self.runtime.stack
@@ -241,6 +275,9 @@ class UdpForwardListener:
     def close(self) -> None:
         for route in list(self.routes.values()):
             self.drop_route(route)
+        fast = self.runtime.stack.udp.fast
+        if self.in_c is not None and fast is not None:
+            fast.release_listener(self.in_c)  # before its fd closes
         if self.sock is not None:
             self.runtime.unregister(self.sock.fileno())
             self.sock.close()

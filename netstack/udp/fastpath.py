@@ -19,7 +19,7 @@ import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from netstack.stack.config import HOST6, NetworkConfig
+from netstack.stack.config import HOST6, PREFIX6, NetworkConfig
 from netstack.stack.hostio import DatagramSocket, HostAddr
 
 if TYPE_CHECKING:
@@ -79,6 +79,9 @@ class UdpFastPath:
         u = self.ctx.udp
         u.gateway_ip = config.gateway
         u.host6_ip = HOST6
+        u.net4 = config.network  # how a forward's client looks to the guest
+        u.mask4 = config.netmask
+        u.prefix6 = PREFIX6.network_address.packed[:8]
         u.host_loopback = int(config.host_loopback)
         u.mtu = mtu
         self.u: Any = u
@@ -86,6 +89,7 @@ class UdpFastPath:
         # stays in Python, where the route is looked up first
         self.routes = routes
         self.held: dict[int, UdpFlow] = {}  # slot -> flow
+        self.listeners: dict[int, UdpFlow] = {}  # slot -> a forward's listener read in C
         self.holds = 0
 
     def hold(self, flow: UdpFlow, dst: bytes, dport: int, target: HostAddr) -> None:
@@ -153,6 +157,33 @@ class UdpFastPath:
         c.last_activity = now
         return c
 
+    def hold_listener(self, owner: UdpFlow, sock: socket.socket) -> None:
+        """C reads a UDP forward's listener (sock, to owner's guest address and port):
+        each client's datagrams go to the guest by its route (hold_route); what C
+        leaves (a client without a route yet) comes to owner.on_datagram, in order.
+        owner.fast is its struct (None: C could not take it, Python reads it)."""
+        v6 = len(owner.guest_ip) == 16
+        c = self.lib.ns_udp_listener_open(
+            self.ctx,
+            sock.fileno(),
+            owner.guest_ip if v6 else _V4_MAPPED + owner.guest_ip,
+            owner.guest_port,
+            v6,
+        )
+        if c == self.ffi.NULL:
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        owner.fast = c
+        self.listeners[int(c.slot)] = owner
+
+    def release_listener(self, owner: UdpFlow) -> None:
+        c = owner.fast
+        if c is None:
+            return
+        self.listeners.pop(int(c.slot), None)
+        self.lib.ns_udp_close(self.ctx, c)
+        owner.fast = None
+
     def release_route(self, c: Any) -> float:
         """Take a route back; returns when C last sent on it."""
         last = float(c.last_activity)
@@ -190,7 +221,7 @@ class UdpFastPath:
         try:
             for i in range(n):
                 e = u.py[i]
-                flow = self.held.get(int(e.slot))
+                flow = self.held.get(int(e.slot)) or self.listeners.get(int(e.slot))
                 if flow is None:
                     continue  # released since
                 addr = bytes(ffi.buffer(e.addr))
@@ -220,6 +251,7 @@ class UdpFastPath:
             "udp_flows_held": len(self.held),
             "udp_holds": self.holds,
             "udp_forward_routes_in_c": int(u.nroutes),
+            "udp_forward_listeners_in_c": len(self.listeners),
             "udp_datagrams_to_host_from_c": int(u.datagrams_to_host),
             "udp_datagrams_to_guest_from_c": int(u.datagrams_to_guest),
             "udp_gso_sends": int(u.gso_sends),
