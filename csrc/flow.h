@@ -166,6 +166,9 @@ void syn_frame_to_python(struct ns_ctx *ctx, size_t len);
 void syn_close(struct ns_ctx *ctx, struct ns_flow *f, double now);
 
 void syn_send(struct ns_ctx *ctx, struct ns_flow *f, uint8_t flags, double now);
+void syn_open_unadopted(struct ns_ctx *ctx, struct ns_flow *f, uint8_t flags, double now);
+void syn_take_options(const struct ns_ctx *ctx, struct ns_flow *f,
+                      const struct syn_options *o, uint16_t window);
 uint32_t syn_iss(const struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport,
                  const uint8_t *rip, uint16_t rport, double now);
 

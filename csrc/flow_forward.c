@@ -166,18 +166,10 @@ static int open_to_guest(struct ns_ctx *ctx, struct ns_listener *l, int cfd,
     f->seg_size = ctx->syn_default_mss;
     f->snd_una = f->iss;
     f->snd_nxt = f->iss + 1;
-    f->rto = ctx->rto_initial;
     f->syn_sent = 1;
     f->forwarded = 1;
-    f->unadopted = 1;
-    f->created = now;
-    f->last_activity = now;
-    ctx->nunadopted++;
     ctx->forwards_in_c++;
-    syn_send(ctx, f, F_SYN, now);
-    f->rto_deadline = now + f->rto; /* Python's, once it adopts the flow (before then) */
-    if (ctx->adopt_at == 0)
-        ctx->adopt_at = now + ctx->adopt_after;
+    syn_open_unadopted(ctx, f, F_SYN, now);
     return 1;
 }
 
@@ -222,18 +214,7 @@ int fwd_rx_synack(struct ns_ctx *ctx, struct ns_flow *f, const struct guest_ip *
     struct syn_options o;
     if (syn_parse_options(t + TCP_LEN, hlen - TCP_LEN, &o) < 0)
         return 0;
-    /* twin of handshake.take_syn_options */
-    f->guest_wscale = o.wscale >= 0 ? o.wscale : 0;
-    f->our_wscale = o.wscale >= 0 ? ctx->syn_our_wscale : 0;
-    f->ts_enabled = o.has_ts;
-    f->ts_recent = o.ts_val;
-    uint32_t headers_len = (f->v6 ? IP6_LEN : IP4_LEN) + TCP_LEN;
-    uint32_t mss_to_guest = o.mss ? (uint32_t)o.mss : ctx->syn_default_mss;
-    if (mss_to_guest > ctx->syn_mtu - headers_len)
-        mss_to_guest = ctx->syn_mtu - headers_len;
-    int64_t seg = (int64_t)mss_to_guest - (o.has_ts ? TS_LEN : 0);
-    f->seg_size = seg > 64 ? (uint32_t)seg : 64;
-    f->guest_window = get16(t + 14); /* a SYN's window is never scaled */
+    syn_take_options(ctx, f, &o, get16(t + 14));
     f->rcv_nxt = get32(t + 4) + 1;
     f->rcv_adv = f->rcv_nxt + f->window_advertised; /* our SYN's window */
     f->snd_una = f->iss + 1;

@@ -228,6 +228,24 @@ void syn_send(struct ns_ctx *ctx, struct ns_flow *f, uint8_t flags, double now)
     link_write(ctx, start, (size_t)end);
 }
 
+/* Twin of handshake.take_syn_options: what the guest's SYN or SYN-ACK decides (its
+ * options o, its window). */
+void syn_take_options(const struct ns_ctx *ctx, struct ns_flow *f,
+                      const struct syn_options *o, uint16_t window)
+{
+    uint32_t headers_len = (f->v6 ? IP6_LEN : IP4_LEN) + TCP_LEN;
+    uint32_t mss_to_guest = o->mss ? (uint32_t)o->mss : ctx->syn_default_mss;
+    if (mss_to_guest > ctx->syn_mtu - headers_len)
+        mss_to_guest = ctx->syn_mtu - headers_len;
+    int64_t seg = (int64_t)mss_to_guest - (o->has_ts ? TS_LEN : 0);
+    f->seg_size = seg > 64 ? (uint32_t)seg : 64;
+    f->guest_wscale = o->wscale >= 0 ? o->wscale : 0;
+    f->our_wscale = o->wscale >= 0 ? ctx->syn_our_wscale : 0;
+    f->ts_enabled = o->has_ts;
+    f->ts_recent = o->ts_val;
+    f->guest_window = window; /* a SYN's window is never scaled */
+}
+
 /* RFC 6528: a keyed hash of the 4-tuple plus a 4-microsecond clock. */
 uint32_t syn_iss(const struct ns_ctx *ctx, const uint8_t *gip, uint16_t gport,
                  const uint8_t *rip, uint16_t rport, double now)
@@ -301,35 +319,33 @@ int syn_rx_frame(struct ns_ctx *ctx, const struct guest_ip *g, double now)
     uint32_t seq = get32(t + 4);
     memcpy(f->guest_mac, eth + 6, 6);
     f->iss = syn_iss(ctx, g->src, gport, g->dst, rport, now);
-    /* twin of handshake.take_syn_options and TcpConnection's MSS */
+    /* twin of TcpConnection's MSS, and of handshake.take_syn_options */
     uint32_t headers_len = (g->v6 ? IP6_LEN : IP4_LEN) + TCP_LEN;
-    uint32_t mss_to_guest = opts.mss ? (uint32_t)opts.mss : ctx->syn_default_mss;
-    if (mss_to_guest > ctx->syn_mtu - headers_len)
-        mss_to_guest = ctx->syn_mtu - headers_len;
-    int64_t seg = (int64_t)mss_to_guest - (opts.has_ts ? TS_LEN : 0);
-    f->seg_size = seg > 64 ? (uint32_t)seg : 64;
     f->our_mss = ctx->syn_mtu - headers_len > 64 ? ctx->syn_mtu - headers_len : 64;
-    f->guest_wscale = opts.wscale >= 0 ? opts.wscale : 0;
-    f->our_wscale = opts.wscale >= 0 ? ctx->syn_our_wscale : 0;
-    f->ts_enabled = opts.has_ts;
-    f->ts_recent = opts.ts_val;
-    f->guest_window = get16(t + 14); /* a SYN's window is never scaled */
+    syn_take_options(ctx, f, &opts, get16(t + 14));
     f->rcv_nxt = seq + 1;
     f->rcv_acked = f->rcv_nxt;
     f->snd_una = f->iss;
     f->snd_nxt = f->iss + 1;
-    f->rto = ctx->rto_initial;
     f->handshake = 1;
+    ctx->syns_in_c++;
+    syn_open_unadopted(ctx, f, F_SYN | F_ACK, now);
+    return 1;
+}
+
+/* f, opened here with its handshake's state, is held with no connection in Python: our
+ * SYN (flags F_SYN, a forward's) or SYN-ACK goes out, Python adopts it by adopt_after. */
+void syn_open_unadopted(struct ns_ctx *ctx, struct ns_flow *f, uint8_t flags, double now)
+{
+    f->rto = ctx->rto_initial;
     f->unadopted = 1;
     f->created = now;
     f->last_activity = now;
     ctx->nunadopted++;
-    ctx->syns_in_c++;
-    syn_send(ctx, f, F_SYN | F_ACK, now);
+    syn_send(ctx, f, flags, now);
     f->rto_deadline = now + f->rto; /* Python's, once it adopts the flow (before then) */
     if (ctx->adopt_at == 0)
         ctx->adopt_at = now + ctx->adopt_after;
-    return 1;
 }
 
 /* Python is to take f on (a frame, event or eject of its own that C leaves). */

@@ -118,17 +118,18 @@ struct ns_udp_flow *ns_udp_lookup(struct ns_ctx *ctx, const uint8_t *gip, uint16
     return NULL;
 }
 
-/* A zeroed flow for (guest_ip, guest_port) on host socket fd; the caller fills its MAC
- * and destination. NULL when full, fd out of range or held, or the key held. */
-struct ns_udp_flow *ns_udp_open(struct ns_ctx *ctx, int fd, const uint8_t *guest_ip,
-                                uint16_t guest_port, int v6)
+/* Whether fd can be a flow's own socket here: in range, and no flow's yet. */
+static int fd_free(const struct ns_ctx *ctx, int fd)
 {
-    struct ns_udp *u = ctx->udp;
-    if (!u || u->nfree == 0 || fd < 0 || fd >= u->by_fd_cap || u->by_fd[fd] ||
-        (fd < ctx->by_fd_cap && ctx->by_fd[fd]))
-        return NULL;
-    if (ns_udp_lookup(ctx, guest_ip, guest_port))
-        return NULL;
+    const struct ns_udp *u = ctx->udp;
+    return fd >= 0 && fd < u->by_fd_cap && !u->by_fd[fd] &&
+           !(fd < ctx->by_fd_cap && ctx->by_fd[fd]);
+}
+
+/* A zeroed slot for fd and the guest's address and port (in no chain yet). */
+static struct ns_udp_flow *new_flow(struct ns_udp *u, int fd, const uint8_t *guest_ip,
+                                    uint16_t guest_port, int v6)
+{
     int slot = u->free_slots[--u->nfree];
     struct ns_udp_flow *f = &u->flows[slot];
     memset(f, 0, sizeof(*f));
@@ -137,10 +138,22 @@ struct ns_udp_flow *ns_udp_open(struct ns_ctx *ctx, int fd, const uint8_t *guest
     f->v6 = v6;
     memcpy(f->guest_ip, guest_ip, 16);
     f->guest_port = guest_port;
+    return f;
+}
+
+/* A zeroed flow for (guest_ip, guest_port) on host socket fd; the caller fills its MAC
+ * and destination. NULL when full, fd out of range or held, or the key held. */
+struct ns_udp_flow *ns_udp_open(struct ns_ctx *ctx, int fd, const uint8_t *guest_ip,
+                                uint16_t guest_port, int v6)
+{
+    struct ns_udp *u = ctx->udp;
+    if (!u || u->nfree == 0 || !fd_free(ctx, fd) || ns_udp_lookup(ctx, guest_ip, guest_port))
+        return NULL;
+    struct ns_udp_flow *f = new_flow(u, fd, guest_ip, guest_port, v6);
     unsigned int b = bucket_of(ctx, guest_ip, guest_port);
     f->next = u->buckets[b];
-    u->buckets[b] = slot + 1;
-    u->by_fd[fd] = slot + 1;
+    u->buckets[b] = f->slot + 1;
+    u->by_fd[fd] = f->slot + 1;
     return f;
 }
 
@@ -177,20 +190,13 @@ struct ns_udp_flow *ns_udp_route_open(struct ns_ctx *ctx, int listener_fd,
     struct ns_udp *u = ctx->udp;
     if (!u || u->nfree == 0 || udp_route_lookup(ctx, guest_ip, guest_port, remote_ip, remote_port))
         return NULL;
-    int slot = u->free_slots[--u->nfree];
-    struct ns_udp_flow *f = &u->flows[slot];
-    memset(f, 0, sizeof(*f));
-    f->fd = listener_fd;
-    f->slot = slot;
-    f->v6 = v6;
+    struct ns_udp_flow *f = new_flow(u, listener_fd, guest_ip, guest_port, v6);
     f->route = 1;
-    memcpy(f->guest_ip, guest_ip, 16);
-    f->guest_port = guest_port;
     memcpy(f->dst_ip, remote_ip, 16);
     f->dst_port = remote_port;
     unsigned int b = route_bucket_of(ctx, guest_ip, guest_port, remote_ip, remote_port);
     f->next = u->route_buckets[b];
-    u->route_buckets[b] = slot + 1;
+    u->route_buckets[b] = f->slot + 1;
     u->nroutes++;
     return f;
 }
@@ -203,19 +209,11 @@ struct ns_udp_flow *ns_udp_listener_open(struct ns_ctx *ctx, int fd, const uint8
                                          uint16_t guest_port, int v6)
 {
     struct ns_udp *u = ctx->udp;
-    if (!u || u->nfree == 0 || fd < 0 || fd >= u->by_fd_cap || u->by_fd[fd] ||
-        (fd < ctx->by_fd_cap && ctx->by_fd[fd]))
+    if (!u || u->nfree == 0 || !fd_free(ctx, fd))
         return NULL;
-    int slot = u->free_slots[--u->nfree];
-    struct ns_udp_flow *f = &u->flows[slot];
-    memset(f, 0, sizeof(*f));
-    f->fd = fd;
-    f->slot = slot;
-    f->v6 = v6;
+    struct ns_udp_flow *f = new_flow(u, fd, guest_ip, guest_port, v6);
     f->listener = 1;
-    memcpy(f->guest_ip, guest_ip, 16);
-    f->guest_port = guest_port;
-    u->by_fd[fd] = slot + 1;
+    u->by_fd[fd] = f->slot + 1;
     return f;
 }
 

@@ -227,22 +227,15 @@ static int same_peer(const struct sockaddr_in6 *a, const struct sockaddr_in6 *b)
     return !memcmp(&a->sin6_addr, &b->sin6_addr, 16);
 }
 
-/* Datagrams i.. of a read (payloads at iov[i], sources at from[i]) to the guest: runs of
- * one source and one size (the last may be shorter) as one GSO frame where the TAP takes
- * them, else one frame each; what C cannot send, and all after it, to Python. Returns
- * how many were consumed. */
-static int datagrams_to_guest(struct ns_ctx *ctx, struct ns_udp_flow *f, struct mmsghdr *m,
-                              struct iovec *iov, struct sockaddr_in6 *from, int i, int r,
-                              double now)
+/* Datagram i of a read and those behind it from the same source and of its size (the
+ * last may be shorter) to the guest from src as f's: one GSO frame where the TAP takes
+ * it, else one frame each. Returns how many were sent. */
+static int send_run(struct ns_ctx *ctx, struct ns_udp_flow *f, struct mmsghdr *m,
+                    struct iovec *iov, struct sockaddr_in6 *from, int i, int r,
+                    const uint8_t *src, double now)
 {
     struct ns_udp *u = ctx->udp;
-    uint8_t src[16];
-    size_t l3 = f->v6 ? IP6_LEN : IP4_LEN;
     uint32_t n = m[i].msg_len;
-    if (f->to_python || l3 + UDP_LEN + n > u->mtu || !virtual_source(u, f, &from[i], src)) {
-        for_python(ctx, f, iov[i].iov_base, n, &from[i]);
-        return 1;
-    }
     struct iovec out[GSO_MAX_SEGS + 1];
     out[1].iov_base = iov[i].iov_base;
     out[1].iov_len = n;
@@ -270,6 +263,25 @@ static int datagrams_to_guest(struct ns_ctx *ctx, struct ns_udp_flow *f, struct 
         }
     }
     return count;
+}
+
+/* Datagrams i.. of a read (payloads at iov[i], sources at from[i]) to the guest: runs of
+ * one source and one size (the last may be shorter) as one GSO frame where the TAP takes
+ * them, else one frame each; what C cannot send, and all after it, to Python. Returns
+ * how many were consumed. */
+static int datagrams_to_guest(struct ns_ctx *ctx, struct ns_udp_flow *f, struct mmsghdr *m,
+                              struct iovec *iov, struct sockaddr_in6 *from, int i, int r,
+                              double now)
+{
+    struct ns_udp *u = ctx->udp;
+    uint8_t src[16];
+    size_t l3 = f->v6 ? IP6_LEN : IP4_LEN;
+    uint32_t n = m[i].msg_len;
+    if (f->to_python || l3 + UDP_LEN + n > u->mtu || !virtual_source(u, f, &from[i], src)) {
+        for_python(ctx, f, iov[i].iov_base, n, &from[i]);
+        return 1;
+    }
+    return send_run(ctx, f, m, iov, from, i, r, src, now);
 }
 
 /* Twin of listeners.client_as_seen_by_guest: the address a forward's client (from) has
@@ -325,32 +337,7 @@ static int listener_datagrams_to_guest(struct ns_ctx *ctx, struct ns_udp_flow *l
         for_python(ctx, l, iov[i].iov_base, n, &from[i]);
         return 1;
     }
-    struct iovec out[GSO_MAX_SEGS + 1];
-    out[1].iov_base = iov[i].iov_base;
-    out[1].iov_len = n;
-    int count = 1;
-    uint32_t total = n;
-    if (ctx->vnet && u->uso && n > 0) {
-        while (i + count < r && count < GSO_MAX_SEGS) {
-            uint32_t next = m[i + count].msg_len;
-            if (next == 0 || next > n || total + next > GSO_MAX_BYTES ||
-                !same_peer(&from[i], &from[i + count]))
-                break;
-            out[count + 1].iov_base = iov[i + count].iov_base;
-            out[count + 1].iov_len = next;
-            total += next;
-            count++;
-            if (next < n)
-                break; /* a shorter one ends the run */
-        }
-    }
-    const uint8_t *src = l->v6 ? remote : remote + 12;
-    if (!frame_to_guest(ctx, route, src, sport, out, count, now)) {
-        for (int k = 0; k < count; k++) {
-            struct iovec one[2] = {{0}, out[k + 1]};
-            frame_to_guest(ctx, route, src, sport, one, 1, now);
-        }
-    }
+    int count = send_run(ctx, route, m, iov, from, i, r, l->v6 ? remote : remote + 12, now);
     l->datagrams_to_guest += (uint64_t)count;
     return count;
 }

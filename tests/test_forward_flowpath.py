@@ -35,8 +35,6 @@ from netstack.tcp.output import FlowAddrs
 from netstack.tcp.params import CONNECT_TIMEOUT
 from tests.helpers import fake_tap
 from tests.test_syn_flowpath import (
-    DNS6_MAC,
-    DNS_MAC,
     FULL_OPTIONS,
     GUEST_IP,
     GUEST_MAC,
@@ -45,7 +43,7 @@ from tests.test_syn_flowpath import (
     MAPPED,
     MTU,
     OUR_MSS,
-    ROUTER_MAC,
+    c_context,
     checksums_valid,
     mac_str,
     syn,
@@ -143,17 +141,7 @@ def make_rig(mac: bool = True, max_flows: int = MAX_FLOWS, by_fd_cap: int = 6553
     ep = select.epoll()
     ep.register(listener.fileno(), select.EPOLLIN)
     rx_buf = bytearray(FRAME_BUFFER_SIZE)
-    fast = FastPath(
-        tap.fileno(),
-        False,
-        rx_buf,
-        GW_MAC,
-        DNS_MAC,
-        max_flows,
-        router_mac=ROUTER_MAC,
-        dns6_mac=DNS6_MAC,
-        by_fd_cap=by_fd_cap,
-    )
+    fast = c_context(tap, rx_buf, max_flows, by_fd_cap)
     rig = Rig(fast, guest, tap, ep, listener, rx_buf)
     fast.ctx.delack_delay = 0
 

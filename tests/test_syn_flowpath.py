@@ -206,14 +206,11 @@ class Rig:
             s.close()
 
 
-def make_rig(syn_on: bool = True, max_flows: int = MAX_FLOWS, v6: bool = True) -> Rig:
-    tap, guest = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    tap.setblocking(False)
-    guest.setblocking(False)
-    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
-    ep = select.epoll()
-    rx_buf = bytearray(FRAME_BUFFER_SIZE)
-    fast = FastPath(
+def c_context(
+    tap: socket.socket, rx_buf: bytearray, max_flows: int, by_fd_cap: int = 65536
+) -> FastPath:
+    """A C context on the fake TAP (a plain link) with the virtual network's MACs."""
+    return FastPath(
         tap.fileno(),
         False,
         rx_buf,
@@ -222,7 +219,18 @@ def make_rig(syn_on: bool = True, max_flows: int = MAX_FLOWS, v6: bool = True) -
         max_flows,
         router_mac=ROUTER_MAC,
         dns6_mac=DNS6_MAC,
+        by_fd_cap=by_fd_cap,
     )
+
+
+def make_rig(syn_on: bool = True, max_flows: int = MAX_FLOWS, v6: bool = True) -> Rig:
+    tap, guest = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    tap.setblocking(False)
+    guest.setblocking(False)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    ep = select.epoll()
+    rx_buf = bytearray(FRAME_BUFFER_SIZE)
+    fast = c_context(tap, rx_buf, max_flows)
     rig = Rig(fast, guest, tap, ep, listener, listener.getsockname()[1], rx_buf)
     fast.ctx.delack_delay = 0  # every ACK at the batch's end: the test reads them
 
