@@ -158,9 +158,12 @@ def make_rig(mac: bool = True, max_flows: int = MAX_FLOWS, by_fd_cap: int = 6553
         max_flows,
         max_flows,
         adopt,
-        lambda lfd, cfd: rig.left.append((lfd, cfd)),
     )
-    assert fast.listen(listener.fileno(), socket.inet_aton(GUEST_IP), GUEST_SERVICE_PORT)
+
+    def take_left(cfd: int, now: float) -> None:
+        rig.left.append((listener.fileno(), cfd))
+
+    assert fast.listen(listener.fileno(), socket.inet_aton(GUEST_IP), GUEST_SERVICE_PORT, take_left)
     if mac:
         fast.listener_mac(listener.fileno(), GUEST_MAC)
     return rig

@@ -162,7 +162,6 @@ def _open_forwards(rt: CPathsHost, config: NetworkConfig, mtu: int) -> None:
         table.max_flows,
         table.max_half_open,
         table.adopt_from_c,
-        rt.accepted_in_c,
     )
     ctx = fast.ctx
     rt.stack.stats.add_source(

@@ -15,17 +15,19 @@ from __future__ import annotations
 import ipaddress
 import select
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netstack.forward.rules import ForwardRule
 from netstack.host.interfaces import SocketRegistry
 from netstack.host.streams import HostTcpStream
 from netstack.log import get_logger
 from netstack.stack.config import HOST6, NetworkConfig
-from netstack.stack.hostio import DatagramSocket
 from netstack.stack.policy import is_martian6
 from netstack.tcp.connection import TcpConnection
 from netstack.tcp.output import FlowAddrs
+
+if TYPE_CHECKING:
+    from netstack.tcp.fastpath import FastPath
 
 log = get_logger(__name__)
 
@@ -84,13 +86,17 @@ class TcpForwardListener:
         runtime.register(sock.fileno(), select.EPOLLIN, self)
         # C accepts (csrc/flow_forward.c) once it knows the guest's MAC; until then, and
         # whatever C leaves, comes here
-        self.in_c = sock.family == socket.AF_INET and runtime.accept_in_c(
-            sock.fileno(), self.guest_ip, rule.guest_port
-        )
-        if self.in_c:
+        fast = runtime.stack.tcp.fastpath
+        self.fast: FastPath | None = None
+        if (
+            fast is not None
+            and sock.family == socket.AF_INET
+            and fast.listen(sock.fileno(), self.guest_ip, rule.guest_port, self._left_by_c)
+        ):
+            self.fast = fast
             mac = runtime.stack.neighbours.mac_of(self.guest_ip)
             if mac is not None:
-                runtime.forward_mac_in_c(sock.fileno(), mac)
+                fast.listener_mac(sock.fileno(), mac)
 
     def on_events(self, events: int, now: float) -> None:
         for _ in range(ACCEPTS_PER_WAKEUP):
@@ -105,6 +111,16 @@ class TcpForwardListener:
                 return
             self.take(client, addr[0], addr[1], now)
 
+    def _left_by_c(self, client_fd: int, now: float) -> None:
+        """A connection C accepted and left (its fd beyond C's table)."""
+        client = socket.socket(fileno=client_fd)
+        try:
+            host, port = client.getpeername()[:2]
+        except OSError:  # gone already
+            client.close()
+            return
+        self.take(client, host, port, now)
+
     def take(self, client: socket.socket, host: str, port: int, now: float) -> None:
         """An accepted connection: SYN the guest (or close it when the table refuses)."""
         stack = self.runtime.stack
@@ -117,13 +133,13 @@ class TcpForwardListener:
         conn = stack.tcp.open_to_guest(flow, make_host, now)
         if conn is None:
             client.close()
-        elif self.in_c and self.sock is not None and conn.flow.guest_mac != UNKNOWN_MAC:
-            self.runtime.forward_mac_in_c(self.sock.fileno(), conn.flow.guest_mac)
+        elif self.fast is not None and self.sock is not None and conn.flow.guest_mac != UNKNOWN_MAC:
+            self.fast.listener_mac(self.sock.fileno(), conn.flow.guest_mac)
 
     def close(self) -> None:
         if self.sock is not None:
-            if self.in_c:
-                self.runtime.stop_accepting_in_c(self.sock.fileno())
+            if self.fast is not None:
+                self.fast.unlisten(self.sock.fileno())
             self.runtime.unregister(self.sock.fileno())
             self.sock.close()
             self.sock = None
@@ -167,26 +183,6 @@ class UdpRoute:
             log.debug("forward %d: sendto %s: %s", self.listener.rule.id, self.client, e)
 
 
-class ListenerInC:
-    """A UDP forward's listener as the C path reads it (udp/fastpath.py's UdpFlow):
-    each client with a route in C has its datagrams sent to the guest there; the
-    others come back here, in order, as if read."""
-
-    def __init__(self, listener: UdpForwardListener) -> None:
-        self.listener = listener
-        self.guest_mac = UNKNOWN_MAC
-        self.guest_ip = listener.guest_ip
-        self.guest_port = listener.rule.guest_port
-        self.last_activity = 0.0
-        self.sock: DatagramSocket | None = None  # (a flow's; the listener's is its own)
-        self.fast: Any = None
-        self.datagrams_from_guest_in_c = 0
-        self.datagrams_to_guest_in_c = 0
-
-    def on_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
-        self.listener.take(data, addr, now)
-
-
 class UdpForwardListener:
     def __init__(self, runtime: SocketRegistry, rule: ForwardRule) -> None:
         self.runtime = runtime
@@ -202,12 +198,11 @@ class UdpForwardListener:
         self.routes: dict[tuple[str, int], UdpRoute] = {}
         runtime.register(sock.fileno(), select.EPOLLIN, self)
         # C reads it (csrc/udp_to_guest.c) when it can: clients with a route in C go
-        # to the guest there
-        self.in_c: ListenerInC | None = None
+        # to the guest there, the others come to `take`
         fast = runtime.stack.udp.fast
+        self.read_in_c: Any = None  # its struct ns_udp_flow while C reads it
         if fast is not None:
-            self.in_c = ListenerInC(self)
-            fast.hold_listener(self.in_c, sock)
+            self.read_in_c = fast.hold_listener(sock, self.guest_ip, rule.guest_port, self.take)
 
     def on_events(self, events: int, now: float) -> None:
         for _ in range(64):
@@ -276,8 +271,9 @@ class UdpForwardListener:
         for route in list(self.routes.values()):
             self.drop_route(route)
         fast = self.runtime.stack.udp.fast
-        if self.in_c is not None and fast is not None:
-            fast.release_listener(self.in_c)  # before its fd closes
+        if self.read_in_c is not None and fast is not None:
+            fast.release_listener(self.read_in_c)  # before its fd closes
+            self.read_in_c = None
         if self.sock is not None:
             self.runtime.unregister(self.sock.fileno())
             self.sock.close()

@@ -259,31 +259,6 @@ class Runtime:
         """fd is in the epoll already (C added it): its events go to handler."""
         self.handlers[fd] = handler
 
-    def accept_in_c(self, fd: int, guest_ip: bytes, guest_port: int) -> bool:
-        fast = self.fastpath
-        return fast is not None and fast.listen(fd, guest_ip, guest_port)
-
-    def forward_mac_in_c(self, fd: int, mac: bytes) -> None:
-        if self.fastpath is not None:
-            self.fastpath.listener_mac(fd, mac)
-
-    def stop_accepting_in_c(self, fd: int) -> None:
-        if self.fastpath is not None:
-            self.fastpath.unlisten(fd)
-
-    def accepted_in_c(self, listener_fd: int, client_fd: int) -> None:
-        """A connection C accepted on a forward's listener and left to Python."""
-        client = socket.socket(fileno=client_fd)
-        take = getattr(self.handlers.get(listener_fd), "take", None)
-        try:
-            host, port = client.getpeername()[:2]
-        except OSError:
-            take = None  # gone already
-        if take is None:
-            client.close()
-            return
-        take(client, host, port, self.now())
-
     def modify(self, fd: int, events: int) -> None:
         self.epoll.modify(fd, events)
 

@@ -144,8 +144,10 @@ class FastPath:
         self.touch_timer: Callable[[TcpConnection], float | None] = lambda conn: None
         # builds a TcpConnection for a flow C opened (set with open_syns, open_forwards)
         self.adopt_from_c: Callable[[Any], TcpConnection | None] | None = None
-        # opens a connection C accepted on a listener of a forward (set with open_forwards)
-        self.accepted_for_python: Callable[[int, int], None] | None = None
+        # forwards' listeners C accepts on (open_forwards, listen): each one's taker of
+        # the connections C accepted but left, by listener fd
+        self.forwards_on = False
+        self.listeners_left: dict[int, Callable[[int, float], None]] = {}
         self.holds = 0
         self.releases: dict[str, int] = {}
 
@@ -188,16 +190,14 @@ class FastPath:
         max_flows: int,
         max_half_open: int,
         adopt: Callable[[Any], TcpConnection | None],
-        accepted: Callable[[int, int], None],
     ) -> None:
         """C accepts the connections of the listeners given to `listen` and opens them
         to the guest (csrc/flow_forward.c). v4: (network, netmask, gateway) for the
-        address an IPv4 guest sees a client by; host6 the one an IPv6 guest sees;
-        accepted(listener fd, client fd) opens a connection C accepted but left."""
+        address an IPv4 guest sees a client by; host6 the one an IPv6 guest sees."""
         ctx = self.ctx
         ctx.fwd_net, ctx.fwd_mask, ctx.fwd_gateway = v4
         ctx.fwd_host6 = host6
-        self.accepted_for_python = accepted
+        self.forwards_on = True
         self._opens_in_c(epfd, mtu, max_flows, max_half_open, adopt)
 
     def _opens_in_c(
@@ -221,17 +221,24 @@ class FastPath:
         ctx.time_wait_s = TIME_WAIT
         self.adopt_from_c = adopt
 
-    def listen(self, fd: int, guest_ip: bytes, guest_port: int) -> bool:
+    def listen(
+        self, fd: int, guest_ip: bytes, guest_port: int, take_left: Callable[[int, float], None]
+    ) -> bool:
         """C accepts on fd (an IPv4 listener in the loop's epoll) once `listener_mac`
-        told it the guest's MAC. False: not with open_forwards, or no room."""
-        if self.accepted_for_python is None:
+        told it the guest's MAC; take_left(client fd, now) opens a connection it
+        accepted but left. False: not with open_forwards, or no room."""
+        if not self.forwards_on:
             return False
         v6 = len(guest_ip) == 16
         ip = guest_ip if v6 else _V4_MAPPED + guest_ip
-        return int(self.lib.ns_listen_add(self.ctx, fd, ip, guest_port, v6)) == 0
+        if int(self.lib.ns_listen_add(self.ctx, fd, ip, guest_port, v6)) != 0:
+            return False
+        self.listeners_left[fd] = take_left
+        return True
 
     def unlisten(self, fd: int) -> None:
         self.lib.ns_listen_remove(self.ctx, fd)
+        self.listeners_left.pop(fd, None)
 
     def listener_mac(self, fd: int, mac: bytes | None) -> None:
         """The guest's MAC for listener fd (None: unknown, Python accepts; fd -1: all)."""
@@ -290,14 +297,17 @@ class FastPath:
         self.lib.ns_flow_close(self.ctx, c)
         os.close(fd)  # out of the epoll with it
 
-    def _accepted_left(self) -> None:
+    def _accepted_left(self, now: float) -> None:
         """Connections C accepted on a forward's listener and left to Python."""
         ctx = self.ctx
         left = [(int(ctx.fwd_py_listener[i]), int(ctx.fwd_py_fd[i])) for i in range(ctx.nfwd_py)]
         ctx.nfwd_py = 0
         for listener_fd, client_fd in left:
-            if self.accepted_for_python is not None:
-                self.accepted_for_python(listener_fd, client_fd)
+            take = self.listeners_left.get(listener_fd)
+            if take is not None:
+                take(client_fd, now)
+            else:
+                os.close(client_fd)  # its listener is gone
 
     def adopt_all(self) -> None:
         """Connections for every flow C opened (the API lists them; the stack closes)."""
@@ -538,7 +548,7 @@ class FastPath:
         bookkeeping on them)."""
         ctx = self.ctx
         if ctx.nfwd_py:
-            self._accepted_left()
+            self._accepted_left(now)
         if ctx.nadopts:
             self.adopt_listed()  # ejected flows among them: taken on, then back
         if ctx.ntimers:

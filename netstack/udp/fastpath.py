@@ -16,7 +16,7 @@ flow (expiry, eviction, the API read them) and `counters` feeds the stack's stat
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from netstack.stack.config import HOST6, PREFIX6, NetworkConfig
@@ -89,7 +89,8 @@ class UdpFastPath:
         # stays in Python, where the route is looked up first
         self.routes = routes
         self.held: dict[int, UdpFlow] = {}  # slot -> flow
-        self.listeners: dict[int, UdpFlow] = {}  # slot -> a forward's listener read in C
+        # a forward's listener read in C: slot -> the listener's taker of what C leaves
+        self.listeners: dict[int, Callable[[bytes, HostAddr, float], None]] = {}
         self.holds = 0
 
     def hold(self, flow: UdpFlow, dst: bytes, dport: int, target: HostAddr) -> None:
@@ -157,32 +158,30 @@ class UdpFastPath:
         c.last_activity = now
         return c
 
-    def hold_listener(self, owner: UdpFlow, sock: socket.socket) -> None:
-        """C reads a UDP forward's listener (sock, to owner's guest address and port):
-        each client's datagrams go to the guest by its route (hold_route); what C
-        leaves (a client without a route yet) comes to owner.on_datagram, in order.
-        owner.fast is its struct (None: C could not take it, Python reads it)."""
-        v6 = len(owner.guest_ip) == 16
-        c = self.lib.ns_udp_listener_open(
-            self.ctx,
-            sock.fileno(),
-            owner.guest_ip if v6 else _V4_MAPPED + owner.guest_ip,
-            owner.guest_port,
-            v6,
-        )
+    def hold_listener(
+        self,
+        sock: socket.socket,
+        guest_ip: bytes,
+        guest_port: int,
+        take: Callable[[bytes, HostAddr, float], None],
+    ) -> Any:
+        """C reads a UDP forward's listener (sock, to guest_ip:guest_port): each
+        client's datagrams go to the guest by its route (hold_route); what C leaves (a
+        client without a route yet) comes to take(data, client, now), in order. Its
+        struct, or None (C could not take it: Python reads it)."""
+        v6 = len(guest_ip) == 16
+        key = guest_ip if v6 else _V4_MAPPED + guest_ip
+        c = self.lib.ns_udp_listener_open(self.ctx, sock.fileno(), key, guest_port, v6)
         if c == self.ffi.NULL:
-            return
+            return None
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-        owner.fast = c
-        self.listeners[int(c.slot)] = owner
+        self.listeners[int(c.slot)] = take
+        return c
 
-    def release_listener(self, owner: UdpFlow) -> None:
-        c = owner.fast
-        if c is None:
-            return
+    def release_listener(self, c: Any) -> None:
+        """C no longer reads the listener (before its fd closes)."""
         self.listeners.pop(int(c.slot), None)
         self.lib.ns_udp_close(self.ctx, c)
-        owner.fast = None
 
     def release_route(self, c: Any) -> float:
         """Take a route back; returns when C last sent on it."""
@@ -221,8 +220,9 @@ class UdpFastPath:
         try:
             for i in range(n):
                 e = u.py[i]
-                flow = self.held.get(int(e.slot)) or self.listeners.get(int(e.slot))
-                if flow is None:
+                flow = self.held.get(int(e.slot))
+                take = flow.on_datagram if flow is not None else self.listeners.get(int(e.slot))
+                if take is None:
                     continue  # released since
                 addr = bytes(ffi.buffer(e.addr))
                 if e.family == socket.AF_INET:
@@ -230,7 +230,7 @@ class UdpFastPath:
                 else:
                     host = socket.inet_ntop(socket.AF_INET6, addr)
                 data = bytes(ffi.buffer(u.py_buf + e.off, e.len))
-                flow.on_datagram(data, (host, int(e.port)), now)
+                take(data, (host, int(e.port)), now)
         finally:
             self.lib.ns_udp_python_done(self.ctx)
 
