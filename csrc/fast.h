@@ -59,7 +59,6 @@ struct ns_flow {
     int fin_to_guest;           /* ... and our FIN sent (snd_nxt counts it) */
     int fin_acked;              /* ... and acknowledged by the guest */
     int fin_to_guest_first;     /* our FIN went before the guest's (TIME_WAIT follows) */
-    int ack_now;                /* the ACK owed is not delayed (it answers a FIN) */
     uint32_t rcv_acked;
     double delack_at;
     int64_t acked_in_queue;

@@ -27,7 +27,6 @@
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -232,7 +231,7 @@ static void flush_dirty(struct ns_ctx *ctx, double now)
         if (f->eject)
             continue;
         flush_data(ctx, f);
-        if (f->ack_needed && f->eject != EJECT_ERROR && (f->ack_now || !delay_ack(ctx, f, now)))
+        if (f->ack_needed && f->eject != EJECT_ERROR && !delay_ack(ctx, f, now))
             flow_send_ack(ctx, f, now);
     }
     ctx->ndirty = 0;
@@ -354,8 +353,9 @@ static int rx_frame(struct ns_ctx *ctx, size_t len, double now)
          * left to the socket's next event */
         f->fin_from_guest = 1;
         f->rcv_nxt += 1;
-        f->ack_needed = 1;
-        f->ack_now = 1;
+        f->ack_needed = 1; /* delayed as any ACK: the host's EOF usually comes first,
+                            * and our FIN carries it (three frames to the guest for a
+                            * short connection, not four) */
         shutdown(f->fd, SHUT_WR);
         f->host_write_shut = 1;
     }
@@ -442,6 +442,8 @@ static void host_writable(struct ns_ctx *ctx, struct ns_flow *f, double now)
 {
     if (f->window_advertised >= ctx->window_max / 2)
         return;
+    if ((uint32_t)(f->rcv_adv - f->rcv_nxt) >= 2 * f->our_mss)
+        return; /* the guest can still send: the ACK of what it sends carries the window */
     uint32_t before = f->window_advertised, edge_before = f->rcv_adv;
     uint16_t field = flow_window_field(ctx, f, 1);
     if (f->window_advertised >= 2 * (uint64_t)before + f->our_mss) {

@@ -108,7 +108,6 @@ void flow_send_ack(struct ns_ctx *ctx, struct ns_flow *f, double now)
 {
     flow_emit(ctx, f, F_ACK, flow_window_field(ctx, f, 0), 0, now);
     f->ack_needed = 0;
-    f->ack_now = 0;
 }
 
 void flow_arm_rto(struct ns_ctx *ctx, struct ns_flow *f, double now)
@@ -127,7 +126,6 @@ static void send_fin(struct ns_ctx *ctx, struct ns_flow *f, double now)
 {
     flow_emit(ctx, f, F_FIN | F_ACK, flow_window_field(ctx, f, 0), 0, now);
     f->ack_needed = 0;
-    f->ack_now = 0;
     f->fin_to_guest = 1;
     if (!f->fin_from_guest)
         f->fin_to_guest_first = 1;

@@ -338,21 +338,23 @@ def test_a_short_connection_closes_in_c_and_python_is_told_once(path: Path) -> N
     poll_host(path, ep, lambda: f.snd_nxt == path.ack + 6)
     answer = [pl for _, pl in frames_to_guest(path) if pl]  # (after the ACK of GET)
     assert answer == [b"200 OK"]
-    # the guest's FIN, bare, acknowledging the answer: the host reads EOF, the FIN is
-    # acknowledged at once (not delayed)
+    # the guest's FIN, bare, acknowledging the answer: the host reads EOF; the FIN's
+    # ACK is delayed, as any ACK, for our FIN to carry
     path.ctx.delack_delay = 0.2
     fin = segment(path.seq + 3, path.ack + 6, b"", flags=0x11)
     assert run(path, [fin]) == []
-    (ack,) = frames_to_guest(path)
-    assert (ack[0].flags, ack[0].ack) == (tcp.ACK, path.seq + 4)
+    assert frames_to_guest(path) == []
     assert host_bytes(path, 1) == b""  # EOF
     assert (f.fin_from_guest, f.host_write_shut, f.rcv_nxt) == (1, 1, path.seq + 4)
+    assert f.ack_needed == 1
     assert ejected(path) == []
-    # the host closes: C sends our FIN after the (already acknowledged) answer
+    # the host closes within the delay: our FIN, after the (already acknowledged)
+    # answer, acknowledges the guest's FIN: one frame, not two
     path.host_peer.close()
     poll_host(path, ep, lambda: f.fin_to_guest == 1)
     (our_fin,) = frames_to_guest(path)
     assert our_fin[0].flags == tcp.FIN | tcp.ACK and our_fin[0].seq == path.ack + 6
+    assert our_fin[0].ack == path.seq + 4 and f.ack_needed == 0
     assert (f.eof_from_host, f.snd_nxt, f.fin_acked) == (1, path.ack + 7, 0)
     assert f.fin_to_guest_first == 0  # the guest closed first: no TIME_WAIT for us
     assert f.rto_deadline > 0  # our FIN is retransmitted (by Python) if it is lost
@@ -361,6 +363,50 @@ def test_a_short_connection_closes_in_c_and_python_is_told_once(path: Path) -> N
     assert run(path, [segment(path.seq + 4, path.ack + 7, b"", flags=0x10)]) == []
     assert f.fin_acked == 1 and f.snd_una == path.ack + 7
     assert ejected(path) == [(int(f.slot), 4)]
+    ep.close()
+
+
+def test_writable_updates_the_window_only_of_a_guest_short_of_it(path: Path) -> None:
+    """Twin of TcpConnection.on_host_writable: no update while the guest has two full
+    segments of window left (as after a handshake), one when it has less."""
+    host: socket.socket = path._keep[2]  # type: ignore[attr-defined]
+    ep = host_events(path)
+    f = path.flow
+    f.our_wscale = 7
+    f.window_advertised = 0xFFFF  # a SYN-ACK's window, unscaled
+    f.rcv_adv = path.seq + 0xFFFF
+    assert int(path.lib.ns_host_poll(path.ctx, ep.fileno(), time.monotonic())) >= 0
+    assert frames_to_guest(path) == []
+    f.rcv_adv = path.seq + 2 * 1460 - 1  # the guest used the rest
+    ep.modify(host.fileno(), select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET)
+    assert int(path.lib.ns_host_poll(path.ctx, ep.fileno(), time.monotonic())) >= 0
+    (update,) = frames_to_guest(path)
+    assert update[0].flags == tcp.ACK and update[0].ack == path.seq
+    assert update[0].window << 7 > 0xFFFF
+    ep.close()
+
+
+def test_the_guest_s_fin_is_acknowledged_after_the_delay_when_the_host_stays_open(
+    path: Path,
+) -> None:
+    """A host that answers the guest's FIN with nothing: the ACK still comes, once the
+    delayed-ACK deadline passes (the timer is in the host-socket epoll, as the runtime
+    registers it)."""
+    ep = host_events(path)
+    ep.register(path.ctx.delack_fd, select.EPOLLIN)
+    f = path.flow
+    path.ctx.delack_delay = 0.05
+    fin = segment(path.seq, path.ack, b"", flags=0x11)
+    started = time.monotonic()
+    assert run(path, [fin]) == []
+    assert frames_to_guest(path) == []
+    assert host_bytes(path, 1) == b""  # the host read EOF and keeps its side open
+    poll_host(path, ep, lambda: f.ack_needed == 0)
+    assert time.monotonic() - started >= 0.05
+    (ack,) = frames_to_guest(path)
+    assert (ack[0].flags, ack[0].ack, ack[0].seq) == (tcp.ACK, path.seq + 1, path.ack)
+    assert (f.fin_from_guest, f.fin_to_guest) == (1, 0)
+    assert ejected(path) == []
     ep.close()
 
 

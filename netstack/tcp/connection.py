@@ -211,6 +211,8 @@ class TcpConnection:
                 return
         elif self.window_advertised >= WINDOW_MAX // 2:
             return  # epoll reports "writable" with every read; nothing was held back
+        elif seq_diff(self.rcv_adv, self.rcv_nxt) >= 2 * self.our_mss:
+            return  # the guest can still send: the ACK of what it sends carries the window
         if self._receive_window(fresh=True) >= 2 * self.window_advertised + self.our_mss:
             self._send_ack(now)  # a window update the guest may be waiting for
         self._maybe_finish(now)

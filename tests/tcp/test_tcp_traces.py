@@ -797,6 +797,24 @@ def test_zero_window_from_the_guest_is_probed_until_it_opens() -> None:
     assert (tcp_of(data).seq, bytes(tcp_of(data).payload)) == (iss + 1, b"p" * 100)
 
 
+def test_writable_sends_no_update_while_the_guest_can_still_send() -> None:
+    """The host socket's first "writable" after the handshake (and any later one) sends
+    nothing while the guest has two full segments of window left: it is not waiting,
+    and the ACK of what it sends carries the larger window."""
+    rig = Rig()
+    stream, iss = established(rig)
+    conn = conn_of(rig)
+    stream.space = 1 << 20
+    assert conn.window_advertised <= 0xFFFF  # the SYN-ACK's window, unscaled
+    conn.on_host_writable(rig.now)
+    rig.stack.tcp.after(conn)
+    assert rig.frames() == []
+    rig.send(seg("PA", ISN + 1, iss + 1, b"x" * 100))
+    (ack,) = rig.frames()
+    assert tcp_of(ack).ack == ISN + 101
+    assert tcp_of(ack).window << conn.our_wscale > 0xFFFF  # the window grew with it
+
+
 def test_our_zero_window_is_advertised_and_reopened_with_an_update() -> None:
     rig = Rig()
     stream, iss = established(rig)
