@@ -10,16 +10,30 @@ from typing import Any
 
 from netstack.api import commands as api_commands
 from netstack.host.interfaces import StatsSources
+from netstack.tcp.interfaces import TcpState
 
 
 def connections(rt: StatsSources) -> list[dict[str, Any]]:
-    """The API's list_connections: every TCP connection and UDP flow (not the flows
-    lingering in TIME_WAIT in C, which get_stats counts: Python has no connection for
-    them)."""
+    """The API's list_connections: every TCP connection (with the flows C closed and
+    keeps in TIME_WAIT, which Python has no connection for) and UDP flow."""
     now = time.monotonic()
     if rt.fastpath is not None:
         rt.fastpath.adopt_all()  # the flows C opened are listed too
     out: list[dict[str, Any]] = []
+    for f in rt.fastpath.time_wait_flows() if rt.fastpath is not None else ():
+        ip_len = 16 if f.v6 else 4  # C keys IPv4 addresses as ::ffff:a.b.c.d
+        out.append(
+            {
+                "proto": "tcp",
+                "state": TcpState.TIME_WAIT.value,
+                "direction": "inbound" if f.forwarded else "outbound",
+                "guest": api_commands.addr(bytes(f.guest_ip)[-ip_len:], int(f.guest_port)),
+                "remote": api_commands.addr(bytes(f.remote_ip)[-ip_len:], int(f.remote_port)),
+                "bytes_from_guest": int(f.bytes_from_guest),
+                "bytes_to_guest": int(f.bytes_to_guest),
+                "age_seconds": round(now - float(f.created), 3),
+            }
+        )
     for conn in rt.stack.tcp.conns.values():
         if conn.fast is not None and rt.fastpath is not None:
             rt.fastpath.sync(conn)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from netstack import _fast
@@ -276,6 +276,15 @@ class FastPath:
         """Flows C opened and closed, our FIN first, lingering in TIME_WAIT there
         (csrc/flow_time_wait.c): Python never sees them."""
         return int(self.ctx.ntime_wait)
+
+    def time_wait_flows(self) -> Iterator[Any]:
+        """Those flows, oldest first (C's structs: read them before the next C call)."""
+        ctx = self.ctx
+        slot = int(ctx.tw_head)
+        while slot:
+            f = ctx.flows[slot - 1]
+            yield f
+            slot = int(f.tw_next)
 
     def evict_time_wait(self) -> bool:
         """The oldest of those gives way (False: there is none)."""

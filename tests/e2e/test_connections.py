@@ -150,6 +150,35 @@ def test_short_connections_the_host_closes_first(world: World, syn_c: str, tmp_p
 
 
 @pytest.mark.parametrize("syn_c", ["1", "0"], ids=["syn-in-c", "syn-in-python"])
+def test_connections_in_time_wait_are_listed(world: World, syn_c: str, tmp_path: Path) -> None:
+    """Closed by the host first, a connection lingers in TIME_WAIT (2 s): the API lists
+    it with its state and counts, whether C keeps it (csrc/flow_time_wait.c, Python has
+    no connection for it) or Python does."""
+    world.server("host", "peer", "7100", "127.0.0.1")
+    world.start_netstack("--api-socket", str(tmp_path / "api.sock"), env=syn_env(syn_c))
+    r = world.guest_python(PEER_CHECK, "5")
+    assert r.returncode == 0, r.stderr + world.log()
+    assert r.stdout.split() == ["5", "5"]
+    listed = [c for c in world.api("list_connections")["connections"] if c["proto"] == "tcp"]
+    in_c = world.api("get_stats")["fast_path"]["time_wait_in_c"]
+    assert len(listed) == 5, listed
+    for c in listed:
+        assert (c["state"], c["direction"], c["remote"]) == (
+            "time_wait",
+            "outbound",
+            "10.0.2.2:7100",
+        ), c
+        assert c["guest"].startswith("10.0.2.") and c["age_seconds"] >= 0, c
+        assert c["bytes_from_guest"] == 0 and c["bytes_to_guest"] > len("127.0.0.1:"), c
+    assert len({c["guest"] for c in listed}) == 5
+    if syn_c == "1":
+        assert in_c > 0  # how many: see load_decides above
+    else:
+        assert in_c == 0
+    world.assert_no_internal_errors()
+
+
+@pytest.mark.parametrize("syn_c", ["1", "0"], ids=["syn-in-c", "syn-in-python"])
 def test_a_long_connection_is_listed_with_its_counts(
     world: World, syn_c: str, tmp_path: Path
 ) -> None:
