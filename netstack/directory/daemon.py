@@ -46,6 +46,10 @@ AGENT_TIMEOUT_S = 5.0
 MAX_AGENT_CLIENTS = 64
 MAX_API_CLIENTS = 128
 MAX_WATCHERS = 256
+# a burst of changes (a thousand registrations, another host's batch) sends watchers a
+# view at most this often: each view is the whole directory, so one per change made a
+# burst's cost grow with its square (1,000 registrations: 1,070 views, 1.5 s of CPU)
+VIEW_EVERY_S = 0.02
 MAX_REQUEST = 65536
 
 
@@ -115,6 +119,8 @@ class Daemon:
         self.watchers: set[asyncio.StreamWriter] = set()
         self.started = time.time()
         self._view_pending = False
+        self._view_sent = 0.0  # loop time of the last view sent
+        self._views_sent = 0
         self._agent_clients = 0
         self._api_clients = 0
         self.directory.changed.append(self._schedule_view)
@@ -342,7 +348,8 @@ class Daemon:
                            "instances": len(self.directory.instances()),
                            "sockets": len(self.supervisor.sockets),
                            **self.store.stats,
-                           "watchers": len(self.watchers)})
+                           "watchers": len(self.watchers),
+                           "views_sent": self._views_sent})
         return _error(f"unknown command {execute!r}")
 
     def _clients(self) -> list[dict[str, Any]]:
@@ -377,10 +384,19 @@ class Daemon:
     def _schedule_view(self) -> None:
         if not self._view_pending:
             self._view_pending = True
-            asyncio.get_running_loop().call_soon(self._send_view)
+            loop = asyncio.get_running_loop()
+            wait = self._view_sent + VIEW_EVERY_S - loop.time()
+            if wait > 0:
+                loop.call_later(wait, self._send_view)
+            else:
+                loop.call_soon(self._send_view)
 
     def _send_view(self) -> None:
         self._view_pending = False
+        if not self.watchers:
+            return  # nobody to tell: no view to build
+        self._view_sent = asyncio.get_running_loop().time()
+        self._views_sent += 1
         line = self._view_line()
         for w in list(self.watchers):
             transport = w.transport

@@ -264,5 +264,5 @@ class EtcdView:
 
     def _instances_of(self, name: str) -> list[Instance]:
         local = [i for k, i in self.local.items() if i.name == name]
-        remote = [i for k, i in sorted(self.remote.items()) if i.name == name]
+        remote = [i for k, i in sorted((k, i) for k, i in self.remote.items() if i.name == name)]
         return local + remote
