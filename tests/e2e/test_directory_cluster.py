@@ -334,11 +334,11 @@ def test_a_thousand_services_across_hosts_are_seen_everywhere_within_2s(cl: Clus
         print(f"\n1,000 services: registered in {done - t0:.2f}s, on every host "
               f"{seen - done:.2f}s after the last registration")
         assert seen - done <= 2.0, f"visible everywhere {seen - done:.2f}s after the last"
-        # watchers got views at most every VIEW_EVERY_S (20 ms), not one per change
-        # (about 1,070 on each host before): each view is the whole directory
+        # watchers got a view now and then, not one per change (about 1,070 on each
+        # host before): each view is the whole directory (VIEW_SHARE in daemon.py)
         for h, before in zip((cl.a, cl.b), views_before, strict=True):
             sent = int(h.stats()["views_sent"]) - before
-            assert 0 < sent <= (time.time() - t0) / 0.02 + 5, sent
+            assert 0 < sent <= 300, sent
     finally:
         for p in procs:
             _go(p)
