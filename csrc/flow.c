@@ -13,8 +13,9 @@
  * the guest's ACK of it (and the data after it) is taken here, and Python sees the
  * connection established when it next takes the flow back.
  * Closing is taken here too, as Python's flags say it: the guest's bare FIN (the host
- * socket's write side shut down, the FIN acknowledged at once), the host's EOF (our
- * FIN sent after its data), the guest's ACK of our FIN. When both ways are closed and
+ * socket's write side shut down, the FIN acknowledged as any segment, delayed: our
+ * FIN usually carries it), the host's EOF (our FIN sent after its data), the guest's
+ * ACK of our FIN. When both ways are closed and
  * our FIN is acknowledged the flow is listed `EJECT_DONE`, and Python closes the
  * connection: a short connection costs Python its SYN and that, not a call per FIN (a
  * flow Python never saw closes here, or lingers here in TIME_WAIT: flush_dirty).

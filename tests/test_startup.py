@@ -134,3 +134,19 @@ def test_records_reach_logging_and_its_levels(
     ]
     assert caplog.records[0].name == "netstack.test_startup"
     assert caplog.records[0].filename == "test_startup.py"  # stacklevel: the caller's line
+
+
+def test_the_stack_configures_logging_at_once_only_with_a_directory() -> None:
+    """With --directory the stack runs asyncio, whose records go through logging
+    itself: they get the stack's format; without, logging stays unimported."""
+    done = _python(
+        "import sys\n"
+        "from netstack.cli.main import configure_logging\n"
+        "configure_logging(False)\n"
+        "assert 'logging' not in sys.modules\n"
+        "configure_logging(True)\n"
+        "import logging\n"
+        "logging.getLogger('asyncio').warning('from asyncio')\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "asyncio: from asyncio\n"

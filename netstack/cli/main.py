@@ -93,13 +93,21 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def main(argv: list[str] | None = None) -> int:
-    opts = cli_args.parse(sys.argv[1:] if argv is None else argv)
-    _raise_fd_limit()
+def configure_logging(directory: bool) -> None:
+    """Records to stderr as `name: message`. With --directory, asyncio (uvloop) runs
+    and logs through logging itself, so logging is set up now for its records too;
+    without, it waits for our first record (netstack/log.py: not on the start path)."""
     netstack_log.configure(
         netstack_log.DEBUG if os.environ.get("NETSTACK_DEBUG") else netstack_log.INFO,
         "%(name)s: %(message)s",
+        eager=directory,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = cli_args.parse(sys.argv[1:] if argv is None else argv)
+    _raise_fd_limit()
+    configure_logging(bool(opts.directory))
     if opts.enable_ipv6:
         print("WARNING: Support for IPv6 is experimental")
     if opts.enable_seccomp:
