@@ -236,6 +236,7 @@ struct ns_udp_flow {
     uint8_t host_addr[28];      /* ... and the host sockaddr the policy maps it to */
     uint32_t host_addr_len;
     int no_gso;                 /* UDP_SEGMENT failed on this socket: one datagram a send */
+    int gro;                    /* coalesced reads asked for (UDP_GRO, csrc/udp_to_guest.c) */
     int to_python;              /* a datagram of the current read went to Python: the rest too */
     int route;                  /* a port forward's route back to one client (fd: the
                                  * forward's listener, not this flow's; keyed by the
@@ -295,6 +296,7 @@ struct ns_udp {
     uint64_t gso_sends;
     uint64_t gso_frames_to_guest;
     uint64_t gso_frames_from_guest;
+    uint64_t gro_reads;         /* host reads that held many datagrams (UDP_GRO) */
     uint64_t send_errors;
 };
 

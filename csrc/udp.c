@@ -13,7 +13,8 @@
  *     UDP_L4, as one UDP_SEGMENT send), goes at once, after those gathered before it.
  *     Everything else stays for Python, unchanged.
  *   - ns_host_poll passes events of held sockets to udp_host_event: recvmmsg in
- *     batches, written to the TAP from the guest-visible source (the rules of
+ *     batches (a coalesced read, UDP_GRO: a host peer's GSO write, split back into
+ *     its datagrams), written to the TAP from the guest-visible source (the rules of
  *     Policy.virtual_source): with virtio-net headers a run of equal-size datagrams
  *     from one source as one UDP GSO frame (gso_type UDP_L4, one writev, the guest's
  *     kernel splits it), else one frame each. A datagram C cannot send (a source

@@ -32,6 +32,24 @@
 #define SLOT_HEAD (VNET_LEN + ETH_LEN + IP6_LEN + UDP_LEN) /* headers to the guest */
 #define SLOT_SIZE 65536
 #define READ_ROUNDS 4         /* recvmmsg calls per event: up to 128 datagrams */
+#define VIEWS_MAX 256         /* datagrams of one read handled at once (a coalesced read
+                               * is up to 128: UDP_MAX_SEGMENTS) */
+#define SOL_UDP_ 17
+#define UDP_GRO_ 104          /* linux/udp.h: a read may hold many datagrams of one peer */
+/* GRO_AFTER: a flow's socket asks for coalesced reads (UDP_GRO) once one read brings
+ * this many datagrams: a bulk peer's, never a DNS query's. Not at once for every socket:
+ * the first UDP_GRO socket turns a kernel static key on and the last one's close turns
+ * it off, and each of those patches kernel text on every CPU. A socket per query (DNS
+ * to unreachable nameservers, tests/e2e/test_hostile.py) then lost a third of the
+ * guest's queries at the TAP. netstack/host/datagrams.py has the same rule. */
+#define GRO_AFTER 16
+
+/* A datagram of a read: a whole message, or a segment of a coalesced one. */
+struct dgram {
+    uint8_t *p;
+    uint32_t len;
+    const struct sockaddr_in6 *from;
+};
 
 /* YIELDING: after a send of more than one datagram (a sendmmsg batch or a UDP_SEGMENT
  * send to the host, a UDP GSO frame to the guest) the sender yields the CPU. The

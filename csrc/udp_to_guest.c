@@ -1,5 +1,6 @@
 /* netstack C fast path: host datagrams of held UDP flows to the guest (the other
- * half of csrc/udp.c, whose opening comment describes both): recvmmsg in batches,
+ * half of csrc/udp.c, whose opening comment describes both): recvmmsg in batches
+ * (coalesced reads split at their UDP_GRO size, as netstack/host/datagrams.py does),
  * sources translated as Policy.virtual_source does, UDP GSO frames to the TAP, and
  * what C cannot send listed for Python in order. */
 #define _GNU_SOURCE /* sendmmsg, recvmmsg */
@@ -230,24 +231,23 @@ static int same_peer(const struct sockaddr_in6 *a, const struct sockaddr_in6 *b)
 /* Datagram i of a read and those behind it from the same source and of its size (the
  * last may be shorter) to the guest from src as f's: one GSO frame where the TAP takes
  * it, else one frame each. Returns how many were sent. */
-static int send_run(struct ns_ctx *ctx, struct ns_udp_flow *f, struct mmsghdr *m,
-                    struct iovec *iov, struct sockaddr_in6 *from, int i, int r,
-                    const uint8_t *src, double now)
+static int send_run(struct ns_ctx *ctx, struct ns_udp_flow *f, const struct dgram *d, int i,
+                    int r, const uint8_t *src, double now)
 {
     struct ns_udp *u = ctx->udp;
-    uint32_t n = m[i].msg_len;
+    uint32_t n = d[i].len;
     struct iovec out[GSO_MAX_SEGS + 1];
-    out[1].iov_base = iov[i].iov_base;
+    out[1].iov_base = d[i].p;
     out[1].iov_len = n;
     int count = 1;
     uint32_t total = n;
     if (ctx->vnet && u->uso && n > 0) {
         while (i + count < r && count < GSO_MAX_SEGS) {
-            uint32_t next = m[i + count].msg_len;
+            uint32_t next = d[i + count].len;
             if (next == 0 || next > n || total + next > GSO_MAX_BYTES ||
-                !same_peer(&from[i], &from[i + count]))
+                !same_peer(d[i].from, d[i + count].from))
                 break;
-            out[count + 1].iov_base = iov[i + count].iov_base;
+            out[count + 1].iov_base = d[i + count].p;
             out[count + 1].iov_len = next;
             total += next;
             count++;
@@ -255,7 +255,7 @@ static int send_run(struct ns_ctx *ctx, struct ns_udp_flow *f, struct mmsghdr *m
                 break; /* a shorter one ends the run */
         }
     }
-    uint16_t sport = ntohs(from[i].sin6_port); /* sin_port shares its place */
+    uint16_t sport = ntohs(d[i].from->sin6_port); /* sin_port shares its place */
     if (!frame_to_guest(ctx, f, src, sport, out, count, now)) {
         for (int k = 0; k < count; k++) {
             struct iovec one[2] = {{0}, out[k + 1]};
@@ -265,23 +265,21 @@ static int send_run(struct ns_ctx *ctx, struct ns_udp_flow *f, struct mmsghdr *m
     return count;
 }
 
-/* Datagrams i.. of a read (payloads at iov[i], sources at from[i]) to the guest: runs of
- * one source and one size (the last may be shorter) as one GSO frame where the TAP takes
- * them, else one frame each; what C cannot send, and all after it, to Python. Returns
- * how many were consumed. */
-static int datagrams_to_guest(struct ns_ctx *ctx, struct ns_udp_flow *f, struct mmsghdr *m,
-                              struct iovec *iov, struct sockaddr_in6 *from, int i, int r,
-                              double now)
+/* Datagrams i.. of a read to the guest: runs of one source and one size (the last may
+ * be shorter) as one GSO frame where the TAP takes them, else one frame each; what C
+ * cannot send, and all after it, to Python. Returns how many were consumed. */
+static int datagrams_to_guest(struct ns_ctx *ctx, struct ns_udp_flow *f, const struct dgram *d,
+                              int i, int r, double now)
 {
     struct ns_udp *u = ctx->udp;
     uint8_t src[16];
     size_t l3 = f->v6 ? IP6_LEN : IP4_LEN;
-    uint32_t n = m[i].msg_len;
-    if (f->to_python || l3 + UDP_LEN + n > u->mtu || !virtual_source(u, f, &from[i], src)) {
-        for_python(ctx, f, iov[i].iov_base, n, &from[i]);
+    uint32_t n = d[i].len;
+    if (f->to_python || l3 + UDP_LEN + n > u->mtu || !virtual_source(u, f, d[i].from, src)) {
+        for_python(ctx, f, d[i].p, n, d[i].from);
         return 1;
     }
-    return send_run(ctx, f, m, iov, from, i, r, src, now);
+    return send_run(ctx, f, d, i, r, src, now);
 }
 
 /* Twin of listeners.client_as_seen_by_guest: the address a forward's client (from) has
@@ -322,28 +320,54 @@ static int client_as_seen(const struct ns_udp *u, const struct ns_udp_flow *l,
  * a client with no route here, or one C cannot send, and all after it: Python's.
  * Returns how many were consumed. */
 static int listener_datagrams_to_guest(struct ns_ctx *ctx, struct ns_udp_flow *l,
-                                       struct mmsghdr *m, struct iovec *iov,
-                                       struct sockaddr_in6 *from, int i, int r, double now)
+                                       const struct dgram *d, int i, int r, double now)
 {
     struct ns_udp *u = ctx->udp;
     uint8_t remote[16];
-    uint32_t n = m[i].msg_len;
-    uint16_t sport = ntohs(from[i].sin6_port); /* sin_port shares its place */
+    uint32_t n = d[i].len;
+    uint16_t sport = ntohs(d[i].from->sin6_port); /* sin_port shares its place */
     struct ns_udp_flow *route = NULL;
-    if (!l->to_python && client_as_seen(u, l, &from[i], remote))
+    if (!l->to_python && client_as_seen(u, l, d[i].from, remote))
         route = udp_route_lookup(ctx, l->guest_ip, l->guest_port, remote, sport);
     size_t l3 = l->v6 ? IP6_LEN : IP4_LEN;
     if (!route || l3 + UDP_LEN + n > u->mtu) {
-        for_python(ctx, l, iov[i].iov_base, n, &from[i]);
+        for_python(ctx, l, d[i].p, n, d[i].from);
         return 1;
     }
-    int count = send_run(ctx, route, m, iov, from, i, r, l->v6 ? remote : remote + 12, now);
+    int count = send_run(ctx, route, d, i, r, l->v6 ? remote : remote + 12, now);
     l->datagrams_to_guest += (uint64_t)count;
     return count;
 }
 
+/* The views of a read so far to the guest (flow f's, or a listener's clients'). */
+static void views_to_guest(struct ns_ctx *ctx, struct ns_udp_flow *f, const struct dgram *d,
+                           int nd, double now)
+{
+    for (int i = 0; i < nd;)
+        i += f->listener ? listener_datagrams_to_guest(ctx, f, d, i, nd, now)
+                         : datagrams_to_guest(ctx, f, d, i, nd, now);
+}
+
+/* The segment size of a coalesced read (the UDP_GRO control message), or 0. */
+static uint32_t gro_size(const struct msghdr *h)
+{
+    if (h->msg_flags & MSG_CTRUNC)
+        return 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR((struct msghdr *)h); c;
+         c = CMSG_NXTHDR((struct msghdr *)h, c)) {
+        if (c->cmsg_level == SOL_UDP_ && c->cmsg_type == UDP_GRO_ &&
+            c->cmsg_len >= CMSG_LEN(sizeof(int))) {
+            int size;
+            memcpy(&size, CMSG_DATA(c), sizeof(size));
+            return size > 0 ? (uint32_t)size : 0;
+        }
+    }
+    return 0;
+}
+
 /* An event on a host socket: 1 when it is a held UDP flow's or a forward's listener's
- * (served here), else 0. */
+ * (served here), else 0. A coalesced read (UDP_GRO: a host peer's GSO send, or what a
+ * NIC's GRO merged) is split back into its datagrams, which then go as any others. */
 int udp_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now)
 {
     struct ns_udp *u = ctx->udp;
@@ -354,6 +378,11 @@ int udp_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now)
     struct mmsghdr m[RECV_SLOTS];
     struct iovec iov[RECV_SLOTS];
     struct sockaddr_in6 from[RECV_SLOTS];
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } ctrl[RECV_SLOTS];
+    struct dgram d[VIEWS_MAX];
     f->to_python = 0;
     for (int round = 0; round < READ_ROUNDS; round++) {
         for (int i = 0; i < RECV_SLOTS; i++) {
@@ -364,6 +393,8 @@ int udp_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now)
             m[i].msg_hdr.msg_namelen = sizeof(from[i]);
             m[i].msg_hdr.msg_iov = &iov[i];
             m[i].msg_hdr.msg_iovlen = 1;
+            m[i].msg_hdr.msg_control = ctrl[i].buf;
+            m[i].msg_hdr.msg_controllen = sizeof(ctrl[i].buf);
         }
         int r = recvmmsg(fd, m, RECV_SLOTS, MSG_DONTWAIT, NULL);
         if (r < 0) {
@@ -371,9 +402,32 @@ int udp_host_event(struct ns_ctx *ctx, int fd, uint32_t events, double now)
                 break;
             continue; /* EINTR, or an ICMP error queued on the socket: read on */
         }
-        for (int i = 0; i < r;)
-            i += f->listener ? listener_datagrams_to_guest(ctx, f, m, iov, from, i, r, now)
-                             : datagrams_to_guest(ctx, f, m, iov, from, i, r, now);
+        int nd = 0;
+        for (int k = 0; k < r; k++) {
+            uint32_t len = m[k].msg_len, seg = gro_size(&m[k].msg_hdr);
+            if (seg == 0 || seg >= len)
+                seg = len; /* one datagram (an empty one too) */
+            else
+                u->gro_reads++;
+            uint32_t off = 0;
+            do {
+                if (nd == VIEWS_MAX) {
+                    views_to_guest(ctx, f, d, nd, now);
+                    nd = 0;
+                }
+                d[nd].p = (uint8_t *)iov[k].iov_base + off;
+                d[nd].len = len - off < seg ? len - off : seg;
+                d[nd].from = &from[k];
+                off += d[nd].len;
+                nd++;
+            } while (off < len);
+        }
+        views_to_guest(ctx, f, d, nd, now);
+        if (!f->gro && r >= GRO_AFTER) {
+            int one = 1;
+            f->gro = 1; /* asked once; a kernel without it reads as before */
+            (void)setsockopt(fd, SOL_UDP_, UDP_GRO_, &one, sizeof(one));
+        }
         if (r < RECV_SLOTS)
             break;
     }

@@ -41,6 +41,8 @@ GW_IP = socket.inet_aton("10.0.2.2")
 MAPPED = bytes(10) + b"\xff\xff"
 GUEST_PORT = 40000
 UDP_AT = 10 + 14 + 20  # where the UDP header starts in a frame from the guest
+UDP_SEGMENT = 103  # linux/udp.h
+UDP_GRO = 104
 
 
 def datagram(
@@ -353,6 +355,61 @@ def test_replies_c_cannot_send_reach_python_in_order(path: Path) -> None:
         assert frames_to_guest(path) == [(GW_IP, peer.getsockname()[1], b"next read")]
     finally:
         stranger.close()
+
+
+def send_segments(peer: socket.socket, to: Any, payload: bytes, seg: int) -> list[bytes]:
+    """One UDP_SEGMENT write of payload; the datagrams it makes."""
+    peer.sendmsg([payload], [(socket.SOL_UDP, UDP_SEGMENT, seg.to_bytes(2, "little"))], 0, to)
+    return [payload[i : i + seg] for i in range(0, len(payload), seg)]
+
+
+def test_a_coalesced_read_reaches_the_guest_as_its_datagrams(path: Path) -> None:
+    """With UDP_GRO on the host socket a peer's GSO write is one read; C splits it at
+    the size the control message gives, among whole datagrams, past its views' batch
+    (3 x 128 segments), and what it cannot send (over the MTU) goes to Python in order."""
+    _, host, peer = path.hold()
+    host.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
+    to = host.getsockname()
+    want = send_segments(peer, to, os.urandom(1400 * 45 + 77), 1400)
+    want.append(os.urandom(300))
+    peer.sendto(want[-1], to)
+    for _ in range(3):
+        want += send_segments(peer, to, os.urandom(50 * 128), 50)
+    want += send_segments(peer, to, os.urandom(1200 * 3), 1200)
+    time.sleep(0.05)
+    assert poll_host(path, host) == 0
+    port = peer.getsockname()[1]
+    assert frames_to_guest(path) == [(GW_IP, port, pl) for pl in want]
+    u = path.ctx.udp
+    assert u.gro_reads == 5 and u.datagrams_to_guest == len(want)
+    if path.vnet:
+        assert u.gso_frames_to_guest >= 6
+    big = send_segments(peer, to, os.urandom(3000 * 2 + 10), 3000)  # past the MTU
+    time.sleep(0.05)
+    assert poll_host(path, host) == PYTHON_WORK
+    listed = [bytes(path.ffi.buffer(u.py_buf + u.py[i].off, u.py[i].len)) for i in range(u.npy)]
+    assert listed == big
+    path.lib.ns_udp_python_done(path.ctx)
+
+
+def test_a_bulk_read_asks_for_coalesced_reads_a_few_datagrams_do_not(path: Path) -> None:
+    _, host, peer = path.hold()
+    to = host.getsockname()
+    for _ in range(15):  # GRO_AFTER - 1
+        peer.sendto(b"q" * 100, to)
+    time.sleep(0.05)
+    assert poll_host(path, host) == 0
+    assert host.getsockopt(socket.SOL_UDP, UDP_GRO) == 0
+    for _ in range(16):
+        peer.sendto(b"b" * 1000, to)
+    time.sleep(0.05)
+    assert poll_host(path, host) == 0
+    assert host.getsockopt(socket.SOL_UDP, UDP_GRO) == 1
+    want = send_segments(peer, to, os.urandom(1000 * 20), 1000)
+    time.sleep(0.05)
+    assert poll_host(path, host) == 0
+    assert path.ctx.udp.gro_reads == 1
+    assert frames_to_guest(path)[-20:] == [(GW_IP, peer.getsockname()[1], pl) for pl in want]
 
 
 def test_a_closed_flow_leaves_no_entry_for_python(path: Path) -> None:

@@ -18,6 +18,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from netstack.forward.rules import ForwardRule
+from netstack.host.datagrams import enable_gro, read_datagrams
 from netstack.host.interfaces import SocketRegistry
 from netstack.host.streams import HostTcpStream
 from netstack.log import get_logger
@@ -189,6 +190,7 @@ class UdpForwardListener:
         self.rule = rule
         self.guest_ip = ipaddress.ip_address(rule.guest_addr).packed
         sock = _listen_socket(socket.SOCK_DGRAM, rule.host_addr)
+        enable_gro(sock)  # a forward lives long: coalesced reads at once (datagrams.py)
         try:
             sock.bind((rule.host_addr, rule.host_port))
         except OSError:
@@ -209,12 +211,15 @@ class UdpForwardListener:
             if self.sock is None:
                 return
             try:
-                data, addr = self.sock.recvfrom(65535)
+                datagrams, addr, coalesced = read_datagrams(self.sock)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 continue
-            self.take(data, addr, now)
+            if coalesced:
+                self.runtime.stack.stats.count("udp_gro_reads_from_host")
+            for data in datagrams:
+                self.take(data, addr, now)
 
     def take(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         """A client's datagram (read here or left by C): to the guest by its route."""

@@ -257,4 +257,5 @@ class UdpFastPath:
             "udp_gso_sends": int(u.gso_sends),
             "udp_gso_frames_to_guest": int(u.gso_frames_to_guest),
             "udp_gso_frames_from_guest": int(u.gso_frames_from_guest),
+            "udp_gro_reads_from_host": int(u.gro_reads),
         }

@@ -235,6 +235,74 @@ def test_guest_udp_segment_writes_arrive_as_their_datagrams(
     world.assert_no_internal_errors()
 
 
+# the host's side answers each request with one UDP_SEGMENT write: the segment size and
+# count the request asks for, the last segment shorter when asked
+GSO_SERVER = r"""
+import random, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    req, addr = s.recvfrom(100)
+    i, seg, count, short = map(int, req.split())
+    blob = random.Random(i).randbytes(seg * (count - 1) + (short or seg))
+    s.sendmsg([blob], [(socket.SOL_UDP, 103, seg.to_bytes(2, "little"))], 0, addr)
+"""
+
+# (segment size, datagrams, last one's size or 0): MTU-sized, QUIC's 1200 with a short
+# tail, small ones, and datagrams over the guest's MTU (1500: fragmented to it)
+GSO_WRITES = [(1400, 46, 0), (1200, 54, 300), (100, 128, 1), (1400, 2, 0), (3000, 4, 2000)]
+
+GSO_READER = r"""
+import random, socket, sys
+writes = eval(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+s.settimeout(5)
+n = 0
+for rnd in range(int(sys.argv[1])):
+    for w, (seg, count, short) in enumerate(writes):
+        i = rnd * 100 + w
+        s.sendto(b"%d %d %d %d" % (i, seg, count, short), ("10.0.2.2", 5403))
+        blob = random.Random(i).randbytes(seg * (count - 1) + (short or seg))
+        for k in range(count):
+            data, addr = s.recvfrom(65535)
+            assert addr == ("10.0.2.2", 5403), addr
+            assert data == blob[k * seg:(k + 1) * seg], (i, k, len(data))
+            n += 1
+print(n)
+"""
+
+
+def test_host_udp_segment_writes_arrive_as_their_datagrams(
+    world: World, frames: dict[str, str], tmp_path: Path
+) -> None:
+    """A host peer's GSO writes (what a QUIC server sends) reach the host socket as one
+    coalesced read each (UDP_GRO) once a read has shown a bulk peer; the guest gets
+    every datagram, in order, whole."""
+    rounds = 10
+    world.spawn("host", PYTHON, "-c", GSO_SERVER, "5403", wait_ready=True)
+    world.start_netstack("--api-socket", str(tmp_path / "api.sock"), env=frames)
+    r = world.guest_python(GSO_READER, str(rounds), repr(GSO_WRITES))
+    assert r.returncode == 0, r.stderr + world.log()
+    per_round = sum(count for _, count, _ in GSO_WRITES)
+    assert r.stdout.strip() == str(rounds * per_round)
+    events, fast = _udp_stats(world)
+    assert events["udp_datagrams_to_guest"] == rounds * per_round
+    # the first round's first large write asks for coalesced reads (csrc/udp.h
+    # GRO_AFTER); every write after it is one read, in C or in the Python twin
+    reads = events.get("udp_gro_reads_from_host", 0)
+    if fast is not None:
+        reads += fast["udp_gro_reads_from_host"]
+    assert (rounds - 1) * len(GSO_WRITES) <= reads < rounds * len(GSO_WRITES), (events, fast)
+    if fast is not None:
+        assert fast["udp_datagrams_to_guest_from_c"] >= (rounds - 1) * (per_round - 4), fast
+        if mode(frames)["vnet"]:
+            assert fast["udp_gso_frames_to_guest"] >= (rounds - 1) * 4, fast
+    world.assert_mode(**mode(frames))
+    world.assert_no_internal_errors()
+
+
 @pytest.mark.parametrize("env", [{}, {"NETSTACK_FASTPATH": "0"}], ids=["c", "python"])
 def test_ipv6_echo_to_host_loopback(world: World, env: dict[str, str], tmp_path: Path) -> None:
     n = 5000
