@@ -4,17 +4,18 @@ loopback (client and server in one namespace, no network between them) as the fl
 For each system and MTU: iperf3 TCP throughput both ways with 1 and 4 streams (and
 the stack's CPU seconds per GB moved); iperf3 UDP both ways, unlimited rate
 (`-u -b 0`), datagrams of 1400 B at MTU 1500 and 8192 B at MTU 65520 (one frame
-each): the rate the receiver got and the loss; DNS queries per second through the
-guest's DNS address (32 in flight, against a dnsmasq on the host side's loopback
-that answers bench.test itself); request/response latency (p50, p99), new
-connections per second (probe.py's Python client and asyncio server, and bench/crr.c's
-C pair, which leaves the CPU to the stack, also with its server closing first, and
-for netstack and slirp4netns also through a port forward made on the API socket, which
-they are launched with, as rootlesskit does; through such a forward iperf3 UDP too, both
-ways),
-launch-to-ready time (also alone: a few launches with `-c` in fresh namespaces; and,
-for netstack, the import time to ready under `python -X importtime`, as
-bench/startup shows in detail), RSS idle and with 1,000 open flows. Writes
+each): the rate the receiver got and the loss, and host->guest from a GSO sender
+(probe.py gso: a QUIC server's 64 KiB UDP_SEGMENT writes, read coalesced in the
+guest); DNS queries per second through the guest's DNS address (32 in flight, against
+a dnsmasq on the host side's loopback that answers bench.test itself);
+request/response latency (p50, p99), new connections per second (probe.py's Python
+client and asyncio server, and bench/crr.c's C pair, which leaves the CPU to the
+stack, also with its server closing first, and for netstack and slirp4netns also
+through a port forward made on the API socket, which they are launched with, as
+rootlesskit does; through such a forward iperf3 UDP too, both ways), launch-to-ready
+time (also alone: a few launches with `-c` in fresh namespaces; and, for netstack, the
+import time to ready under `python -X importtime`, as bench/startup shows in detail),
+RSS idle and with 1,000 open flows. Writes
 results.json, results.md (ratios to slirp4netns) and PNG charts.
 
 --repeats N runs N rounds, and each round runs every system once (its world set up
@@ -50,6 +51,7 @@ PROBE_PORT = "7777"
 CRR_C = Path(__file__).resolve().parent / "crr.c"
 CRR_C_PORT = "7778"
 CRR_C_CLOSING_PORT = "7779"  # the C pair's server that closes first
+GSO_PORT = "7780"  # probe.py gsoserve (and its end marks from 7781)
 HOLD_FLOWS = 1000
 READY_LAUNCHES = 5  # launches per figure of "ready alone"
 # UDP datagram (iperf3 -l) per MTU: the largest round size that fits one frame
@@ -229,6 +231,38 @@ class Runner:
         self.record_rate(world, label, data, cpu)
         loss = 100 * data["lost_packets"] / data["packets"] if data and data["packets"] else None
         self.record(world, f"loss {label}", loss, "%")
+
+    def udp_gso(self, world: World) -> None:
+        """Host->guest UDP from a GSO sender (probe.py gso: 64 KiB UDP_SEGMENT writes of
+        iperf3's datagram size, read coalesced in the guest, as QUIC does): the rate
+        received, the loss and the stack's CPU s per GB."""
+        seg = udp_len(world.mtu)
+        label = f"udp host->guest GSO {seg} B"
+        before = proc_cpu_seconds(world.stack_pid) if world.stack_pid else None
+        try:
+            out = json.loads(
+                self.run_guest(
+                    world,
+                    PYTHON,
+                    PROBE,
+                    "gso",
+                    world.server_ip,
+                    GSO_PORT,
+                    str(seg),
+                    str(self.args.duration),
+                    timeout=self.args.duration + 30,
+                )
+            )
+        except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+            print(f"    {label}: {e!r}", file=sys.stderr)
+            out = None
+        self.record(world, label, out["gbit_s"] if out else None, "Gbit/s")
+        self.record(world, f"loss {label}", out["loss_pct"] if out else None, "%")
+        if world.stack_pid:
+            cpu = None
+            if before is not None and out:
+                cpu = (proc_cpu_seconds(world.stack_pid) - before) / (out["bytes"] / 1e9)
+            self.record(world, f"cpu s/GB {label}", cpu, "s/GB")
 
     def probe(self, world: World, kind: str, arg: str) -> dict[str, float] | None:
         """One probe.py run in the guest against the host's probe server."""
@@ -478,6 +512,11 @@ class Runner:
             )
             world.procs.append(srv)
             assert srv.stdout is not None and srv.stdout.readline().strip() == b"ready"
+            gso = subprocess.Popen(
+                world.in_host(PYTHON, PROBE, "gsoserve", GSO_PORT), stdout=subprocess.PIPE
+            )
+            world.procs.append(gso)
+            assert gso.stdout is not None and gso.stdout.readline().strip() == b"ready"
             if self.crr_c:
                 for mode, port in (("serve", CRR_C_PORT), ("serve-closing", CRR_C_CLOSING_PORT)):
                     srv_c = subprocess.Popen(
@@ -522,6 +561,7 @@ class Runner:
                             self.record(world, f"cpu s/GB tcp6 {d} P1", None, "s/GB")
             for reverse in (False, True):
                 self.udp(world, reverse)
+            self.udp_gso(world)
             self.dns(world, resolver)
             self.latency(world)
             self.hold_flows(world)

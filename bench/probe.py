@@ -14,8 +14,16 @@
                                           HOST:PORT, and on one listening on 127.0.0.1
                                           (under netstackd: a trap answered, and a trap
                                           continued into the netns)
-and the host-side server for them:
+    probe.py gso HOST PORT SEG SECONDS    host->guest UDP from a GSO sender (a QUIC
+                                          server's UDP_SEGMENT writes of 64 KiB, datagrams
+                                          of SEG bytes) to a socket reading coalesced
+                                          (UDP_GRO), as a QUIC client's does: Gbit/s
+                                          received and the loss
+and the host-side servers for them:
     probe.py serve PORT                   echo (rr), accept-and-close (crr), hold
+    probe.py gsoserve PORT                the GSO sender: a "go SEG SECONDS" datagram
+                                          starts a run to its sender, "end BYTES" from
+                                          PORT+1 closes it
 """
 
 from __future__ import annotations
@@ -178,6 +186,77 @@ def dns(
     }
 
 
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+GSO_BYTES = 65000  # a GSO write: under the largest UDP payload
+
+
+def gso_serve(port: int) -> None:
+    """Serve `gso` runs one at a time: UDP_SEGMENT writes at no rate limit for the
+    seconds asked, then the bytes sent, from the port above (another peer, so no
+    stack merges it into the data), a few times."""
+    data = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    data.bind(("0.0.0.0", port))
+    marks = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    marks.bind(("0.0.0.0", port + 1))
+    print("ready", flush=True)
+    while True:
+        req, peer = data.recvfrom(100)
+        words = req.split()
+        if len(words) != 3 or words[0] != b"go":
+            continue
+        seg, seconds = int(words[1]), float(words[2])
+        blob = bytes(seg * max(1, GSO_BYTES // seg))
+        control = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", seg))]
+        sent = 0
+        end = time.monotonic() + min(seconds, 30)
+        while time.monotonic() < end:
+            for _ in range(16):
+                try:
+                    sent += data.sendmsg([blob], control, 0, peer)
+                except OSError:  # ENOBUFS and the like: the rate is the receiver's
+                    pass
+        for _ in range(5):
+            marks.sendto(b"end %d" % sent, peer)
+            time.sleep(0.02)
+
+
+def gso(host: str, port: int, seg: int, seconds: float) -> dict[str, float]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # as far as rmem_max allows
+    try:
+        s.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        pass  # a kernel before 5.0: one datagram a read
+    s.settimeout(2)
+    s.sendto(b"go %d %f" % (seg, seconds), (host, port))
+    buf = bytearray(1 << 16)
+    got = 0
+    first = last = 0.0
+    sent = None
+    while sent is None:
+        try:
+            n, peer = s.recvfrom_into(buf)
+        except TimeoutError:
+            break
+        if peer[1] == port + 1:
+            sent = int(bytes(buf[4:n]))
+            break
+        now = time.monotonic()
+        if not got:
+            first = now
+        got += n
+        last = now
+    if not got or sent is None:
+        raise SystemExit(f"gso: received {got} bytes, end mark {'seen' if sent else 'missing'}")
+    return {
+        "gbit_s": got * 8 / max(last - first, 1e-6) / 1e9,
+        "loss_pct": 100 * (1 - got / sent) if sent else 0.0,
+        "bytes": got,
+    }
+
+
 async def serve(port: int) -> None:
     raise_nofile()
 
@@ -206,5 +285,10 @@ if __name__ == "__main__":
         print(json.dumps(dns(a[2], float(a[3]), int(a[4]), a[5], a[6])))
     elif kind == "names":
         print(json.dumps(names(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
+    elif kind == "gsoserve":
+        gso_serve(int(sys.argv[2]))
+    elif kind == "gso":
+        a = sys.argv
+        print(json.dumps(gso(a[2], int(a[3]), int(a[4]), float(a[5]))))
     elif kind == "hold":
         hold(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])

@@ -80,7 +80,7 @@ def charts(doc: dict[str, Any], out: Path) -> None:
                 [m.replace(proto, "").replace(" ", "\n", 1) for m in rows], fontsize=8
             )
             ax.set_ylabel("Gbit/s" + (" received" if proto == "udp " else ""))
-            ax.set_title(f"iperf3 {title} throughput, MTU {mtu}")
+            ax.set_title(f"{title} throughput (iperf3; GSO: probe.py gso), MTU {mtu}")
             ax.legend(fontsize=8)
             ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()

@@ -1,12 +1,16 @@
 """bench/run's pieces that need no namespaces: the DNS probe against a small resolver on
-loopback, the report's per-MTU tables, and how rounds become figures."""
+loopback, the GSO probe against its sender on loopback, the report's per-MTU tables,
+and how rounds become figures."""
 
 from __future__ import annotations
 
 import argparse
 import socket
 import struct
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 from bench import probe, report
 from bench.__main__ import Runner
@@ -55,6 +59,39 @@ def test_dns_probe_counts_answers_and_wrong_ones() -> None:
     assert out["answered"] > 10 and out["wrong"] > 0
     assert out["answered"] + out["wrong"] <= out["sent"] <= seen[0] + 4
     assert out["qps"] > 0 and out["p50_us"] > 0 and out["timeouts"] == 0
+
+
+def free_port_pair() -> int:
+    """A UDP port on loopback whose next one is free too (gsoserve takes both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return int(port)
+    raise RuntimeError("no free port pair")
+
+
+def test_gso_probe_gets_a_senders_segment_writes_and_counts_the_loss() -> None:
+    port = free_port_pair()
+    srv = subprocess.Popen(
+        [sys.executable, str(Path(probe.__file__)), "gsoserve", str(port)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert srv.stdout is not None and srv.stdout.readline().strip() == b"ready"
+        out = probe.gso("127.0.0.1", port, 1400, 0.3)
+        again = probe.gso("127.0.0.1", port, 8192, 0.3)  # it serves one run after another
+    finally:
+        srv.kill()
+        srv.wait()
+    for o in (out, again):
+        assert o["gbit_s"] > 0.1 and o["bytes"] > 1_000_000
+        assert 0 <= o["loss_pct"] < 100
 
 
 def test_report_shows_each_mtu_its_own_rows() -> None:
