@@ -4,9 +4,9 @@ loopback (client and server in one namespace, no network between them) as the fl
 For each system and MTU: iperf3 TCP throughput both ways with 1 and 4 streams (and
 the stack's CPU seconds per GB moved); iperf3 UDP both ways, unlimited rate
 (`-u -b 0`), datagrams of 1400 B at MTU 1500 and 8192 B at MTU 65520 (one frame
-each): the rate the receiver got and the loss, and host->guest from a GSO sender
-(probe.py gso: a QUIC server's 64 KiB UDP_SEGMENT writes, read coalesced in the
-guest); DNS queries per second through the guest's DNS address (32 in flight, against
+each): the rate the receiver got and the loss, and both ways from a GSO sender
+(probe.py gso, gsosend: a QUIC stack's 64 KiB UDP_SEGMENT writes, read coalesced on
+the other side); DNS queries per second through the guest's DNS address (32 in flight, against
 a dnsmasq on the host side's loopback that answers bench.test itself);
 request/response latency (p50, p99), new connections per second (probe.py's Python
 client and asyncio server, and bench/crr.c's C pair, which leaves the CPU to the
@@ -232,12 +232,12 @@ class Runner:
         loss = 100 * data["lost_packets"] / data["packets"] if data and data["packets"] else None
         self.record(world, f"loss {label}", loss, "%")
 
-    def udp_gso(self, world: World) -> None:
-        """Host->guest UDP from a GSO sender (probe.py gso: 64 KiB UDP_SEGMENT writes of
-        iperf3's datagram size, read coalesced in the guest, as QUIC does): the rate
+    def udp_gso(self, world: World, reverse: bool) -> None:
+        """UDP from a GSO sender (probe.py gso, gsosend: 64 KiB UDP_SEGMENT writes of
+        iperf3's datagram size, read coalesced on the other side, as QUIC does): the rate
         received, the loss and the stack's CPU s per GB."""
         seg = udp_len(world.mtu)
-        label = f"udp host->guest GSO {seg} B"
+        label = f"udp {'host->guest' if reverse else 'guest->host'} GSO {seg} B"
         before = proc_cpu_seconds(world.stack_pid) if world.stack_pid else None
         try:
             out = json.loads(
@@ -245,7 +245,7 @@ class Runner:
                     world,
                     PYTHON,
                     PROBE,
-                    "gso",
+                    "gso" if reverse else "gsosend",
                     world.server_ip,
                     GSO_PORT,
                     str(seg),
@@ -561,7 +561,8 @@ class Runner:
                             self.record(world, f"cpu s/GB tcp6 {d} P1", None, "s/GB")
             for reverse in (False, True):
                 self.udp(world, reverse)
-            self.udp_gso(world)
+            for reverse in (False, True):
+                self.udp_gso(world, reverse)
             self.dns(world, resolver)
             self.latency(world)
             self.hold_flows(world)

@@ -19,11 +19,15 @@
                                           of SEG bytes) to a socket reading coalesced
                                           (UDP_GRO), as a QUIC client's does: Gbit/s
                                           received and the loss
+    probe.py gsosend HOST PORT SEG SECONDS
+                                          the same guest->host: this side's GSO writes to
+                                          gsoserve's coalesced reads
 and the host-side servers for them:
     probe.py serve PORT                   echo (rr), accept-and-close (crr), hold
-    probe.py gsoserve PORT                the GSO sender: a "go SEG SECONDS" datagram
-                                          starts a run to its sender, "end BYTES" from
-                                          PORT+1 closes it
+    probe.py gsoserve PORT                the GSO sender ("go SEG SECONDS": a run to the
+                                          asker, "end BYTES" from PORT+1 closes it) and
+                                          receiver ("take": counts until "done", answers
+                                          "got BYTES SECONDS" from PORT+1)
 """
 
 from __future__ import annotations
@@ -193,33 +197,54 @@ GSO_BYTES = 65000  # a GSO write: under the largest UDP payload
 
 
 def gso_serve(port: int) -> None:
-    """Serve `gso` runs one at a time: UDP_SEGMENT writes at no rate limit for the
-    seconds asked, then the bytes sent, from the port above (another peer, so no
-    stack merges it into the data), a few times."""
+    """Serve `gso` and `gsosend` runs one at a time. "go SEG SECONDS": UDP_SEGMENT writes
+    to the asker at no rate limit for the seconds asked, then the bytes sent, from the
+    port above (another peer, so no stack merges it into the data), a few times.
+    "take": count what the asker sends, read coalesced (UDP_GRO), until a "done" from
+    another of its ports or a second of silence; then "got BYTES SECONDS" from the port
+    above."""
     data = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     data.bind(("0.0.0.0", port))
+    data.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    data.setsockopt(SOL_UDP, UDP_GRO, 1)
     marks = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     marks.bind(("0.0.0.0", port + 1))
     print("ready", flush=True)
+    buf = bytearray(1 << 16)
     while True:
-        req, peer = data.recvfrom(100)
-        words = req.split()
-        if len(words) != 3 or words[0] != b"go":
-            continue
-        seg, seconds = int(words[1]), float(words[2])
-        blob = bytes(seg * max(1, GSO_BYTES // seg))
-        control = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", seg))]
-        sent = 0
-        end = time.monotonic() + min(seconds, 30)
-        while time.monotonic() < end:
-            for _ in range(16):
+        data.settimeout(None)
+        n, peer = data.recvfrom_into(buf)
+        words = bytes(buf[:n]).split()
+        if len(words) == 3 and words[0] == b"go":
+            seg, seconds = int(words[1]), float(words[2])
+            blob = bytes(seg * max(1, GSO_BYTES // seg))
+            control = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", seg))]
+            sent = 0
+            end = time.monotonic() + min(seconds, 30)
+            while time.monotonic() < end:
+                for _ in range(16):
+                    try:
+                        sent += data.sendmsg([blob], control, 0, peer)
+                    except OSError:  # ENOBUFS and the like: the rate is the receiver's
+                        pass
+            for _ in range(5):
+                marks.sendto(b"end %d" % sent, peer)
+                time.sleep(0.02)
+        elif words == [b"take"]:
+            got, first, last = 0, 0.0, 0.0
+            data.settimeout(1)
+            while True:
                 try:
-                    sent += data.sendmsg([blob], control, 0, peer)
-                except OSError:  # ENOBUFS and the like: the rate is the receiver's
-                    pass
-        for _ in range(5):
-            marks.sendto(b"end %d" % sent, peer)
-            time.sleep(0.02)
+                    n, sender = data.recvfrom_into(buf)
+                except TimeoutError:
+                    break
+                if sender == peer:
+                    last = time.monotonic()
+                    first = first or last
+                    got += n
+                elif sender[0] == peer[0] and bytes(buf[:4]) == b"done":
+                    break
+            marks.sendto(b"got %d %f" % (got, last - first), peer)
 
 
 def gso(host: str, port: int, seg: int, seconds: float) -> dict[str, float]:
@@ -252,6 +277,43 @@ def gso(host: str, port: int, seg: int, seconds: float) -> dict[str, float]:
         raise SystemExit(f"gso: received {got} bytes, end mark {'seen' if sent else 'missing'}")
     return {
         "gbit_s": got * 8 / max(last - first, 1e-6) / 1e9,
+        "loss_pct": 100 * (1 - got / sent) if sent else 0.0,
+        "bytes": got,
+    }
+
+
+def gso_send(host: str, port: int, seg: int, seconds: float) -> dict[str, float]:
+    """Guest->host UDP from a GSO sender (this side's 64 KiB UDP_SEGMENT writes) to
+    gsoserve's coalesced reads: Gbit/s received and the loss."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.sendto(b"take", (host, port))
+    time.sleep(0.05)
+    blob = bytes(seg * max(1, GSO_BYTES // seg))
+    control = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", seg))]
+    sent = 0
+    end = time.monotonic() + min(seconds, 30)
+    while time.monotonic() < end:
+        for _ in range(16):
+            try:
+                sent += s.sendmsg([blob], control, 0, (host, port))
+            except OSError:
+                pass
+    done = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    done.settimeout(0.2)
+    answer = None
+    for _ in range(20):  # until the answer comes: "done" may be lost on a full queue
+        done.sendto(b"done", (host, port))
+        try:
+            answer = s.recv(100).split()
+            break
+        except TimeoutError:
+            pass
+    if not answer or answer[0] != b"got":
+        raise SystemExit("gsosend: no count from the receiver")
+    got, span = int(answer[1]), float(answer[2])
+    return {
+        "gbit_s": got * 8 / max(span, 1e-6) / 1e9,
         "loss_pct": 100 * (1 - got / sent) if sent else 0.0,
         "bytes": got,
     }
@@ -290,5 +352,8 @@ if __name__ == "__main__":
     elif kind == "gso":
         a = sys.argv
         print(json.dumps(gso(a[2], int(a[3]), int(a[4]), float(a[5]))))
+    elif kind == "gsosend":
+        a = sys.argv
+        print(json.dumps(gso_send(a[2], int(a[3]), int(a[4]), float(a[5]))))
     elif kind == "hold":
         hold(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])

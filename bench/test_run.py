@@ -76,7 +76,7 @@ def free_port_pair() -> int:
     raise RuntimeError("no free port pair")
 
 
-def test_gso_probe_gets_a_senders_segment_writes_and_counts_the_loss() -> None:
+def test_gso_probes_move_segment_writes_both_ways_and_count_the_loss() -> None:
     port = free_port_pair()
     srv = subprocess.Popen(
         [sys.executable, str(Path(probe.__file__)), "gsoserve", str(port)],
@@ -86,10 +86,11 @@ def test_gso_probe_gets_a_senders_segment_writes_and_counts_the_loss() -> None:
         assert srv.stdout is not None and srv.stdout.readline().strip() == b"ready"
         out = probe.gso("127.0.0.1", port, 1400, 0.3)
         again = probe.gso("127.0.0.1", port, 8192, 0.3)  # it serves one run after another
+        sent = probe.gso_send("127.0.0.1", port, 1400, 0.3)  # and the other way
     finally:
         srv.kill()
         srv.wait()
-    for o in (out, again):
+    for o in (out, again, sent):
         assert o["gbit_s"] > 0.1 and o["bytes"] > 1_000_000
         assert 0 <= o["loss_pct"] < 100
 
