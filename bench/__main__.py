@@ -641,9 +641,10 @@ def main() -> int:
             p.error(f"unknown system {s}; known: {', '.join(SYSTEMS)}")
     runner = Runner(args)
     # ready, rss idle; tcp rate (+ cpu) per streams and way, and tcp6 both ways; udp
-    # rate (+ cpu) + loss each way; dns qps, p50, timeouts; latency p50, p99,
-    # connections; rss with flows; netstack's imports. CPU: the stacks with a process
-    # of their own (pasta's is a new one per command)
+    # and udp GSO rate (+ cpu) + loss each way; dns qps, p50, timeouts; latency p50,
+    # p99, connections; rss with flows; netstack's imports; ready alone and the
+    # forwards' two connection rates and UDP rate + loss each way. CPU: the stacks with
+    # a process of their own (pasta's is a new one per command)
     for s in systems:
         cpu = 2 if s in ("netstack", "slirp4netns") else 1
         tcp_runs = len(args.streams) * 2 + (2 if args.ipv6 else 0)
@@ -653,12 +654,12 @@ def main() -> int:
         runner.total += len(mtus) * (
             2
             + tcp_runs * cpu
-            + 2 * (cpu + 1)
+            + 2 * 2 * (cpu + 1)
             + 3
             + 5
             + 1
             + (s == "netstack")
-            + 3 * (s in ("netstack", "slirp4netns"))
+            + 7 * (s in ("netstack", "slirp4netns"))
         )
     runner.total *= args.repeats
     build = tempfile.mkdtemp(prefix="bench-crr-")

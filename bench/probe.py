@@ -196,6 +196,22 @@ UDP_GRO = 104
 GSO_BYTES = 65000  # a GSO write: under the largest UDP payload
 
 
+def gso_writes(sock: socket.socket, to: tuple[str, int], seg: int, seconds: float) -> int:
+    """UDP_SEGMENT writes of GSO_BYTES (datagrams of seg bytes) to `to` at no rate limit
+    for the seconds given (30 at most); the bytes the kernel took."""
+    blob = bytes(seg * max(1, GSO_BYTES // seg))
+    control = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", seg))]
+    sent = 0
+    end = time.monotonic() + min(seconds, 30)
+    while time.monotonic() < end:
+        for _ in range(16):
+            try:
+                sent += sock.sendmsg([blob], control, 0, to)
+            except OSError:  # ENOBUFS and the like: the rate is the receiver's
+                pass
+    return sent
+
+
 def gso_serve(port: int) -> None:
     """Serve `gso` and `gsosend` runs one at a time. "go SEG SECONDS": UDP_SEGMENT writes
     to the asker at no rate limit for the seconds asked, then the bytes sent, from the
@@ -216,17 +232,7 @@ def gso_serve(port: int) -> None:
         n, peer = data.recvfrom_into(buf)
         words = bytes(buf[:n]).split()
         if len(words) == 3 and words[0] == b"go":
-            seg, seconds = int(words[1]), float(words[2])
-            blob = bytes(seg * max(1, GSO_BYTES // seg))
-            control = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", seg))]
-            sent = 0
-            end = time.monotonic() + min(seconds, 30)
-            while time.monotonic() < end:
-                for _ in range(16):
-                    try:
-                        sent += data.sendmsg([blob], control, 0, peer)
-                    except OSError:  # ENOBUFS and the like: the rate is the receiver's
-                        pass
+            sent = gso_writes(data, peer, int(words[1]), float(words[2]))
             for _ in range(5):
                 marks.sendto(b"end %d" % sent, peer)
                 time.sleep(0.02)
@@ -289,16 +295,7 @@ def gso_send(host: str, port: int, seg: int, seconds: float) -> dict[str, float]
     s.settimeout(5)
     s.sendto(b"take", (host, port))
     time.sleep(0.05)
-    blob = bytes(seg * max(1, GSO_BYTES // seg))
-    control = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", seg))]
-    sent = 0
-    end = time.monotonic() + min(seconds, 30)
-    while time.monotonic() < end:
-        for _ in range(16):
-            try:
-                sent += s.sendmsg([blob], control, 0, (host, port))
-            except OSError:
-                pass
+    sent = gso_writes(s, (host, port), seg, seconds)
     done = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     done.settimeout(0.2)
     answer = None
