@@ -154,6 +154,10 @@ struct ns_ctx {
     uint64_t loop_returns;      /* returns from ns_loop to Python */
     double spin;                /* seconds to poll without sleeping after an event (0: off) */
     double last_event;          /* when ns_loop last had an event */
+    double yield_off_until;     /* no yielding nor spinning before this (csrc/loop.c ns_yield) */
+    double yield_window;        /* when the current window of yields began */
+    double yield_slow_time;     /* time in slow yields in that window */
+    uint64_t yield_backoffs;    /* windows mostly in slow yields: a CPU-bound task here */
     /* guest SYNs to the gateway, connected to host loopback here (csrc/flow_syn.c) */
     int syn_on;                 /* IPv4 SYNs to the gateway are C's (0: Python's) */
     int syn_epfd;               /* the loop's epoll: a new host socket joins it */

@@ -144,6 +144,7 @@ void delack_run(struct ns_ctx *ctx, double now);
 
 /* csrc/flow_to_guest.c: a held flow's frames to the guest */
 void link_write(struct ns_ctx *ctx, size_t start, size_t end);
+void ns_yield(struct ns_ctx *ctx);
 void flow_emit(struct ns_ctx *ctx, struct ns_flow *f, uint8_t flags, uint16_t window,
                uint32_t payload_len, double now);
 uint16_t flow_window_field(struct ns_ctx *ctx, struct ns_flow *f, int fresh);

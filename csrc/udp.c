@@ -360,7 +360,7 @@ static void send_batch(struct ns_ctx *ctx, struct ns_udp_flow *f, struct batch *
         int r = sendmmsg(f->fd, b->msgs + k, (unsigned int)(b->n - k), MSG_DONTWAIT);
         if (r > 0) {
             if (r > 1 || b->count[k] > 1)
-                sched_yield(); /* see YIELDING in udp.h */
+                ns_yield(ctx); /* see YIELDING in udp.h */
             for (int j = k; j < k + r; j++) {
                 f->datagrams_to_host += b->count[j];
                 u->datagrams_to_host += b->count[j];

@@ -214,7 +214,7 @@ static int frame_to_guest(struct ns_ctx *ctx, struct ns_udp_flow *f, const uint8
         u->gso_frames_to_guest++;
     f->last_activity = now;
     if (count > 1)
-        sched_yield(); /* see YIELDING in udp.h */
+        ns_yield(ctx); /* see YIELDING in udp.h */
     return 1;
 }
 

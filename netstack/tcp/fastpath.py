@@ -509,6 +509,7 @@ class FastPath:
             "time_wait_in_c": int(ctx.ntime_wait),
             "loop_waits": int(ctx.loop_waits),
             "loop_returns": int(ctx.loop_returns),
+            "yield_backoffs": int(ctx.yield_backoffs),
         }
 
     def delack_fd(self) -> int:
