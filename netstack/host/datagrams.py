@@ -17,12 +17,12 @@ from typing import Any
 
 from netstack.host.interfaces import SocketRegistry
 from netstack.stack.hostio import DatagramReceiver, HostAddr
+from netstack.stack.stats import Stats
 
 READS_PER_WAKEUP = 64
 READ_SIZE = 65536  # a datagram, or a coalesced read (at most 64 KiB)
 GRO_AFTER = 16  # datagrams in one wakeup before a socket asks for coalesced reads
-SOL_UDP = 17
-UDP_GRO = 104  # linux/udp.h (Linux 5.0+)
+UDP_GRO = 104  # linux/udp.h (Linux 5.0+); Python's socket module does not name it
 _GRO_CONTROL = socket.CMSG_SPACE(4)
 _INT = struct.Struct("=i")
 
@@ -31,23 +31,24 @@ def enable_gro(sock: socket.socket) -> None:
     """Ask for coalesced reads on a UDP socket; a kernel without UDP_GRO reads one
     datagram at a time, as before."""
     try:
-        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
     except OSError:
         pass
 
 
-def read_datagrams(sock: socket.socket) -> tuple[list[bytes], Any, bool]:
-    """One read of a UDP socket: its datagrams (one, or a coalesced read's), the peer,
-    and whether the read was coalesced. Raises what recvmsg raises."""
+def read_datagrams(sock: socket.socket, stats: Stats) -> tuple[list[bytes], Any]:
+    """One read of a UDP socket: its datagrams (one, or a coalesced read's, counted in
+    stats) and the peer. Raises what recvmsg raises."""
     data, ancillary, flags, addr = sock.recvmsg(READ_SIZE, _GRO_CONTROL)
     size = 0
     if not flags & socket.MSG_CTRUNC:
         for level, kind, value in ancillary:
-            if level == SOL_UDP and kind == UDP_GRO and len(value) >= _INT.size:
+            if level == socket.SOL_UDP and kind == UDP_GRO and len(value) >= _INT.size:
                 size = _INT.unpack_from(value)[0]
     if 0 < size < len(data):
-        return [data[i : i + size] for i in range(0, len(data), size)], addr, True
-    return [data], addr, False
+        stats.count("udp_gro_reads_from_host")
+        return [data[i : i + size] for i in range(0, len(data), size)], addr
+    return [data], addr
 
 
 class HostDatagram:
@@ -78,16 +79,14 @@ class HostDatagram:
                 enable_gro(sock)
             try:
                 if self.udp:
-                    datagrams, addr, coalesced = read_datagrams(sock)
+                    datagrams, addr = read_datagrams(sock, self.runtime.stack.stats)
                 else:
                     data, addr = sock.recvfrom(READ_SIZE)
-                    datagrams, coalesced = [data], False
+                    datagrams = [data]
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 continue  # an ICMP error queued on the socket (port unreachable...)
-            if coalesced:
-                self.runtime.stack.stats.count("udp_gro_reads_from_host")
             for data in datagrams:
                 self.owner.on_datagram(data, (addr[0], addr[1]), now)
 

@@ -211,13 +211,11 @@ class UdpForwardListener:
             if self.sock is None:
                 return
             try:
-                datagrams, addr, coalesced = read_datagrams(self.sock)
+                datagrams, addr = read_datagrams(self.sock, self.runtime.stack.stats)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 continue
-            if coalesced:
-                self.runtime.stack.stats.count("udp_gro_reads_from_host")
             for data in datagrams:
                 self.take(data, addr, now)
 
